@@ -1,0 +1,125 @@
+// Package backend is the seam between sact's activation logic and whatever actually runs an
+// app: a Docker container (backend/docker) or a plain process (backend/process).
+//
+// It is a leaf package on purpose: it imports nothing of sact's, so the activator can depend
+// on it without learning about Docker, and runtimes can be swapped for fakes in tests.
+//
+// The lifecycle a Runtime sees for one app:
+//
+//  1. Running: once, when sact starts, to adopt an app that already runs (sact restarted).
+//  2. Start: on the first connection of a cold period. Start returns as soon as the app's
+//     process runs; it does not wait for readiness, the caller polls Instance.Upstream.
+//  3. Instance.Exited fires once if the app stops for any reason sact did not ask for
+//     (crash, OOM kill, `docker stop`, container removed) and also after Stop.
+//  4. Stop: on idle, with a grace period between SIGTERM and SIGKILL.
+//
+// Start and Stop for one app are never called concurrently by the activator; calls for
+// different apps are.
+package backend
+
+import (
+	"context"
+	"fmt"
+	"time"
+)
+
+// Runtime runs apps. Implementations must be safe for concurrent use by different apps.
+type Runtime interface {
+	// Start makes the app run and returns how to reach it. A container is created on first
+	// use (or when Spec.Hash changed since it was created) and only started afterwards.
+	Start(ctx context.Context, spec Spec) (*Instance, error)
+	// Stop stops the app: SIGTERM, then SIGKILL after grace. Stopping an app that does not
+	// run is not an error.
+	Stop(ctx context.Context, spec Spec, grace time.Duration) error
+	// Running returns the app's instance if it already runs (for example because sact was
+	// restarted while it served), or nil if it does not.
+	Running(ctx context.Context, spec Spec) (*Instance, error)
+}
+
+// Pauser is implemented by runtimes that can freeze an app without stopping it.
+type Pauser interface {
+	Pause(ctx context.Context, spec Spec) error
+	Unpause(ctx context.Context, spec Spec) error
+}
+
+// Spec is what a runtime needs to know to run one app. Fields that do not apply to a runtime
+// are ignored by it (the process runtime ignores Image, the docker runtime ignores Command).
+type Spec struct {
+	// Name is the app's name from the config; containers are named "sact-"+Name.
+	Name string
+
+	// Image to create the container from, or Container: the name of an existing container
+	// made elsewhere (docker compose create) that sact only starts and stops.
+	Image     string
+	Container string
+	// Cmd and Entrypoint override the image's; nil keeps the image's.
+	Cmd        []string
+	Entrypoint []string
+	Env        map[string]string
+	// Volumes in docker's -v syntax: "/host:/container[:ro]" or "name:/container".
+	Volumes []string
+	User    string
+	// Network is the docker network to attach to; "" means the engine's default bridge.
+	Network string
+	// Memory is the memory limit in bytes; 0 means none.
+	Memory int64
+	// CPUs is the CPU quota in CPUs (1.5 = one and a half); 0 means none.
+	CPUs   float64
+	Labels map[string]string
+
+	// Command is the plain process to run (process runtime), Dir its working directory.
+	Command []string
+	Dir     string
+
+	// Where the started app accepts connections: either Upstream (a unix socket path or a
+	// host:port sact can reach), or Port on the container's own address, which only the
+	// runtime knows once the app runs.
+	Upstream Addr
+	Port     int
+
+	// Hash identifies the settings above; a container made from a different hash is
+	// replaced at its next start (never while it serves).
+	Hash string
+}
+
+// Addr is a stream socket address as net.Dial takes it.
+type Addr struct {
+	Network string // "unix" or "tcp"
+	Address string // a path, or host:port
+}
+
+func (a Addr) String() string {
+	if a.Network == "" {
+		return ""
+	}
+	return a.Network + ":" + a.Address
+}
+
+// IsZero reports whether a is unset.
+func (a Addr) IsZero() bool { return a.Network == "" }
+
+// Instance is one running incarnation of an app.
+type Instance struct {
+	// ID is the container ID or process ID, for logs.
+	ID string
+	// Upstream is where to connect to the running app.
+	Upstream Addr
+	// Exited receives exactly one Exit when this incarnation stops running, for whatever
+	// reason, and is then closed.
+	Exited <-chan Exit
+}
+
+// Exit tells why an instance stopped running.
+type Exit struct {
+	// Code is the process's exit code, or -1 if unknown (the container was removed).
+	Code int
+	// Reason is a short word: "exited", "oom-killed", "removed", "killed".
+	Reason string
+	// Logs holds the app's last log lines, for the log line that reports a failed start.
+	Logs string
+}
+
+func (e Exit) String() string {
+	s := fmt.Sprintf("%s (exit code %d)", e.Reason, e.Code)
+	return s
+}
