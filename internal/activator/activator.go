@@ -1,0 +1,671 @@
+package activator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/sact-project/sact/internal/backend"
+)
+
+// State is where an app is in its lifecycle.
+type State int
+
+const (
+	Stopped State = iota
+	Starting
+	Running
+	Stopping
+)
+
+func (s State) String() string {
+	switch s {
+	case Stopped:
+		return "stopped"
+	case Starting:
+		return "starting"
+	case Running:
+		return "running"
+	case Stopping:
+		return "stopping"
+	}
+	return fmt.Sprintf("State(%d)", int(s))
+}
+
+// Errors returned by Acquire. They wrap the underlying cause where there is one.
+var (
+	// ErrQueueFull: MaxWaiting connections already wait for the app to start.
+	ErrQueueFull = errors.New("too many connections waiting for the app to start")
+	// ErrStartFailed: the app's last start failed; see the wrapped error.
+	ErrStartFailed = errors.New("app failed to start")
+	// ErrClosed: sact is shutting down.
+	ErrClosed = errors.New("sact is shutting down")
+)
+
+// Policy is what the activator needs to know about one app.
+type Policy struct {
+	Spec backend.Spec
+	// Idle: stop after this long without activity. Zero means never stop on idle.
+	Idle time.Duration
+	// StartTimeout bounds a start from the runtime call until the upstream accepts; zero
+	// means 60s.
+	StartTimeout time.Duration
+	// StopTimeout is the grace between SIGTERM and SIGKILL; zero means 10s.
+	StopTimeout time.Duration
+	// MaxWaiting bounds the connections held while the app starts; zero means 1024.
+	MaxWaiting int
+	// KeepWhileOpen makes any open connection, even a silent one, keep the app running.
+	KeepWhileOpen bool
+	// StopOnExit stops a running app when Run returns (sact exits); by default apps keep
+	// running and the next sact adopts them.
+	StopOnExit bool
+}
+
+func (p *Policy) setDefaults() {
+	if p.StartTimeout <= 0 {
+		p.StartTimeout = 60 * time.Second
+	}
+	if p.StopTimeout <= 0 {
+		p.StopTimeout = 10 * time.Second
+	}
+	if p.MaxWaiting <= 0 {
+		p.MaxWaiting = 1024
+	}
+}
+
+// Options are the knobs shared by all apps; the zero value works.
+type Options struct {
+	// Logger receives one line per start, stop and failure. Nil discards.
+	Logger *slog.Logger
+	// Dial probes the upstream for readiness. Nil uses a net.Dialer.
+	Dial func(ctx context.Context, network, address string) (net.Conn, error)
+	// FailBackoff is how long connections fail fast after a failed start; it doubles with
+	// each consecutive failure up to 16 times its value. Zero means 1s.
+	FailBackoff time.Duration
+}
+
+// Wake describes what caused a start, for the log.
+type Wake struct {
+	Remote string // client address
+	Listen string // the address the connection came in on
+	Path   string // HTTP path, if known
+}
+
+// App is one app's state machine. Create it with New, run it with Run, and hand out
+// upstreams with Acquire.
+type App struct {
+	rt      backend.Runtime
+	policy  Policy
+	log     *slog.Logger
+	dial    func(ctx context.Context, network, address string) (net.Conn, error)
+	backoff time.Duration
+
+	adopted chan struct{} // closed once Run has looked for an already running instance
+
+	// ctx is Run's context: starts and stops derive from it, so shutdown aborts them.
+	ctx context.Context
+	wg  sync.WaitGroup // goroutines started by the app; Run waits for them
+
+	mu    sync.Mutex
+	state State
+	since time.Time
+	// done is closed when the current start or stop finishes.
+	done    chan struct{}
+	inst    *backend.Instance
+	conns   map[*Lease]struct{}
+	waiting int
+	// live is cancelled when the current incarnation stops: it closes its connections.
+	live       context.Context
+	killLive   context.CancelFunc
+	idleTimer  *time.Timer
+	lastActive time.Time // last accept or close; bytes moved are on the leases
+	// The last failed start, and how many failed in a row.
+	lastErr  error
+	failedAt time.Time
+	failures int
+	closed   bool
+	// For status.
+	coldStarts    int
+	lastStart     time.Time
+	lastStartTook time.Duration
+	stopReason    string
+	refused       int
+	refusedLogged time.Time
+}
+
+// New returns an app; nothing happens until Run.
+func New(rt backend.Runtime, policy Policy, opts Options) *App {
+	policy.setDefaults()
+	a := &App{
+		rt:      rt,
+		policy:  policy,
+		log:     opts.Logger,
+		dial:    opts.Dial,
+		backoff: opts.FailBackoff,
+		adopted: make(chan struct{}),
+		conns:   make(map[*Lease]struct{}),
+	}
+	if a.log == nil {
+		a.log = slog.New(slog.DiscardHandler)
+	}
+	a.log = a.log.With("app", policy.Spec.Name)
+	if a.dial == nil {
+		var d net.Dialer
+		a.dial = d.DialContext
+	}
+	if a.backoff <= 0 {
+		a.backoff = time.Second
+	}
+	return a
+}
+
+// Name returns the app's name.
+func (a *App) Name() string { return a.policy.Spec.Name }
+
+// Run adopts an instance that already runs, then serves until ctx ends. It returns after
+// every goroutine of the app has finished, having stopped the app if StopOnExit is set.
+func (a *App) Run(ctx context.Context) error {
+	a.mu.Lock()
+	a.ctx = ctx
+	a.since = time.Now()
+	a.mu.Unlock()
+
+	inst, err := a.rt.Running(ctx, a.policy.Spec)
+	if err != nil {
+		// Not fatal: the next connection starts it, and Start finds a running container.
+		a.log.Warn("cannot tell whether app already runs", "err", err)
+	}
+	a.mu.Lock()
+	if inst != nil {
+		a.log.Info("adopted running app", "container", inst.ID, "upstream", inst.Upstream.String())
+		a.becomeRunning(inst)
+	}
+	a.mu.Unlock()
+	close(a.adopted)
+
+	<-ctx.Done()
+
+	a.mu.Lock()
+	a.closed = true
+	if a.idleTimer != nil {
+		a.idleTimer.Stop()
+	}
+	a.mu.Unlock()
+	a.wg.Wait()
+
+	a.mu.Lock()
+	stop := a.policy.StopOnExit && a.state == Running
+	if stop {
+		a.killLive()
+		a.state = Stopping
+	}
+	a.mu.Unlock()
+	if stop {
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), a.policy.StopTimeout+10*time.Second)
+		defer cancel()
+		if err := a.rt.Stop(sctx, a.policy.Spec, a.policy.StopTimeout); err != nil {
+			return fmt.Errorf("stopping app %q on exit: %w", a.Name(), err)
+		}
+		a.log.Info("stopped app", "reason", "sact exiting")
+	}
+	return nil
+}
+
+// Acquire returns a lease on a running instance, starting the app if it is not running and
+// waiting (bounded by ctx and MaxWaiting) until it is ready. The caller must Release it.
+func (a *App) Acquire(ctx context.Context, w Wake) (*Lease, error) {
+	select {
+	case <-a.adopted:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	a.mu.Lock()
+	waited := false
+	for {
+		if a.closed {
+			a.mu.Unlock()
+			return nil, ErrClosed
+		}
+		switch a.state {
+		case Running:
+			if waited {
+				a.waiting--
+			}
+			l := a.newLease()
+			a.mu.Unlock()
+			return l, nil
+		case Stopped:
+			if a.lastErr != nil && time.Since(a.failedAt) < a.failBackoff() {
+				if waited {
+					a.waiting--
+				}
+				err := a.lastErr
+				a.mu.Unlock()
+				return nil, err
+			}
+			a.beginStart(w, false)
+		}
+		// Starting or Stopping: wait for the transition to finish, then look again.
+		if !waited {
+			if a.waiting >= a.policy.MaxWaiting {
+				a.refuse()
+				a.mu.Unlock()
+				return nil, ErrQueueFull
+			}
+			a.waiting++
+			waited = true
+		}
+		done := a.done
+		a.mu.Unlock()
+		select {
+		case <-done:
+		case <-ctx.Done():
+			a.mu.Lock()
+			a.waiting--
+			a.mu.Unlock()
+			return nil, ctx.Err()
+		}
+		a.mu.Lock()
+	}
+}
+
+// refuse logs a refused connection, at most once a second so a flood can't flood the log.
+func (a *App) refuse() {
+	a.refused++
+	if time.Since(a.refusedLogged) >= time.Second {
+		a.log.Warn("refusing connection", "reason", "too many waiting for start",
+			"max_waiting", a.policy.MaxWaiting, "refused", a.refused)
+		a.refusedLogged = time.Now()
+	}
+}
+
+func (a *App) failBackoff() time.Duration {
+	d := a.backoff
+	for i := 1; i < a.failures && d < 16*a.backoff; i++ {
+		d *= 2
+	}
+	return d
+}
+
+// beginStart moves Stopped -> Starting. Called with a.mu held.
+func (a *App) beginStart(w Wake, manual bool) {
+	a.state = Starting
+	a.since = time.Now()
+	a.done = make(chan struct{})
+	a.lastStart = a.since
+	attrs := []any{"remote", w.Remote, "listen", w.Listen}
+	if w.Path != "" {
+		attrs = append(attrs, "path", w.Path)
+	}
+	if manual {
+		attrs = []any{"reason", "manual"}
+	}
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		a.start(attrs)
+	}()
+}
+
+func (a *App) start(wokeBy []any) {
+	began := time.Now()
+	ctx, cancel := context.WithTimeout(a.ctx, a.policy.StartTimeout)
+	defer cancel()
+	a.log.Info("starting app", wokeBy...)
+	inst, err := a.rt.Start(ctx, a.policy.Spec)
+	if err == nil {
+		err = a.waitReady(ctx, inst)
+		if err != nil {
+			a.stopFailed(inst)
+		}
+	}
+	took := time.Since(began)
+
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.lastStartTook = took
+	if err != nil {
+		if ctx.Err() != nil && a.ctx.Err() == nil && !errors.Is(err, errExited) {
+			err = fmt.Errorf("app not ready after start_timeout %s: %w", a.policy.StartTimeout, err)
+		}
+		a.failures++
+		a.lastErr = fmt.Errorf("%w: %w", ErrStartFailed, err)
+		a.failedAt = time.Now()
+		a.state = Stopped
+		a.since = a.failedAt
+		a.stopReason = "start failed"
+		a.log.Error("app failed to start", "duration", took, "err", err, "waiting", a.waiting)
+		close(a.done)
+		return
+	}
+	a.failures = 0
+	a.lastErr = nil
+	a.coldStarts++
+	a.log.Info("app ready", "duration", took, "container", inst.ID, "upstream", inst.Upstream.String(), "waiting", a.waiting)
+	a.becomeRunning(inst)
+	close(a.done)
+}
+
+var errExited = errors.New("app exited while starting")
+
+// waitReady polls the upstream until it accepts a connection. It is how sact knows that the
+// app, not just its container, is up; the backoff starts at 1ms because the engine is the
+// slow part and every ms spent sleeping here is added to the first request.
+func (a *App) waitReady(ctx context.Context, inst *backend.Instance) error {
+	delay := time.Millisecond
+	var lastErr error
+	for {
+		// A SYN to an address that is not up yet may be dropped rather than refused: bound
+		// each try so one lost packet can't eat the whole start_timeout.
+		dctx, cancel := context.WithTimeout(ctx, time.Second)
+		c, err := a.dial(dctx, inst.Upstream.Network, inst.Upstream.Address)
+		cancel()
+		if err == nil {
+			c.Close()
+			return nil
+		}
+		lastErr = err
+		t := time.NewTimer(delay)
+		select {
+		case e, ok := <-inst.Exited:
+			t.Stop()
+			if !ok {
+				return errExited
+			}
+			msg := fmt.Errorf("%w: %s", errExited, e)
+			if e.Logs != "" {
+				msg = fmt.Errorf("%w; last log lines:\n%s", msg, e.Logs)
+			}
+			return msg
+		case <-ctx.Done():
+			t.Stop()
+			return fmt.Errorf("waiting for %s to accept: %w", inst.Upstream, lastErr)
+		case <-t.C:
+		}
+		delay = min(delay*3/2+time.Millisecond, 20*time.Millisecond)
+	}
+}
+
+// stopFailed stops an instance that started but never became ready, so that the next try
+// starts from scratch instead of finding a half-alive container.
+func (a *App) stopFailed(inst *backend.Instance) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(a.ctx), a.policy.StopTimeout+10*time.Second)
+	defer cancel()
+	if err := a.rt.Stop(ctx, a.policy.Spec, a.policy.StopTimeout); err != nil {
+		a.log.Warn("cannot stop app that failed to start", "err", err)
+	}
+}
+
+// becomeRunning enters Running with inst. Called with a.mu held.
+func (a *App) becomeRunning(inst *backend.Instance) {
+	a.state = Running
+	a.inst = inst
+	a.since = time.Now()
+	a.lastActive = a.since
+	a.live, a.killLive = context.WithCancel(context.WithoutCancel(a.ctx))
+	a.armIdle(a.policy.Idle)
+	live := a.live
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		a.watchExit(inst, live)
+	}()
+}
+
+// watchExit notices an instance that stops without sact asking (crash, OOM, docker stop).
+func (a *App) watchExit(inst *backend.Instance, live context.Context) {
+	select {
+	case e, ok := <-inst.Exited:
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		if a.inst != inst || a.state != Running {
+			return // sact stopped it, or it was replaced
+		}
+		if !ok {
+			e = backend.Exit{Code: -1, Reason: "gone"}
+		}
+		a.log.Warn("app exited", "reason", e.Reason, "code", e.Code, "container", inst.ID, "logs", e.Logs)
+		a.stopReason = e.Reason
+		a.enterStopped()
+	case <-live.Done():
+	case <-a.ctx.Done():
+	}
+}
+
+// enterStopped ends the current incarnation. Called with a.mu held.
+func (a *App) enterStopped() {
+	a.state = Stopped
+	a.since = time.Now()
+	a.inst = nil
+	// Leases of the ended incarnation are being closed; they must not count for the next.
+	a.conns = make(map[*Lease]struct{})
+	if a.killLive != nil {
+		a.killLive()
+	}
+	if a.idleTimer != nil {
+		a.idleTimer.Stop()
+	}
+}
+
+// armIdle (re)arms the idle timer to fire after d. Called with a.mu held.
+func (a *App) armIdle(d time.Duration) {
+	if a.policy.Idle <= 0 {
+		return
+	}
+	if a.idleTimer == nil {
+		a.idleTimer = time.AfterFunc(d, a.checkIdle)
+		return
+	}
+	a.idleTimer.Reset(d)
+}
+
+// checkIdle runs when the app may have become idle: it stops it, or re-arms the timer for
+// the earliest moment it could be.
+func (a *App) checkIdle() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.state != Running || a.closed {
+		return
+	}
+	now := time.Now()
+	if a.policy.KeepWhileOpen && len(a.conns) > 0 {
+		a.armIdle(a.policy.Idle)
+		return
+	}
+	last := a.lastActive
+	for l := range a.conns {
+		if t := l.lastActive(); t.After(last) {
+			last = t
+		}
+	}
+	if rest := a.policy.Idle - now.Sub(last); rest > 0 {
+		a.armIdle(rest)
+		return
+	}
+	a.beginStop("idle", now.Sub(last))
+}
+
+// beginStop moves Running -> Stopping. Called with a.mu held.
+func (a *App) beginStop(reason string, idleFor time.Duration) {
+	inst := a.inst
+	a.state = Stopping
+	a.since = time.Now()
+	a.done = make(chan struct{})
+	a.killLive() // closes connections still open: silent ones, or all on a manual stop
+	if a.idleTimer != nil {
+		a.idleTimer.Stop()
+	}
+	open := len(a.conns)
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		began := time.Now()
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(a.ctx), a.policy.StopTimeout+10*time.Second)
+		defer cancel()
+		err := a.rt.Stop(ctx, a.policy.Spec, a.policy.StopTimeout)
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		if err != nil {
+			a.log.Error("cannot stop app", "reason", reason, "err", err)
+		} else {
+			attrs := []any{"reason", reason, "duration", time.Since(began), "container", inst.ID, "closed_connections", open}
+			if reason == "idle" {
+				attrs = append(attrs, "idle_for", idleFor.Round(time.Millisecond))
+			}
+			a.log.Info("stopped app", attrs...)
+		}
+		a.stopReason = reason
+		a.enterStopped()
+		close(a.done)
+	}()
+}
+
+// Start starts the app by hand (admin API) and waits until it is ready or failed; it skips
+// the fail-fast backoff.
+func (a *App) Start(ctx context.Context) error {
+	select {
+	case <-a.adopted:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	a.mu.Lock()
+	for {
+		if a.closed {
+			a.mu.Unlock()
+			return ErrClosed
+		}
+		switch a.state {
+		case Running:
+			a.mu.Unlock()
+			return nil
+		case Stopped:
+			a.lastErr = nil
+			a.beginStart(Wake{}, true)
+		}
+		done := a.done
+		a.mu.Unlock()
+		select {
+		case <-done:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		a.mu.Lock()
+		if a.state == Stopped && a.lastErr != nil {
+			err := a.lastErr
+			a.mu.Unlock()
+			return err
+		}
+	}
+}
+
+// Stop stops the app by hand (admin API), closing its open connections, and waits until it
+// is stopped.
+func (a *App) Stop(ctx context.Context) error {
+	a.mu.Lock()
+	for a.state == Starting {
+		done := a.done
+		a.mu.Unlock()
+		select {
+		case <-done:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		a.mu.Lock()
+	}
+	if a.state == Running {
+		a.beginStop("manual", 0)
+	}
+	done := a.done
+	state := a.state
+	a.mu.Unlock()
+	if state == Stopping {
+		select {
+		case <-done:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
+// Status is a snapshot of an app for `sact status` and metrics.
+type Status struct {
+	Name          string
+	State         State
+	Since         time.Time
+	Open          int
+	Waiting       int
+	LastActivity  time.Time
+	ColdStarts    int
+	LastStart     time.Time
+	LastStartTook time.Duration
+	StopReason    string
+	LastError     string
+	Refused       int
+}
+
+// Status returns a snapshot of the app.
+func (a *App) Status() Status {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	last := a.lastActive
+	for l := range a.conns {
+		if t := l.lastActive(); t.After(last) {
+			last = t
+		}
+	}
+	s := Status{
+		Name: a.Name(), State: a.state, Since: a.since, Open: len(a.conns), Waiting: a.waiting,
+		LastActivity: last, ColdStarts: a.coldStarts, LastStart: a.lastStart,
+		LastStartTook: a.lastStartTook, StopReason: a.stopReason, Refused: a.refused,
+	}
+	if a.lastErr != nil {
+		s.LastError = a.lastErr.Error()
+	}
+	return s
+}
+
+// newLease registers a connection on the running incarnation. Called with a.mu held.
+func (a *App) newLease() *Lease {
+	now := time.Now()
+	l := &Lease{app: a, Upstream: a.inst.Upstream, ctx: a.live}
+	l.active.Store(now.UnixNano())
+	a.lastActive = now
+	a.conns[l] = struct{}{}
+	return l
+}
+
+// Lease is one connection's hold on a running app.
+type Lease struct {
+	// Upstream is where the app accepts connections.
+	Upstream backend.Addr
+	app      *App
+	ctx      context.Context
+	active   atomic.Int64 // unix nanos of the last byte moved
+	released atomic.Bool
+}
+
+// Context is cancelled when the app stops; the relay closes the connection then.
+func (l *Lease) Context() context.Context { return l.ctx }
+
+// Touch records that bytes moved. It is called on the relay's hot path: one atomic store.
+func (l *Lease) Touch() { l.active.Store(time.Now().UnixNano()) }
+
+func (l *Lease) lastActive() time.Time { return time.Unix(0, l.active.Load()) }
+
+// Release ends the lease; the connection's close counts as activity. Safe to call twice.
+func (l *Lease) Release() {
+	if l.released.Swap(true) {
+		return
+	}
+	a := l.app
+	a.mu.Lock()
+	delete(a.conns, l) // a no-op if its incarnation already ended
+	a.lastActive = time.Now()
+	a.mu.Unlock()
+}
