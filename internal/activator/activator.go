@@ -501,6 +501,7 @@ func (a *App) beginStop(reason string, idleFor time.Duration) {
 		a.idleTimer.Stop()
 	}
 	open := len(a.conns)
+	a.log.Info("stopping app", "reason", reason, "container", inst.ID, "open_connections", open)
 	a.wg.Add(1)
 	go func() {
 		defer a.wg.Done()
