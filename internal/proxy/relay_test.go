@@ -1,0 +1,493 @@
+package proxy
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// The tests run one after another (no t.Parallel): several compare the spliced counter,
+// goroutines or fds before and after.
+
+// topology is what the relay sits between: the client side's network and the
+// upstream side's.
+type topology struct{ client, upstream string }
+
+func (tp topology) String() string { return tp.client + "-" + tp.upstream }
+
+var sockets = []topology{{"tcp", "tcp"}, {"tcp", "unix"}, {"unix", "tcp"}, {"unix", "unix"}}
+
+// withPipe adds net.Pipe on both sides, which takes the copying path.
+var withPipe = append(sockets[:len(sockets):len(sockets)], topology{"pipe", "pipe"})
+
+// connPair returns the two ends of a connection over network ("tcp", "unix" or "pipe"):
+// a dialed, b accepted. Both are closed when the test ends.
+func connPair(t testing.TB, network string) (a, b net.Conn) {
+	t.Helper()
+	if network == "pipe" {
+		a, b = net.Pipe()
+	} else {
+		addr := "127.0.0.1:0"
+		if network == "unix" {
+			addr = filepath.Join(t.TempDir(), "s")
+		}
+		ln, err := net.Listen(network, addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		a, err = net.Dial(network, ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err = ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Cleanup(func() { a.Close(); b.Close() })
+	return a, b
+}
+
+type result struct {
+	stats Stats
+	err   error
+}
+
+// harness is a relay between a test client and a test server, over real sockets.
+type harness struct {
+	client, server net.Conn // the test's ends
+	done           chan result
+	activity       atomic.Int64
+}
+
+func startRelay(t testing.TB, ctx context.Context, tp topology, opts Options) *harness {
+	t.Helper()
+	h := &harness{done: make(chan result, 1)}
+	var rc, ru net.Conn
+	h.client, rc = connPair(t, tp.client)
+	ru, h.server = connPair(t, tp.upstream)
+	if opts.Activity == nil {
+		opts.Activity = func() { h.activity.Add(1) }
+	}
+	go func() {
+		s, err := Relay(ctx, rc, ru, opts)
+		h.done <- result{s, err}
+	}()
+	return h
+}
+
+// wait returns the relay's result, failing the test if it takes longer than 10s.
+func (h *harness) wait(t testing.TB) result {
+	t.Helper()
+	select {
+	case r := <-h.done:
+		return r
+	case <-time.After(10 * time.Second):
+		t.Fatal("relay did not return")
+		return result{}
+	}
+}
+
+func closeWrite(t testing.TB, c net.Conn) {
+	t.Helper()
+	if err := c.(interface{ CloseWrite() error }).CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// readAll reads c to EOF with a deadline.
+func readAll(t testing.TB, c net.Conn) string {
+	t.Helper()
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	b, err := io.ReadAll(c)
+	if err != nil {
+		t.Fatalf("read to EOF: %v", err)
+	}
+	return string(b)
+}
+
+func write(t testing.TB, c net.Conn, s string) {
+	t.Helper()
+	if _, err := io.WriteString(c, s); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func readN(t testing.TB, c net.Conn, n int) string {
+	t.Helper()
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	b := make([]byte, n)
+	if _, err := io.ReadFull(c, b); err != nil {
+		t.Fatalf("read %d bytes: %v", n, err)
+	}
+	return string(b)
+}
+
+// send writes n pseudo-random bytes from seed to w and returns their hash.
+func send(w io.Writer, seed uint64, n int64) ([32]byte, error) {
+	rng := rand.NewChaCha8([32]byte{byte(seed)})
+	h := sha256.New()
+	_, err := io.CopyN(io.MultiWriter(w, h), rng, n)
+	return [32]byte(h.Sum(nil)), err
+}
+
+// recv reads exactly n bytes from r and returns their hash.
+func recv(r io.Reader, n int64) ([32]byte, error) {
+	h := sha256.New()
+	_, err := io.CopyN(h, r, n)
+	return [32]byte(h.Sum(nil)), err
+}
+
+// transfer moves n bytes each way at once between the harness's client and server and
+// checks that they arrive intact, then passes EOF both ways (on sockets) or closes the
+// client (on net.Pipe, which cannot half-close).
+func transfer(t *testing.T, h *harness, n int64, halfClose bool) {
+	t.Helper()
+	type end struct {
+		sent, got [32]byte
+		err       error
+	}
+	run := func(c net.Conn, seed uint64, out chan<- end) {
+		var e end
+		sent := make(chan error, 1)
+		go func() {
+			var err error
+			e.sent, err = send(c, seed, n)
+			if err == nil && halfClose {
+				err = c.(interface{ CloseWrite() error }).CloseWrite()
+			}
+			sent <- err
+		}()
+		e.got, e.err = recv(c, n)
+		if e.err == nil && halfClose {
+			if m, err := c.Read(make([]byte, 1)); m != 0 || err != io.EOF {
+				e.err = fmt.Errorf("after %d bytes: read %d, %v; want EOF", n, m, err)
+			}
+		}
+		if err := <-sent; e.err == nil {
+			e.err = err
+		}
+		out <- e
+	}
+	fromClient, fromServer := make(chan end, 1), make(chan end, 1)
+	h.client.SetDeadline(time.Now().Add(60 * time.Second))
+	h.server.SetDeadline(time.Now().Add(60 * time.Second))
+	go run(h.client, 1, fromClient)
+	go run(h.server, 2, fromServer)
+	c, s := <-fromClient, <-fromServer
+	if c.err != nil || s.err != nil {
+		t.Fatalf("client: %v; server: %v", c.err, s.err)
+	}
+	if c.sent != s.got {
+		t.Error("bytes from the client arrived changed")
+	}
+	if s.sent != c.got {
+		t.Error("bytes from the server arrived changed")
+	}
+	if !halfClose {
+		h.client.Close()
+	}
+}
+
+func TestRelayBulkBothWays(t *testing.T) {
+	n := int64(64 << 20)
+	if testing.Short() {
+		n = 4 << 20
+	}
+	for _, tp := range withPipe {
+		t.Run(tp.String(), func(t *testing.T) {
+			before := spliced.Load()
+			h := startRelay(t, t.Context(), tp, Options{})
+			transfer(t, h, n, tp.client != "pipe")
+			r := h.wait(t)
+			if r.err != nil {
+				t.Errorf("Relay: %v", r.err)
+			}
+			if want := (Stats{n, n}); r.stats != want {
+				t.Errorf("stats %+v, want %+v", r.stats, want)
+			}
+			wantSpliced := 2 * n
+			if tp.client == "pipe" {
+				wantSpliced = 0
+			}
+			if got := spliced.Load() - before; got != wantSpliced {
+				t.Errorf("%d bytes spliced, want %d", got, wantSpliced)
+			}
+			if calls := h.activity.Load(); calls < 2*n/pipeSize {
+				t.Errorf("Activity called %d times for %d bytes each way", calls, n)
+			}
+		})
+	}
+}
+
+// TestRelaySplicesUnixToUnix is the case Go's io.Copy never splices (nginx -> sact -> a
+// unix socket in the app's container).
+func TestRelaySplicesUnixToUnix(t *testing.T) {
+	var calls atomic.Int64
+	spliceCall = func(rfd int, roff *int64, wfd int, woff *int64, len int, flags int) (int64, error) {
+		calls.Add(1)
+		return unix.Splice(rfd, roff, wfd, woff, len, flags)
+	}
+	t.Cleanup(func() { spliceCall = unix.Splice })
+	before := spliced.Load()
+	h := startRelay(t, t.Context(), topology{"unix", "unix"}, Options{})
+	transfer(t, h, 1<<20, true)
+	if r := h.wait(t); r.err != nil || r.stats != (Stats{1 << 20, 1 << 20}) {
+		t.Fatalf("Relay: %+v, %v", r.stats, r.err)
+	}
+	if got := spliced.Load() - before; got != 2<<20 {
+		t.Errorf("%d bytes spliced, want %d", got, 2<<20)
+	}
+	if calls.Load() < 2*(1<<20)/pipeSize {
+		t.Errorf("splice(2) called %d times", calls.Load())
+	}
+}
+
+func TestRelayHalfClose(t *testing.T) {
+	for _, tp := range sockets {
+		t.Run(tp.String(), func(t *testing.T) {
+			h := startRelay(t, t.Context(), tp, Options{})
+			write(t, h.client, "question")
+			closeWrite(t, h.client)
+			if got := readAll(t, h.server); got != "question" {
+				t.Fatalf("server read %q", got)
+			}
+			// The server's side still carries the answer after the client's EOF.
+			write(t, h.server, "answer")
+			time.Sleep(10 * time.Millisecond)
+			write(t, h.server, ", at length")
+			closeWrite(t, h.server)
+			if got := readAll(t, h.client); got != "answer, at length" {
+				t.Fatalf("client read %q", got)
+			}
+			r := h.wait(t)
+			if r.err != nil || r.stats != (Stats{8, 17}) {
+				t.Errorf("Relay: %+v, %v", r.stats, r.err)
+			}
+		})
+	}
+}
+
+func TestRelayServerClosesFirst(t *testing.T) {
+	for _, tp := range withPipe {
+		t.Run(tp.String(), func(t *testing.T) {
+			h := startRelay(t, t.Context(), tp, Options{})
+			write(t, h.client, "hi")
+			if got := readN(t, h.server, 2); got != "hi" {
+				t.Fatalf("server read %q", got)
+			}
+			write(t, h.server, "bye")
+			h.server.Close()
+			if got := readAll(t, h.client); got != "bye" {
+				t.Fatalf("client read %q", got)
+			}
+			h.client.Close()
+			r := h.wait(t)
+			if r.err != nil || r.stats != (Stats{2, 3}) {
+				t.Errorf("Relay: %+v, %v", r.stats, r.err)
+			}
+		})
+	}
+}
+
+func TestRelayCancelClosesBoth(t *testing.T) {
+	for _, tp := range withPipe {
+		t.Run(tp.String(), func(t *testing.T) {
+			ctx, cancel := context.WithCancelCause(t.Context())
+			h := startRelay(t, ctx, tp, Options{})
+			// A silent connection, and one blocked writing to a client that does not
+			// read: both end.
+			write(t, h.client, "x")
+			readN(t, h.server, 1)
+			go send(h.server, 3, 16<<20)
+			time.Sleep(20 * time.Millisecond)
+
+			stopped := errors.New("app stopped")
+			cancel(stopped)
+			r := h.wait(t)
+			if !errors.Is(r.err, stopped) {
+				t.Errorf("Relay returned %v, want the context's cause", r.err)
+			}
+			h.server.SetReadDeadline(time.Now().Add(10 * time.Second))
+			if _, err := io.ReadAll(h.server); err != nil && !isClosedByPeer(err) {
+				t.Errorf("server: %v, want EOF", err)
+			}
+			h.client.SetReadDeadline(time.Now().Add(10 * time.Second))
+			if _, err := io.ReadAll(h.client); err != nil && !isClosedByPeer(err) {
+				t.Errorf("client: %v, want EOF", err)
+			}
+		})
+	}
+}
+
+// isClosedByPeer reports whether err is how a conn's peer closing shows.
+func isClosedByPeer(err error) bool {
+	return errors.Is(err, syscall.ECONNRESET) || errors.Is(err, io.ErrClosedPipe)
+}
+
+func TestRelayCancelledBeforeStart(t *testing.T) {
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	h := startRelay(t, ctx, topology{"unix", "tcp"}, Options{})
+	if r := h.wait(t); !errors.Is(r.err, context.Canceled) {
+		t.Errorf("Relay returned %v", r.err)
+	}
+	if got := readAll(t, h.server); got != "" {
+		t.Errorf("server read %q", got)
+	}
+}
+
+func TestRelayPeerReset(t *testing.T) {
+	for _, tp := range sockets {
+		t.Run(tp.String(), func(t *testing.T) {
+			h := startRelay(t, t.Context(), tp, Options{})
+			write(t, h.client, "unread")
+			waitFor(t, func() bool { return h.activity.Load() > 0 })
+			time.Sleep(10 * time.Millisecond)
+			// Closing with unread input resets the connection: an RST on TCP,
+			// ECONNRESET on the peer of a unix socket.
+			h.server.Close()
+			r := h.wait(t)
+			if !errors.Is(r.err, syscall.ECONNRESET) {
+				t.Errorf("Relay returned %v, want ECONNRESET", r.err)
+			}
+			if r.stats.ClientToUpstream != 6 {
+				t.Errorf("stats %+v", r.stats)
+			}
+			h.client.SetReadDeadline(time.Now().Add(10 * time.Second))
+			if _, err := io.ReadAll(h.client); err != nil && !isClosedByPeer(err) {
+				t.Errorf("client: %v, want EOF", err)
+			}
+		})
+	}
+}
+
+func TestRelayFallsBackWhenSpliceUnsupported(t *testing.T) {
+	for _, after := range []int{0, 3} {
+		t.Run(fmt.Sprintf("after %d reads", after), func(t *testing.T) {
+			var reads atomic.Int64
+			spliceCall = func(rfd int, roff *int64, wfd int, woff *int64, len int, flags int) (int64, error) {
+				if !isPipe(rfd) && reads.Add(1) > int64(after) {
+					return -1, unix.EINVAL
+				}
+				return unix.Splice(rfd, roff, wfd, woff, len, flags)
+			}
+			t.Cleanup(func() { spliceCall = unix.Splice })
+			before := spliced.Load()
+			h := startRelay(t, t.Context(), topology{"unix", "unix"}, Options{})
+			transfer(t, h, 4<<20, true)
+			if r := h.wait(t); r.err != nil || r.stats != (Stats{4 << 20, 4 << 20}) {
+				t.Fatalf("Relay: %+v, %v", r.stats, r.err)
+			}
+			if got := spliced.Load() - before; after == 0 && got != 0 || after > 0 && got == 0 {
+				t.Errorf("%d bytes spliced", got)
+			}
+		})
+	}
+}
+
+func TestRelayFallsBackWithoutPipes(t *testing.T) {
+	pipe2Call = func([]int, int) error { return unix.EMFILE }
+	t.Cleanup(func() { pipe2Call = unix.Pipe2 })
+	// Empty the pool so that a pipe has to be made.
+	runtime.GC()
+	runtime.GC()
+	h := startRelay(t, t.Context(), topology{"tcp", "unix"}, Options{})
+	transfer(t, h, 1<<20, true)
+	if r := h.wait(t); r.err != nil || r.stats != (Stats{1 << 20, 1 << 20}) {
+		t.Fatalf("Relay: %+v, %v", r.stats, r.err)
+	}
+}
+
+func TestPipeWithDataIsNotReused(t *testing.T) {
+	p := getPipe()
+	if p == nil {
+		t.Fatal("no pipe")
+	}
+	if _, err := unix.Write(p.w, []byte("left over")); err != nil {
+		t.Fatal(err)
+	}
+	p.held = 9
+	r := p.r
+	putPipe(p)
+	if _, err := unix.FcntlInt(uintptr(r), unix.F_GETFD, 0); err != unix.EBADF {
+		t.Errorf("pipe with data still open after putPipe: %v", err)
+	}
+}
+
+func isPipe(fd int) bool {
+	var st unix.Stat_t
+	return unix.Fstat(fd, &st) == nil && st.Mode&unix.S_IFMT == unix.S_IFIFO
+}
+
+func waitFor(t testing.TB, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met in 10s")
+		}
+	}
+}
+
+// TestRelayLeaksNothing runs relays that end every way there is and checks that the
+// goroutines and fds they used are all gone afterwards, pooled pipes included once the
+// pool drops them.
+func TestRelayLeaksNothing(t *testing.T) {
+	fdsBefore, goBefore := countFDs(t), runtime.NumGoroutine()
+	for i := range 50 {
+		for _, tp := range withPipe {
+			t.Run(fmt.Sprintf("%d/%v", i, tp), func(t *testing.T) {
+				ctx, cancel := context.WithCancel(t.Context())
+				defer cancel()
+				h := startRelay(t, ctx, tp, Options{IdleTimeout: time.Hour})
+				write(t, h.client, "ping")
+				readN(t, h.server, 4)
+				switch {
+				case i%3 == 0:
+					cancel()
+				case i%3 == 1 && tp.client != "pipe":
+					h.server.Close()
+					write(t, h.client, "pong") // to a closed socket: a reset
+					h.client.SetReadDeadline(time.Now().Add(10 * time.Second))
+					io.ReadAll(h.client)
+					h.client.Close()
+				default:
+					write(t, h.server, "pong")
+					readN(t, h.client, 4)
+					h.client.Close()
+					// The relay passes the client's EOF on as a half-close and waits
+					// for the server to finish its side, as a server does.
+					h.server.Close()
+				}
+				h.wait(t)
+			})
+		}
+	}
+	waitFor(t, func() bool {
+		runtime.GC() // the pool drops its pipes after two
+		return runtime.NumGoroutine() <= goBefore && countFDs(t) <= fdsBefore
+	})
+}
+
+func countFDs(t testing.TB) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
+}
