@@ -1,0 +1,231 @@
+package config
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"maps"
+	"os"
+	"slices"
+	"time"
+
+	"github.com/sact-project/sact/internal/backend"
+	"github.com/sact-project/sact/internal/listen"
+)
+
+// Config is a whole, validated config file with every default filled in.
+type Config struct {
+	// File is the path the config was read from.
+	File  string
+	Admin Admin
+	Pool  Pool
+	HTTP  HTTP
+	// Apps sorted by Name.
+	Apps []*App
+}
+
+// Admin is the admin API that the CLI (sact status, start, stop) talks to.
+type Admin struct {
+	// Socket is the unix socket the API listens on. Default "/run/sact/admin.sock".
+	Socket string
+	// Listen is an optional TCP host:port serving the dashboard, /metrics and the API over
+	// HTTP. Default "": off.
+	Listen string
+}
+
+// Pool limits what runs on the host as a whole.
+type Pool struct {
+	// MaxRunning is how many apps may run at once; when one more must start, the least
+	// recently used idle app is stopped to make room. Default 0: unlimited.
+	MaxRunning int
+	// StartConcurrency is how many apps may be starting at once; the rest queue. Default
+	// runtime.NumCPU().
+	StartConcurrency int
+	// MemoryBudget is the sum of running apps' memory limits, in bytes, that sact keeps
+	// under by stopping idle apps (key memory_budget). Default 0: no budget.
+	MemoryBudget int64
+}
+
+// HTTP is the optional front door: apps that set Hosts are served on these addresses,
+// routed by the Host header.
+type HTTP struct {
+	// Listen addresses. Default none: no front door.
+	Listen []listen.Addr
+}
+
+// App is one app: how to run it and when.
+//
+// Exactly one of Image, Container and Command is set. Keys of `defaults:` that do not apply
+// to an app's kind (memory for a plain process, say) are not inherited by it.
+type App struct {
+	// Name is the app's key under apps:; containers are named "sact-"+Name.
+	Name string
+	// Line is the line of the app's key in the file, for messages.
+	Line int
+
+	// Image to create the app's container from. Default: none.
+	Image string
+	// Container is an existing container (made by docker compose create, say) that sact
+	// only starts and stops. Default: none.
+	Container string
+	// Cmd and Entrypoint replace the image's. Default nil: the image's.
+	Cmd        []string
+	Entrypoint []string
+	// Env is the app's environment. Default none.
+	Env map[string]string
+	// Volumes in docker's -v syntax: "/host:/container[:ro]" or "name:/container". Default
+	// none.
+	Volumes []string
+	// User the container runs as, "name", "uid" or "uid:gid". Default "": the image's.
+	User string
+	// Network is the docker network to attach to. Default "": the engine's default bridge.
+	Network string
+	// Memory limit in bytes (key accepts 512m, 1g, 268435456, 512MiB). Default 0: none.
+	Memory int64
+	// CPUs is the CPU quota (1.5 = one and a half CPUs). Default 0: none.
+	CPUs float64
+	// Labels added to the container, besides sact's own. Default none.
+	Labels map[string]string
+
+	// Command is a plain process to run instead of a container. Default: none.
+	Command []string
+	// Dir is Command's working directory. Default "": sact's.
+	Dir string
+
+	// Listen is where clients connect. Default none.
+	Listen []listen.Addr
+	// Upstream is where the started app accepts connections. For a Command app with Port
+	// it is set to tcp:127.0.0.1:Port. Default: none.
+	Upstream backend.Addr
+	// Port is the port the app listens on at the container's own address (127.0.0.1 for
+	// a Command app). Default 0: none.
+	Port int
+	// Idle is how long the app may go without a new connection and without a byte moved
+	// before it is stopped. Default 15m.
+	Idle time.Duration
+	// StartTimeout is how long a start may take until the upstream accepts connections.
+	// Default 60s.
+	StartTimeout time.Duration
+	// StopTimeout is the grace period between SIGTERM and SIGKILL. Default 10s.
+	StopTimeout time.Duration
+	// MaxWaiting is how many connections are held while the app starts (key max_waiting);
+	// more are refused. Default 1024.
+	MaxWaiting int
+	// KeepWhileOpen keeps the app running while any connection is open, even a silent
+	// one (key keep_while_open). Default false.
+	KeepWhileOpen bool
+	// OnExit is what happens to the running app when sact exits (key on_exit): "keep"
+	// leaves it running for the next sact to adopt, "stop" stops it. Default "keep".
+	OnExit string
+
+	// Handoff passes the listening sockets into the app (LISTEN_FDS) instead of relaying
+	// connections. Default false.
+	Handoff bool
+	// Hosts are the Host header values the http front door routes to this app. Default
+	// none.
+	Hosts []string
+	// DependsOn are apps started before this one and stopped after it (key depends_on).
+	// Default none.
+	DependsOn []string
+	// PauseAfter freezes the app after this much idle time, before Idle stops it (key
+	// pause_after). Default 0: never paused.
+	PauseAfter time.Duration
+	// KeepWarm are weekly windows in which the app is kept running, like
+	// "Mon-Fri 09:00-19:00" (key keep_warm). Default none.
+	KeepWarm []string
+	// MinRunning is how many instances are kept running even when idle (key
+	// min_running). Default 0.
+	MinRunning int
+}
+
+// Load reads and validates the config file at path. On any problem it returns a nil Config
+// and an Errors holding every problem found.
+func Load(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, Errors{{File: path, Msg: "cannot read the config: " + errText(err) + "; check the path given with -c"}}
+	}
+	return Parse(path, data)
+}
+
+// errText is err's message without the path that os errors repeat.
+func errText(err error) string {
+	if pe, ok := err.(*os.PathError); ok {
+		return pe.Err.Error()
+	}
+	return err.Error()
+}
+
+// Parse is Load on bytes already read; path is used in messages. Validation looks at the
+// file system: the directories of unix sockets must exist.
+func Parse(path string, data []byte) (*Config, error) {
+	p := &parser{d: decoder{file: path}}
+	cfg := p.parse(data)
+	if len(p.d.errs) > 0 {
+		return nil, p.d.errs.sorted()
+	}
+	return cfg, nil
+}
+
+// Spec returns what a runtime needs to run the app. The slices and maps are copies.
+func (a *App) Spec() backend.Spec {
+	s := backend.Spec{
+		Name:       a.Name,
+		Image:      a.Image,
+		Container:  a.Container,
+		Cmd:        slices.Clone(a.Cmd),
+		Entrypoint: slices.Clone(a.Entrypoint),
+		Env:        maps.Clone(a.Env),
+		Volumes:    slices.Clone(a.Volumes),
+		User:       a.User,
+		Network:    a.Network,
+		Memory:     a.Memory,
+		CPUs:       a.CPUs,
+		Labels:     maps.Clone(a.Labels),
+		Command:    slices.Clone(a.Command),
+		Dir:        a.Dir,
+		Upstream:   a.Upstream,
+		Port:       a.Port,
+	}
+	s.Hash = a.hash()
+	return s
+}
+
+// hashed is what App.hash covers: everything that shapes the container or process, so
+// that a changed value means "recreate". Every field is omitempty, so adding a field here
+// leaves the hash of configs that do not use it alone: an upgrade of sact must not
+// recreate every container. Never rename the JSON keys, for the same reason.
+type hashed struct {
+	Image      string            `json:"image,omitempty"`
+	Container  string            `json:"container,omitempty"`
+	Cmd        []string          `json:"cmd,omitempty"`
+	Entrypoint []string          `json:"entrypoint,omitempty"`
+	Env        map[string]string `json:"env,omitempty"`
+	Volumes    []string          `json:"volumes,omitempty"`
+	User       string            `json:"user,omitempty"`
+	Network    string            `json:"network,omitempty"`
+	Memory     int64             `json:"memory,omitempty"`
+	CPUs       float64           `json:"cpus,omitempty"`
+	Labels     map[string]string `json:"labels,omitempty"`
+	Command    []string          `json:"command,omitempty"`
+	Dir        string            `json:"dir,omitempty"`
+	Port       int               `json:"port,omitempty"`
+	Upstream   string            `json:"upstream,omitempty"`
+	Handoff    bool              `json:"handoff,omitempty"`
+}
+
+// hash is the first 16 hex digits of the sha256 of the app's hashed settings. JSON writes
+// map keys sorted, so equal settings always give equal hashes.
+func (a *App) hash() string {
+	b, err := json.Marshal(hashed{
+		Image: a.Image, Container: a.Container, Cmd: a.Cmd, Entrypoint: a.Entrypoint,
+		Env: a.Env, Volumes: a.Volumes, User: a.User, Network: a.Network, Memory: a.Memory,
+		CPUs: a.CPUs, Labels: a.Labels, Command: a.Command, Dir: a.Dir, Port: a.Port,
+		Upstream: a.Upstream.String(), Handoff: a.Handoff,
+	})
+	if err != nil {
+		panic("config: hashing app settings: " + err.Error()) // cannot happen: plain data
+	}
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:8])
+}

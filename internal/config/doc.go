@@ -1,0 +1,83 @@
+// Package config reads sact's config file: it decodes the YAML, checks every setting and
+// how they fit together, fills in defaults, and returns a Config that the rest of sact can
+// use without checking anything again.
+//
+// Every problem is reported, not just the first, each with its file, line and setting and
+// a way to fix it (see Error):
+//
+//	sact.yaml:12: apps.web.imgae: unknown key; did you mean "image"?
+//	sact.yaml:14: apps.web.idle: "soon" is not a duration; write a duration like 90s, 15m or 1h30m
+//
+// A complete config, with every key. Settings left out take the defaults written in the
+// doc comments of Config's fields.
+//
+//	admin:
+//	  socket: /run/sact/admin.sock      # admin API for the sact CLI
+//	  listen: 127.0.0.1:9180            # optional: dashboard, /metrics and the API over HTTP
+//	defaults:                           # any app key; an app's own key replaces it whole
+//	  idle: 15m                         # no new connection and no byte moved this long: stop
+//	  start_timeout: 60s                # until the upstream accepts connections
+//	  stop_timeout: 10s                 # between SIGTERM and SIGKILL
+//	  max_waiting: 1024                 # connections held while the app starts
+//	  on_exit: keep                     # or stop: what sact's exit does to running apps
+//	  memory: 512m
+//	pool:
+//	  max_running: 40                   # least recently used idle app stops to make room
+//	  start_concurrency: 2              # apps starting at once; default: the number of CPUs
+//	  memory_budget: 8g                 # sum of running apps' memory limits
+//	http:                               # front door: apps with hosts, routed by Host
+//	  listen: [":8080"]
+//	apps:
+//	  blog:
+//	    image: blog:2024                # a docker image; the container is sact-blog
+//	    cmd: unicorn -c unicorn.rb      # or a list: ["unicorn", "-c", "unicorn.rb"]
+//	    entrypoint: ["/usr/bin/env"]
+//	    user: "1001"
+//	    volumes: ["/apps/blog/tmp:/app/tmp", "blog-data:/app/data:ro"]
+//	    env: {SOCKET_FILE: /app/tmp/sockets/unicorn.sock}   # or [SOCKET_FILE=/app/...]
+//	    labels: {team: web}
+//	    network: bridge
+//	    cpus: 1.5
+//	    listen:
+//	      - unix:/run/sact/blog.sock
+//	      - {address: "unix:/run/sact/blog-admin.sock", mode: "0660", owner: www-data, group: www-data}
+//	    upstream: unix:/apps/blog/tmp/sockets/unicorn.sock   # or tcp:host:port
+//	    idle: 10m
+//	    keep_while_open: true           # an open connection keeps it running, even silent
+//	  widget:
+//	    image: widget:1
+//	    hosts: ["widget.example.com"]   # served by the http front door
+//	    port: 8080                      # on the container's own address
+//	    depends_on: [widget-redis]      # started first, stopped after its last dependent
+//	    pause_after: 1m                 # freeze first, stop after idle
+//	    keep_warm: ["Mon-Fri 09:00-19:00"]
+//	    min_running: 0
+//	  widget-redis:
+//	    container: widget-redis         # made elsewhere (docker compose create): only started and stopped
+//	  api:
+//	    image: api:1
+//	    listen: ["tcp:127.0.0.1:9001"]
+//	    handoff: true                   # pass the listening socket in (LISTEN_FDS)
+//	    network: none
+//	  legacy:
+//	    command: ["./server", "--port", "9002"]   # a plain process
+//	    dir: /srv/legacy
+//	    listen: ["tcp:127.0.0.1:9102"]
+//	    port: 9002                      # of a process: 127.0.0.1:9002
+//	    on_exit: stop
+//
+// Values:
+//
+//   - Durations are Go style (90s, 15m, 1h30m, 500ms) or systemd style: a plain number is
+//     seconds (90), and units may be spelled out and spaced (1min, 2h 30min, 1d, 1w).
+//   - Sizes are bytes (268435456) or a number with a unit, powers of 1024 as in docker,
+//     in any case: 512m, 1g, 512MiB, 1.5G.
+//   - Addresses are unix:/absolute/path or tcp:host:port; a bare host:port is TCP.
+//   - cmd, entrypoint and command are a list, or one string split on whitespace with no
+//     quoting or other shell syntax (a string holding quotes is an error: write a list).
+//   - env and labels are a mapping, or a list of KEY=VALUE.
+//   - YAML anchors, aliases and merge keys (<<: *anchor) work as usual.
+//
+// Some settings are parsed and checked but not acted on by this version of sact; using one
+// is an error that says so (see notYetSupported in unsupported.go).
+package config

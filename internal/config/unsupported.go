@@ -1,0 +1,28 @@
+package config
+
+// notYetSupported lists the settings that this version of sact parses and validates but
+// does not act on yet. Using one is an error, never a silent no-op. When a feature lands,
+// delete its entry here (and its line in testdata/invalid/unsupported.yaml); nothing else
+// refers to this list.
+//
+// Keys are app keys (they apply under apps.NAME and under defaults) or, for any other
+// setting, its full path from the top of the file. Values say what to do instead.
+var notYetSupported = map[string]string{
+	"handoff":     "remove it, and give the app a port or upstream: sact relays its connections",
+	"hosts":       "give the app a listen address of its own instead",
+	"depends_on":  "remove it, and start the dependency some other way",
+	"pause_after": "remove it: apps are stopped after idle, not paused",
+	"keep_warm":   "remove it: apps start on their first connection",
+	"min_running": "remove it: apps start on their first connection",
+
+	"http":               "give each app a listen address of its own instead",
+	"pool.max_running":   "remove it: any number of apps may run at once",
+	"pool.memory_budget": "remove it, and limit each app's memory instead",
+}
+
+// unsupported reports the setting at path if notYetSupported lists it under key.
+func (d *decoder) unsupported(key, path string, n pair) {
+	if how, ok := notYetSupported[key]; ok {
+		d.errorf(n.k, path, "not supported by this version of sact yet; %s", how)
+	}
+}
