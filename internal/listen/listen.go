@@ -1,0 +1,123 @@
+package listen
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/user"
+	"strconv"
+	"syscall"
+	"time"
+)
+
+// Listen binds a. For a unix socket it first removes a stale socket file left by a sact
+// that did not exit cleanly (nothing answers on it), but never a socket something still
+// serves, nor a file that is not a socket; then it applies Mode (0666 if zero), Owner and
+// Group, so that nginx running as another user can connect.
+func Listen(ctx context.Context, a Addr) (net.Listener, error) {
+	var lc net.ListenConfig
+	if a.Network != "unix" {
+		ln, err := lc.Listen(ctx, a.Network, a.Address)
+		if err != nil {
+			return nil, fmt.Errorf("listening on %s: %w", a, err)
+		}
+		return ln, nil
+	}
+	if err := removeStale(ctx, a.Address); err != nil {
+		return nil, fmt.Errorf("listening on %s: %w", a, err)
+	}
+	ln, err := lc.Listen(ctx, "unix", a.Address)
+	if err != nil {
+		return nil, fmt.Errorf("listening on %s: %w", a, err)
+	}
+	if err := a.applyPerms(); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("listening on %s: %w", a, err)
+	}
+	return ln, nil
+}
+
+// removeStale removes the socket file at path if no one listens on it.
+func removeStale(ctx context.Context, path string) error {
+	fi, err := os.Lstat(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if fi.Mode()&os.ModeSocket == 0 {
+		return fmt.Errorf("%s exists and is not a socket; remove it or choose another path", path)
+	}
+	d := net.Dialer{Timeout: time.Second}
+	c, err := d.DialContext(ctx, "unix", path)
+	if err == nil {
+		c.Close()
+		return fmt.Errorf("%s is in use by another process (another sact?); stop it or choose another path", path)
+	}
+	if !errors.Is(err, syscall.ECONNREFUSED) {
+		return fmt.Errorf("checking whether %s is still in use: %w", path, err)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("removing stale socket: %w", err)
+	}
+	return nil
+}
+
+func (a Addr) applyPerms() error {
+	mode := a.Mode
+	if mode == 0 {
+		mode = 0o666
+	}
+	if err := os.Chmod(a.Address, mode); err != nil {
+		return fmt.Errorf("setting the socket's mode: %w", err)
+	}
+	if a.Owner == "" && a.Group == "" {
+		return nil
+	}
+	uid, gid := -1, -1
+	if a.Owner != "" {
+		id, err := lookupID(a.Owner, func(s string) (string, error) {
+			u, err := user.Lookup(s)
+			if err != nil {
+				return "", err
+			}
+			return u.Uid, nil
+		})
+		if err != nil {
+			return fmt.Errorf("socket owner: %w", err)
+		}
+		uid = id
+	}
+	if a.Group != "" {
+		id, err := lookupID(a.Group, func(s string) (string, error) {
+			g, err := user.LookupGroup(s)
+			if err != nil {
+				return "", err
+			}
+			return g.Gid, nil
+		})
+		if err != nil {
+			return fmt.Errorf("socket group: %w", err)
+		}
+		gid = id
+	}
+	if err := os.Lchown(a.Address, uid, gid); err != nil {
+		return fmt.Errorf("setting the socket's owner: %w", err)
+	}
+	return nil
+}
+
+// lookupID returns s as a number if it is one, or looks the name up.
+func lookupID(s string, lookup func(string) (string, error)) (int, error) {
+	if n, err := strconv.Atoi(s); err == nil {
+		return n, nil
+	}
+	id, err := lookup(s)
+	if err != nil {
+		return 0, err
+	}
+	return strconv.Atoi(id)
+}
