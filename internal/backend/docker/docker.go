@@ -1,0 +1,472 @@
+// Package docker runs apps as Docker containers through the Engine API.
+//
+// A container is created once, named "sact-NAME" and labelled sact.app=NAME and
+// sact.config=HASH, and afterwards only started and stopped: creating costs the engine far
+// more than starting. A container whose sact.config label differs from the app's current
+// settings is removed and created anew at its next start, never while it runs.
+//
+// Exits are learnt from the engine's event stream, one stream for all apps. The stream is
+// resumed with "since" after any interruption, so an exit that happened while it was down
+// is still seen; and each watch ignores events older than its own start, so an exit of an
+// earlier incarnation is never mistaken for one of the current.
+package docker
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"math"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	cerrdefs "github.com/containerd/errdefs"
+	"github.com/moby/moby/api/pkg/stdcopy"
+	"github.com/moby/moby/api/types/container"
+	"github.com/moby/moby/api/types/events"
+	"github.com/moby/moby/client"
+
+	"github.com/sact-project/sact/internal/backend"
+)
+
+// Labels sact puts on the containers it creates.
+const (
+	LabelApp    = "sact.app"
+	LabelConfig = "sact.config"
+)
+
+// Options configure the runtime.
+type Options struct {
+	Logger *slog.Logger
+	// LogLines is how many of a container's last log lines an Exit carries. Default 20.
+	LogLines int
+}
+
+// Runtime is a backend.Runtime and backend.Pauser on a Docker engine.
+type Runtime struct {
+	cli      *client.Client
+	log      *slog.Logger
+	logLines int
+
+	mu      sync.Mutex
+	watches map[string]*watch // by container ID
+	since   time.Time         // resume point of the event stream
+	live    chan struct{}     // closed once the event stream is first up
+}
+
+// watch waits for one incarnation of a container to exit.
+type watch struct {
+	app     string
+	started time.Time // events before this belong to an earlier incarnation
+	exited  chan backend.Exit
+	once    sync.Once
+}
+
+func (w *watch) deliver(e backend.Exit) {
+	w.once.Do(func() { w.exited <- e; close(w.exited) })
+}
+
+// New connects to the engine named by the environment (DOCKER_HOST, default the local
+// socket), negotiating the API version so that old engines (20.10, API 1.41) work too.
+func New(ctx context.Context, opts Options) (*Runtime, error) {
+	cli, err := client.New(client.FromEnv, client.WithAPIVersionNegotiation())
+	if err != nil {
+		return nil, fmt.Errorf("making a Docker client: %w", err)
+	}
+	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if _, err := cli.Ping(pctx, client.PingOptions{NegotiateAPIVersion: true}); err != nil {
+		cli.Close()
+		return nil, fmt.Errorf("cannot reach the Docker engine at %s: %w; is dockerd running, and may sact use its socket?", cli.DaemonHost(), err)
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	n := opts.LogLines
+	if n <= 0 {
+		n = 20
+	}
+	return &Runtime{
+		cli: cli, log: log, logLines: n,
+		watches: make(map[string]*watch),
+		since:   time.Now().Add(-time.Second),
+		live:    make(chan struct{}),
+	}, nil
+}
+
+// Client is the engine client, for tools (the demo, benchmarks) that need more of it.
+func (r *Runtime) Client() *client.Client { return r.cli }
+
+// Close releases the client's connections.
+func (r *Runtime) Close() error { return r.cli.Close() }
+
+// ContainerName is the name of the container sact creates for app.
+func ContainerName(app string) string { return "sact-" + app }
+
+func containerRef(spec backend.Spec) string {
+	if spec.Container != "" {
+		return spec.Container
+	}
+	return ContainerName(spec.Name)
+}
+
+// Run follows the engine's event stream until ctx ends, resuming it after errors (the
+// engine restarted, say) with growing pauses.
+func (r *Runtime) Run(ctx context.Context) error {
+	defer r.cli.Close()
+	delay := 100 * time.Millisecond
+	first := true
+	for {
+		r.mu.Lock()
+		since := r.since
+		r.mu.Unlock()
+		err := r.follow(ctx, since, &first)
+		if ctx.Err() != nil {
+			return nil
+		}
+		r.log.Warn("docker event stream interrupted; resuming", "reason", err, "retry_in", delay)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, 5*time.Second)
+		r.recheck(ctx)
+	}
+}
+
+func (r *Runtime) follow(ctx context.Context, since time.Time, first *bool) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	f := make(client.Filters).Add("type", "container").
+		Add("event", string(events.ActionDie), string(events.ActionDestroy))
+	res := r.cli.Events(ctx, client.EventsListOptions{
+		Since:   strconv.FormatInt(since.Unix(), 10),
+		Filters: f,
+	})
+	if *first {
+		// The stream's request goes out in the background; "since" replays what it
+		// misses, so being up is as good as being connected.
+		*first = false
+		close(r.live)
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case err := <-res.Err:
+			if err == nil {
+				err = errors.New("stream ended")
+			}
+			return err
+		case m := <-res.Messages:
+			r.handle(ctx, m)
+		}
+	}
+}
+
+// handle delivers an exit to the watch of the event's container, if any.
+func (r *Runtime) handle(ctx context.Context, m events.Message) {
+	t := time.Unix(0, m.TimeNano)
+	r.mu.Lock()
+	if t.After(r.since) {
+		// Seconds granularity on resume: the replay overlaps, which watches tolerate.
+		r.since = t
+	}
+	w := r.watches[m.Actor.ID]
+	if w == nil || t.Before(w.started) {
+		r.mu.Unlock()
+		return
+	}
+	delete(r.watches, m.Actor.ID)
+	r.mu.Unlock()
+
+	code := -1
+	if c, err := strconv.Atoi(m.Actor.Attributes["exitCode"]); err == nil {
+		code = c
+	}
+	reason := "exited"
+	if m.Action == events.ActionDestroy {
+		reason = "removed"
+	}
+	go func() {
+		e := backend.Exit{Code: code, Reason: reason}
+		ictx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if reason == "exited" {
+			if ins, err := r.cli.ContainerInspect(ictx, m.Actor.ID, client.ContainerInspectOptions{}); err == nil && ins.Container.State != nil && ins.Container.State.OOMKilled {
+				e.Reason = "oom-killed"
+			}
+		}
+		e.Logs = r.tail(ictx, m.Actor.ID)
+		w.deliver(e)
+	}()
+}
+
+// recheck looks at every watched container after the event stream was down, in case its
+// replay was incomplete.
+func (r *Runtime) recheck(ctx context.Context) {
+	r.mu.Lock()
+	ids := slices.Collect(maps.Keys(r.watches))
+	r.mu.Unlock()
+	for _, id := range ids {
+		ins, err := r.cli.ContainerInspect(ctx, id, client.ContainerInspectOptions{})
+		switch {
+		case cerrdefs.IsNotFound(err):
+			r.fire(id, backend.Exit{Code: -1, Reason: "removed"})
+		case err == nil && ins.Container.State != nil && !ins.Container.State.Running:
+			r.fire(id, backend.Exit{Code: ins.Container.State.ExitCode, Reason: "exited"})
+		}
+	}
+}
+
+func (r *Runtime) fire(id string, e backend.Exit) {
+	r.mu.Lock()
+	w := r.watches[id]
+	delete(r.watches, id)
+	r.mu.Unlock()
+	if w != nil {
+		w.deliver(e)
+	}
+}
+
+// tail returns the container's last log lines.
+func (r *Runtime) tail(ctx context.Context, id string) string {
+	rc, err := r.cli.ContainerLogs(ctx, id, client.ContainerLogsOptions{
+		ShowStdout: true, ShowStderr: true, Tail: strconv.Itoa(r.logLines),
+	})
+	if err != nil {
+		return ""
+	}
+	defer rc.Close()
+	var buf bytes.Buffer
+	if _, err := stdcopy.StdCopy(&buf, &buf, rc); err != nil && buf.Len() == 0 {
+		return ""
+	}
+	return strings.TrimSpace(buf.String())
+}
+
+func (r *Runtime) addWatch(id, app string, started time.Time) *watch {
+	w := &watch{app: app, started: started, exited: make(chan backend.Exit, 1)}
+	r.mu.Lock()
+	if old := r.watches[id]; old != nil {
+		r.mu.Unlock()
+		return old
+	}
+	r.watches[id] = w
+	r.mu.Unlock()
+	return w
+}
+
+func (r *Runtime) dropWatch(id string) {
+	r.mu.Lock()
+	delete(r.watches, id)
+	r.mu.Unlock()
+}
+
+// Start creates the app's container if it does not exist or was made from other settings,
+// and starts it.
+func (r *Runtime) Start(ctx context.Context, spec backend.Spec) (*backend.Instance, error) {
+	// Exits are only seen once the event stream is up; it is started with the daemon, so
+	// this waits only for the first start after boot, and not long.
+	select {
+	case <-r.live:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	ref := containerRef(spec)
+	ins, err := r.cli.ContainerInspect(ctx, ref, client.ContainerInspectOptions{})
+	switch {
+	case cerrdefs.IsNotFound(err):
+		if spec.Container != "" {
+			return nil, fmt.Errorf("container %q does not exist; create it (docker compose create) or fix the app's container:", spec.Container)
+		}
+		id, err := r.create(ctx, spec)
+		if err != nil {
+			return nil, err
+		}
+		return r.start(ctx, spec, id)
+	case err != nil:
+		return nil, fmt.Errorf("inspecting container %s: %w", ref, err)
+	}
+	c := ins.Container
+	if spec.Container == "" && c.Config != nil && c.Config.Labels[LabelConfig] != spec.Hash {
+		if c.State != nil && c.State.Running {
+			// Running outside sact's knowledge: adopt it rather than cut it off.
+			return r.instance(spec, c)
+		}
+		r.log.Info("recreating container: the app's settings changed", "app", spec.Name, "container", ref)
+		if _, err := r.cli.ContainerRemove(ctx, c.ID, client.ContainerRemoveOptions{Force: true}); err != nil && !cerrdefs.IsNotFound(err) {
+			return nil, fmt.Errorf("removing outdated container %s: %w", ref, err)
+		}
+		id, err := r.create(ctx, spec)
+		if err != nil {
+			return nil, err
+		}
+		return r.start(ctx, spec, id)
+	}
+	if c.State != nil && c.State.Running {
+		if c.State.Paused {
+			if _, err := r.cli.ContainerUnpause(ctx, c.ID, client.ContainerUnpauseOptions{}); err != nil {
+				return nil, fmt.Errorf("unpausing container %s: %w", ref, err)
+			}
+		}
+		return r.instance(spec, c)
+	}
+	return r.start(ctx, spec, c.ID)
+}
+
+func (r *Runtime) start(ctx context.Context, spec backend.Spec, id string) (*backend.Instance, error) {
+	w := r.addWatch(id, spec.Name, time.Now().Add(-time.Millisecond))
+	if _, err := r.cli.ContainerStart(ctx, id, client.ContainerStartOptions{}); err != nil {
+		r.dropWatch(id)
+		return nil, fmt.Errorf("starting container %s: %w", containerRef(spec), err)
+	}
+	up, err := r.upstream(ctx, spec, id)
+	if err != nil {
+		return nil, err
+	}
+	return &backend.Instance{ID: shortID(id), Upstream: up, Exited: w.exited}, nil
+}
+
+// instance describes a container that already runs.
+func (r *Runtime) instance(spec backend.Spec, c container.InspectResponse) (*backend.Instance, error) {
+	w := r.addWatch(c.ID, spec.Name, time.Now().Add(-time.Millisecond))
+	up, err := upstreamOf(spec, c)
+	if err != nil {
+		return nil, err
+	}
+	// Exited before the watch existed? Then no event will come for it.
+	return &backend.Instance{ID: shortID(c.ID), Upstream: up, Exited: w.exited}, nil
+}
+
+// upstream is where the started container accepts connections: spec.Upstream, or Port on
+// the container's own address, which only exists once it runs.
+func (r *Runtime) upstream(ctx context.Context, spec backend.Spec, id string) (backend.Addr, error) {
+	if spec.Port == 0 {
+		return spec.Upstream, nil
+	}
+	ins, err := r.cli.ContainerInspect(ctx, id, client.ContainerInspectOptions{})
+	if err != nil {
+		return backend.Addr{}, fmt.Errorf("finding the address of container %s: %w", containerRef(spec), err)
+	}
+	return upstreamOf(spec, ins.Container)
+}
+
+func upstreamOf(spec backend.Spec, c container.InspectResponse) (backend.Addr, error) {
+	if spec.Port == 0 {
+		return spec.Upstream, nil
+	}
+	if c.NetworkSettings != nil {
+		names := slices.Sorted(maps.Keys(c.NetworkSettings.Networks))
+		if spec.Network != "" && c.NetworkSettings.Networks[spec.Network] != nil {
+			names = []string{spec.Network}
+		}
+		for _, n := range names {
+			ep := c.NetworkSettings.Networks[n]
+			if ep != nil && ep.IPAddress.IsValid() {
+				return backend.Addr{Network: "tcp", Address: ep.IPAddress.String() + ":" + strconv.Itoa(spec.Port)}, nil
+			}
+		}
+	}
+	return backend.Addr{}, fmt.Errorf("container %s has no IP address to reach port %d on (network %q); use a bridge or user-defined network, or set upstream: instead", containerRef(spec), spec.Port, spec.Network)
+}
+
+// create makes the app's container from spec.
+func (r *Runtime) create(ctx context.Context, spec backend.Spec) (string, error) {
+	labels := maps.Clone(spec.Labels)
+	if labels == nil {
+		labels = make(map[string]string)
+	}
+	labels[LabelApp] = spec.Name
+	labels[LabelConfig] = spec.Hash
+	env := make([]string, 0, len(spec.Env))
+	for _, k := range slices.Sorted(maps.Keys(spec.Env)) {
+		env = append(env, k+"="+spec.Env[k])
+	}
+	cfg := &container.Config{
+		Image:      spec.Image,
+		Cmd:        spec.Cmd,
+		Entrypoint: spec.Entrypoint,
+		Env:        env,
+		User:       spec.User,
+		Labels:     labels,
+	}
+	hc := &container.HostConfig{
+		Binds:       spec.Volumes,
+		NetworkMode: container.NetworkMode(spec.Network),
+	}
+	hc.Memory = spec.Memory
+	if spec.CPUs > 0 {
+		hc.NanoCPUs = int64(math.Round(spec.CPUs * 1e9))
+	}
+	res, err := r.cli.ContainerCreate(ctx, client.ContainerCreateOptions{
+		Name: ContainerName(spec.Name), Config: cfg, HostConfig: hc,
+	})
+	if err != nil {
+		if cerrdefs.IsNotFound(err) {
+			return "", fmt.Errorf("creating container %s: image %q is not in the local engine (%v); build or load it first (docker build -t %s . / docker load), sact never pulls", ContainerName(spec.Name), spec.Image, err, spec.Image)
+		}
+		return "", fmt.Errorf("creating container %s: %w", ContainerName(spec.Name), err)
+	}
+	r.log.Info("created container", "app", spec.Name, "container", ContainerName(spec.Name), "id", shortID(res.ID), "config", spec.Hash)
+	return res.ID, nil
+}
+
+// Stop stops the app's container: SIGTERM, SIGKILL after grace.
+func (r *Runtime) Stop(ctx context.Context, spec backend.Spec, grace time.Duration) error {
+	secs := int(math.Ceil(grace.Seconds()))
+	_, err := r.cli.ContainerStop(ctx, containerRef(spec), client.ContainerStopOptions{Timeout: &secs})
+	if err != nil && !cerrdefs.IsNotFound(err) {
+		return fmt.Errorf("stopping container %s: %w", containerRef(spec), err)
+	}
+	return nil
+}
+
+// Running returns the app's container if it runs (sact was restarted while it served).
+func (r *Runtime) Running(ctx context.Context, spec backend.Spec) (*backend.Instance, error) {
+	ins, err := r.cli.ContainerInspect(ctx, containerRef(spec), client.ContainerInspectOptions{})
+	if cerrdefs.IsNotFound(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("inspecting container %s: %w", containerRef(spec), err)
+	}
+	c := ins.Container
+	if c.State == nil || !c.State.Running {
+		return nil, nil
+	}
+	if spec.Container == "" && (c.Config == nil || c.Config.Labels[LabelApp] != spec.Name) {
+		return nil, fmt.Errorf("a container named %s exists but was not made by sact for app %q (label %s); rename or remove it", containerRef(spec), spec.Name, LabelApp)
+	}
+	return r.instance(spec, c)
+}
+
+// Pause freezes the app's container.
+func (r *Runtime) Pause(ctx context.Context, spec backend.Spec) error {
+	if _, err := r.cli.ContainerPause(ctx, containerRef(spec), client.ContainerPauseOptions{}); err != nil {
+		return fmt.Errorf("pausing container %s: %w", containerRef(spec), err)
+	}
+	return nil
+}
+
+// Unpause thaws it.
+func (r *Runtime) Unpause(ctx context.Context, spec backend.Spec) error {
+	if _, err := r.cli.ContainerUnpause(ctx, containerRef(spec), client.ContainerUnpauseOptions{}); err != nil {
+		return fmt.Errorf("unpausing container %s: %w", containerRef(spec), err)
+	}
+	return nil
+}
+
+func shortID(id string) string {
+	if len(id) > 12 {
+		return id[:12]
+	}
+	return id
+}

@@ -1,0 +1,188 @@
+// Package process runs apps as plain processes (`command:` in the config): the same
+// activation for apps not yet in a container, and for fast tests.
+//
+// Each app runs in a process group of its own, and Stop signals the whole group, so a
+// shell wrapper and its children all go. Processes do not outlive sact: there is no engine
+// to keep them and nothing to adopt them from, so when the runtime's Run ends (sact exits)
+// the ones still running are stopped.
+package process
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"os"
+	"os/exec"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/sact-project/sact/internal/backend"
+)
+
+// Options configure the runtime.
+type Options struct {
+	Logger *slog.Logger
+	// TailBytes is how much of an app's last output an Exit carries. Default 4 KiB.
+	TailBytes int
+}
+
+// Runtime is a backend.Runtime for plain processes.
+type Runtime struct {
+	log  *slog.Logger
+	tail int
+
+	mu    sync.Mutex
+	procs map[string]*proc // by app name
+}
+
+type proc struct {
+	cmd  *exec.Cmd
+	done chan struct{} // closed when the process was reaped
+}
+
+// New returns a process runtime.
+func New(opts Options) *Runtime {
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	n := opts.TailBytes
+	if n <= 0 {
+		n = 4 << 10
+	}
+	return &Runtime{log: log, tail: n, procs: make(map[string]*proc)}
+}
+
+// Start runs spec.Command.
+func (r *Runtime) Start(ctx context.Context, spec backend.Spec) (*backend.Instance, error) {
+	if len(spec.Command) == 0 {
+		return nil, fmt.Errorf("app %q has no command", spec.Name)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if p := r.procs[spec.Name]; p != nil {
+		select {
+		case <-p.done:
+		default:
+			return nil, fmt.Errorf("app %q already runs as pid %d", spec.Name, p.cmd.Process.Pid)
+		}
+	}
+	// Not exec.CommandContext: the process must outlive the start request's context.
+	cmd := exec.Command(spec.Command[0], spec.Command[1:]...)
+	cmd.Dir = spec.Dir
+	cmd.Env = os.Environ()
+	for _, k := range slices.Sorted(maps.Keys(spec.Env)) {
+		cmd.Env = append(cmd.Env, k+"="+spec.Env[k])
+	}
+	out := &tailBuffer{max: r.tail}
+	cmd.Stdout, cmd.Stderr = out, out
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("running %q: %w", spec.Command[0], err)
+	}
+	p := &proc{cmd: cmd, done: make(chan struct{})}
+	r.procs[spec.Name] = p
+	exited := make(chan backend.Exit, 1)
+	go func() {
+		err := cmd.Wait()
+		e := backend.Exit{Code: cmd.ProcessState.ExitCode(), Reason: "exited", Logs: out.String()}
+		if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+			e.Reason = "killed by " + ws.Signal().String()
+		} else if err != nil && e.Code < 0 {
+			e.Reason = err.Error()
+		}
+		close(p.done)
+		exited <- e
+		close(exited)
+	}()
+	up := spec.Upstream
+	if up.IsZero() && spec.Port != 0 {
+		up = backend.Addr{Network: "tcp", Address: "127.0.0.1:" + strconv.Itoa(spec.Port)}
+	}
+	return &backend.Instance{ID: strconv.Itoa(cmd.Process.Pid), Upstream: up, Exited: exited}, nil
+}
+
+// Stop sends SIGTERM to the app's process group, and SIGKILL after grace.
+func (r *Runtime) Stop(ctx context.Context, spec backend.Spec, grace time.Duration) error {
+	r.mu.Lock()
+	p := r.procs[spec.Name]
+	r.mu.Unlock()
+	if p == nil {
+		return nil
+	}
+	return p.stop(ctx, grace)
+}
+
+func (p *proc) stop(ctx context.Context, grace time.Duration) error {
+	pgid := p.cmd.Process.Pid
+	if err := syscall.Kill(-pgid, syscall.SIGTERM); err != nil && !errors.Is(err, syscall.ESRCH) {
+		return fmt.Errorf("signalling process group %d: %w", pgid, err)
+	}
+	t := time.NewTimer(grace)
+	defer t.Stop()
+	select {
+	case <-p.done:
+	case <-t.C:
+	case <-ctx.Done():
+	}
+	// Also after the leader exited: children it left in the group go too.
+	syscall.Kill(-pgid, syscall.SIGKILL)
+	select {
+	case <-p.done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Running always reports nothing: plain processes are never left behind by sact.
+func (r *Runtime) Running(ctx context.Context, spec backend.Spec) (*backend.Instance, error) {
+	return nil, nil
+}
+
+// Run waits for ctx to end, then stops every process still running.
+func (r *Runtime) Run(ctx context.Context) error {
+	<-ctx.Done()
+	r.mu.Lock()
+	procs := slices.Collect(maps.Values(r.procs))
+	r.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, p := range procs {
+		wg.Go(func() {
+			sctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+			defer cancel()
+			p.stop(sctx, 5*time.Second)
+		})
+	}
+	wg.Wait()
+	return nil
+}
+
+// tailBuffer keeps the last max bytes written to it.
+type tailBuffer struct {
+	mu  sync.Mutex
+	max int
+	b   []byte
+}
+
+func (t *tailBuffer) Write(p []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.b = append(t.b, p...)
+	if over := len(t.b) - t.max; over > 0 {
+		t.b = append(t.b[:0], t.b[over:]...)
+	}
+	return len(p), nil
+}
+
+func (t *tailBuffer) String() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return strings.TrimSpace(string(t.b))
+}
