@@ -1,0 +1,124 @@
+// Package testimage builds the images that sact's tests, demo and benchmarks run, offline:
+// no registry is needed. The test server is a static Go binary put into an image with the
+// engine's image import; the image is tagged with the binary's content hash, so it is
+// built once and reused until the server's source changes.
+package testimage
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"time"
+
+	cerrdefs "github.com/containerd/errdefs"
+	"github.com/moby/moby/client"
+)
+
+// Repo is the repository the test server image is tagged in.
+const Repo = "sact-testserver"
+
+// TestServer returns the reference of the test server image (see testserver's package
+// documentation), building and importing it first if the engine lacks it. It needs the Go
+// toolchain and sact's source tree, as `go run` and `go test` have.
+func TestServer(ctx context.Context) (string, error) {
+	bin, err := buildServer(ctx)
+	if err != nil {
+		return "", fmt.Errorf("building the test server: %w", err)
+	}
+	sum := sha256.Sum256(bin)
+	ref := Repo + ":" + hex.EncodeToString(sum[:6])
+
+	cli, err := client.New(client.FromEnv, client.WithAPIVersionNegotiation())
+	if err != nil {
+		return "", fmt.Errorf("making a Docker client: %w", err)
+	}
+	defer cli.Close()
+	if _, err := cli.ImageInspect(ctx, ref); err == nil {
+		return ref, nil
+	} else if !cerrdefs.IsNotFound(err) {
+		return "", fmt.Errorf("looking for image %s: %w", ref, err)
+	}
+
+	layer, err := rootfs(map[string][]byte{"testserver": bin})
+	if err != nil {
+		return "", err
+	}
+	rc, err := cli.ImageImport(ctx, client.ImageImportSource{Source: bytes.NewReader(layer), SourceName: "-"}, ref,
+		client.ImageImportOptions{
+			Message: "sact test server, built offline",
+			Changes: []string{`ENTRYPOINT ["/testserver"]`, `EXPOSE 8080`},
+		})
+	if err != nil {
+		return "", fmt.Errorf("importing image %s: %w", ref, err)
+	}
+	defer rc.Close()
+	if _, err := io.Copy(io.Discard, rc); err != nil {
+		return "", fmt.Errorf("importing image %s: %w", ref, err)
+	}
+	return ref, nil
+}
+
+// SourceDir is the directory holding sact's go.mod, found from this file's compile-time
+// path.
+func SourceDir() (string, error) {
+	_, file, _, ok := runtime.Caller(0)
+	if !ok {
+		return "", fmt.Errorf("cannot tell where sact's source is")
+	}
+	dir := filepath.Join(filepath.Dir(file), "..", "..")
+	if _, err := os.Stat(filepath.Join(dir, "go.mod")); err != nil {
+		return "", fmt.Errorf("sact's source is not at %s (this binary was built elsewhere): run it from a checkout with `go run ./cmd/sact`", dir)
+	}
+	return dir, nil
+}
+
+// buildServer compiles the test server into a static, reproducible binary.
+func buildServer(ctx context.Context) ([]byte, error) {
+	dir, err := SourceDir()
+	if err != nil {
+		return nil, err
+	}
+	tmp, err := os.MkdirTemp("", "sact-testserver-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(tmp)
+	out := filepath.Join(tmp, "testserver")
+	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-ldflags=-s -w -buildid=", "-o", out, "./internal/testimage/testserver")
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("go build: %v: %s", err, b)
+	}
+	return os.ReadFile(out)
+}
+
+// rootfs makes a tar of a minimal root: the given executables at /, and /tmp.
+func rootfs(files map[string][]byte) ([]byte, error) {
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	mtime := time.Unix(0, 0)
+	if err := tw.WriteHeader(&tar.Header{Name: "tmp/", Typeflag: tar.TypeDir, Mode: 0o1777, ModTime: mtime}); err != nil {
+		return nil, err
+	}
+	for name, b := range files {
+		if err := tw.WriteHeader(&tar.Header{Name: name, Mode: 0o755, Size: int64(len(b)), ModTime: mtime}); err != nil {
+			return nil, err
+		}
+		if _, err := tw.Write(b); err != nil {
+			return nil, err
+		}
+	}
+	if err := tw.Close(); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
+}

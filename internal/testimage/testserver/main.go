@@ -1,0 +1,170 @@
+// Command testserver is the app sact's tests and demo run in a container: a small HTTP
+// server whose behaviour the environment sets, so that one image plays every kind of app.
+//
+// Environment:
+//
+//	LISTEN       tcp:HOST:PORT or unix:/path (default tcp:0.0.0.0:8080); ignored when
+//	             LISTEN_FDS hands it a socket (systemd's protocol, as sact's handoff does)
+//	NAME         what / answers with
+//	READY_DELAY  wait this long before listening (a slow boot)
+//	EXIT_CODE    print "exiting with code N" to stderr and exit with N at once
+//	NEVER_READY  never listen (a hung boot)
+//	TERM_DELAY   on SIGTERM keep serving this long before exiting (a slow shutdown)
+//
+// Endpoints: / (name and pid), /pid, /bytes?n=N (N bytes), /slow?d=D&every=E (a byte every E
+// for D), /hold?d=D (answers after D), POST /echo (the body back).
+package main
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "testserver:", err)
+		os.Exit(1)
+	}
+}
+
+func env(k, def string) string {
+	if v := os.Getenv(k); v != "" {
+		return v
+	}
+	return def
+}
+
+func duration(k string) time.Duration {
+	d, err := time.ParseDuration(env(k, "0s"))
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "testserver: bad %s: %v\n", k, err)
+		os.Exit(2)
+	}
+	return d
+}
+
+func run() error {
+	name := env("NAME", "testserver")
+	if c := os.Getenv("EXIT_CODE"); c != "" {
+		n, _ := strconv.Atoi(c)
+		fmt.Fprintf(os.Stderr, "testserver %s: exiting with code %d\n", name, n)
+		os.Exit(n)
+	}
+	if os.Getenv("NEVER_READY") != "" {
+		fmt.Fprintf(os.Stderr, "testserver %s: never getting ready\n", name)
+		select {}
+	}
+	time.Sleep(duration("READY_DELAY"))
+	termDelay := duration("TERM_DELAY")
+
+	ln, err := listener()
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(os.Stderr, "testserver %s: listening on %s (pid %d)\n", name, ln.Addr(), os.Getpid())
+
+	srv := &http.Server{Handler: handler(name), ReadHeaderTimeout: 10 * time.Second}
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	go func() {
+		s := <-sig
+		fmt.Fprintf(os.Stderr, "testserver %s: got %v, exiting in %v\n", name, s, termDelay)
+		time.Sleep(termDelay)
+		srv.Close()
+	}()
+	if err := srv.Serve(ln); err != http.ErrServerClosed {
+		return err
+	}
+	return nil
+}
+
+// listener takes the socket handed over by LISTEN_FDS, or listens on LISTEN.
+func listener() (net.Listener, error) {
+	if os.Getenv("LISTEN_FDS") != "" && os.Getenv("LISTEN_PID") == strconv.Itoa(os.Getpid()) {
+		f := os.NewFile(3, "listen-fd-3")
+		ln, err := net.FileListener(f)
+		f.Close()
+		if err != nil {
+			return nil, fmt.Errorf("LISTEN_FDS: fd 3: %w", err)
+		}
+		return ln, nil
+	}
+	network, addr, ok := strings.Cut(env("LISTEN", "tcp:0.0.0.0:8080"), ":")
+	if !ok {
+		return nil, fmt.Errorf("LISTEN=%q: want tcp:HOST:PORT or unix:/path", os.Getenv("LISTEN"))
+	}
+	if network == "unix" {
+		os.Remove(addr)
+	}
+	ln, err := net.Listen(network, addr)
+	if err != nil {
+		return nil, err
+	}
+	if network == "unix" {
+		os.Chmod(addr, 0o666)
+	}
+	return ln, nil
+}
+
+func handler(name string) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "hello from %s (pid %d)\n", name, os.Getpid())
+	})
+	mux.HandleFunc("/pid", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintln(w, os.Getpid())
+	})
+	mux.HandleFunc("/bytes", func(w http.ResponseWriter, r *http.Request) {
+		n, _ := strconv.ParseInt(r.URL.Query().Get("n"), 10, 64)
+		w.Header().Set("Content-Length", strconv.FormatInt(n, 10))
+		buf := make([]byte, 64<<10)
+		for i := range buf {
+			buf[i] = byte('a' + i%26)
+		}
+		for n > 0 {
+			k := min(n, int64(len(buf)))
+			if _, err := w.Write(buf[:k]); err != nil {
+				return
+			}
+			n -= k
+		}
+	})
+	mux.HandleFunc("/slow", func(w http.ResponseWriter, r *http.Request) {
+		d, _ := time.ParseDuration(r.URL.Query().Get("d"))
+		every, _ := time.ParseDuration(r.URL.Query().Get("every"))
+		if every <= 0 {
+			every = 100 * time.Millisecond
+		}
+		f, _ := w.(http.Flusher)
+		for end := time.Now().Add(d); time.Now().Before(end); time.Sleep(every) {
+			if _, err := w.Write([]byte(".")); err != nil {
+				return
+			}
+			if f != nil {
+				f.Flush()
+			}
+		}
+		fmt.Fprintln(w, "done")
+	})
+	mux.HandleFunc("/hold", func(w http.ResponseWriter, r *http.Request) {
+		d, _ := time.ParseDuration(r.URL.Query().Get("d"))
+		select {
+		case <-time.After(d):
+		case <-r.Context().Done():
+			return
+		}
+		fmt.Fprintln(w, "held", d)
+	})
+	mux.HandleFunc("POST /echo", func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(w, r.Body)
+	})
+	return mux
+}
