@@ -411,7 +411,7 @@ func (r *Runtime) create(ctx context.Context, spec backend.Spec) (string, error)
 	})
 	if err != nil {
 		if cerrdefs.IsNotFound(err) {
-			return "", fmt.Errorf("creating container %s: image %q is not in the local engine (%v); build or load it first (docker build -t %s . / docker load), sact never pulls", ContainerName(spec.Name), spec.Image, err, spec.Image)
+			return "", fmt.Errorf("creating container %s: image %q not found in the local engine (%v); build or load it first (docker build -t %s . / docker load), sact never pulls", ContainerName(spec.Name), spec.Image, err, spec.Image)
 		}
 		return "", fmt.Errorf("creating container %s: %w", ContainerName(spec.Name), err)
 	}

@@ -60,7 +60,9 @@ func run() error {
 	}
 	if os.Getenv("NEVER_READY") != "" {
 		fmt.Fprintf(os.Stderr, "testserver %s: never getting ready\n", name)
-		select {}
+		for {
+			time.Sleep(time.Hour) // not select{}: the runtime would call that a deadlock
+		}
 	}
 	time.Sleep(duration("READY_DELAY"))
 	termDelay := duration("TERM_DELAY")

@@ -1,0 +1,216 @@
+// Package cli implements sact's command line: flags and subcommands, nothing else. Each
+// subcommand hands over to the package that does the work.
+package cli
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"sort"
+	"strings"
+	"syscall"
+
+	"github.com/sact-project/sact/internal/backend"
+	"github.com/sact-project/sact/internal/backend/docker"
+	"github.com/sact-project/sact/internal/backend/process"
+	"github.com/sact-project/sact/internal/config"
+	"github.com/sact-project/sact/internal/daemon"
+	"github.com/sact-project/sact/internal/handoff"
+)
+
+// DefaultConfig is where sact looks for its config when -c is not given.
+const DefaultConfig = "/etc/sact/sact.yaml"
+
+type command struct {
+	usage string
+	run   func(ctx context.Context, env *env, args []string) error
+}
+
+var commands map[string]command
+
+func init() {
+	// Filled here rather than in the declaration because help refers to the map itself.
+	commands = map[string]command{
+		"serve": {"serve [-c FILE]   run the daemon", serve},
+		"check": {"check [-c FILE]   validate the config; errors name file:line", check},
+		"demo":  {"demo              build a tiny image offline, serve it, show a cold start and an idle stop", demo},
+		"help":  {"help              show this help", help},
+		"shim":  {"shim -- CMD...    (inside a container) receive the listening sockets, then exec CMD", shim},
+	}
+}
+
+// env is what a subcommand may touch of the outside world.
+type env struct {
+	stdout, stderr io.Writer
+}
+
+// errUsage makes Run exit 2 after the message is printed.
+type errUsage struct{ msg string }
+
+func (e errUsage) Error() string { return e.msg }
+
+// Run runs sact with args (without the program name) and returns the exit code.
+func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	e := &env{stdout: stdout, stderr: stderr}
+	if len(args) == 0 {
+		help(ctx, e, nil)
+		return 2
+	}
+	cmd, ok := commands[args[0]]
+	if !ok {
+		if args[0] == "-h" || args[0] == "--help" {
+			help(ctx, e, nil)
+			return 0
+		}
+		fmt.Fprintf(stderr, "sact: unknown command %q; run `sact help` for the list\n", args[0])
+		return 2
+	}
+	err := cmd.run(ctx, e, args[1:])
+	var usage errUsage
+	var code exitCode
+	switch {
+	case errors.As(err, &code):
+		return int(code)
+	case err == nil:
+		return 0
+	case errors.Is(err, flag.ErrHelp):
+		return 0
+	case errors.As(err, &usage):
+		fmt.Fprintf(stderr, "sact %s: %s\n", args[0], usage.msg)
+		return 2
+	default:
+		fmt.Fprintf(stderr, "sact %s: %v\n", args[0], err)
+		return 1
+	}
+}
+
+// shim is the container side of handoff mode. It must run before anything opens a file or
+// socket, which is why it gets no flags of its own.
+func shim(_ context.Context, e *env, args []string) error {
+	err := handoff.Shim(args, os.Environ())
+	fmt.Fprintf(e.stderr, "sact shim: %v\n", err)
+	return exitCode(handoff.ExitCode(err))
+}
+
+// exitCode makes Run exit with a specific code, having printed nothing more.
+type exitCode int
+
+func (c exitCode) Error() string { return fmt.Sprintf("exit code %d", int(c)) }
+
+func help(_ context.Context, e *env, _ []string) error {
+	names := make([]string, 0, len(commands))
+	for n := range commands {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	fmt.Fprintln(e.stdout, "sact: socket activation for Docker containers\n\nusage: sact COMMAND [flags]")
+	for _, n := range names {
+		fmt.Fprintf(e.stdout, "  sact %s\n", commands[n].usage)
+	}
+	return nil
+}
+
+func newFlags(e *env, name string) *flag.FlagSet {
+	fs := flag.NewFlagSet("sact "+name, flag.ContinueOnError)
+	fs.SetOutput(e.stderr)
+	return fs
+}
+
+func configFlag(fs *flag.FlagSet) *string {
+	def := DefaultConfig
+	if v := os.Getenv("SACT_CONFIG"); v != "" {
+		def = v
+	}
+	p := fs.String("c", def, "config file (env SACT_CONFIG)")
+	fs.StringVar(p, "config", def, "config file (same as -c)")
+	return p
+}
+
+func parse(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return errUsage{fmt.Sprintf("unexpected argument %q", fs.Arg(0))}
+	}
+	return nil
+}
+
+func check(_ context.Context, e *env, args []string) error {
+	fs := newFlags(e, "check")
+	path := configFlag(fs)
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	cfg, err := config.Load(*path)
+	if err != nil {
+		return configError(e, err)
+	}
+	fmt.Fprintf(e.stdout, "%s: ok, %d apps\n", *path, len(cfg.Apps))
+	return nil
+}
+
+// configError prints every config problem on its own line and returns a short summary.
+func configError(e *env, err error) error {
+	var errs config.Errors
+	if errors.As(err, &errs) {
+		for _, x := range errs {
+			fmt.Fprintln(e.stderr, x)
+		}
+		return fmt.Errorf("%d problem(s) in the config; nothing was changed", len(errs))
+	}
+	return err
+}
+
+func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, errUsage{fmt.Sprintf("-log-level %q: use debug, info, warn or error", level)}
+	}
+	o := &slog.HandlerOptions{Level: lv}
+	switch strings.ToLower(format) {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, o)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, o)), nil
+	}
+	return nil, errUsage{fmt.Sprintf("-log-format %q: use text or json", format)}
+}
+
+func serve(ctx context.Context, e *env, args []string) error {
+	fs := newFlags(e, "serve")
+	path := configFlag(fs)
+	format := fs.String("log-format", "text", "log format: text or json")
+	level := fs.String("log-level", "info", "log level: debug, info, warn, error")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	log, err := newLogger(e.stderr, *format, *level)
+	if err != nil {
+		return err
+	}
+	cfg, err := config.Load(*path)
+	if err != nil {
+		return configError(e, err)
+	}
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	return daemon.Run(ctx, cfg, daemon.Options{Logger: log, Runtimes: runtimes(log)})
+}
+
+// runtimes are the real runtimes, built only when an app needs them.
+func runtimes(log *slog.Logger) daemon.Runtimes {
+	return daemon.Runtimes{
+		Docker: func(ctx context.Context) (backend.Runtime, error) {
+			return docker.New(ctx, docker.Options{Logger: log})
+		},
+		Process: func(ctx context.Context) (backend.Runtime, error) {
+			return process.New(process.Options{Logger: log}), nil
+		},
+	}
+}

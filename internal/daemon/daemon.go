@@ -1,0 +1,273 @@
+// Package daemon wires sact together: it binds every app's listeners, runs one activator per
+// app, and relays each accepted connection to the app's upstream.
+//
+// Data flows one way: a listener accepts -> the activator hands out an upstream (starting the
+// app if it must) -> the proxy relays -> closing the connection tells the activator.
+//
+// Shutdown (SIGTERM) happens in this order, so that no request in flight is cut short
+// needlessly:
+//
+//  1. listeners close: no new connections are accepted;
+//  2. open connections get DrainTimeout to finish on their own, then are closed;
+//  3. the apps' activators end: apps keep running (the next sact adopts them) unless the app
+//     says on_exit: stop;
+//  4. the runtimes end.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/sact-project/sact/internal/activator"
+	"github.com/sact-project/sact/internal/backend"
+	"github.com/sact-project/sact/internal/config"
+	"github.com/sact-project/sact/internal/listen"
+	"github.com/sact-project/sact/internal/proxy"
+)
+
+// Runtimes gives the daemon the runtime for each kind of app. Constructors are only called
+// when some app needs them, so a config of plain processes never touches Docker.
+type Runtimes struct {
+	// Docker returns the container runtime.
+	Docker func(ctx context.Context) (backend.Runtime, error)
+	// Process returns the plain-process runtime.
+	Process func(ctx context.Context) (backend.Runtime, error)
+}
+
+// Options configure Run; the zero value of each field works except Runtimes.
+type Options struct {
+	Logger *slog.Logger
+	// Runtimes builds the runtimes the config's apps need.
+	Runtimes Runtimes
+	// DrainTimeout is how long open connections may run on after shutdown begins; zero
+	// means 10s.
+	DrainTimeout time.Duration
+	// Ready, if set, is called once every listener is bound and every app has been looked
+	// at, with the bound addresses (useful when a config says tcp:127.0.0.1:0).
+	Ready func(addrs map[string][]net.Addr)
+}
+
+// runner is implemented by runtimes that have work of their own (the docker runtime's
+// event stream).
+type runner interface {
+	Run(ctx context.Context) error
+}
+
+// Run serves cfg until ctx ends. It returns an error without changing anything if a
+// listener cannot be bound or a runtime cannot be reached.
+func Run(ctx context.Context, cfg *config.Config, opts Options) error {
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	drain := opts.DrainTimeout
+	if drain <= 0 {
+		drain = 10 * time.Second
+	}
+
+	rts, err := buildRuntimes(ctx, cfg, opts.Runtimes)
+	if err != nil {
+		return err
+	}
+
+	lns, err := bindAll(ctx, cfg)
+	if err != nil {
+		return err
+	}
+
+	// Three lifetimes, ended in order: accepting, connections, apps and runtimes.
+	appsCtx, stopApps := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopApps()
+	connsCtx, closeConns := context.WithCancel(context.WithoutCancel(ctx))
+	defer closeConns()
+
+	apps := errgroup.Group{}
+	rtGroup := errgroup.Group{}
+	rtCtx, stopRuntimes := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopRuntimes()
+	for _, rt := range rts {
+		if r, ok := rt.(runner); ok {
+			rtGroup.Go(func() error { return r.Run(rtCtx) })
+		}
+	}
+
+	srv := &server{log: log, connsCtx: connsCtx}
+	addrs := make(map[string][]net.Addr)
+	for _, app := range cfg.Apps {
+		rt := rts[runtimeKind(app)]
+		act := activator.New(rt, policy(app), activator.Options{Logger: log})
+		apps.Go(func() error { return act.Run(appsCtx) })
+		for i, ln := range lns[app.Name] {
+			addrs[app.Name] = append(addrs[app.Name], ln.Addr())
+			srv.accepting.Go(func() { srv.accept(ln, act, app.Listen[i].String()) })
+		}
+	}
+	log.Info("serving", "apps", len(cfg.Apps), "config", cfg.File)
+	if opts.Ready != nil {
+		opts.Ready(addrs)
+	}
+
+	<-ctx.Done()
+	log.Info("shutting down", "drain_timeout", drain)
+	for _, app := range lns {
+		for _, ln := range app {
+			ln.Close()
+		}
+	}
+	srv.accepting.Wait()
+	drained := make(chan struct{})
+	go func() { srv.conns.Wait(); close(drained) }()
+	select {
+	case <-drained:
+	case <-time.After(drain):
+		log.Warn("closing connections still open after drain timeout", "drain_timeout", drain)
+		closeConns()
+		<-drained
+	}
+	stopApps()
+	errApps := apps.Wait()
+	stopRuntimes()
+	errRT := rtGroup.Wait()
+	if errors.Is(errRT, context.Canceled) {
+		errRT = nil
+	}
+	return errors.Join(errApps, errRT)
+}
+
+func runtimeKind(app *config.App) string {
+	if len(app.Command) > 0 {
+		return "process"
+	}
+	return "docker"
+}
+
+func policy(app *config.App) activator.Policy {
+	return activator.Policy{
+		Spec:          app.Spec(),
+		Idle:          app.Idle,
+		StartTimeout:  app.StartTimeout,
+		StopTimeout:   app.StopTimeout,
+		MaxWaiting:    app.MaxWaiting,
+		KeepWhileOpen: app.KeepWhileOpen,
+		StopOnExit:    app.OnExit == "stop",
+	}
+}
+
+func buildRuntimes(ctx context.Context, cfg *config.Config, r Runtimes) (map[string]backend.Runtime, error) {
+	rts := make(map[string]backend.Runtime)
+	for _, app := range cfg.Apps {
+		kind := runtimeKind(app)
+		if _, ok := rts[kind]; ok {
+			continue
+		}
+		build := r.Docker
+		if kind == "process" {
+			build = r.Process
+		}
+		if build == nil {
+			return nil, fmt.Errorf("app %q needs the %s runtime, which this build of sact lacks", app.Name, kind)
+		}
+		rt, err := build(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("setting up the %s runtime for app %q: %w", kind, app.Name, err)
+		}
+		rts[kind] = rt
+	}
+	return rts, nil
+}
+
+// bindAll binds every app's listeners, or none: on the first failure the ones already
+// bound are closed again.
+func bindAll(ctx context.Context, cfg *config.Config) (map[string][]net.Listener, error) {
+	lns := make(map[string][]net.Listener)
+	closeAll := func() {
+		for _, l := range lns {
+			for _, ln := range l {
+				ln.Close()
+			}
+		}
+	}
+	for _, app := range cfg.Apps {
+		for _, a := range app.Listen {
+			ln, err := listen.Listen(ctx, a)
+			if err != nil {
+				closeAll()
+				return nil, fmt.Errorf("app %q: %w", app.Name, err)
+			}
+			lns[app.Name] = append(lns[app.Name], ln)
+		}
+	}
+	return lns, nil
+}
+
+type server struct {
+	log       *slog.Logger
+	connsCtx  context.Context
+	accepting sync.WaitGroup
+	conns     sync.WaitGroup
+}
+
+// accept runs one listener's accept loop until the listener is closed.
+func (s *server) accept(ln net.Listener, app *activator.App, addr string) {
+	var delay time.Duration
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// Out of fds or a similar passing condition: back off like net/http does,
+			// rather than spin or give up on the listener.
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			s.log.Error("accept failed", "app", app.Name(), "listen", addr, "err", err, "retry_in", delay)
+			time.Sleep(delay)
+			continue
+		}
+		delay = 0
+		s.conns.Add(1)
+		go func() {
+			defer s.conns.Done()
+			s.handle(c, app, addr)
+		}()
+	}
+}
+
+// handle serves one client connection: get the app running, dial it, relay.
+func (s *server) handle(client net.Conn, app *activator.App, addr string) {
+	defer client.Close()
+	remote := client.RemoteAddr().String()
+	if remote == "" || remote == "@" {
+		remote = "unix"
+	}
+	lease, err := app.Acquire(s.connsCtx, activator.Wake{Remote: remote, Listen: addr})
+	if err != nil {
+		s.log.Warn("connection refused", "app", app.Name(), "listen", addr, "remote", remote, "reason", err)
+		return
+	}
+	defer lease.Release()
+
+	var d net.Dialer
+	dctx, cancel := context.WithTimeout(lease.Context(), 5*time.Second)
+	up, err := d.DialContext(dctx, lease.Upstream.Network, lease.Upstream.Address)
+	cancel()
+	if err != nil {
+		s.log.Warn("connection failed", "app", app.Name(), "upstream", lease.Upstream.String(), "remote", remote, "reason", err)
+		return
+	}
+
+	// The relay ends when the app stops (the lease's context) or when shutdown gives up
+	// on draining (connsCtx).
+	rctx, stop := context.WithCancel(lease.Context())
+	defer stop()
+	defer context.AfterFunc(s.connsCtx, stop)()
+	if _, err := proxy.Relay(rctx, client, up, proxy.Options{Activity: lease.Touch}); err != nil {
+		s.log.Debug("relay ended", "app", app.Name(), "remote", remote, "err", err)
+	}
+}
