@@ -1,0 +1,294 @@
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/sact-project/sact/internal/testimage"
+)
+
+var (
+	sactBin   string // the built sact binary
+	testImage string // the test server image, or "" without Docker
+	dockerErr error  // why Docker is not usable
+)
+
+func TestMain(m *testing.M) {
+	os.Exit(runMain(m))
+}
+
+func runMain(m *testing.M) int {
+	dir, err := os.MkdirTemp("", "sact-e2e-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	sactBin = filepath.Join(dir, "sact")
+	build := exec.Command("go", "build", "-o", sactBin, "../../cmd/sact")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "building sact:", err)
+		return 1
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	if out, err := exec.CommandContext(ctx, "docker", "info", "--format", "{{.ServerVersion}}").CombinedOutput(); err != nil {
+		dockerErr = fmt.Errorf("docker info: %v: %s", err, bytes.TrimSpace(out))
+	} else {
+		testImage, dockerErr = testimage.TestServer(ctx)
+	}
+	return m.Run()
+}
+
+// needDocker skips the test without a usable engine, or fails it when SACT_REQUIRE_DOCKER=1
+// (as in CI), so that a missing engine can never pass for green.
+func needDocker(t *testing.T) {
+	t.Helper()
+	if dockerErr == nil {
+		return
+	}
+	if os.Getenv("SACT_REQUIRE_DOCKER") == "1" {
+		t.Fatalf("Docker is required (SACT_REQUIRE_DOCKER=1) but not usable: %v", dockerErr)
+	}
+	t.Skipf("no Docker engine: %v", dockerErr)
+}
+
+// uniqueName returns an app name no other test run uses, and removes its container after
+// the test.
+func uniqueName(t *testing.T, base string) string {
+	t.Helper()
+	b := make([]byte, 3)
+	rand.Read(b)
+	name := "e2e-" + base + "-" + hex.EncodeToString(b)
+	t.Cleanup(func() {
+		exec.Command("docker", "rm", "-f", "sact-"+name).Run()
+	})
+	return name
+}
+
+// freeAddr returns a loopback TCP address nobody listens on right now.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// daemon is a running `sact serve`.
+type daemon struct {
+	t      *testing.T
+	cmd    *exec.Cmd
+	config string
+	logs   *logBuffer
+	done   chan struct{}
+}
+
+// startSact writes config to a file and runs `sact serve` on it until the test ends.
+func startSact(t *testing.T, config string) *daemon {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "sact.yaml")
+	if err := os.WriteFile(path, []byte(config), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return startSactFile(t, path)
+}
+
+func startSactFile(t *testing.T, path string) *daemon {
+	t.Helper()
+	d := &daemon{t: t, config: path, logs: &logBuffer{}, done: make(chan struct{})}
+	d.cmd = exec.Command(sactBin, "serve", "-c", path, "-log-format", "json", "-log-level", "debug")
+	d.cmd.Stdout = d.logs
+	d.cmd.Stderr = d.logs
+	if err := d.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { d.cmd.Wait(); close(d.done) }()
+	t.Cleanup(func() {
+		d.stop()
+		if t.Failed() {
+			t.Logf("sact log:\n%s", d.logs.String())
+		}
+	})
+	d.waitLog(`"msg":"serving"`, 30*time.Second)
+	return d
+}
+
+// stop ends sact with SIGTERM and waits for it.
+func (d *daemon) stop() {
+	if d.cmd.ProcessState != nil {
+		return
+	}
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-d.done:
+	case <-time.After(30 * time.Second):
+		d.t.Errorf("sact did not exit 30s after SIGTERM")
+		d.cmd.Process.Kill()
+		<-d.done
+	}
+}
+
+// kill ends sact with SIGKILL: no cleanup of any kind.
+func (d *daemon) kill() {
+	d.cmd.Process.Kill()
+	<-d.done
+}
+
+// waitLog waits until a log line contains every one of the substrings and returns it.
+func (d *daemon) waitLog(substrs string, timeout time.Duration) map[string]any {
+	d.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		if rec := d.logs.find(strings.Split(substrs, "&&"), 1); rec != nil {
+			return rec
+		}
+		select {
+		case <-d.done:
+			d.t.Fatalf("sact exited while waiting for log %q:\n%s", substrs, d.logs.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			d.t.Fatalf("no log line with %q after %v", substrs, timeout)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// countLog counts log lines holding every &&-separated substring.
+func (d *daemon) countLog(substrs string) int {
+	return d.logs.count(strings.Split(substrs, "&&"))
+}
+
+type logBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+func (l *logBuffer) lines(subs []string) []string {
+	var out []string
+	sc := bufio.NewScanner(strings.NewReader(l.String()))
+	sc.Buffer(nil, 1<<20)
+next:
+	for sc.Scan() {
+		for _, s := range subs {
+			if !strings.Contains(sc.Text(), s) {
+				continue next
+			}
+		}
+		out = append(out, sc.Text())
+	}
+	return out
+}
+
+func (l *logBuffer) count(subs []string) int { return len(l.lines(subs)) }
+
+func (l *logBuffer) find(subs []string, n int) map[string]any {
+	ls := l.lines(subs)
+	if len(ls) < n {
+		return nil
+	}
+	rec := map[string]any{}
+	json.Unmarshal([]byte(ls[n-1]), &rec)
+	return rec
+}
+
+// httpGet does one request on a new connection to a tcp address or a unix socket path.
+func httpGet(addr, path string) (string, error) {
+	return httpGetTimeout(addr, path, 60*time.Second)
+}
+
+func httpGetTimeout(addr, path string, timeout time.Duration) (string, error) {
+	network := "tcp"
+	if strings.HasPrefix(addr, "/") {
+		network = "unix"
+	}
+	tr := &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, network, addr)
+		},
+		DisableKeepAlives: true,
+	}
+	defer tr.CloseIdleConnections()
+	c := &http.Client{Transport: tr, Timeout: timeout}
+	resp, err := c.Get("http://sact" + path)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return "", err
+	}
+	if resp.StatusCode != 200 {
+		return string(b), fmt.Errorf("status %s", resp.Status)
+	}
+	return string(b), nil
+}
+
+// containerState returns docker's state of the app's container ("running", "exited", ...)
+// or "" if it does not exist.
+func containerState(t *testing.T, app string) string {
+	t.Helper()
+	out, err := exec.Command("docker", "inspect", "-f", "{{.State.Status}}", "sact-"+app).Output()
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(out))
+}
+
+func waitContainerState(t *testing.T, app, want string, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		got := containerState(t, app)
+		if got == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("container sact-%s is %q after %v, want %q", app, got, timeout, want)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func docker(t *testing.T, args ...string) string {
+	t.Helper()
+	out, err := exec.Command("docker", args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("docker %s: %v: %s", strings.Join(args, " "), err, out)
+	}
+	return strings.TrimSpace(string(out))
+}
