@@ -172,7 +172,7 @@ func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
 	if err := lv.UnmarshalText([]byte(level)); err != nil {
 		return nil, errUsage{fmt.Sprintf("-log-level %q: use debug, info, warn or error", level)}
 	}
-	o := &slog.HandlerOptions{Level: lv}
+	o := &slog.HandlerOptions{Level: lv, ReplaceAttr: readableDurations}
 	switch strings.ToLower(format) {
 	case "text":
 		return slog.New(slog.NewTextHandler(w, o)), nil
@@ -213,4 +213,13 @@ func runtimes(log *slog.Logger) daemon.Runtimes {
 			return process.New(process.Options{Logger: log}), nil
 		},
 	}
+}
+
+// readableDurations writes durations as "1.5s" in JSON too, not as nanoseconds: log lines
+// are read by people first.
+func readableDurations(_ []string, a slog.Attr) slog.Attr {
+	if a.Value.Kind() == slog.KindDuration {
+		return slog.String(a.Key, a.Value.Duration().String())
+	}
+	return a
 }

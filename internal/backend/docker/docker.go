@@ -301,7 +301,7 @@ func (r *Runtime) Start(ctx context.Context, spec backend.Spec) (*backend.Instan
 			// Running outside sact's knowledge: adopt it rather than cut it off.
 			return r.instance(spec, c)
 		}
-		r.log.Info("recreating container: the app's settings changed", "app", spec.Name, "container", ref)
+		r.log.Info("recreating container", "app", spec.Name, "container", ref, "reason", "the app's settings changed", "old_config", c.Config.Labels[LabelConfig], "config", spec.Hash)
 		if _, err := r.cli.ContainerRemove(ctx, c.ID, client.ContainerRemoveOptions{Force: true}); err != nil && !cerrdefs.IsNotFound(err) {
 			return nil, fmt.Errorf("removing outdated container %s: %w", ref, err)
 		}
