@@ -1,0 +1,115 @@
+package listen
+
+import (
+	"context"
+	"io/fs"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestListenUnix(t *testing.T) {
+	ctx := context.Background()
+	tests := []struct {
+		name    string
+		prepare func(t *testing.T, path string) // what is at path before Listen
+		mode    fs.FileMode
+		wantErr string // "" for success
+	}{
+		{name: "fresh path", prepare: func(*testing.T, string) {}},
+		{name: "mode applied", prepare: func(*testing.T, string) {}, mode: 0o600},
+		{
+			name: "stale socket of a dead process is replaced",
+			prepare: func(t *testing.T, path string) {
+				ln, err := net.Listen("unix", path)
+				if err != nil {
+					t.Fatal(err)
+				}
+				ln.(*net.UnixListener).SetUnlinkOnClose(false)
+				ln.Close()
+			},
+		},
+		{
+			name: "live socket is refused",
+			prepare: func(t *testing.T, path string) {
+				ln, err := net.Listen("unix", path)
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { ln.Close() })
+			},
+			wantErr: "in use",
+		},
+		{
+			name: "plain file is never removed",
+			prepare: func(t *testing.T, path string) {
+				os.WriteFile(path, []byte("data"), 0o644)
+			},
+			wantErr: "not a socket",
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "s.sock")
+			tt.prepare(t, path)
+			ln, err := Listen(ctx, Addr{Network: "unix", Address: path, Mode: tt.mode})
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("err = %v, want one containing %q", err, tt.wantErr)
+				}
+				if _, serr := os.Stat(path); serr != nil {
+					t.Errorf("Listen removed what was at the path: %v", serr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ln.Close()
+			fi, err := os.Stat(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := tt.mode
+			if want == 0 {
+				want = 0o666
+			}
+			if got := fi.Mode() & fs.ModePerm; got != want {
+				t.Errorf("mode %v, want %v", got, want)
+			}
+			c, err := net.Dial("unix", path)
+			if err != nil {
+				t.Fatalf("dialing the new listener: %v", err)
+			}
+			c.Close()
+		})
+	}
+}
+
+func TestParse(t *testing.T) {
+	tests := []struct {
+		in, want, wantErr string
+	}{
+		{in: "unix:/run/sact/a.sock", want: "unix:/run/sact/a.sock"},
+		{in: "tcp:127.0.0.1:9001", want: "tcp:127.0.0.1:9001"},
+		{in: "tcp:[::1]:80", want: "tcp:[::1]:80"},
+		{in: "unix:relative.sock", wantErr: "absolute"},
+		{in: "127.0.0.1:80", wantErr: "unknown scheme"},
+		{in: "tcp:127.0.0.1:99999", wantErr: "port"},
+		{in: "unix:/" + strings.Repeat("x", 120), wantErr: "107"},
+	}
+	for _, tt := range tests {
+		a, err := Parse(tt.in)
+		if tt.wantErr != "" {
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Errorf("Parse(%q) err = %v, want %q", tt.in, err, tt.wantErr)
+			}
+			continue
+		}
+		if err != nil || a.String() != tt.want {
+			t.Errorf("Parse(%q) = %v, %v; want %s", tt.in, a, err, tt.want)
+		}
+	}
+}
