@@ -55,9 +55,15 @@ type Runtime struct {
 
 	mu      sync.Mutex
 	watches map[string]*watch // by container ID
+	// known remembers the container of each app and the settings it was made from, so a
+	// cold start is one API call (start) instead of two: every millisecond here is added
+	// to the first request. A destroy event forgets the entry.
+	known map[string]made // by container name
 	since   time.Time         // resume point of the event stream
 	live    chan struct{}     // closed once the event stream is first up
 }
+
+type made struct{ id, hash string }
 
 // watch waits for one incarnation of a container to exit.
 type watch struct {
@@ -95,6 +101,7 @@ func New(ctx context.Context, opts Options) (*Runtime, error) {
 	return &Runtime{
 		cli: cli, log: log, logLines: n,
 		watches: make(map[string]*watch),
+		known:   make(map[string]made),
 		since:   time.Now().Add(-time.Second),
 		live:    make(chan struct{}),
 	}, nil
@@ -178,6 +185,13 @@ func (r *Runtime) handle(ctx context.Context, m events.Message) {
 	if t.After(r.since) {
 		// Seconds granularity on resume: the replay overlaps, which watches tolerate.
 		r.since = t
+	}
+	if m.Action == events.ActionDestroy {
+		for name, k := range r.known {
+			if k.id == m.Actor.ID {
+				delete(r.known, name)
+			}
+		}
 	}
 	w := r.watches[m.Actor.ID]
 	if w == nil || t.Before(w.started) {
@@ -281,6 +295,16 @@ func (r *Runtime) Start(ctx context.Context, spec backend.Spec) (*backend.Instan
 		return nil, ctx.Err()
 	}
 	ref := containerRef(spec)
+	r.mu.Lock()
+	k, ok := r.known[ref]
+	r.mu.Unlock()
+	if ok && (spec.Container != "" || k.hash == spec.Hash) {
+		inst, err := r.start(ctx, spec, k.id)
+		if err == nil || !cerrdefs.IsNotFound(err) {
+			return inst, err
+		}
+		r.forget(ref) // removed behind sact's back, and the event not seen yet
+	}
 	ins, err := r.cli.ContainerInspect(ctx, ref, client.ContainerInspectOptions{})
 	switch {
 	case cerrdefs.IsNotFound(err):
@@ -296,6 +320,9 @@ func (r *Runtime) Start(ctx context.Context, spec backend.Spec) (*backend.Instan
 		return nil, fmt.Errorf("inspecting container %s: %w", ref, err)
 	}
 	c := ins.Container
+	if c.Config != nil {
+		r.remember(ref, c.ID, c.Config.Labels[LabelConfig])
+	}
 	if spec.Container == "" && c.Config != nil && c.Config.Labels[LabelConfig] != spec.Hash {
 		if c.State != nil && c.State.Running {
 			// Running outside sact's knowledge: adopt it rather than cut it off.
@@ -322,10 +349,23 @@ func (r *Runtime) Start(ctx context.Context, spec backend.Spec) (*backend.Instan
 	return r.start(ctx, spec, c.ID)
 }
 
+func (r *Runtime) remember(ref, id, hash string) {
+	r.mu.Lock()
+	r.known[ref] = made{id: id, hash: hash}
+	r.mu.Unlock()
+}
+
+func (r *Runtime) forget(ref string) {
+	r.mu.Lock()
+	delete(r.known, ref)
+	r.mu.Unlock()
+}
+
 func (r *Runtime) start(ctx context.Context, spec backend.Spec, id string) (*backend.Instance, error) {
 	w := r.addWatch(id, spec.Name, time.Now().Add(-time.Millisecond))
 	if _, err := r.cli.ContainerStart(ctx, id, client.ContainerStartOptions{}); err != nil {
 		r.dropWatch(id)
+		// %w keeps NotFound visible to Start's fallback.
 		return nil, fmt.Errorf("starting container %s: %w", containerRef(spec), err)
 	}
 	up, err := r.upstream(ctx, spec, id)
@@ -415,6 +455,7 @@ func (r *Runtime) create(ctx context.Context, spec backend.Spec) (string, error)
 		}
 		return "", fmt.Errorf("creating container %s: %w", ContainerName(spec.Name), err)
 	}
+	r.remember(ContainerName(spec.Name), res.ID, spec.Hash)
 	r.log.Info("created container", "app", spec.Name, "container", ContainerName(spec.Name), "id", shortID(res.ID), "config", spec.Hash)
 	return res.ID, nil
 }
@@ -439,6 +480,9 @@ func (r *Runtime) Running(ctx context.Context, spec backend.Spec) (*backend.Inst
 		return nil, fmt.Errorf("inspecting container %s: %w", containerRef(spec), err)
 	}
 	c := ins.Container
+	if c.Config != nil && (spec.Container != "" || c.Config.Labels[LabelApp] == spec.Name) {
+		r.remember(containerRef(spec), c.ID, c.Config.Labels[LabelConfig])
+	}
 	if c.State == nil || !c.State.Running {
 		return nil, nil
 	}

@@ -1,0 +1,465 @@
+// Command bench measures sact against its baselines on this machine's Docker engine and
+// writes the results to BENCHMARKS.md. Every comparison is made within one run, because
+// the machine is shared and noisy: absolute numbers move, ratios much less.
+//
+//	go run ./bench            # full run
+//	go run ./bench -quick     # CI-sized
+//
+// Scenarios:
+//
+//   - cold: time to first response byte for a cold app through sact, against the floor: the
+//     same container started through the Engine API directly and polled until it answers.
+//     The difference is what sact adds to a cold start.
+//   - warm: requests/s and latency with wrk against the app directly, through sact's L4
+//     relay, and through systemd-socket-proxyd (the glue sact replaces); bulk throughput of
+//     a large download through each.
+package main
+
+import (
+	"bufio"
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/moby/moby/api/types/container"
+	"github.com/moby/moby/client"
+
+	"github.com/sact-project/sact/internal/testimage"
+)
+
+func main() {
+	quick := flag.Bool("quick", false, "fewer repetitions (CI-sized)")
+	out := flag.String("out", "BENCHMARKS.md", "file to write the results to")
+	only := flag.String("only", "", "run one scenario: cold or warm (default: all)")
+	flag.Parse()
+	if err := run(context.Background(), *quick, *only, *out); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+type bench struct {
+	ctx   context.Context
+	dc    *client.Client
+	image string
+	sact  string // the built binary
+	dir   string
+	quick bool
+	md    strings.Builder
+}
+
+func run(ctx context.Context, quick bool, only, out string) error {
+	dir, err := os.MkdirTemp("", "sact-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	b := &bench{ctx: ctx, dir: dir, quick: quick}
+	b.dc, err = client.New(client.FromEnv, client.WithAPIVersionNegotiation())
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(os.Stderr, "building the test image and sact")
+	if b.image, err = testimage.TestServer(ctx); err != nil {
+		return err
+	}
+	b.sact = filepath.Join(dir, "sact")
+	if out, err := exec.Command("go", "build", "-o", b.sact, "./cmd/sact").CombinedOutput(); err != nil {
+		return fmt.Errorf("building sact: %v: %s", err, out)
+	}
+	b.header()
+	if only == "" || only == "cold" {
+		if err := b.cold(); err != nil {
+			return fmt.Errorf("cold start: %w", err)
+		}
+	}
+	if only == "" || only == "warm" {
+		if err := b.warm(); err != nil {
+			return fmt.Errorf("warm path: %w", err)
+		}
+	}
+	if err := os.WriteFile(out, []byte(b.md.String()), 0o644); err != nil {
+		return err
+	}
+	fmt.Fprintf(os.Stderr, "wrote %s\n", out)
+	return nil
+}
+
+func (b *bench) header() {
+	host, _ := os.Hostname()
+	cpu := "unknown CPU"
+	if f, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		if m := regexp.MustCompile(`model name\s*:\s*(.*)`).FindSubmatch(f); m != nil {
+			cpu = string(m[1])
+		}
+	}
+	engine := "?"
+	if v, err := b.dc.ServerVersion(b.ctx, client.ServerVersionOptions{}); err == nil {
+		engine = v.Version + " (API " + v.APIVersion + ")"
+	}
+	mode := "full"
+	if b.quick {
+		mode = "quick"
+	}
+	fmt.Fprintf(&b.md, "# Benchmarks\n\nWritten by `go run ./bench` (%s mode) on %s.\n\n", mode, time.Now().UTC().Format("2006-01-02 15:04 MST"))
+	fmt.Fprintf(&b.md, "- machine: %s, %d CPUs (%s), %s/%s\n- Docker engine %s\n- %s\n\n", host, runtime.NumCPU(), cpu, runtime.GOOS, runtime.GOARCH, engine, runtime.Version())
+	fmt.Fprintf(&b.md, "The machine is shared and noisy: compare rows of one table (same run), not runs.\n\n")
+}
+
+// cold measures a cold request through sact against the engine's own start-to-ready time.
+func (b *bench) cold() error {
+	n := 15
+	if b.quick {
+		n = 5
+	}
+	// The floor: a created container started through the Engine API and polled.
+	name := fmt.Sprintf("sact-bench-floor-%d", os.Getpid())
+	cr, err := b.dc.ContainerCreate(b.ctx, client.ContainerCreateOptions{
+		Name:   name,
+		Config: &container.Config{Image: b.image, Env: []string{"LISTEN=tcp:0.0.0.0:8080", "NAME=floor"}},
+	})
+	if err != nil {
+		return err
+	}
+	defer b.dc.ContainerRemove(context.Background(), cr.ID, client.ContainerRemoveOptions{Force: true})
+
+	app := fmt.Sprintf("bench-cold-%d", os.Getpid())
+	defer exec.Command("docker", "rm", "-f", "sact-"+app).Run()
+	addr := freeAddr()
+	d, err := b.startSact(fmt.Sprintf(`apps:
+  %s:
+    image: %s
+    env: {NAME: cold, LISTEN: "tcp:0.0.0.0:8080"}
+    listen: ["tcp:%s"]
+    port: 8080
+    idle: 1s
+    stop_timeout: 2s
+`, app, b.image, addr))
+	if err != nil {
+		return err
+	}
+	defer d.stop()
+
+	// The first request creates the container; the runs measure starts only.
+	if err := firstByte("tcp", addr); err != nil {
+		return fmt.Errorf("creating the container through sact: %w", err)
+	}
+	var floor, through []time.Duration
+	for i := range n {
+		fmt.Fprintf(os.Stderr, "cold %d/%d\n", i+1, n)
+		// Interleaved so that drift in the machine's load hits both alike.
+		t, err := b.floorOnce(cr.ID)
+		if err != nil {
+			return err
+		}
+		floor = append(floor, t)
+		// Stopped as sact sees it, not only as the engine does: a request during
+		// the stop would wait for it and measure the stop too.
+		if err := d.waitLog(`msg="stopped app"`, i+1, 20*time.Second); err != nil {
+			return err
+		}
+		began := time.Now()
+		if err := firstByte("tcp", addr); err != nil {
+			return fmt.Errorf("cold request through sact: %w", err)
+		}
+		through = append(through, time.Since(began))
+	}
+	mf, mt := median(floor), median(through)
+	fmt.Fprintf(&b.md, "## Cold start: time to first response byte\n\n")
+	fmt.Fprintf(&b.md, "A stopped, already created container of the test image (a static Go server); %d runs each, interleaved.\n", n)
+	fmt.Fprintf(&b.md, "The floor is the Engine API's `start` of that container, then polling its IP until it answers, with no sact involved.\n\n")
+	fmt.Fprintf(&b.md, "| path | median | min | max |\n| --- | ---: | ---: | ---: |\n")
+	fmt.Fprintf(&b.md, "| floor: engine start + poll, direct | %s | %s | %s |\n", ms(mf), ms(slices.Min(floor)), ms(slices.Max(floor)))
+	fmt.Fprintf(&b.md, "| through sact (proxy mode, tcp) | %s | %s | %s |\n\n", ms(mt), ms(slices.Min(through)), ms(slices.Max(through)))
+	fmt.Fprintf(&b.md, "**sact's own share of a cold start: %s** (median through sact minus median floor; goal < 10 ms).\n\n", ms(mt-mf))
+	return nil
+}
+
+// floorOnce starts the container through the API and polls it like sact does, then stops it.
+func (b *bench) floorOnce(id string) (time.Duration, error) {
+	began := time.Now()
+	if _, err := b.dc.ContainerStart(b.ctx, id, client.ContainerStartOptions{}); err != nil {
+		return 0, err
+	}
+	ins, err := b.dc.ContainerInspect(b.ctx, id, client.ContainerInspectOptions{})
+	if err != nil {
+		return 0, err
+	}
+	var ip string
+	for _, n := range ins.Container.NetworkSettings.Networks {
+		ip = n.IPAddress.String()
+	}
+	addr := net.JoinHostPort(ip, "8080")
+	delay := time.Millisecond
+	for {
+		if err := firstByte("tcp", addr); err == nil {
+			break
+		}
+		if time.Since(began) > 30*time.Second {
+			return 0, fmt.Errorf("floor container never answered on %s", addr)
+		}
+		time.Sleep(delay)
+		delay = min(delay*3/2+time.Millisecond, 20*time.Millisecond)
+	}
+	took := time.Since(began)
+	timeout := 2
+	_, err = b.dc.ContainerStop(b.ctx, id, client.ContainerStopOptions{Timeout: &timeout})
+	return took, err
+}
+
+// firstByte sends one request on a new connection and returns once a response byte arrives.
+func firstByte(network, addr string) error {
+	c, err := net.DialTimeout(network, addr, 30*time.Second)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(60 * time.Second))
+	if _, err := io.WriteString(c, "GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"); err != nil {
+		return err
+	}
+	_, err = c.Read(make([]byte, 1))
+	return err
+}
+
+// warm compares the warm path: direct, through sact, through systemd-socket-proxyd.
+func (b *bench) warm() error {
+	app := fmt.Sprintf("bench-warm-%d", os.Getpid())
+	defer exec.Command("docker", "rm", "-f", "sact-"+app).Run()
+	sactAddr := freeAddr()
+	d, err := b.startSact(fmt.Sprintf(`apps:
+  %s:
+    image: %s
+    env: {NAME: warm, LISTEN: "tcp:0.0.0.0:8080"}
+    listen: ["tcp:%s"]
+    port: 8080
+    idle: 1h
+    stop_timeout: 2s
+`, app, b.image, sactAddr))
+	if err != nil {
+		return err
+	}
+	defer d.stop()
+	if err := firstByte("tcp", sactAddr); err != nil {
+		return err
+	}
+	ins, err := b.dc.ContainerInspect(b.ctx, "sact-"+app, client.ContainerInspectOptions{})
+	if err != nil {
+		return err
+	}
+	var ip string
+	for _, n := range ins.Container.NetworkSettings.Networks {
+		ip = n.IPAddress.String()
+	}
+	direct := net.JoinHostPort(ip, "8080")
+
+	proxydAddr := freeAddr()
+	proxyd := exec.Command("systemd-socket-activate", "-l", proxydAddr, "/lib/systemd/systemd-socket-proxyd", direct)
+	if err := proxyd.Start(); err != nil {
+		return fmt.Errorf("starting systemd-socket-proxyd: %w", err)
+	}
+	defer func() { proxyd.Process.Kill(); proxyd.Wait() }()
+	waitListening(proxydAddr)
+
+	targets := []struct{ name, addr string }{
+		{"direct to the container", direct},
+		{"sact L4 relay (tcp -> container IP)", sactAddr},
+		{"systemd-socket-proxyd (tcp -> container IP)", proxydAddr},
+	}
+	rounds, dur := 3, "10s"
+	if b.quick {
+		rounds, dur = 1, "3s"
+	}
+	type result struct{ rps, p50, p99 []float64 }
+	results := make([]result, len(targets))
+	for r := range rounds {
+		for i, t := range targets {
+			fmt.Fprintf(os.Stderr, "wrk round %d: %s\n", r+1, t.name)
+			rps, p50, p99, err := wrk("http://"+t.addr+"/", dur)
+			if err != nil {
+				return fmt.Errorf("wrk against %s: %w", t.name, err)
+			}
+			results[i].rps = append(results[i].rps, rps)
+			results[i].p50 = append(results[i].p50, p50)
+			results[i].p99 = append(results[i].p99, p99)
+		}
+	}
+	fmt.Fprintf(&b.md, "## Warm path: small HTTP requests\n\n")
+	fmt.Fprintf(&b.md, "`wrk -t2 -c32 -d%s --latency`, keep-alive, `GET /` answering 16 bytes; %d round(s), targets interleaved; medians over rounds.\n\n", dur, rounds)
+	fmt.Fprintf(&b.md, "| path | requests/s | vs direct | p50 | p99 |\n| --- | ---: | ---: | ---: | ---: |\n")
+	base := medianF(results[0].rps)
+	for i, t := range targets {
+		rps := medianF(results[i].rps)
+		fmt.Fprintf(&b.md, "| %s | %.0f | %.2f | %.2f ms | %.2f ms |\n", t.name, rps, rps/base, medianF(results[i].p50), medianF(results[i].p99))
+	}
+
+	size := int64(1 << 30)
+	if b.quick {
+		size = 256 << 20
+	}
+	fmt.Fprintf(&b.md, "\n## Warm path: bulk download\n\nOne `GET /bytes?n=%d` on one connection, %d round(s); medians.\n\n| path | MB/s | vs direct |\n| --- | ---: | ---: |\n", size, rounds)
+	var baseBulk float64
+	for i, t := range targets {
+		var rates []float64
+		for range rounds {
+			rate, err := download(t.addr, size)
+			if err != nil {
+				return fmt.Errorf("download through %s: %w", t.name, err)
+			}
+			rates = append(rates, rate)
+		}
+		m := medianF(rates)
+		if i == 0 {
+			baseBulk = m
+		}
+		fmt.Fprintf(&b.md, "| %s | %.0f | %.2f |\n", t.name, m, m/baseBulk)
+	}
+	b.md.WriteString("\n")
+	return nil
+}
+
+var wrkRPS = regexp.MustCompile(`Requests/sec:\s+([0-9.]+)`)
+var wrkPct = regexp.MustCompile(`(?m)^\s+(50|99)%\s+([0-9.]+)(us|ms|s)\s*$`)
+
+func wrk(url, dur string) (rps, p50, p99 float64, err error) {
+	out, err := exec.Command("wrk", "-t2", "-c32", "-d"+dur, "--latency", url).CombinedOutput()
+	if err != nil {
+		return 0, 0, 0, fmt.Errorf("%v: %s", err, out)
+	}
+	if strings.Contains(string(out), "Non-2xx") || strings.Contains(string(out), "Socket errors") {
+		return 0, 0, 0, fmt.Errorf("wrk saw errors:\n%s", out)
+	}
+	m := wrkRPS.FindSubmatch(out)
+	if m == nil {
+		return 0, 0, 0, fmt.Errorf("no Requests/sec in wrk output:\n%s", out)
+	}
+	rps, _ = strconv.ParseFloat(string(m[1]), 64)
+	for _, p := range wrkPct.FindAllSubmatch(out, -1) {
+		v, _ := strconv.ParseFloat(string(p[2]), 64)
+		switch string(p[3]) {
+		case "us":
+			v /= 1000
+		case "s":
+			v *= 1000
+		}
+		if string(p[1]) == "50" {
+			p50 = v
+		} else {
+			p99 = v
+		}
+	}
+	return rps, p50, p99, nil
+}
+
+func download(addr string, n int64) (mbps float64, err error) {
+	c := &http.Client{Transport: &http.Transport{DisableCompression: true}}
+	began := time.Now()
+	resp, err := c.Get(fmt.Sprintf("http://%s/bytes?n=%d", addr, n))
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	got, err := io.Copy(io.Discard, bufio.NewReaderSize(resp.Body, 256<<10))
+	if err != nil {
+		return 0, err
+	}
+	if got != n {
+		return 0, fmt.Errorf("got %d bytes, want %d", got, n)
+	}
+	return float64(n) / 1e6 / time.Since(began).Seconds(), nil
+}
+
+type sactProc struct {
+	cmd *exec.Cmd
+	log string // its log file
+}
+
+func (b *bench) startSact(config string) (*sactProc, error) {
+	path := filepath.Join(b.dir, fmt.Sprintf("sact-%d.yaml", time.Now().UnixNano()))
+	if err := os.WriteFile(path, []byte(config), 0o644); err != nil {
+		return nil, err
+	}
+	logf, err := os.Create(path + ".log")
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(b.sact, "serve", "-c", path)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	for range 200 {
+		if data, _ := os.ReadFile(path + ".log"); strings.Contains(string(data), "msg=serving") {
+			return &sactProc{cmd: cmd, log: path + ".log"}, nil
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+	cmd.Process.Kill()
+	data, _ := os.ReadFile(path + ".log")
+	return nil, fmt.Errorf("sact did not come up:\n%s", data)
+}
+
+// waitLog waits until the log holds n lines containing substr.
+func (p *sactProc) waitLog(substr string, n int, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		data, _ := os.ReadFile(p.log)
+		if strings.Count(string(data), substr) >= n {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("sact logged %q fewer than %d times in %v", substr, n, timeout)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func (p *sactProc) stop() {
+	p.cmd.Process.Signal(os.Interrupt)
+	p.cmd.Wait()
+}
+
+func freeAddr() string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+func waitListening(addr string) {
+	for range 200 {
+		if c, err := net.Dial("tcp", addr); err == nil {
+			c.Close()
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func median(d []time.Duration) time.Duration {
+	s := slices.Clone(d)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
+
+func medianF(d []float64) float64 {
+	s := slices.Clone(d)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d.Microseconds())/1000) }
