@@ -59,8 +59,8 @@ type Runtime struct {
 	// cold start is one API call (start) instead of two: every millisecond here is added
 	// to the first request. A destroy event forgets the entry.
 	known map[string]made // by container name
-	since   time.Time         // resume point of the event stream
-	live    chan struct{}     // closed once the event stream is first up
+	since time.Time       // resume point of the event stream
+	live  chan struct{}   // closed once the event stream is first up
 }
 
 type made struct{ id, hash string }
