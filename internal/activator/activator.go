@@ -357,6 +357,11 @@ var errExited = errors.New("app exited while starting")
 // app, not just its container, is up; the backoff starts at 1ms because the engine is the
 // slow part and every ms spent sleeping here is added to the first request.
 func (a *App) waitReady(ctx context.Context, inst *backend.Instance) error {
+	if inst.Upstream.IsZero() {
+		// Handoff: the app accepts from sact's own listener, whose backlog holds the
+		// clients until it does; there is nothing to poll and nothing to wait for.
+		return nil
+	}
 	delay := time.Millisecond
 	var lastErr error
 	for {
@@ -629,6 +634,16 @@ func (a *App) Status() Status {
 		s.LastError = a.lastErr.Error()
 	}
 	return s
+}
+
+// Touch records activity that no lease sees: traffic the kernel reports on the sockets of
+// an app that accepts its connections itself (handoff).
+func (a *App) Touch() {
+	a.mu.Lock()
+	if a.state == Running {
+		a.lastActive = time.Now()
+	}
+	a.mu.Unlock()
 }
 
 // newLease registers a connection on the running incarnation. Called with a.mu held.

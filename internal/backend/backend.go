@@ -77,10 +77,25 @@ type Spec struct {
 	Upstream Addr
 	Port     int
 
+	// Handoff, if set, runs the app under `sact shim`, which fetches the app's listening
+	// sockets from sact and execs the app's own command with LISTEN_FDS set.
+	Handoff *Handoff
+
 	// Hash identifies the settings above; a container made from a different hash is
 	// replaced at its next start (never while it serves).
 	Hash string
 }
+
+// Handoff is where a runtime finds what the shim needs, as host paths.
+type Handoff struct {
+	// Binary is a statically linked sact, run as `sact shim -- CMD...`.
+	Binary string
+	// Dir is the app's private directory holding the handoff socket, handoff.sock.
+	Dir string
+}
+
+// ShimSocket is the handoff socket's name in Handoff.Dir.
+const ShimSocket = "handoff.sock"
 
 // Addr is a stream socket address as net.Dial takes it.
 type Addr struct {

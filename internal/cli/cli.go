@@ -187,6 +187,7 @@ func serve(ctx context.Context, e *env, args []string) error {
 	path := configFlag(fs)
 	format := fs.String("log-format", "text", "log format: text or json")
 	level := fs.String("log-level", "info", "log level: debug, info, warn, error")
+	runDir := fs.String("run-dir", envOr("SACT_RUN_DIR", "/run/sact"), "directory for sact's runtime state (handoff sockets); $SACT_RUN_DIR")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -200,7 +201,7 @@ func serve(ctx context.Context, e *env, args []string) error {
 	}
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	return daemon.Run(ctx, cfg, daemon.Options{Logger: log, Runtimes: runtimes(log)})
+	return daemon.Run(ctx, cfg, daemon.Options{Logger: log, Runtimes: runtimes(log), RunDir: *runDir})
 }
 
 // runtimes are the real runtimes, built only when an app needs them.
@@ -222,4 +223,11 @@ func readableDurations(_ []string, a slog.Attr) slog.Attr {
 		return slog.String(a.Key, a.Value.Duration().String())
 	}
 	return a
+}
+
+func envOr(key, def string) string {
+	if v := os.Getenv(key); v != "" {
+		return v
+	}
+	return def
 }

@@ -8,7 +8,6 @@ package config
 // Keys are app keys (they apply under apps.NAME and under defaults) or, for any other
 // setting, its full path from the top of the file. Values say what to do instead.
 var notYetSupported = map[string]string{
-	"handoff":     "remove it, and give the app a port or upstream: sact relays its connections",
 	"hosts":       "give the app a listen address of its own instead",
 	"depends_on":  "remove it, and start the dependency some other way",
 	"pause_after": "remove it: apps are stopped after idle, not paused",

@@ -87,6 +87,9 @@ func (p *parser) checkKind(s *appSrc) {
 // checkTarget checks that sact knows where to send an app's connections.
 func (p *parser) checkTarget(s *appSrc) {
 	if s.Handoff {
+		if s.kind() == "container" {
+			p.errAt(s, "handoff", -1, "handoff runs the app under sact's shim, which must be set when the container is created; use image: and let sact create it, or remove handoff")
+		}
 		if !s.has("listen") {
 			p.errAt(s, "handoff", -1, "handoff passes the app its listening sockets, and it has none; add listen:, or remove handoff")
 		}

@@ -20,6 +20,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -30,6 +31,7 @@ import (
 	"github.com/sact-project/sact/internal/config"
 	"github.com/sact-project/sact/internal/listen"
 	"github.com/sact-project/sact/internal/proxy"
+	"github.com/sact-project/sact/internal/sockdiag"
 )
 
 // Runtimes gives the daemon the runtime for each kind of app. Constructors are only called
@@ -49,6 +51,8 @@ type Options struct {
 	// DrainTimeout is how long open connections may run on after shutdown begins; zero
 	// means 10s.
 	DrainTimeout time.Duration
+	// RunDir holds sact's runtime state: the handoff directories. Default /run/sact.
+	RunDir string
 	// Ready, if set, is called once every listener is bound and every app has been looked
 	// at, with the bound addresses (useful when a config says tcp:127.0.0.1:0).
 	Ready func(addrs map[string][]net.Addr)
@@ -77,6 +81,27 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 		return err
 	}
 
+	runDir := opts.RunDir
+	if runDir == "" {
+		runDir = "/run/sact"
+	}
+	var shim string
+	var probe *sockdiag.Prober
+	if anyHandoff(cfg) {
+		if shim, err = prepareShim(filepath.Join(runDir, "handoff")); err != nil {
+			return err
+		}
+		if probe, err = sockdiag.New(); err != nil {
+			return fmt.Errorf("opening sock_diag to watch handed-off sockets: %w", err)
+		}
+		defer probe.Close()
+		for _, app := range cfg.Apps {
+			if app.Handoff {
+				stopOrphan(ctx, log, rts[runtimeKind(app)], app, handoffSpec(app.Spec(), shim, handoffDir(runDir, app)))
+			}
+		}
+	}
+
 	lns, err := bindAll(ctx, cfg)
 	if err != nil {
 		return err
@@ -100,12 +125,42 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 
 	srv := &server{log: log, connsCtx: connsCtx}
 	addrs := make(map[string][]net.Addr)
+	acts := make(map[string]*activator.App)
+	handoffs := make(map[string]*handoffApp)
 	for _, app := range cfg.Apps {
 		rt := rts[runtimeKind(app)]
-		act := activator.New(rt, policy(app), activator.Options{Logger: log})
+		pol := policy(app)
+		if app.Handoff {
+			pol.Spec = handoffSpec(pol.Spec, shim, handoffDir(runDir, app))
+			// The app holds sact's listeners: a next sact could not bind them while it
+			// runs, so it never outlives this one.
+			pol.StopOnExit = true
+			spec := pol.Spec
+			h, err := newHandoffApp(app, lns[app.Name], handoffDir(runDir, app), rt, func() backend.Spec { return spec }, probe, log)
+			if err != nil {
+				for _, h := range handoffs {
+					h.close()
+				}
+				closeListeners(lns)
+				return err
+			}
+			handoffs[app.Name] = h
+		}
+		acts[app.Name] = activator.New(rt, pol, activator.Options{Logger: log})
+	}
+	var handing sync.WaitGroup
+	for _, app := range cfg.Apps {
+		act := acts[app.Name]
 		apps.Go(func() error { return act.Run(appsCtx) })
-		for i, ln := range lns[app.Name] {
+		for _, ln := range lns[app.Name] {
 			addrs[app.Name] = append(addrs[app.Name], ln.Addr())
+		}
+		if h := handoffs[app.Name]; h != nil {
+			h.act = act
+			handing.Go(func() { h.run(appsCtx) })
+			continue
+		}
+		for i, ln := range lns[app.Name] {
 			srv.accepting.Go(func() { srv.accept(ln, act, app.Listen[i].String()) })
 		}
 	}
@@ -116,11 +171,7 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 
 	<-ctx.Done()
 	log.Info("shutting down", "drain_timeout", drain)
-	for _, app := range lns {
-		for _, ln := range app {
-			ln.Close()
-		}
-	}
+	closeListeners(lns)
 	srv.accepting.Wait()
 	drained := make(chan struct{})
 	go func() { srv.conns.Wait(); close(drained) }()
@@ -133,12 +184,50 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 	}
 	stopApps()
 	errApps := apps.Wait()
+	handing.Wait()
 	stopRuntimes()
 	errRT := rtGroup.Wait()
 	if errors.Is(errRT, context.Canceled) {
 		errRT = nil
 	}
 	return errors.Join(errApps, errRT)
+}
+
+func closeListeners(lns map[string][]net.Listener) {
+	for _, app := range lns {
+		for _, ln := range app {
+			ln.Close()
+		}
+	}
+}
+
+func anyHandoff(cfg *config.Config) bool {
+	for _, app := range cfg.Apps {
+		if app.Handoff {
+			return true
+		}
+	}
+	return false
+}
+
+func handoffDir(runDir string, app *config.App) string {
+	return filepath.Join(runDir, "handoff", app.Name)
+}
+
+// stopOrphan stops a handoff app left running by a sact that was killed: it holds that
+// sact's listening sockets, which this one cannot take back, and would keep their
+// addresses from being bound again.
+func stopOrphan(ctx context.Context, log *slog.Logger, rt backend.Runtime, app *config.App, spec backend.Spec) {
+	inst, err := rt.Running(ctx, spec)
+	if err != nil || inst == nil {
+		return
+	}
+	log.Info("stopping app", "app", app.Name, "reason", "handoff app left running by an earlier sact holds its sockets", "container", inst.ID)
+	sctx, cancel := context.WithTimeout(ctx, app.StopTimeout+10*time.Second)
+	defer cancel()
+	if err := rt.Stop(sctx, spec, app.StopTimeout); err != nil {
+		log.Warn("cannot stop app left running by an earlier sact", "app", app.Name, "reason", err)
+	}
 }
 
 func runtimeKind(app *config.App) string {

@@ -25,6 +25,7 @@ import (
 
 var (
 	sactBin   string // the built sact binary
+	runDir    string // sact's -run-dir, shared by the tests
 	testImage string // the test server image, or "" without Docker
 	dockerErr error  // why Docker is not usable
 )
@@ -41,7 +42,9 @@ func runMain(m *testing.M) int {
 	}
 	defer os.RemoveAll(dir)
 	sactBin = filepath.Join(dir, "sact")
+	runDir = filepath.Join(dir, "run")
 	build := exec.Command("go", "build", "-o", sactBin, "../../cmd/sact")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0") // static: handoff runs it inside containers
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "building sact:", err)
@@ -116,7 +119,7 @@ func startSact(t *testing.T, config string) *daemon {
 func startSactFile(t *testing.T, path string) *daemon {
 	t.Helper()
 	d := &daemon{t: t, config: path, logs: &logBuffer{}, done: make(chan struct{})}
-	d.cmd = exec.Command(sactBin, "serve", "-c", path, "-log-format", "json", "-log-level", "debug")
+	d.cmd = exec.Command(sactBin, "serve", "-c", path, "-log-format", "json", "-log-level", "debug", "-run-dir", runDir)
 	d.cmd.Stdout = d.logs
 	d.cmd.Stderr = d.logs
 	if err := d.cmd.Start(); err != nil {
@@ -291,4 +294,15 @@ func docker(t *testing.T, args ...string) string {
 		t.Fatalf("docker %s: %v: %s", strings.Join(args, " "), err, out)
 	}
 	return strings.TrimSpace(string(out))
+}
+
+// dialTCP opens a connection that the test closes itself.
+func dialTCP(t *testing.T, addr string) net.Conn {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
 }

@@ -439,8 +439,17 @@ func (r *Runtime) create(ctx context.Context, spec backend.Spec) (string, error)
 		Labels:     labels,
 	}
 	hc := &container.HostConfig{
-		Binds:       spec.Volumes,
+		Binds:       slices.Clone(spec.Volumes),
 		NetworkMode: container.NetworkMode(spec.Network),
+	}
+	if h := spec.Handoff; h != nil {
+		argv, err := r.command(ctx, spec)
+		if err != nil {
+			return "", err
+		}
+		cfg.Entrypoint = []string{ShimPath}
+		cfg.Cmd = append([]string{"shim", "--"}, argv...)
+		hc.Binds = append(hc.Binds, h.Binary+":"+ShimPath+":ro", h.Dir+":"+ShimDir)
 	}
 	hc.Memory = spec.Memory
 	if spec.CPUs > 0 {
@@ -458,6 +467,57 @@ func (r *Runtime) create(ctx context.Context, spec backend.Spec) (string, error)
 	r.remember(ContainerName(spec.Name), res.ID, spec.Hash)
 	r.log.Info("created container", "app", spec.Name, "container", ContainerName(spec.Name), "id", shortID(res.ID), "config", spec.Hash)
 	return res.ID, nil
+}
+
+// Where the shim and its socket directory are mounted in a handoff container.
+const (
+	ShimPath = "/sact"
+	ShimDir  = "/run/sact-handoff"
+)
+
+// command is the command line the container would run without the shim: setting the
+// entrypoint drops the image's CMD in Docker, so it is rebuilt from the image's config
+// with docker's rules (an entrypoint given by the app drops the image's CMD too).
+func (r *Runtime) command(ctx context.Context, spec backend.Spec) ([]string, error) {
+	entrypoint, cmd := spec.Entrypoint, spec.Cmd
+	if entrypoint == nil || cmd == nil {
+		img, err := r.cli.ImageInspect(ctx, spec.Image)
+		if cerrdefs.IsNotFound(err) {
+			return nil, fmt.Errorf("creating container %s: image %q not found in the local engine; build or load it first, sact never pulls", ContainerName(spec.Name), spec.Image)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("inspecting image %s: %w", spec.Image, err)
+		}
+		if c := img.Config; c != nil {
+			if entrypoint == nil {
+				entrypoint = c.Entrypoint
+				if cmd == nil {
+					cmd = c.Cmd
+				}
+			}
+			if spec.User == "" && c.User != "" && c.User != "0" && c.User != "root" {
+				return nil, fmt.Errorf("image %s runs as user %q, and handoff must know the uid to give the socket to; set user: to the numeric uid", spec.Image, c.User)
+			}
+		}
+	}
+	argv := append(slices.Clone(entrypoint), cmd...)
+	if len(argv) == 0 {
+		return nil, fmt.Errorf("image %s has neither ENTRYPOINT nor CMD; set cmd: for the app", spec.Image)
+	}
+	return argv, nil
+}
+
+// Pid returns the host pid of the container's first process (the shim, in handoff mode),
+// or 0 if it does not run.
+func (r *Runtime) Pid(ctx context.Context, spec backend.Spec) (int, error) {
+	ins, err := r.cli.ContainerInspect(ctx, containerRef(spec), client.ContainerInspectOptions{})
+	if err != nil {
+		return 0, fmt.Errorf("inspecting container %s: %w", containerRef(spec), err)
+	}
+	if ins.Container.State == nil {
+		return 0, nil
+	}
+	return ins.Container.State.Pid, nil
 }
 
 // Stop stops the app's container: SIGTERM, SIGKILL after grace.

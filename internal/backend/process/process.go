@@ -15,6 +15,7 @@ import (
 	"maps"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -23,6 +24,7 @@ import (
 	"time"
 
 	"github.com/sact-project/sact/internal/backend"
+	"github.com/sact-project/sact/internal/handoff"
 )
 
 // Options configure the runtime.
@@ -73,12 +75,19 @@ func (r *Runtime) Start(ctx context.Context, spec backend.Spec) (*backend.Instan
 			return nil, fmt.Errorf("app %q already runs as pid %d", spec.Name, p.cmd.Process.Pid)
 		}
 	}
+	argv := spec.Command
+	if h := spec.Handoff; h != nil {
+		argv = append([]string{h.Binary, "shim", "--"}, argv...)
+	}
 	// Not exec.CommandContext: the process must outlive the start request's context.
-	cmd := exec.Command(spec.Command[0], spec.Command[1:]...)
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Dir = spec.Dir
 	cmd.Env = os.Environ()
 	for _, k := range slices.Sorted(maps.Keys(spec.Env)) {
 		cmd.Env = append(cmd.Env, k+"="+spec.Env[k])
+	}
+	if h := spec.Handoff; h != nil {
+		cmd.Env = append(cmd.Env, handoff.SocketEnv+"="+filepath.Join(h.Dir, backend.ShimSocket))
 	}
 	out := &tailBuffer{max: r.tail}
 	cmd.Stdout, cmd.Stderr = out, out
@@ -139,6 +148,16 @@ func (p *proc) stop(ctx context.Context, grace time.Duration) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// Pid returns the pid of the app's process, the one the shim runs as, or 0.
+func (r *Runtime) Pid(ctx context.Context, spec backend.Spec) (int, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if p := r.procs[spec.Name]; p != nil {
+		return p.cmd.Process.Pid, nil
+	}
+	return 0, nil
 }
 
 // Running always reports nothing: plain processes are never left behind by sact.

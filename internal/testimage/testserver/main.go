@@ -67,11 +67,13 @@ func run() error {
 	time.Sleep(duration("READY_DELAY"))
 	termDelay := duration("TERM_DELAY")
 
-	ln, err := listener()
+	lns, err := listeners()
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(os.Stderr, "testserver %s: listening on %s (pid %d)\n", name, ln.Addr(), os.Getpid())
+	for _, ln := range lns {
+		fmt.Fprintf(os.Stderr, "testserver %s: listening on %s (pid %d)\n", name, ln.Addr(), os.Getpid())
+	}
 
 	srv := &http.Server{Handler: handler(name), ReadHeaderTimeout: 10 * time.Second}
 	sig := make(chan os.Signal, 1)
@@ -82,22 +84,30 @@ func run() error {
 		time.Sleep(termDelay)
 		srv.Close()
 	}()
-	if err := srv.Serve(ln); err != http.ErrServerClosed {
+	errs := make(chan error, len(lns))
+	for _, ln := range lns {
+		go func() { errs <- srv.Serve(ln) }()
+	}
+	if err := <-errs; err != http.ErrServerClosed {
 		return err
 	}
 	return nil
 }
 
-// listener takes the socket handed over by LISTEN_FDS, or listens on LISTEN.
-func listener() (net.Listener, error) {
-	if os.Getenv("LISTEN_FDS") != "" && os.Getenv("LISTEN_PID") == strconv.Itoa(os.Getpid()) {
-		f := os.NewFile(3, "listen-fd-3")
-		ln, err := net.FileListener(f)
-		f.Close()
-		if err != nil {
-			return nil, fmt.Errorf("LISTEN_FDS: fd 3: %w", err)
+// listeners takes the sockets handed over by LISTEN_FDS, or listens on LISTEN.
+func listeners() ([]net.Listener, error) {
+	if n, err := strconv.Atoi(os.Getenv("LISTEN_FDS")); err == nil && os.Getenv("LISTEN_PID") == strconv.Itoa(os.Getpid()) {
+		var lns []net.Listener
+		for fd := 3; fd < 3+n; fd++ {
+			f := os.NewFile(uintptr(fd), fmt.Sprintf("listen-fd-%d", fd))
+			ln, err := net.FileListener(f)
+			f.Close()
+			if err != nil {
+				return nil, fmt.Errorf("LISTEN_FDS: fd %d: %w", fd, err)
+			}
+			lns = append(lns, ln)
 		}
-		return ln, nil
+		return lns, nil
 	}
 	network, addr, ok := strings.Cut(env("LISTEN", "tcp:0.0.0.0:8080"), ":")
 	if !ok {
@@ -113,7 +123,7 @@ func listener() (net.Listener, error) {
 	if network == "unix" {
 		os.Chmod(addr, 0o666)
 	}
-	return ln, nil
+	return []net.Listener{ln}, nil
 }
 
 func handler(name string) http.Handler {

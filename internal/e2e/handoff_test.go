@@ -1,0 +1,138 @@
+package e2e
+
+import (
+	"fmt"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// handoffConfig is an app of the test image that takes its sockets through the shim, with
+// no network of its own.
+func handoffConfig(name, tcp, unixPath, extra string) string {
+	return fmt.Sprintf(`apps:
+  %[1]s:
+    image: %[2]s
+    user: "1001"
+    network: none
+    handoff: true
+    env: {NAME: %[1]s}
+    listen: ["tcp:%[3]s", "unix:%[4]s"]
+    idle: 2s
+    stop_timeout: 2s
+%[5]s`, name, testImage, tcp, unixPath, extra)
+}
+
+func TestHandoff(t *testing.T) {
+	needDocker(t)
+	name := uniqueName(t, "handoff")
+	tcp, sock := freeAddr(t), filepath.Join(t.TempDir(), "app.sock")
+	d := startSact(t, handoffConfig(name, tcp, sock, ""))
+
+	// A burst during boot: every connection waits in the kernel's backlog and is served by
+	// the app itself.
+	const burst = 40
+	var wg sync.WaitGroup
+	errs := make(chan error, burst)
+	for i := range burst {
+		addr := tcp
+		if i%2 == 1 {
+			addr = sock
+		}
+		wg.Go(func() {
+			body, err := httpGet(addr, "/")
+			if err == nil && !strings.Contains(body, "hello from "+name+" (pid 1)") {
+				err = fmt.Errorf("body %q, want the app answering as pid 1 behind the shim", body)
+			}
+			if err != nil {
+				errs <- err
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Errorf("connection during boot: %v", err)
+	}
+	if n := d.countLog(`"msg":"app ready"&&` + name); n != 1 {
+		t.Errorf("%d starts for a burst, want 1", n)
+	}
+	if mode := docker(t, "inspect", "-f", "{{.HostConfig.NetworkMode}}", "sact-"+name); mode != "none" {
+		t.Errorf("network mode %q, want none", mode)
+	}
+	if u := docker(t, "inspect", "-f", "{{.Config.User}}", "sact-"+name); u != "1001" {
+		t.Errorf("container user %q, want 1001", u)
+	}
+	if n := d.countLog(`"msg":"relay ended"&&` + name); n != 0 {
+		t.Errorf("sact relayed %d connections of a handoff app", n)
+	}
+
+	// A connection moving bytes keeps the app; the idle clock only starts when it ends.
+	body, err := httpGet(tcp, "/slow?d=5s&every=200ms")
+	if err != nil || !strings.HasSuffix(body, "done\n") {
+		t.Fatalf("stream: %q, %v", body, err)
+	}
+	if n := d.countLog(`"msg":"stopped app"&&` + name); n != 0 {
+		t.Fatalf("app stopped while a connection streamed through its own socket")
+	}
+	rec := d.waitLog(`"msg":"stopped app"&&"reason":"idle"&&`+name, 15*time.Second)
+	t.Logf("stopped: %v", rec)
+	waitContainerState(t, name, "exited", 5*time.Second)
+
+	// Watched again after the stop: the next client starts it anew.
+	if _, err := httpGet(sock, "/"); err != nil {
+		t.Fatalf("second cold start over the unix socket: %v", err)
+	}
+	d.waitLog(`"msg":"app ready"&&`+name, time.Second)
+	if n := d.countLog(`"msg":"app ready"&&` + name); n != 2 {
+		t.Errorf("%d starts, want 2", n)
+	}
+}
+
+// A silent open connection does not keep a handoff app, unless keep_while_open.
+func TestHandoffSilentConnection(t *testing.T) {
+	needDocker(t)
+	for _, keep := range []bool{false, true} {
+		t.Run(fmt.Sprintf("keep_while_open=%v", keep), func(t *testing.T) {
+			name := uniqueName(t, "hsilent")
+			tcp, sock := freeAddr(t), filepath.Join(t.TempDir(), "app.sock")
+			d := startSact(t, handoffConfig(name, tcp, sock, fmt.Sprintf("    keep_while_open: %v\n", keep)))
+			if _, err := httpGet(tcp, "/"); err != nil {
+				t.Fatal(err)
+			}
+			c := dialTCP(t, tcp) // open, says nothing
+			defer c.Close()
+			time.Sleep(5 * time.Second) // idle is 2s
+			stopped := d.countLog(`"msg":"stopped app"&&`+name) > 0
+			if keep && stopped {
+				t.Errorf("stopped with an open connection and keep_while_open")
+			}
+			if !keep && !stopped {
+				t.Errorf("a silent open connection kept the app past idle")
+			}
+		})
+	}
+}
+
+// An app that exits at once: its queued clients are refused promptly, not left hanging,
+// and it is not restarted in a tight loop.
+func TestHandoffAppExits(t *testing.T) {
+	needDocker(t)
+	name := uniqueName(t, "hexit")
+	tcp, sock := freeAddr(t), filepath.Join(t.TempDir(), "app.sock")
+	d := startSact(t, strings.Replace(handoffConfig(name, tcp, sock, ""), "env: {NAME: "+name+"}", `env: {NAME: `+name+`, EXIT_CODE: "4"}`, 1))
+	began := time.Now()
+	if _, err := httpGetTimeout(tcp, "/", 20*time.Second); err == nil {
+		t.Fatalf("request to an app that exits at once succeeded")
+	}
+	if took := time.Since(began); took > 10*time.Second {
+		t.Errorf("client held %v by an app that exited at once", took)
+	}
+	d.waitLog(`"msg":"app exited"&&`+name+`&&exiting with code 4`, 5*time.Second)
+	time.Sleep(2 * time.Second)
+	if n := d.countLog(`"msg":"starting app"&&` + name); n > 2 {
+		t.Errorf("%d starts within a few seconds: a crashing app is restarted in a loop", n)
+	}
+}
