@@ -20,6 +20,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"path/filepath"
 	"sync"
 	"time"
@@ -95,14 +96,20 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 			return fmt.Errorf("opening sock_diag to watch handed-off sockets: %w", err)
 		}
 		defer probe.Close()
-		for _, app := range cfg.Apps {
-			if app.Handoff {
-				stopOrphan(ctx, log, rts[runtimeKind(app)], app, handoffSpec(app.Spec(), shim, handoffDir(runDir, app)))
+	}
+	// Handoff apps that still run from an earlier sact hold its listening sockets: take
+	// them back rather than bind new ones, which their addresses would refuse.
+	reclaimed := make(map[string][]net.Listener)
+	for _, app := range cfg.Apps {
+		if app.Handoff {
+			spec := handoffSpec(app.Spec(), shim, handoffDir(runDir, app))
+			if lns := takeBack(ctx, log, rts[runtimeKind(app)], app, spec); lns != nil {
+				reclaimed[app.Name] = lns
 			}
 		}
 	}
 
-	lns, err := bindAll(ctx, cfg)
+	lns, err := bindAll(ctx, cfg, reclaimed)
 	if err != nil {
 		return err
 	}
@@ -132,9 +139,6 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 		pol := policy(app)
 		if app.Handoff {
 			pol.Spec = handoffSpec(pol.Spec, shim, handoffDir(runDir, app))
-			// The app holds sact's listeners: a next sact could not bind them while it
-			// runs, so it never outlives this one.
-			pol.StopOnExit = true
 			spec := pol.Spec
 			h, err := newHandoffApp(app, lns[app.Name], handoffDir(runDir, app), rt, func() backend.Spec { return spec }, probe, log)
 			if err != nil {
@@ -171,6 +175,17 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 
 	<-ctx.Done()
 	log.Info("shutting down", "drain_timeout", drain)
+	// A handoff app left running keeps serving on the sockets it holds: their unix
+	// socket files must stay for its clients, and for the next sact to take them back.
+	for name, h := range handoffs {
+		if h.app.OnExit != "stop" {
+			for _, ln := range lns[name] {
+				if ul, ok := ln.(*net.UnixListener); ok {
+					ul.SetUnlinkOnClose(false)
+				}
+			}
+		}
+	}
 	closeListeners(lns)
 	srv.accepting.Wait()
 	drained := make(chan struct{})
@@ -185,6 +200,16 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 	stopApps()
 	errApps := apps.Wait()
 	handing.Wait()
+	for name, h := range handoffs {
+		if h.app.OnExit != "stop" && acts[name].Status().State != activator.Running {
+			// Nobody holds these sockets any more: remove their files as usual.
+			for _, a := range h.app.Listen {
+				if a.Network == "unix" {
+					os.Remove(a.Address)
+				}
+			}
+		}
+	}
 	stopRuntimes()
 	errRT := rtGroup.Wait()
 	if errors.Is(errRT, context.Canceled) {
@@ -214,20 +239,37 @@ func handoffDir(runDir string, app *config.App) string {
 	return filepath.Join(runDir, "handoff", app.Name)
 }
 
-// stopOrphan stops a handoff app left running by a sact that was killed: it holds that
-// sact's listening sockets, which this one cannot take back, and would keep their
-// addresses from being bound again.
-func stopOrphan(ctx context.Context, log *slog.Logger, rt backend.Runtime, app *config.App, spec backend.Spec) {
+// takeBack returns the listening sockets of a handoff app that an earlier sact left
+// running, taken from the app's process, or nil if it does not run. If they cannot be
+// taken, the app is stopped: it holds the addresses, which could not be bound anew.
+func takeBack(ctx context.Context, log *slog.Logger, rt backend.Runtime, app *config.App, spec backend.Spec) []net.Listener {
 	inst, err := rt.Running(ctx, spec)
 	if err != nil || inst == nil {
-		return
+		return nil
 	}
-	log.Info("stopping app", "app", app.Name, "reason", "handoff app left running by an earlier sact holds its sockets", "container", inst.ID)
+	var reason error
+	if pr, ok := rt.(pider); ok {
+		pid, err := pr.Pid(ctx, spec)
+		if err == nil && pid > 0 {
+			lns, err := reclaim(pid, app.Listen)
+			if err == nil {
+				log.Info("took back the listening sockets of a running handoff app", "app", app.Name, "container", inst.ID, "pid", pid)
+				return lns
+			}
+			reason = err
+		} else {
+			reason = fmt.Errorf("no pid: %v", err)
+		}
+	} else {
+		reason = errors.New("the runtime cannot tell the app's pid")
+	}
+	log.Warn("stopping app", "app", app.Name, "reason", "it runs from an earlier sact and its sockets cannot be taken back: "+reason.Error(), "container", inst.ID)
 	sctx, cancel := context.WithTimeout(ctx, app.StopTimeout+10*time.Second)
 	defer cancel()
 	if err := rt.Stop(sctx, spec, app.StopTimeout); err != nil {
 		log.Warn("cannot stop app left running by an earlier sact", "app", app.Name, "reason", err)
 	}
+	return nil
 }
 
 func runtimeKind(app *config.App) string {
@@ -274,8 +316,11 @@ func buildRuntimes(ctx context.Context, cfg *config.Config, r Runtimes) (map[str
 
 // bindAll binds every app's listeners, or none: on the first failure the ones already
 // bound are closed again.
-func bindAll(ctx context.Context, cfg *config.Config) (map[string][]net.Listener, error) {
+func bindAll(ctx context.Context, cfg *config.Config, reclaimed map[string][]net.Listener) (map[string][]net.Listener, error) {
 	lns := make(map[string][]net.Listener)
+	for name, l := range reclaimed {
+		lns[name] = l
+	}
 	closeAll := func() {
 		for _, l := range lns {
 			for _, ln := range l {
@@ -284,6 +329,9 @@ func bindAll(ctx context.Context, cfg *config.Config) (map[string][]net.Listener
 		}
 	}
 	for _, app := range cfg.Apps {
+		if reclaimed[app.Name] != nil {
+			continue
+		}
 		for _, a := range app.Listen {
 			ln, err := listen.Listen(ctx, a)
 			if err != nil {

@@ -10,7 +10,10 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"net/netip"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -21,6 +24,7 @@ import (
 	"github.com/sact-project/sact/internal/backend"
 	"github.com/sact-project/sact/internal/config"
 	"github.com/sact-project/sact/internal/handoff"
+	"github.com/sact-project/sact/internal/listen"
 	"github.com/sact-project/sact/internal/sockdiag"
 )
 
@@ -157,12 +161,6 @@ func newHandoffApp(app *config.App, lns []net.Listener, dir string, rt backend.R
 			return nil, fmt.Errorf("listener %s cannot be handed off", ln.Addr())
 		}
 		sockets = append(sockets, handoff.Socket{Name: app.Name, Conn: sc})
-		f, err := pendingWatcher(sc, ln.Addr().String())
-		if err != nil {
-			h.close()
-			return nil, err
-		}
-		h.pending = append(h.pending, f)
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		h.close()
@@ -202,18 +200,15 @@ func newHandoffApp(app *config.App, lns []net.Listener, dir string, rt backend.R
 }
 
 func (h *handoffApp) close() {
-	for _, f := range h.pending {
-		f.Close()
-	}
 	if h.srv != nil {
 		h.srv.Close()
 	}
 }
 
 // pendingWatcher duplicates a listener's fd into a file that the runtime's poller
-// watches for readability. It must be made while the socket is still non-blocking (the
-// shim makes it blocking for the app, and the flag is shared): that is what makes the
-// file pollable.
+// watches for readability. Only while the app does not run: the socket's O_NONBLOCK flag
+// is shared with the app (the shim clears it for the app's sake), and a non-blocking fd
+// is what makes the file pollable.
 func pendingWatcher(sc syscall.Conn, name string) (*os.File, error) {
 	rc, err := sc.SyscallConn()
 	if err != nil {
@@ -226,6 +221,10 @@ func pendingWatcher(sc syscall.Conn, name string) (*os.File, error) {
 	}
 	if derr != nil {
 		return nil, fmt.Errorf("duplicating listener %s: %w", name, derr)
+	}
+	if err := unix.SetNonblock(nfd, true); err != nil {
+		unix.Close(nfd)
+		return nil, fmt.Errorf("listener %s: %w", name, err)
 	}
 	f := os.NewFile(uintptr(nfd), name)
 	if err := f.SetReadDeadline(time.Time{}); err != nil {
@@ -243,8 +242,18 @@ func readable(fd uintptr) bool {
 	return err == nil && n > 0 && fds[0].Revents&unix.POLLIN != 0
 }
 
-// waitPending blocks until a listener has a client waiting, and returns its index.
+// waitPending blocks until a listener has a client waiting, and returns its index. The
+// app must not be running.
 func (h *handoffApp) waitPending(ctx context.Context) (int, error) {
+	for _, ln := range h.lns {
+		f, err := pendingWatcher(ln.(syscall.Conn), ln.Addr().String())
+		if err != nil {
+			h.closePending()
+			return 0, err
+		}
+		h.pending = append(h.pending, f)
+	}
+	defer h.closePending()
 	got := make(chan int, len(h.pending))
 	var wg sync.WaitGroup
 	for i, f := range h.pending {
@@ -275,10 +284,14 @@ func (h *handoffApp) waitPending(ctx context.Context) (int, error) {
 	stop()
 	wake()
 	wg.Wait()
-	for _, f := range h.pending {
-		f.SetReadDeadline(time.Time{})
-	}
 	return i, err
+}
+
+func (h *handoffApp) closePending() {
+	for _, f := range h.pending {
+		f.Close()
+	}
+	h.pending = nil
 }
 
 // rejectQueued closes the connections waiting in the listeners' backlogs, so their clients
@@ -286,8 +299,8 @@ func (h *handoffApp) waitPending(ctx context.Context) (int, error) {
 // does not run: then nobody else accepts.
 func (h *handoffApp) rejectQueued() int {
 	n := 0
-	for _, f := range h.pending {
-		rc, err := f.SyscallConn()
+	for _, ln := range h.lns {
+		rc, err := ln.(syscall.Conn).SyscallConn()
 		if err != nil {
 			continue
 		}
@@ -312,12 +325,20 @@ func (h *handoffApp) run(ctx context.Context) {
 	defer h.close()
 	backoff := time.Duration(0)
 	for {
-		i, err := h.waitPending(ctx)
-		if err != nil {
-			return
+		wake := activator.Wake{Remote: "backlog"}
+		if h.act.Status().State != activator.Running {
+			// Adopted apps run already; the others wait for their first client.
+			i, err := h.waitPending(ctx)
+			if err != nil {
+				if ctx.Err() == nil {
+					h.log.Error("cannot watch the app's sockets", "reason", err)
+				}
+				return
+			}
+			wake.Listen = h.app.Listen[i].String()
 		}
-		listen := h.app.Listen[i].String()
-		lease, err := h.act.Acquire(ctx, activator.Wake{Remote: "backlog", Listen: listen})
+		listen := wake.Listen
+		lease, err := h.act.Acquire(ctx, wake)
 		if err != nil {
 			if ctx.Err() != nil {
 				return
@@ -392,4 +413,107 @@ func (h *handoffApp) watch(ctx context.Context, live context.Context) {
 		}
 		last = now
 	}
+}
+
+// reclaim takes back the listening sockets of a handoff app that still runs from an
+// earlier sact: they live on in the app's first process, and pidfd_getfd(2) duplicates
+// them into sact, so clients never see the socket go away. Every address in addrs must
+// be found, or none is taken.
+func reclaim(pid int, addrs []listen.Addr) ([]net.Listener, error) {
+	pidfd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return nil, fmt.Errorf("pidfd_open(%d): %w", pid, err)
+	}
+	defer unix.Close(pidfd)
+	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		return nil, err
+	}
+	found := make([]net.Listener, len(addrs))
+	closeAll := func() {
+		for _, ln := range found {
+			if ln != nil {
+				ln.Close()
+			}
+		}
+	}
+	for _, e := range ents {
+		target, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, e.Name()))
+		if err != nil || !strings.HasPrefix(target, "socket:") {
+			continue
+		}
+		n, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		fd, err := unix.PidfdGetfd(pidfd, n, 0)
+		if err != nil {
+			closeAll()
+			return nil, fmt.Errorf("pidfd_getfd(%d, %d): %w", pid, n, err)
+		}
+		i := matchListener(fd, addrs)
+		if i < 0 || found[i] != nil {
+			unix.Close(fd)
+			continue
+		}
+		f := os.NewFile(uintptr(fd), addrs[i].String())
+		ln, err := net.FileListener(f)
+		f.Close()
+		if err != nil {
+			closeAll()
+			return nil, fmt.Errorf("taking back %s: %w", addrs[i], err)
+		}
+		found[i] = ln
+	}
+	for i, ln := range found {
+		if ln == nil {
+			closeAll()
+			return nil, fmt.Errorf("the app holds no listening socket for %s", addrs[i])
+		}
+	}
+	return found, nil
+}
+
+// matchListener returns the index in addrs of the listening stream socket fd, or -1.
+func matchListener(fd int, addrs []listen.Addr) int {
+	if v, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ACCEPTCONN); err != nil || v != 1 {
+		return -1
+	}
+	if v, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE); err != nil || v != unix.SOCK_STREAM {
+		return -1
+	}
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		return -1
+	}
+	for i, a := range addrs {
+		switch sa := sa.(type) {
+		case *unix.SockaddrUnix:
+			if a.Network == "unix" && sa.Name == a.Address {
+				return i
+			}
+		case *unix.SockaddrInet4:
+			if a.Network == "tcp" && sameTCP(a.Address, netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port))) {
+				return i
+			}
+		case *unix.SockaddrInet6:
+			if a.Network == "tcp" && sameTCP(a.Address, netip.AddrPortFrom(netip.AddrFrom16(sa.Addr), uint16(sa.Port))) {
+				return i
+			}
+		}
+	}
+	return -1
+}
+
+// sameTCP reports whether the configured host:port is bound as got.
+func sameTCP(configured string, got netip.AddrPort) bool {
+	ta, err := net.ResolveTCPAddr("tcp", configured)
+	if err != nil || ta.Port != int(got.Port()) {
+		return false
+	}
+	want, ok := netip.AddrFromSlice(ta.IP)
+	if !ok || ta.IP == nil {
+		return got.Addr().IsUnspecified()
+	}
+	return want.Unmap() == got.Addr().Unmap() || want.IsUnspecified() && got.Addr().IsUnspecified()
 }

@@ -136,3 +136,44 @@ func TestHandoffAppExits(t *testing.T) {
 		t.Errorf("%d starts within a few seconds: a crashing app is restarted in a loop", n)
 	}
 }
+
+// Restarting sact (cleanly or by kill -9) while a handoff app runs leaves the app serving
+// on its socket throughout; the new sact takes the socket back and keeps the idle clock.
+func TestHandoffSurvivesSactRestart(t *testing.T) {
+	needDocker(t)
+	name := uniqueName(t, "hrestart")
+	tcp, sock := freeAddr(t), filepath.Join(t.TempDir(), "app.sock")
+	cfg := strings.Replace(handoffConfig(name, tcp, sock, ""), "idle: 2s", "idle: 4s", 1)
+	d := startSact(t, cfg)
+	first, err := httpGet(sock, "/pid")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, how := range []string{"SIGTERM", "SIGKILL"} {
+		if how == "SIGTERM" {
+			d.stop()
+		} else {
+			d.kill()
+		}
+		// sact is gone: the app still answers on both sockets, by itself.
+		for _, addr := range []string{sock, tcp} {
+			if body, err := httpGet(addr, "/pid"); err != nil || body != first {
+				t.Fatalf("after %s of sact, %s: %q, %v; want the same app (pid %q) serving", how, addr, body, err, first)
+			}
+		}
+		d = startSactFile(t, d.config)
+		d.waitLog(`"msg":"took back the listening sockets of a running handoff app"&&`+name, 5*time.Second)
+		for _, addr := range []string{sock, tcp} {
+			if body, err := httpGet(addr, "/pid"); err != nil || body != first {
+				t.Fatalf("after restart (%s), %s: %q, %v", how, addr, body, err)
+			}
+		}
+		if n := d.countLog(`"msg":"starting app"&&` + name); n != 0 {
+			t.Errorf("the new sact started the app again (%d starts) instead of adopting it", n)
+		}
+	}
+	d.waitLog(`"msg":"stopped app"&&"reason":"idle"&&`+name, 20*time.Second)
+	if _, err := httpGet(tcp, "/"); err != nil {
+		t.Fatalf("cold start after the restarts: %v", err)
+	}
+}

@@ -19,7 +19,7 @@ import (
 // from larger pipes on sockets whose buffers hold little more. The size is asked rather
 // than assumed because a pipe made past that limit gets 2 pages; the actual size is read
 // back and used.
-const pipeSize = 64 << 10
+const pipeSize = 256 << 10
 
 // spliceFlags: SPLICE_F_NONBLOCK makes the pipe end never block, the socket end being
 // O_NONBLOCK already, so EAGAIN comes back and the netpoller waits instead of a thread;
