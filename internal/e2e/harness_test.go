@@ -306,3 +306,7 @@ func dialTCP(t *testing.T, addr string) net.Conn {
 	t.Cleanup(func() { c.Close() })
 	return c
 }
+
+func dialOnce(addr string) (net.Conn, error) {
+	return net.DialTimeout("tcp", addr, time.Second)
+}
