@@ -76,7 +76,9 @@ func run(ctx context.Context, quick bool, only, out string) error {
 		return err
 	}
 	b.sact = filepath.Join(dir, "sact")
-	if out, err := exec.Command("go", "build", "-o", b.sact, "./cmd/sact").CombinedOutput(); err != nil {
+	build := exec.Command("go", "build", "-o", b.sact, "./cmd/sact")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0") // handoff runs it in containers
+	if out, err := build.CombinedOutput(); err != nil {
 		return fmt.Errorf("building sact: %v: %s", err, out)
 	}
 	b.header()
@@ -136,45 +138,67 @@ func (b *bench) cold() error {
 	defer b.dc.ContainerRemove(context.Background(), cr.ID, client.ContainerRemoveOptions{Force: true})
 
 	app := fmt.Sprintf("bench-cold-%d", os.Getpid())
-	defer exec.Command("docker", "rm", "-f", "sact-"+app).Run()
-	addr := freeAddr()
+	hand := fmt.Sprintf("bench-cold-handoff-%d", os.Getpid())
+	defer exec.Command("docker", "rm", "-f", "sact-"+app, "sact-"+hand).Run()
+	addr, handAddr := freeAddr(), freeAddr()
 	d, err := b.startSact(fmt.Sprintf(`apps:
-  %s:
-    image: %s
+  %[1]s:
+    image: %[2]s
     env: {NAME: cold, LISTEN: "tcp:0.0.0.0:8080"}
-    listen: ["tcp:%s"]
+    listen: ["tcp:%[3]s"]
     port: 8080
     idle: 1s
     stop_timeout: 2s
-`, app, b.image, addr))
+  %[4]s:
+    image: %[2]s
+    env: {NAME: cold-handoff}
+    listen: ["tcp:%[5]s"]
+    handoff: true
+    network: none
+    idle: 1s
+    stop_timeout: 2s
+`, app, b.image, addr, hand, handAddr))
 	if err != nil {
 		return err
 	}
 	defer d.stop()
 
-	// The first request creates the container; the runs measure starts only.
-	if err := firstByte("tcp", addr); err != nil {
-		return fmt.Errorf("creating the container through sact: %w", err)
+	// The first requests create the containers; the runs measure starts only.
+	for _, a := range []string{addr, handAddr} {
+		if err := firstByte("tcp", a); err != nil {
+			return fmt.Errorf("creating the container through sact: %w", err)
+		}
 	}
-	var floor, through []time.Duration
+	var floor, through, handed []time.Duration
 	for i := range n {
 		fmt.Fprintf(os.Stderr, "cold %d/%d\n", i+1, n)
-		// Interleaved so that drift in the machine's load hits both alike.
+		// Interleaved so that drift in the machine's load hits all alike, and each
+		// measured while nothing else starts or stops: wait for both apps' stops, as sact
+		// sees them (a request during a stop would wait for it and measure it too).
+		for _, a := range []string{app, hand} {
+			if err := d.waitLog(`msg="stopped app" app=`+a+" ", i+1, 20*time.Second); err != nil {
+				return err
+			}
+		}
 		t, err := b.floorOnce(cr.ID)
 		if err != nil {
 			return err
 		}
 		floor = append(floor, t)
-		// Stopped as sact sees it, not only as the engine does: a request during
-		// the stop would wait for it and measure the stop too.
-		if err := d.waitLog(`msg="stopped app"`, i+1, 20*time.Second); err != nil {
-			return err
-		}
 		began := time.Now()
 		if err := firstByte("tcp", addr); err != nil {
 			return fmt.Errorf("cold request through sact: %w", err)
 		}
 		through = append(through, time.Since(began))
+
+		if err := d.waitLog(`msg="stopped app" app=`+app+" ", i+2, 20*time.Second); err != nil {
+			return err
+		}
+		began = time.Now()
+		if err := firstByte("tcp", handAddr); err != nil {
+			return fmt.Errorf("cold request through sact in handoff mode: %w", err)
+		}
+		handed = append(handed, time.Since(began))
 	}
 	mf, mt := median(floor), median(through)
 	fmt.Fprintf(&b.md, "## Cold start: time to first response byte\n\n")
@@ -182,8 +206,11 @@ func (b *bench) cold() error {
 	fmt.Fprintf(&b.md, "The floor is the Engine API's `start` of that container, then polling its IP until it answers, with no sact involved.\n\n")
 	fmt.Fprintf(&b.md, "| path | median | min | max |\n| --- | ---: | ---: | ---: |\n")
 	fmt.Fprintf(&b.md, "| floor: engine start + poll, direct | %s | %s | %s |\n", ms(mf), ms(slices.Min(floor)), ms(slices.Max(floor)))
-	fmt.Fprintf(&b.md, "| through sact (proxy mode, tcp) | %s | %s | %s |\n\n", ms(mt), ms(slices.Min(through)), ms(slices.Max(through)))
-	fmt.Fprintf(&b.md, "**sact's own share of a cold start: %s** (median through sact minus median floor; goal < 10 ms).\n\n", ms(mt-mf))
+	mh := median(handed)
+	fmt.Fprintf(&b.md, "| through sact (proxy mode, tcp) | %s | %s | %s |\n", ms(mt), ms(slices.Min(through)), ms(slices.Max(through)))
+	fmt.Fprintf(&b.md, "| through sact (handoff mode, tcp, network none) | %s | %s | %s |\n\n", ms(mh), ms(slices.Min(handed)), ms(slices.Max(handed)))
+	fmt.Fprintf(&b.md, "**sact's own share of a cold start: %s in proxy mode, %s in handoff mode** (median minus the floor's median; goal < 10 ms and about 0). ", ms(mt-mf), ms(mh-mf))
+	fmt.Fprintf(&b.md, "Handoff vs proxy: %.2f× the time to first byte. A negative share is noise: the floor polls the app from outside, sact's handoff needs no poll at all.\n\n", float64(mh)/float64(mt))
 	return nil
 }
 
@@ -237,23 +264,35 @@ func firstByte(network, addr string) error {
 // warm compares the warm path: direct, through sact, through systemd-socket-proxyd.
 func (b *bench) warm() error {
 	app := fmt.Sprintf("bench-warm-%d", os.Getpid())
-	defer exec.Command("docker", "rm", "-f", "sact-"+app).Run()
-	sactAddr := freeAddr()
+	hand := fmt.Sprintf("bench-warm-handoff-%d", os.Getpid())
+	defer exec.Command("docker", "rm", "-f", "sact-"+app, "sact-"+hand).Run()
+	sactAddr, handAddr := freeAddr(), freeAddr()
 	d, err := b.startSact(fmt.Sprintf(`apps:
-  %s:
-    image: %s
+  %[1]s:
+    image: %[2]s
     env: {NAME: warm, LISTEN: "tcp:0.0.0.0:8080"}
-    listen: ["tcp:%s"]
+    listen: ["tcp:%[3]s"]
     port: 8080
     idle: 1h
     stop_timeout: 2s
-`, app, b.image, sactAddr))
+  %[4]s:
+    image: %[2]s
+    env: {NAME: warm-handoff}
+    listen: ["tcp:%[5]s"]
+    handoff: true
+    network: none
+    idle: 1h
+    stop_timeout: 2s
+    on_exit: stop
+`, app, b.image, sactAddr, hand, handAddr))
 	if err != nil {
 		return err
 	}
 	defer d.stop()
-	if err := firstByte("tcp", sactAddr); err != nil {
-		return err
+	for _, a := range []string{sactAddr, handAddr} {
+		if err := firstByte("tcp", a); err != nil {
+			return err
+		}
 	}
 	ins, err := b.dc.ContainerInspect(b.ctx, "sact-"+app, client.ContainerInspectOptions{})
 	if err != nil {
@@ -277,6 +316,7 @@ func (b *bench) warm() error {
 		{"direct to the container", direct},
 		{"sact L4 relay (tcp -> container IP)", sactAddr},
 		{"systemd-socket-proxyd (tcp -> container IP)", proxydAddr},
+		{"sact handoff (the app accepts on sact's socket)", handAddr},
 	}
 	rounds, dur := 3, "10s"
 	if b.quick {
@@ -395,7 +435,7 @@ func (b *bench) startSact(config string) (*sactProc, error) {
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(b.sact, "serve", "-c", path)
+	cmd := exec.Command(b.sact, "serve", "-c", path, "-run-dir", filepath.Join(b.dir, "run"))
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		return nil, err

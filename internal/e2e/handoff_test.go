@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 )
@@ -33,29 +32,7 @@ func TestHandoff(t *testing.T) {
 
 	// A burst during boot: every connection waits in the kernel's backlog and is served by
 	// the app itself.
-	const burst = 40
-	var wg sync.WaitGroup
-	errs := make(chan error, burst)
-	for i := range burst {
-		addr := tcp
-		if i%2 == 1 {
-			addr = sock
-		}
-		wg.Go(func() {
-			body, err := httpGet(addr, "/")
-			if err == nil && !strings.Contains(body, "hello from "+name+" (pid 1)") {
-				err = fmt.Errorf("body %q, want the app answering as pid 1 behind the shim", body)
-			}
-			if err != nil {
-				errs <- err
-			}
-		})
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Errorf("connection during boot: %v", err)
-	}
+	burst(t, 40, []string{tcp, sock}, "hello from "+name+" (pid 1)")
 	if n := d.countLog(`"msg":"app ready"&&` + name); n != 1 {
 		t.Errorf("%d starts for a burst, want 1", n)
 	}

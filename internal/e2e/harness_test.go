@@ -310,3 +310,28 @@ func dialTCP(t *testing.T, addr string) net.Conn {
 func dialOnce(addr string) (net.Conn, error) {
 	return net.DialTimeout("tcp", addr, time.Second)
 }
+
+// burst makes n requests for / at once, spread over addrs, and fails the test for each one
+// that errs or whose body lacks want.
+func burst(t *testing.T, n int, addrs []string, want string) {
+	t.Helper()
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for i := range n {
+		addr := addrs[i%len(addrs)]
+		wg.Go(func() {
+			body, err := httpGet(addr, "/")
+			if err == nil && !strings.Contains(body, want) {
+				err = fmt.Errorf("body %q, want %q", body, want)
+			}
+			if err != nil {
+				errs <- fmt.Errorf("%s: %w", addr, err)
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Errorf("request %d at once: %v", n, err)
+	}
+}

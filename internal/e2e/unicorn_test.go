@@ -85,24 +85,7 @@ func TestRackUnicorn(t *testing.T) {
 			d := startSact(t, tt.config(name, listen, tmp))
 
 			// Cold, with a burst: one start, every client answered.
-			var wg sync.WaitGroup
-			errs := make(chan error, 20)
-			for range 20 {
-				wg.Go(func() {
-					body, err := httpGet(listen, "/")
-					if err == nil && !strings.Contains(body, "Simple app for test") {
-						err = fmt.Errorf("body %q", body)
-					}
-					if err != nil {
-						errs <- err
-					}
-				})
-			}
-			wg.Wait()
-			close(errs)
-			for err := range errs {
-				t.Errorf("cold request to unicorn (%s): %v", tt.mode, err)
-			}
+			burst(t, 20, []string{listen}, "Simple app for test")
 			rec := d.waitLog(`"msg":"app ready"&&`+name, time.Second)
 			t.Logf("%s cold start: %v", tt.mode, rec["duration"])
 			if n := d.countLog(`"msg":"app ready"&&` + name); n != 1 {
