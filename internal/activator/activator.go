@@ -43,6 +43,9 @@ var (
 	ErrQueueFull = errors.New("too many connections waiting for the app to start")
 	// ErrStartFailed: the app's last start failed; see the wrapped error.
 	ErrStartFailed = errors.New("app failed to start")
+	// ErrStartTimeout: the app's last start did not get ready within StartTimeout; it
+	// comes wrapped in ErrStartFailed.
+	ErrStartTimeout = errors.New("app not ready within its start_timeout")
 	// ErrClosed: sact is shutting down.
 	ErrClosed = errors.New("sact is shutting down")
 )
@@ -124,6 +127,9 @@ type App struct {
 	killLive   context.CancelFunc
 	idleTimer  *time.Timer
 	lastActive time.Time // last accept or close; bytes moved are on the leases
+	// touched is when Touch last saw activity outside any lease, in unix nanos: atomic,
+	// because the HTTP front door touches on every read and write.
+	touched atomic.Int64
 	// The last failed start, and how many failed in a row.
 	lastErr  error
 	failedAt time.Time
@@ -331,7 +337,7 @@ func (a *App) start(wokeBy []any) {
 	a.lastStartTook = took
 	if err != nil {
 		if ctx.Err() != nil && a.ctx.Err() == nil && !errors.Is(err, errExited) {
-			err = fmt.Errorf("app not ready after start_timeout %s: %w", a.policy.StartTimeout, err)
+			err = fmt.Errorf("%w: start_timeout %s: %w", ErrStartTimeout, a.policy.StartTimeout, err)
 		}
 		a.failures++
 		a.lastErr = fmt.Errorf("%w: %w", ErrStartFailed, err)
@@ -482,12 +488,7 @@ func (a *App) checkIdle() {
 		a.armIdle(a.policy.Idle)
 		return
 	}
-	last := a.lastActive
-	for l := range a.conns {
-		if t := l.lastActive(); t.After(last) {
-			last = t
-		}
-	}
+	last := a.lastActivity()
 	if rest := a.policy.Idle - now.Sub(last); rest > 0 {
 		a.armIdle(rest)
 		return
@@ -619,12 +620,7 @@ type Status struct {
 func (a *App) Status() Status {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	last := a.lastActive
-	for l := range a.conns {
-		if t := l.lastActive(); t.After(last) {
-			last = t
-		}
-	}
+	last := a.lastActivity()
 	s := Status{
 		Name: a.Name(), State: a.state, Since: a.since, Open: len(a.conns), Waiting: a.waiting,
 		LastActivity: last, ColdStarts: a.coldStarts, LastStart: a.lastStart,
@@ -637,13 +633,22 @@ func (a *App) Status() Status {
 }
 
 // Touch records activity that no lease sees: traffic the kernel reports on the sockets of
-// an app that accepts its connections itself (handoff).
-func (a *App) Touch() {
-	a.mu.Lock()
-	if a.state == Running {
-		a.lastActive = time.Now()
+// an app that accepts its connections itself (handoff), or bytes on the HTTP front door's
+// pooled upstream connections. It is one atomic store.
+func (a *App) Touch() { a.touched.Store(time.Now().UnixNano()) }
+
+// lastActivity is when anything last happened on the app. Called with a.mu held.
+func (a *App) lastActivity() time.Time {
+	last := a.lastActive
+	if t := time.Unix(0, a.touched.Load()); t.After(last) && a.state == Running {
+		last = t
 	}
-	a.mu.Unlock()
+	for l := range a.conns {
+		if t := l.lastActive(); t.After(last) {
+			last = t
+		}
+	}
+	return last
 }
 
 // newLease registers a connection on the running incarnation. Called with a.mu held.

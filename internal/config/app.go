@@ -54,6 +54,54 @@ var appKeys = map[string]func(d *decoder, path string, n *yaml.Node, a *App){
 	"pause_after": func(d *decoder, p string, n *yaml.Node, a *App) { a.PauseAfter = d.duration(p, n) },
 	"keep_warm":   func(d *decoder, p string, n *yaml.Node, a *App) { a.KeepWarm = d.stringList(p, n, checkWindow) },
 	"min_running": func(d *decoder, p string, n *yaml.Node, a *App) { a.MinRunning = d.atLeast(p, n, 0) },
+
+	"waking_page":   func(d *decoder, p string, n *yaml.Node, a *App) { a.WakingPage = d.duration(p, n) },
+	"max_in_flight": func(d *decoder, p string, n *yaml.Node, a *App) { a.MaxInFlight = d.atLeast(p, n, 1) },
+	"quiet":         func(d *decoder, p string, n *yaml.Node, a *App) { a.Quiet, a.quietSet = d.quiet(p, n), true },
+}
+
+var quietKeys = []string{"favicon", "robots_txt", "status", "user_agents"}
+
+// quiet decodes `quiet: false`, `quiet: true` or a mapping of the rules; what the mapping
+// leaves out keeps its default.
+func (d *decoder) quiet(path string, n *yaml.Node) Quiet {
+	q := defaultQuiet()
+	if n.Kind != yaml.MappingNode {
+		q.Enabled = d.boolean(path, n)
+		return q
+	}
+	pairs, _ := d.mapping(path, n)
+	for _, kv := range pairs {
+		at := join(path, kv.key)
+		switch kv.key {
+		case "favicon":
+			q.Favicon = d.boolean(at, kv.v)
+		case "robots_txt":
+			if f := d.str(at, kv.v); f != "" {
+				if _, err := os.Stat(f); err != nil {
+					d.errorf(kv.v, at, "cannot read %s (%v); give the path of the robots.txt to serve", f, errText(err))
+				} else {
+					q.RobotsTxt = f
+				}
+			}
+		case "user_agents":
+			q.UserAgents = d.stringList(at, kv.v, nil)
+		case "status":
+			st, ok := d.integer(at, kv.v)
+			if ok && (st < 200 || st > 599) {
+				d.errorf(kv.v, at, "%d is not an HTTP status; use 503 (with Retry-After), 429, 404 or 204", st)
+			} else if ok {
+				q.Status = st
+			}
+		default:
+			d.unknownKey(at, kv, quietKeys)
+		}
+	}
+	return q
+}
+
+func defaultQuiet() Quiet {
+	return Quiet{Enabled: true, Favicon: true, UserAgents: slices.Clone(DefaultQuietUserAgents), Status: 503}
 }
 
 // appKeyNames are appKeys' keys, sorted, for suggestions.

@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"maps"
+	"net/netip"
 	"os"
 	"slices"
 	"time"
@@ -51,6 +52,46 @@ type Pool struct {
 type HTTP struct {
 	// Listen addresses. Default none: no front door.
 	Listen []listen.Addr
+	// TrustedProxies are the client addresses (CIDRs) whose X-Forwarded-For, -Proto and
+	// -Host are believed and extended (key trusted_proxies); clients on a unix socket
+	// (nginx on the same host) are always trusted. Default none.
+	TrustedProxies []netip.Prefix
+	// DefaultApp serves requests whose Host matches no app (key default_app). Default "":
+	// they get 404, and nothing starts.
+	DefaultApp string
+	// MaxHeaderBytes limits a request's header (key max_header_bytes). Default 64k.
+	MaxHeaderBytes int64
+	// ReadHeaderTimeout bounds reading a request's header (key read_header_timeout), so
+	// that slow clients cannot hold connections. Default 10s.
+	ReadHeaderTimeout time.Duration
+	// IdleTimeout closes client keep-alive connections idle this long (key
+	// idle_timeout). Default 2m.
+	IdleTimeout time.Duration
+}
+
+// Quiet are the requests the front door answers itself while an app sleeps, so that
+// crawlers and monitors do not wake it.
+type Quiet struct {
+	// Enabled turns the rules on. Default true; `quiet: false` turns them off.
+	Enabled bool
+	// RobotsTxt is a file served for GET /robots.txt (key robots_txt). Default "": a
+	// built-in disallow-all.
+	RobotsTxt string
+	// Favicon answers GET /favicon.ico with 204. Default true.
+	Favicon bool
+	// UserAgents are case-insensitive substrings of User-Agent answered with Status and
+	// Retry-After (key user_agents). Default: common uptime monitors and crawlers.
+	UserAgents []string
+	// Status for those user agents. Default 503.
+	Status int
+}
+
+// DefaultQuietUserAgents are the user agents that never wake an app by default.
+var DefaultQuietUserAgents = []string{
+	"uptimerobot", "pingdom", "statuscake", "site24x7", "betteruptime", "uptime-kuma",
+	"googlebot", "bingbot", "yandexbot", "baiduspider", "duckduckbot", "applebot",
+	"ahrefsbot", "semrushbot", "mj12bot", "dotbot", "petalbot", "bytespider", "gptbot",
+	"claudebot", "ccbot",
 }
 
 // App is one app: how to run it and when.
@@ -136,6 +177,17 @@ type App struct {
 	// MinRunning is how many instances are kept running even when idle (key
 	// min_running). Default 0.
 	MinRunning int
+
+	// WakingPage, for the http front door: a browser's GET that waits this long for a
+	// cold start gets a small self-refreshing "starting" page instead (key waking_page).
+	// Default 0: everyone waits for the real answer.
+	WakingPage time.Duration
+	// MaxInFlight is how many front-door requests the app may have at once (key
+	// max_in_flight); more get 503. Default 256.
+	MaxInFlight int
+	// Quiet are the front door's answers while the app sleeps. See Quiet.
+	Quiet    Quiet
+	quietSet bool
 }
 
 // Load reads and validates the config file at path. On any problem it returns a nil Config

@@ -26,7 +26,22 @@ func applyDefaults(cfg *Config) {
 	if cfg.Pool.StartConcurrency == 0 {
 		cfg.Pool.StartConcurrency = numCPU()
 	}
+	if cfg.HTTP.MaxHeaderBytes == 0 {
+		cfg.HTTP.MaxHeaderBytes = 64 << 10
+	}
+	if cfg.HTTP.ReadHeaderTimeout == 0 {
+		cfg.HTTP.ReadHeaderTimeout = 10 * time.Second
+	}
+	if cfg.HTTP.IdleTimeout == 0 {
+		cfg.HTTP.IdleTimeout = 2 * time.Minute
+	}
 	for _, a := range cfg.Apps {
+		if a.MaxInFlight == 0 {
+			a.MaxInFlight = 256
+		}
+		if !a.quietSet {
+			a.Quiet = defaultQuiet()
+		}
 		if a.Idle == 0 {
 			a.Idle = 15 * time.Minute
 		}

@@ -6,6 +6,7 @@ import (
 	"io"
 	"maps"
 	"net"
+	"net/netip"
 	"regexp"
 	"slices"
 	"strconv"
@@ -22,7 +23,7 @@ type parser struct {
 	defaults []pair
 	apps     []*appSrc
 	// Where some settings are, for messages about clashes; zero pairs if not set.
-	adminSocket, adminListen, http, httpListen pair
+	adminSocket, adminListen, http, httpListen, httpDefault pair
 }
 
 // appSrc is an app with the settings that make it up, own and inherited, kept for
@@ -252,11 +253,29 @@ func (p *parser) decodePool(section pair) {
 
 func (p *parser) decodeHTTP(section pair) {
 	p.http = section
-	p.d.unsupported("http", "http", section)
+	h := &p.cfg.HTTP
 	p.section("http", section.v, map[string]func(string, pair){
 		"listen": func(path string, kv pair) {
-			p.cfg.HTTP.Listen, p.httpListen = p.d.listens(path, kv.v), kv
+			h.Listen, p.httpListen = p.d.listens(path, kv.v), kv
 		},
+		"trusted_proxies": func(path string, kv pair) {
+			for i, s := range p.d.stringList(path, kv.v, nil) {
+				pfx, err := netip.ParsePrefix(s)
+				if err != nil {
+					a, aerr := netip.ParseAddr(s)
+					if aerr != nil {
+						p.d.errorf(kv.v, index(path, i), "%s is not an address or CIDR; write 10.0.0.0/8 or 127.0.0.1", quote(s))
+						continue
+					}
+					pfx = netip.PrefixFrom(a, a.BitLen())
+				}
+				h.TrustedProxies = append(h.TrustedProxies, pfx.Masked())
+			}
+		},
+		"default_app":         func(path string, kv pair) { h.DefaultApp, p.httpDefault = p.d.str(path, kv.v), kv },
+		"max_header_bytes":    func(path string, kv pair) { h.MaxHeaderBytes = p.d.size(path, kv.v) },
+		"read_header_timeout": func(path string, kv pair) { h.ReadHeaderTimeout = p.d.duration(path, kv.v) },
+		"idle_timeout":        func(path string, kv pair) { h.IdleTimeout = p.d.duration(path, kv.v) },
 	})
 	if p.httpListen.k == nil {
 		p.d.errorf(section.k, "http", "no listen addresses; add listen: [\":80\"], or remove http")

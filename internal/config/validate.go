@@ -26,6 +26,7 @@ func (p *parser) validate() {
 	p.checkDependencies()
 	p.checkAddresses()
 	p.checkHosts()
+	p.checkDefaultApp()
 }
 
 // errAt reports a problem with the app's setting key, its i-th item if i >= 0, or the app
@@ -301,6 +302,20 @@ func normHost(h string) string {
 }
 
 // checkHosts checks that each host name routes to one app only.
+// checkDefaultApp checks that http.default_app names an app.
+func (p *parser) checkDefaultApp() {
+	name := p.cfg.HTTP.DefaultApp
+	if name == "" {
+		return
+	}
+	for _, s := range p.apps {
+		if s.Name == name {
+			return
+		}
+	}
+	p.d.errorf(p.httpDefault.v, "http.default_app", "no app is named %s; name one of the apps, or remove default_app", quote(name))
+}
+
 func (p *parser) checkHosts() {
 	type first struct {
 		app  string

@@ -215,8 +215,15 @@ var hostLabel = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
 // for every name below example.com. Names are matched without regard to case; write them
 // in lowercase.
 func checkHost(h string) error {
-	const how = "write a host name like app.example.com or *.example.com, without scheme or port"
-	name := strings.TrimPrefix(h, "*.")
+	const how = "write a host name like app.example.com or *.example.com, optionally with a path prefix (app.example.com/api), without scheme or port"
+	host, prefix, hasPath := strings.Cut(h, "/")
+	if strings.Contains(h, "://") {
+		return fmt.Errorf("%s is not a host name; %s", quote(h), how)
+	}
+	if hasPath && (strings.ContainsAny(prefix, "?#* \t") || strings.Contains("/"+prefix, "/../") || strings.HasSuffix("/"+prefix, "/..")) {
+		return fmt.Errorf("%s is not a path prefix; %s", quote("/"+prefix), how)
+	}
+	name := strings.TrimPrefix(host, "*.")
 	if len(name) > 253 || strings.Contains(name, "*") {
 		return fmt.Errorf("%s is not a host name; %s", quote(h), how)
 	}

@@ -1,0 +1,486 @@
+// Package front is sact's HTTP front door: one listener for many apps, routed by the Host
+// header (and optionally a path prefix), each app started on its first request.
+//
+// It is a reverse proxy on net/http/httputil with a keep-alive connection pool per app,
+// streaming responses (server-sent events, downloads) and Upgrade (WebSocket)
+// pass-through. Every byte read from or written to an app's upstream connections counts
+// as activity for its idle clock, so long streams and websockets keep their app while
+// they move bytes; pooled connections that sit silent do not.
+//
+// While an app sleeps, a few requests are answered without waking it (see Quiet), and
+// /.sact/status on any routed host says whether the app runs, without starting it.
+package front
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"html/template"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/netip"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/sact-project/sact/internal/activator"
+	"github.com/sact-project/sact/internal/backend"
+)
+
+// App is what the front door needs of an app's activator.
+type App interface {
+	Name() string
+	Acquire(ctx context.Context, w activator.Wake) (*activator.Lease, error)
+	Status() activator.Status
+	Touch()
+}
+
+// Route sends the requests for Hosts to App.
+type Route struct {
+	App App
+	// Hosts are "host", "*.domain", either optionally followed by a path prefix
+	// ("host/api").
+	Hosts []string
+	// WakingPage, if positive, is how long a browser's GET waits for a cold start before
+	// it gets a self-refreshing "starting" page instead.
+	WakingPage time.Duration
+	// MaxInFlight bounds the app's requests at once; more get 503. Zero means 256.
+	MaxInFlight int
+	// StartTimeout bounds how long a request waits for the app to start.
+	StartTimeout time.Duration
+	Quiet        Quiet
+}
+
+// Quiet are the requests answered while the app sleeps, without waking it.
+type Quiet struct {
+	Enabled bool
+	// RobotsTxt is the body for GET /robots.txt; nil means disallow everything.
+	RobotsTxt []byte
+	// Favicon answers GET /favicon.ico with 204.
+	Favicon bool
+	// UserAgents are lowercase substrings of User-Agent answered with Status and
+	// Retry-After.
+	UserAgents []string
+	Status     int
+}
+
+// Options tune the server. Zero values get the defaults in parentheses.
+type Options struct {
+	Logger *slog.Logger
+	// Default serves hosts that match no route; nil answers them 404.
+	Default *Route
+	// TrustedProxies may set X-Forwarded-For, -Proto and -Host; unix socket peers are
+	// always trusted.
+	TrustedProxies    []netip.Prefix
+	MaxHeaderBytes    int           // (64 KiB)
+	ReadHeaderTimeout time.Duration // (10s)
+	IdleTimeout       time.Duration // (2m)
+}
+
+// Server is the front door.
+type Server struct {
+	table   *table
+	def     *route
+	log     *slog.Logger
+	trusted []netip.Prefix
+	srv     *http.Server
+}
+
+// route is a Route with its proxy and counters.
+type route struct {
+	Route
+	name     string
+	proxy    *httputil.ReverseProxy
+	tr       *http.Transport
+	inFlight atomic.Int64
+
+	mu       sync.Mutex
+	upstream backend.Addr // the upstream of the current pool
+}
+
+type ctxKey struct{}
+
+// New builds the server; an error means two routes claim the same host and path.
+func New(routes []Route, opts Options) (*Server, error) {
+	s := &Server{table: newTable(), log: opts.Logger, trusted: opts.TrustedProxies}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	for _, r := range routes {
+		rt := s.newRoute(r)
+		for _, h := range r.Hosts {
+			if err := s.table.add(h, rt); err != nil {
+				return nil, err
+			}
+		}
+	}
+	if opts.Default != nil {
+		s.def = s.newRoute(*opts.Default)
+	}
+	s.srv = &http.Server{
+		Handler:           s,
+		MaxHeaderBytes:    orInt(opts.MaxHeaderBytes, 64<<10),
+		ReadHeaderTimeout: orDur(opts.ReadHeaderTimeout, 10*time.Second),
+		IdleTimeout:       orDur(opts.IdleTimeout, 2*time.Minute),
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+	}
+	return s, nil
+}
+
+func orInt(v, def int) int {
+	if v > 0 {
+		return v
+	}
+	return def
+}
+
+func orDur(v, def time.Duration) time.Duration {
+	if v > 0 {
+		return v
+	}
+	return def
+}
+
+// Serve serves ln until Shutdown.
+func (s *Server) Serve(ln net.Listener) error {
+	err := s.srv.Serve(ln)
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
+
+// Shutdown stops accepting and waits (bounded by ctx) for requests in flight; then it
+// closes what remains.
+func (s *Server) Shutdown(ctx context.Context) error {
+	err := s.srv.Shutdown(ctx)
+	if err != nil {
+		s.srv.Close()
+	}
+	return err
+}
+
+func (s *Server) newRoute(r Route) *route {
+	rt := &route{Route: r, name: r.App.Name()}
+	if rt.MaxInFlight <= 0 {
+		rt.MaxInFlight = 256
+	}
+	rt.tr = &http.Transport{
+		DialContext:         rt.dial,
+		MaxIdleConnsPerHost: 64,
+		IdleConnTimeout:     90 * time.Second,
+		// The app's own encoding is passed through untouched.
+		DisableCompression: true,
+	}
+	rt.proxy = &httputil.ReverseProxy{
+		Transport: rt.tr,
+		Rewrite:   func(pr *httputil.ProxyRequest) { s.rewrite(rt, pr) },
+		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			if errors.Is(err, context.Canceled) && r.Context().Err() != nil {
+				return // the client went away
+			}
+			s.log.Warn("proxy error", "app", rt.name, "host", r.Host, "path", r.URL.Path, "reason", err)
+			plain(w, http.StatusBadGateway, fmt.Sprintf("502 bad gateway: app %s: %v\n", rt.name, oneLine(err)))
+		},
+	}
+	return rt
+}
+
+// dial connects to the upstream of the request's lease; the connection reports activity
+// to the app on every read and write, whichever request uses it later.
+func (rt *route) dial(ctx context.Context, network, addr string) (net.Conn, error) {
+	lease, _ := ctx.Value(ctxKey{}).(*activator.Lease)
+	if lease == nil {
+		return nil, errors.New("no lease on the app")
+	}
+	var d net.Dialer
+	c, err := d.DialContext(ctx, lease.Upstream.Network, lease.Upstream.Address)
+	if err != nil {
+		return nil, err
+	}
+	return &activeConn{Conn: c, touch: rt.App.Touch}, nil
+}
+
+type activeConn struct {
+	net.Conn
+	touch func()
+}
+
+func (c *activeConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if n > 0 {
+		c.touch()
+	}
+	return n, err
+}
+
+func (c *activeConn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	if n > 0 {
+		c.touch()
+	}
+	return n, err
+}
+
+// rewrite aims the request at the app, keeping the client's Host, and sets the
+// X-Forwarded headers: extended when the peer is a trusted proxy, replaced otherwise.
+func (s *Server) rewrite(rt *route, pr *httputil.ProxyRequest) {
+	pr.SetURL(&url.URL{Scheme: "http", Host: rt.name})
+	pr.Out.Host = pr.In.Host
+	trusted := s.isTrusted(pr.In.RemoteAddr)
+	if trusted {
+		if v := pr.In.Header["X-Forwarded-For"]; len(v) > 0 {
+			pr.Out.Header["X-Forwarded-For"] = v
+		}
+	}
+	if _, _, err := net.SplitHostPort(pr.In.RemoteAddr); err == nil {
+		pr.SetXForwarded()
+	} else {
+		// A unix socket peer has no address to add.
+		pr.Out.Header.Set("X-Forwarded-Host", pr.In.Host)
+		pr.Out.Header.Set("X-Forwarded-Proto", "http")
+	}
+	if trusted {
+		for _, h := range []string{"X-Forwarded-Proto", "X-Forwarded-Host"} {
+			if v := pr.In.Header.Get(h); v != "" {
+				pr.Out.Header.Set(h, v)
+			}
+		}
+		if v := pr.In.Header.Get("X-Real-Ip"); v != "" {
+			pr.Out.Header.Set("X-Real-Ip", v)
+		}
+	} else {
+		pr.Out.Header.Del("X-Real-Ip")
+	}
+}
+
+func (s *Server) isTrusted(remote string) bool {
+	host, _, err := net.SplitHostPort(remote)
+	if err != nil {
+		return true // unix socket: only processes on this host can connect
+	}
+	a, err := netip.ParseAddr(host)
+	if err != nil {
+		return false
+	}
+	a = a.Unmap()
+	for _, p := range s.trusted {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// ServeHTTP routes one request.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	rt := s.table.lookup(r.Host, r.URL.Path)
+	if rt == nil {
+		rt = s.def
+	}
+	if rt == nil {
+		s.log.Debug("no app for host", "host", r.Host, "path", r.URL.Path, "remote", r.RemoteAddr)
+		plain(w, http.StatusNotFound, "404 not found: no app is served at "+strconv.Quote(normalHost(r.Host))+"\n")
+		return
+	}
+	if r.URL.Path == "/.sact/status" {
+		s.status(w, rt)
+		return
+	}
+	st := rt.App.Status()
+	cold := st.State != activator.Running
+	if cold && rt.Quiet.Enabled && s.quiet(w, r, rt) {
+		return
+	}
+	if n := rt.inFlight.Add(1); n > int64(rt.MaxInFlight) {
+		rt.inFlight.Add(-1)
+		s.log.Warn("request refused", "app", rt.name, "host", r.Host, "path", r.URL.Path, "remote", r.RemoteAddr, "reason", "max_in_flight reached", "max_in_flight", rt.MaxInFlight)
+		w.Header().Set("Retry-After", "1")
+		plain(w, http.StatusServiceUnavailable, fmt.Sprintf("503 service unavailable: app %s has %d requests in flight, its max_in_flight\n", rt.name, rt.MaxInFlight))
+		return
+	}
+	defer rt.inFlight.Add(-1)
+
+	began := time.Now()
+	lease, err := s.acquire(w, r, rt, cold)
+	if lease == nil {
+		if err != nil {
+			s.fail(w, r, rt, err)
+		}
+		return
+	}
+	defer lease.Release()
+	if cold {
+		w.Header().Set("X-Sact-Cold-Start", time.Since(began).Round(time.Millisecond).String())
+	}
+	rt.mu.Lock()
+	if rt.upstream != lease.Upstream {
+		// A new incarnation (perhaps a new container IP): the pool's connections are to
+		// the old one.
+		rt.upstream = lease.Upstream
+		rt.tr.CloseIdleConnections()
+	}
+	rt.mu.Unlock()
+
+	// The request ends when the app stops.
+	ctx, cancel := context.WithCancel(context.WithValue(r.Context(), ctxKey{}, lease))
+	defer cancel()
+	stop := context.AfterFunc(lease.Context(), cancel)
+	defer stop()
+	rt.proxy.ServeHTTP(w, r.WithContext(ctx))
+}
+
+// acquire gets a lease on the app, starting it if it sleeps. For a browser's GET with a
+// waking page it gives up after WakingPage, answers with the page and lets the start go
+// on; then it returns nil and no error.
+func (s *Server) acquire(w http.ResponseWriter, r *http.Request, rt *route, cold bool) (*activator.Lease, error) {
+	wake := activator.Wake{Remote: r.RemoteAddr, Listen: "http:" + normalHost(r.Host), Path: r.URL.Path}
+	if wake.Remote == "" || wake.Remote == "@" {
+		wake.Remote = "unix"
+	}
+	timeout := orDur(rt.StartTimeout, time.Minute) + 5*time.Second
+	if !cold || rt.WakingPage <= 0 || !isBrowser(r) {
+		ctx, cancel := context.WithTimeout(r.Context(), timeout)
+		defer cancel()
+		return rt.App.Acquire(ctx, wake)
+	}
+	type result struct {
+		l   *activator.Lease
+		err error
+	}
+	got := make(chan result, 1)
+	go func() {
+		// Not the request's context: the start goes on after the waking page is sent.
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), timeout)
+		defer cancel()
+		l, err := rt.App.Acquire(ctx, wake)
+		got <- result{l, err}
+	}()
+	t := time.NewTimer(rt.WakingPage)
+	defer t.Stop()
+	select {
+	case res := <-got:
+		return res.l, res.err
+	case <-r.Context().Done():
+	case <-t.C:
+		wakingPage(w, rt.name)
+	}
+	go func() {
+		if res := <-got; res.l != nil {
+			res.l.Release()
+		}
+	}()
+	return nil, nil
+}
+
+func isBrowser(r *http.Request) bool {
+	return (r.Method == http.MethodGet || r.Method == http.MethodHead) && strings.Contains(r.Header.Get("Accept"), "text/html")
+}
+
+var wakingTmpl = template.Must(template.New("waking").Parse(`<!doctype html>
+<html><head><meta charset="utf-8"><meta http-equiv="refresh" content="1">
+<title>Starting {{.}}…</title>
+<style>body{font:16px/1.5 system-ui,sans-serif;color:#333;display:grid;place-items:center;height:90vh}</style>
+</head><body><p>Starting <b>{{.}}</b>… this page reloads by itself.</p></body></html>
+`))
+
+func wakingPage(w http.ResponseWriter, app string) {
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	w.Header().Set("Retry-After", "1")
+	w.WriteHeader(http.StatusServiceUnavailable)
+	wakingTmpl.Execute(w, app)
+}
+
+// fail answers a request whose app could not be had.
+func (s *Server) fail(w http.ResponseWriter, r *http.Request, rt *route, err error) {
+	if r.Context().Err() != nil {
+		return // the client gave up
+	}
+	status := http.StatusBadGateway
+	switch {
+	case errors.Is(err, activator.ErrStartTimeout), errors.Is(err, context.DeadlineExceeded):
+		status = http.StatusGatewayTimeout
+	case errors.Is(err, activator.ErrQueueFull), errors.Is(err, activator.ErrClosed):
+		status = http.StatusServiceUnavailable
+		w.Header().Set("Retry-After", "1")
+	}
+	s.log.Warn("request failed", "app", rt.name, "host", r.Host, "path", r.URL.Path, "remote", r.RemoteAddr, "status", status, "reason", err)
+	plain(w, status, fmt.Sprintf("%d %s: app %s: %s\n", status, strings.ToLower(http.StatusText(status)), rt.name, oneLine(err)))
+}
+
+// quiet answers r itself if a quiet rule covers it.
+func (s *Server) quiet(w http.ResponseWriter, r *http.Request, rt *route) bool {
+	q := rt.Quiet
+	if r.Method == http.MethodGet || r.Method == http.MethodHead {
+		switch r.URL.Path {
+		case "/robots.txt":
+			body := q.RobotsTxt
+			if body == nil {
+				body = []byte("User-agent: *\nDisallow: /\n")
+			}
+			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+			w.Write(body)
+			return true
+		case "/favicon.ico":
+			if q.Favicon {
+				w.WriteHeader(http.StatusNoContent)
+				return true
+			}
+		}
+	}
+	ua := strings.ToLower(r.UserAgent())
+	for _, p := range q.UserAgents {
+		if p != "" && strings.Contains(ua, p) {
+			w.Header().Set("Retry-After", "3600")
+			w.Header().Set("X-Sact-State", "dormant")
+			plain(w, q.Status, fmt.Sprintf("%d: %s is dormant and starts on demand\n", q.Status, rt.name))
+			return true
+		}
+	}
+	return false
+}
+
+// status reports the app's state without starting it.
+func (s *Server) status(w http.ResponseWriter, rt *route) {
+	st := rt.App.Status()
+	state := st.State.String()
+	if st.State != activator.Running {
+		state = "dormant"
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	json.NewEncoder(w).Encode(map[string]any{
+		"app": rt.name, "state": state, "detail": st.State.String(), "since": st.Since,
+		"starts_on_demand": true, "cold_starts": st.ColdStarts, "last_activity": st.LastActivity,
+	})
+}
+
+func plain(w http.ResponseWriter, status int, body string) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(status)
+	io.WriteString(w, body)
+}
+
+// oneLine is err's first line: start failures carry the app's log lines after it.
+func oneLine(err error) string {
+	s, _, _ := strings.Cut(err.Error(), "\n")
+	return s
+}
+
+// ReadRobots reads a robots.txt file for Quiet.
+func ReadRobots(path string) ([]byte, error) {
+	if path == "" {
+		return nil, nil
+	}
+	return os.ReadFile(path)
+}
