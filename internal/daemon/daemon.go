@@ -22,6 +22,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -30,6 +31,7 @@ import (
 	"github.com/sact-project/sact/internal/activator"
 	"github.com/sact-project/sact/internal/backend"
 	"github.com/sact-project/sact/internal/config"
+	"github.com/sact-project/sact/internal/front"
 	"github.com/sact-project/sact/internal/listen"
 	"github.com/sact-project/sact/internal/proxy"
 	"github.com/sact-project/sact/internal/sockdiag"
@@ -152,6 +154,14 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 		}
 		acts[app.Name] = activator.New(rt, pol, activator.Options{Logger: log})
 	}
+	fsrv, httpLns, err := frontDoor(ctx, cfg, acts, log)
+	if err != nil {
+		for _, h := range handoffs {
+			h.close()
+		}
+		closeListeners(lns)
+		return err
+	}
 	var handing sync.WaitGroup
 	for _, app := range cfg.Apps {
 		act := acts[app.Name]
@@ -168,7 +178,16 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 			srv.accepting.Go(func() { srv.accept(ln, act, app.Listen[i].String()) })
 		}
 	}
-	log.Info("serving", "apps", len(cfg.Apps), "config", cfg.File)
+	var fronting sync.WaitGroup
+	for _, ln := range httpLns {
+		addrs["http"] = append(addrs["http"], ln.Addr())
+		fronting.Go(func() {
+			if err := fsrv.Serve(ln); err != nil {
+				log.Error("http front door stopped", "listen", ln.Addr().String(), "reason", err)
+			}
+		})
+	}
+	log.Info("serving", "apps", len(cfg.Apps), "config", cfg.File, "http", len(httpLns))
 	if opts.Ready != nil {
 		opts.Ready(addrs)
 	}
@@ -189,7 +208,17 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 	closeListeners(lns)
 	srv.accepting.Wait()
 	drained := make(chan struct{})
-	go func() { srv.conns.Wait(); close(drained) }()
+	go func() {
+		if fsrv != nil {
+			// Closes the front door's listeners, then waits for its requests.
+			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), drain)
+			fsrv.Shutdown(sctx)
+			cancel()
+		}
+		fronting.Wait()
+		srv.conns.Wait()
+		close(drained)
+	}()
 	select {
 	case <-drained:
 	case <-time.After(drain):
@@ -216,6 +245,62 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 		errRT = nil
 	}
 	return errors.Join(errApps, errRT)
+}
+
+// frontDoor builds the HTTP front door and binds its listeners, if the config has one.
+func frontDoor(ctx context.Context, cfg *config.Config, acts map[string]*activator.App, log *slog.Logger) (*front.Server, []net.Listener, error) {
+	if len(cfg.HTTP.Listen) == 0 {
+		return nil, nil, nil
+	}
+	route := func(app *config.App) (front.Route, error) {
+		robots, err := front.ReadRobots(app.Quiet.RobotsTxt)
+		if err != nil {
+			return front.Route{}, fmt.Errorf("app %q: quiet.robots_txt: %w", app.Name, err)
+		}
+		uas := make([]string, len(app.Quiet.UserAgents))
+		for i, ua := range app.Quiet.UserAgents {
+			uas[i] = strings.ToLower(ua)
+		}
+		return front.Route{
+			App: acts[app.Name], Hosts: app.Hosts, WakingPage: app.WakingPage,
+			MaxInFlight: app.MaxInFlight, StartTimeout: app.StartTimeout,
+			Quiet: front.Quiet{Enabled: app.Quiet.Enabled, RobotsTxt: robots, Favicon: app.Quiet.Favicon, UserAgents: uas, Status: app.Quiet.Status},
+		}, nil
+	}
+	var routes []front.Route
+	opts := front.Options{
+		Logger: log, TrustedProxies: cfg.HTTP.TrustedProxies, MaxHeaderBytes: int(cfg.HTTP.MaxHeaderBytes),
+		ReadHeaderTimeout: cfg.HTTP.ReadHeaderTimeout, IdleTimeout: cfg.HTTP.IdleTimeout,
+	}
+	for _, app := range cfg.Apps {
+		r, err := route(app)
+		if err != nil {
+			return nil, nil, err
+		}
+		if len(app.Hosts) > 0 {
+			routes = append(routes, r)
+		}
+		if app.Name == cfg.HTTP.DefaultApp {
+			r.Hosts = nil
+			opts.Default = &r
+		}
+	}
+	fsrv, err := front.New(routes, opts)
+	if err != nil {
+		return nil, nil, fmt.Errorf("http front door: %w", err)
+	}
+	var lns []net.Listener
+	for _, a := range cfg.HTTP.Listen {
+		ln, err := listen.Listen(ctx, a)
+		if err != nil {
+			for _, l := range lns {
+				l.Close()
+			}
+			return nil, nil, fmt.Errorf("http front door: %w", err)
+		}
+		lns = append(lns, ln)
+	}
+	return fsrv, lns, nil
 }
 
 func closeListeners(lns map[string][]net.Listener) {

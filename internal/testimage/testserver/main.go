@@ -12,10 +12,13 @@
 //	TERM_DELAY   on SIGTERM keep serving this long before exiting (a slow shutdown)
 //
 // Endpoints: / (name and pid), /pid, /bytes?n=N (N bytes), /slow?d=D&every=E (a byte every E
-// for D), /hold?d=D (answers after D), POST /echo (the body back).
+// for D), /hold?d=D (answers after D), POST /echo (the body back), /headers (the request's
+// Host and headers as JSON), /sse?n=N&every=E (N server-sent events), /ws (a websocket
+// echo).
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -26,6 +29,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/gorilla/websocket"
 )
 
 func main() {
@@ -177,6 +182,40 @@ func handler(name string) http.Handler {
 	})
 	mux.HandleFunc("POST /echo", func(w http.ResponseWriter, r *http.Request) {
 		io.Copy(w, r.Body)
+	})
+	mux.HandleFunc("/headers", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(map[string]any{"host": r.Host, "remote": r.RemoteAddr, "header": r.Header})
+	})
+	mux.HandleFunc("/sse", func(w http.ResponseWriter, r *http.Request) {
+		n, _ := strconv.Atoi(r.URL.Query().Get("n"))
+		every, _ := time.ParseDuration(r.URL.Query().Get("every"))
+		w.Header().Set("Content-Type", "text/event-stream")
+		f, _ := w.(http.Flusher)
+		for i := range n {
+			fmt.Fprintf(w, "data: %d\n\n", i)
+			if f != nil {
+				f.Flush()
+			}
+			time.Sleep(every)
+		}
+	})
+	upgrader := websocket.Upgrader{CheckOrigin: func(*http.Request) bool { return true }}
+	mux.HandleFunc("/ws", func(w http.ResponseWriter, r *http.Request) {
+		c, err := upgrader.Upgrade(w, r, nil)
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		for {
+			t, msg, err := c.ReadMessage()
+			if err != nil {
+				return
+			}
+			if err := c.WriteMessage(t, msg); err != nil {
+				return
+			}
+		}
 	})
 	return mux
 }
