@@ -1,0 +1,174 @@
+package front
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/sact-project/sact/internal/activator"
+	"github.com/sact-project/sact/internal/backend"
+)
+
+func TestTable(t *testing.T) {
+	tb := newTable()
+	r := func(name string) *route { return &route{name: name} }
+	for _, p := range []struct{ pattern, app string }{
+		{"a.test", "a"}, {"*.wild.test", "wild"}, {"*.deep.wild.test", "deep"},
+		{"p.test/api", "api"}, {"p.test/api/v2", "v2"}, {"p.test", "p"},
+	} {
+		if err := tb.add(p.pattern, r(p.app)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 1000 {
+		tb.add(fmt.Sprintf("app-%d.test", i), r(fmt.Sprintf("app-%d", i)))
+	}
+	if err := tb.add("A.test", r("dup")); err == nil {
+		t.Errorf("a host routed twice was accepted")
+	}
+	tests := []struct{ host, path, want string }{
+		{"a.test", "/", "a"},
+		{"A.TEST.", "/x", "a"},
+		{"a.test:8080", "/", "a"},
+		{"b.a.test", "/", ""},
+		{"x.wild.test", "/", "wild"},
+		{"y.x.wild.test", "/", "wild"},
+		{"x.deep.wild.test", "/", "deep"},
+		{"wild.test", "/", ""},
+		{"p.test", "/api", "api"},
+		{"p.test", "/api/", "api"},
+		{"p.test", "/api/v2/x", "v2"},
+		{"p.test", "/apis", "p"},
+		{"p.test", "/", "p"},
+		{"app-999.test", "/", "app-999"},
+		{"app-1000.test", "/", ""},
+		{"", "/", ""},
+		{"[::1]:80", "/", ""},
+	}
+	for _, tt := range tests {
+		got := ""
+		if rt := tb.lookup(tt.host, tt.path); rt != nil {
+			got = rt.name
+		}
+		if got != tt.want {
+			t.Errorf("lookup(%q, %q) = %q, want %q", tt.host, tt.path, got, tt.want)
+		}
+	}
+}
+
+// fakeRuntime "starts" an app that is an httptest server already listening.
+type fakeRuntime struct {
+	addr   string
+	starts atomic.Int32
+	delay  time.Duration
+}
+
+func (f *fakeRuntime) Start(ctx context.Context, spec backend.Spec) (*backend.Instance, error) {
+	f.starts.Add(1)
+	time.Sleep(f.delay)
+	return &backend.Instance{ID: "fake", Upstream: backend.Addr{Network: "tcp", Address: f.addr}, Exited: make(chan backend.Exit)}, nil
+}
+func (f *fakeRuntime) Stop(context.Context, backend.Spec, time.Duration) error { return nil }
+func (f *fakeRuntime) Running(context.Context, backend.Spec) (*backend.Instance, error) {
+	return nil, nil
+}
+
+func newFront(t *testing.T, delay time.Duration, route Route) (*httptest.Server, *fakeRuntime, func()) {
+	t.Helper()
+	release := make(chan struct{})
+	var once sync.Once
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/block" {
+			<-release
+		}
+		fmt.Fprintf(w, "app saw %s %s", r.Host, r.URL.Path)
+	}))
+	t.Cleanup(func() { once.Do(func() { close(release) }); up.Close() })
+	rt := &fakeRuntime{addr: up.Listener.Addr().String(), delay: delay}
+	act := activator.New(rt, activator.Policy{Spec: backend.Spec{Name: "app"}, Idle: time.Hour}, activator.Options{})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { act.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	route.App = act
+	route.Hosts = []string{"app.test"}
+	s, err := New([]Route{route}, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(s)
+	t.Cleanup(srv.Close)
+	return srv, rt, func() { once.Do(func() { close(release) }) }
+}
+
+func get(t *testing.T, srv *httptest.Server, host, path string, hdr ...string) (*http.Response, string) {
+	t.Helper()
+	req, _ := http.NewRequest("GET", srv.URL+path, nil)
+	req.Host = host
+	for i := 0; i+1 < len(hdr); i += 2 {
+		req.Header.Set(hdr[i], hdr[i+1])
+	}
+	resp, err := srv.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp, string(b)
+}
+
+func TestServe(t *testing.T) {
+	srv, rt, release := newFront(t, 50*time.Millisecond, Route{MaxInFlight: 2, Quiet: Quiet{Enabled: true, Favicon: true, UserAgents: []string{"bot"}, Status: 503}})
+
+	if resp, _ := get(t, srv, "other.test", "/"); resp.StatusCode != 404 {
+		t.Errorf("unknown host: %d", resp.StatusCode)
+	}
+	for _, q := range [][]string{{"/robots.txt"}, {"/favicon.ico"}, {"/", "User-Agent", "SomeBot/1"}, {"/.sact/status"}} {
+		get(t, srv, "app.test", q[0], q[1:]...)
+	}
+	if n := rt.starts.Load(); n != 0 {
+		t.Fatalf("%d starts for quiet requests", n)
+	}
+	resp, body := get(t, srv, "app.test", "/hello")
+	if resp.StatusCode != 200 || body != "app saw app.test /hello" || resp.Header.Get("X-Sact-Cold-Start") == "" {
+		t.Errorf("cold request: %d %q %v", resp.StatusCode, body, resp.Header)
+	}
+	resp, _ = get(t, srv, "app.test", "/hello")
+	if resp.Header.Get("X-Sact-Cold-Start") != "" {
+		t.Errorf("warm request marked cold")
+	}
+
+	// Two requests in flight fill max_in_flight: the third gets 503.
+	var wg sync.WaitGroup
+	for range 2 {
+		wg.Go(func() { get(t, srv, "app.test", "/block") })
+	}
+	time.Sleep(100 * time.Millisecond)
+	if resp, _ := get(t, srv, "app.test", "/"); resp.StatusCode != 503 || resp.Header.Get("Retry-After") == "" {
+		t.Errorf("over max_in_flight: %d", resp.StatusCode)
+	}
+	release()
+	wg.Wait()
+	if n := rt.starts.Load(); n != 1 {
+		t.Errorf("%d starts, want 1", n)
+	}
+}
+
+func TestTrusted(t *testing.T) {
+	s := &Server{trusted: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("::1/128")}}
+	for remote, want := range map[string]bool{
+		"10.1.2.3:555": true, "[::ffff:10.1.2.3]:5": true, "[::1]:1": true,
+		"11.0.0.1:80": false, "@": true, "": true,
+	} {
+		if got := s.isTrusted(remote); got != want {
+			t.Errorf("isTrusted(%q) = %v, want %v", remote, got, want)
+		}
+	}
+}
