@@ -42,7 +42,7 @@ import (
 func main() {
 	quick := flag.Bool("quick", false, "fewer repetitions (CI-sized)")
 	out := flag.String("out", "BENCHMARKS.md", "file to write the results to")
-	only := flag.String("only", "", "run one scenario: cold or warm (default: all)")
+	only := flag.String("only", "", "run one scenario: cold, warm or http (default: all)")
 	flag.Parse()
 	if err := run(context.Background(), *quick, *only, *out); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
@@ -90,6 +90,11 @@ func run(ctx context.Context, quick bool, only, out string) error {
 	if only == "" || only == "warm" {
 		if err := b.warm(); err != nil {
 			return fmt.Errorf("warm path: %w", err)
+		}
+	}
+	if only == "" || only == "http" {
+		if err := b.front(); err != nil {
+			return fmt.Errorf("http front door: %w", err)
 		}
 	}
 	if err := os.WriteFile(out, []byte(b.md.String()), 0o644); err != nil {
@@ -373,8 +378,8 @@ func (b *bench) warm() error {
 var wrkRPS = regexp.MustCompile(`Requests/sec:\s+([0-9.]+)`)
 var wrkPct = regexp.MustCompile(`(?m)^\s+(50|99)%\s+([0-9.]+)(us|ms|s)\s*$`)
 
-func wrk(url, dur string) (rps, p50, p99 float64, err error) {
-	out, err := exec.Command("wrk", "-t2", "-c32", "-d"+dur, "--latency", url).CombinedOutput()
+func wrk(url, dur string, args ...string) (rps, p50, p99 float64, err error) {
+	out, err := exec.Command("wrk", append([]string{"-t2", "-c32", "-d" + dur, "--latency", url}, args...)...).CombinedOutput()
 	if err != nil {
 		return 0, 0, 0, fmt.Errorf("%v: %s", err, out)
 	}
@@ -503,3 +508,126 @@ func medianF(d []float64) float64 {
 }
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d.Microseconds())/1000) }
+
+// front compares sact's HTTP front door with nginx's proxy_pass (keepalive upstream) to the
+// same warm container, and both with the container directly.
+func (b *bench) front() error {
+	app := fmt.Sprintf("bench-front-%d", os.Getpid())
+	defer exec.Command("docker", "rm", "-f", "sact-"+app).Run()
+	frontAddr := freeAddr()
+	d, err := b.startSact(fmt.Sprintf(`http:
+  listen: ["tcp:%[3]s"]
+apps:
+  %[1]s:
+    image: %[2]s
+    env: {NAME: front, LISTEN: "tcp:0.0.0.0:8080"}
+    hosts: ["front.bench"]
+    port: 8080
+    idle: 1h
+    stop_timeout: 2s
+`, app, b.image, frontAddr))
+	if err != nil {
+		return err
+	}
+	defer d.stop()
+	c := &http.Client{}
+	req, _ := http.NewRequest("GET", "http://"+frontAddr+"/", nil)
+	req.Host = "front.bench"
+	resp, err := c.Do(req)
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	ins, err := b.dc.ContainerInspect(b.ctx, "sact-"+app, client.ContainerInspectOptions{})
+	if err != nil {
+		return err
+	}
+	var ip string
+	for _, n := range ins.Container.NetworkSettings.Networks {
+		ip = n.IPAddress.String()
+	}
+	direct := net.JoinHostPort(ip, "8080")
+
+	nginxAddr := freeAddr()
+	stop, err := b.nginx(nginxAddr, direct)
+	if err != nil {
+		return err
+	}
+	defer stop()
+
+	targets := []struct{ name, addr string }{
+		{"direct to the container", direct},
+		{"sact front door (Host routing)", frontAddr},
+		{"nginx proxy_pass, keepalive upstream", nginxAddr},
+	}
+	rounds, dur := 3, "10s"
+	if b.quick {
+		rounds, dur = 1, "3s"
+	}
+	type result struct{ rps, p50, p99 []float64 }
+	results := make([]result, len(targets))
+	for r := range rounds {
+		for i, t := range targets {
+			fmt.Fprintf(os.Stderr, "wrk round %d: %s\n", r+1, t.name)
+			rps, p50, p99, err := wrk("http://"+t.addr+"/", dur, "-H", "Host: front.bench")
+			if err != nil {
+				return fmt.Errorf("wrk against %s: %w", t.name, err)
+			}
+			results[i].rps = append(results[i].rps, rps)
+			results[i].p50 = append(results[i].p50, p50)
+			results[i].p99 = append(results[i].p99, p99)
+		}
+	}
+	fmt.Fprintf(&b.md, "## HTTP front door\n\n")
+	fmt.Fprintf(&b.md, "`wrk -t2 -c32 -d%s --latency -H 'Host: front.bench'`, keep-alive, `GET /` answering 16 bytes, to one warm container; %d round(s), interleaved; medians. nginx runs `worker_processes auto` with `keepalive 32` to the container's IP.\n\n", dur, rounds)
+	fmt.Fprintf(&b.md, "| path | requests/s | vs direct | vs nginx | p50 | p99 |\n| --- | ---: | ---: | ---: | ---: | ---: |\n")
+	base, ngx := medianF(results[0].rps), medianF(results[2].rps)
+	for i, t := range targets {
+		rps := medianF(results[i].rps)
+		fmt.Fprintf(&b.md, "| %s | %.0f | %.2f | %.2f | %.2f ms | %.2f ms |\n", t.name, rps, rps/base, rps/ngx, medianF(results[i].p50), medianF(results[i].p99))
+	}
+	b.md.WriteString("\n")
+	return nil
+}
+
+// nginx runs Debian's nginx as a reverse proxy from addr to upstream, with a keepalive
+// pool, as a user would put it in front of an always-running container.
+func (b *bench) nginx(addr, upstream string) (stop func(), err error) {
+	dir := filepath.Join(b.dir, "nginx")
+	os.MkdirAll(dir, 0o755)
+	conf := fmt.Sprintf(`worker_processes auto;
+daemon off;
+pid %[1]s/nginx.pid;
+error_log %[1]s/error.log;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  client_body_temp_path %[1]s;
+  proxy_temp_path %[1]s;
+  fastcgi_temp_path %[1]s;
+  uwsgi_temp_path %[1]s;
+  scgi_temp_path %[1]s;
+  upstream app { server %[2]s; keepalive 32; }
+  server {
+    listen %[3]s;
+    location / {
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host $host;
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+      proxy_pass http://app;
+    }
+  }
+}
+`, dir, upstream, addr)
+	path := filepath.Join(dir, "nginx.conf")
+	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
+		return nil, err
+	}
+	cmd := exec.Command("nginx", "-p", dir, "-c", path)
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("starting nginx: %w", err)
+	}
+	waitListening(addr)
+	return func() { cmd.Process.Signal(os.Interrupt); cmd.Wait() }, nil
+}

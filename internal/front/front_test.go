@@ -172,3 +172,23 @@ func TestTrusted(t *testing.T) {
 		}
 	}
 }
+
+func BenchmarkServe(b *testing.B) {
+	t := &testing.T{}
+	srv, _, _ := newFront(t, 0, Route{})
+	tr := &http.Transport{MaxIdleConnsPerHost: 64}
+	c := &http.Client{Transport: tr}
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			req, _ := http.NewRequest("GET", srv.URL+"/", nil)
+			req.Host = "app.test"
+			resp, err := c.Do(req)
+			if err != nil {
+				b.Fatal(err)
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+	})
+}
