@@ -21,6 +21,9 @@ const (
 	Starting
 	Running
 	Stopping
+	Pausing // being frozen after pause_after
+	Paused  // frozen: memory kept, no CPU; the next connection thaws it
+	Waking  // being thawed
 )
 
 func (s State) String() string {
@@ -33,6 +36,12 @@ func (s State) String() string {
 		return "running"
 	case Stopping:
 		return "stopping"
+	case Pausing:
+		return "pausing"
+	case Paused:
+		return "paused"
+	case Waking:
+		return "waking"
 	}
 	return fmt.Sprintf("State(%d)", int(s))
 }
@@ -67,6 +76,16 @@ type Policy struct {
 	// StopOnExit stops a running app when Run returns (sact exits); by default apps keep
 	// running and the next sact adopts them.
 	StopOnExit bool
+	// PauseAfter freezes the app (the runtime must be a backend.Pauser) after this long
+	// without activity; Idle still stops it. Zero never pauses.
+	PauseAfter time.Duration
+	// KeepRunning, if set, reports whether the app must run at a given moment (min_running,
+	// keep_warm windows): then it is started if it is not, and never stopped for idleness
+	// or evicted.
+	KeepRunning func(time.Time) bool
+	// DependencyOnly marks an app that has no clients of its own, only dependents: it stops
+	// as soon as the last dependent does.
+	DependencyOnly bool
 }
 
 func (p *Policy) setDefaults() {
@@ -90,6 +109,8 @@ type Options struct {
 	// FailBackoff is how long connections fail fast after a failed start; it doubles with
 	// each consecutive failure up to 16 times its value. Zero means 1s.
 	FailBackoff time.Duration
+	// Pool, if set, is shared by all apps and limits how many run and start at once.
+	Pool *Pool
 }
 
 // Wake describes what caused a start, for the log.
@@ -109,6 +130,8 @@ type App struct {
 	backoff time.Duration
 
 	adopted chan struct{} // closed once Run has looked for an already running instance
+	pool    *Pool
+	deps    []*App // started before this app, kept while it runs
 
 	// ctx is Run's context: starts and stops derive from it, so shutdown aborts them.
 	ctx context.Context
@@ -142,6 +165,10 @@ type App struct {
 	stopReason    string
 	refused       int
 	refusedLogged time.Time
+	// pins counts the dependents that run and need this app; pinned is whether this
+	// incarnation holds a pin on each of deps.
+	pins   int
+	pinned bool
 }
 
 // New returns an app; nothing happens until Run.
@@ -155,6 +182,7 @@ func New(rt backend.Runtime, policy Policy, opts Options) *App {
 		backoff: opts.FailBackoff,
 		adopted: make(chan struct{}),
 		conns:   make(map[*Lease]struct{}),
+		pool:    opts.Pool,
 	}
 	if a.log == nil {
 		a.log = slog.New(slog.DiscardHandler)
@@ -169,6 +197,9 @@ func New(rt backend.Runtime, policy Policy, opts Options) *App {
 	}
 	return a
 }
+
+// SetDependencies sets the apps started before this one (depends_on); call it before Run.
+func (a *App) SetDependencies(deps []*App) { a.deps = deps }
 
 // Name returns the app's name.
 func (a *App) Name() string { return a.policy.Spec.Name }
@@ -194,6 +225,24 @@ func (a *App) Run(ctx context.Context) error {
 	a.mu.Unlock()
 	close(a.adopted)
 
+	if inst != nil && len(a.deps) > 0 {
+		// Adopted: its dependencies must be kept (and started, if they are not) as for a
+		// start of its own.
+		a.wg.Add(1)
+		go func() {
+			defer a.wg.Done()
+			if err := a.startDeps(ctx); err != nil {
+				a.log.Warn("cannot start the dependencies of an adopted app", "err", err)
+			}
+		}()
+	}
+	if a.policy.KeepRunning != nil {
+		a.wg.Add(1)
+		go func() {
+			defer a.wg.Done()
+			a.keepWarm(ctx)
+		}()
+	}
 	<-ctx.Done()
 
 	a.mu.Lock()
@@ -255,8 +304,11 @@ func (a *App) Acquire(ctx context.Context, w Wake) (*Lease, error) {
 				return nil, err
 			}
 			a.beginStart(w, false)
+		case Paused:
+			a.beginWake(w)
 		}
-		// Starting or Stopping: wait for the transition to finish, then look again.
+		// Starting, Stopping, Pausing or Waking: wait for the transition to finish, then
+		// look again.
 		if !waited {
 			if a.waiting >= a.policy.MaxWaiting {
 				a.refuse()
@@ -323,7 +375,17 @@ func (a *App) start(wokeBy []any) {
 	ctx, cancel := context.WithTimeout(a.ctx, a.policy.StartTimeout)
 	defer cancel()
 	a.log.Info("starting app", wokeBy...)
-	inst, err := a.rt.Start(ctx, a.policy.Spec)
+	var inst *backend.Instance
+	err := a.startDeps(ctx)
+	if err == nil && a.pool != nil {
+		var done func()
+		if done, err = a.pool.admit(ctx, a); err == nil {
+			defer done()
+		}
+	}
+	if err == nil {
+		inst, err = a.rt.Start(ctx, a.policy.Spec)
+	}
 	if err == nil {
 		err = a.waitReady(ctx, inst)
 		if err != nil {
@@ -345,6 +407,7 @@ func (a *App) start(wokeBy []any) {
 		a.state = Stopped
 		a.since = a.failedAt
 		a.stopReason = "start failed"
+		a.releaseHolds()
 		a.log.Error("app failed to start", "duration", took, "err", err, "waiting", a.waiting)
 		close(a.done)
 		return
@@ -414,12 +477,15 @@ func (a *App) stopFailed(inst *backend.Instance) {
 
 // becomeRunning enters Running with inst. Called with a.mu held.
 func (a *App) becomeRunning(inst *backend.Instance) {
+	if a.pool != nil {
+		a.pool.markRunning(a)
+	}
 	a.state = Running
 	a.inst = inst
 	a.since = time.Now()
 	a.lastActive = a.since
 	a.live, a.killLive = context.WithCancel(context.WithoutCancel(a.ctx))
-	a.armIdle(a.policy.Idle)
+	a.armIdle(a.idleCheckAfter())
 	live := a.live
 	a.wg.Add(1)
 	go func() {
@@ -434,7 +500,7 @@ func (a *App) watchExit(inst *backend.Instance, live context.Context) {
 	case e, ok := <-inst.Exited:
 		a.mu.Lock()
 		defer a.mu.Unlock()
-		if a.inst != inst || a.state != Running {
+		if a.inst != inst || (a.state != Running && a.state != Paused) {
 			return // sact stopped it, or it was replaced
 		}
 		if !ok {
@@ -461,6 +527,7 @@ func (a *App) enterStopped() {
 	if a.idleTimer != nil {
 		a.idleTimer.Stop()
 	}
+	a.releaseHolds()
 }
 
 // armIdle (re)arms the idle timer to fire after d. Called with a.mu held.
@@ -480,25 +547,37 @@ func (a *App) armIdle(d time.Duration) {
 func (a *App) checkIdle() {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if a.state != Running || a.closed {
+	if (a.state != Running && a.state != Paused) || a.closed {
 		return
 	}
 	now := time.Now()
-	if a.policy.KeepWhileOpen && len(a.conns) > 0 {
-		a.armIdle(a.policy.Idle)
+	if a.policy.KeepWhileOpen && len(a.conns) > 0 || a.pins > 0 || a.keepRunning(now) {
+		a.armIdle(a.idleCheckAfter())
 		return
 	}
 	last := a.lastActivity()
-	if rest := a.policy.Idle - now.Sub(last); rest > 0 {
+	quiet := now.Sub(last)
+	if a.state == Running && a.policy.PauseAfter > 0 && a.policy.PauseAfter < a.policy.Idle {
+		if quiet < a.policy.PauseAfter {
+			a.armIdle(a.policy.PauseAfter - quiet)
+			return
+		}
+		if _, ok := a.rt.(backend.Pauser); ok {
+			a.beginPause(quiet)
+			return
+		}
+	}
+	if rest := a.policy.Idle - quiet; rest > 0 {
 		a.armIdle(rest)
 		return
 	}
-	a.beginStop("idle", now.Sub(last))
+	a.beginStop("idle", quiet)
 }
 
 // beginStop moves Running -> Stopping. Called with a.mu held.
 func (a *App) beginStop(reason string, idleFor time.Duration) {
 	inst := a.inst
+	wasPaused := a.state == Paused
 	a.state = Stopping
 	a.since = time.Now()
 	a.done = make(chan struct{})
@@ -514,6 +593,12 @@ func (a *App) beginStop(reason string, idleFor time.Duration) {
 		began := time.Now()
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(a.ctx), a.policy.StopTimeout+10*time.Second)
 		defer cancel()
+		if wasPaused {
+			// A frozen process cannot act on SIGTERM: thaw it first.
+			if p, ok := a.rt.(backend.Pauser); ok {
+				p.Unpause(ctx, a.policy.Spec)
+			}
+		}
 		err := a.rt.Stop(ctx, a.policy.Spec, a.policy.StopTimeout)
 		a.mu.Lock()
 		defer a.mu.Unlock()
@@ -584,7 +669,17 @@ func (a *App) Stop(ctx context.Context) error {
 		}
 		a.mu.Lock()
 	}
-	if a.state == Running {
+	for a.state == Pausing || a.state == Waking {
+		done := a.done
+		a.mu.Unlock()
+		select {
+		case <-done:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		a.mu.Lock()
+	}
+	if a.state == Running || a.state == Paused {
 		a.beginStop("manual", 0)
 	}
 	done := a.done
@@ -614,6 +709,8 @@ type Status struct {
 	StopReason    string
 	LastError     string
 	Refused       int
+	// Pins counts the running dependents that keep this app.
+	Pins int
 }
 
 // Status returns a snapshot of the app.
@@ -625,6 +722,7 @@ func (a *App) Status() Status {
 		Name: a.Name(), State: a.state, Since: a.since, Open: len(a.conns), Waiting: a.waiting,
 		LastActivity: last, ColdStarts: a.coldStarts, LastStart: a.lastStart,
 		LastStartTook: a.lastStartTook, StopReason: a.stopReason, Refused: a.refused,
+		Pins: a.pins,
 	}
 	if a.lastErr != nil {
 		s.LastError = a.lastErr.Error()

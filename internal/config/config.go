@@ -281,3 +281,14 @@ func (a *App) hash() string {
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:8])
 }
+
+// Windows returns the app's keep_warm windows, parsed.
+func (a *App) Windows() []Window {
+	var ws []Window
+	for _, s := range a.KeepWarm {
+		if w, err := ParseWindow(s); err == nil {
+			ws = append(ws, w)
+		}
+	}
+	return ws
+}

@@ -8,12 +8,7 @@ package config
 // Keys are app keys (they apply under apps.NAME and under defaults) or, for any other
 // setting, its full path from the top of the file. Values say what to do instead.
 var notYetSupported = map[string]string{
-	"depends_on":  "remove it, and start the dependency some other way",
-	"pause_after": "remove it: apps are stopped after idle, not paused",
-	"keep_warm":   "remove it: apps start on their first connection",
-	"min_running": "remove it: apps start on their first connection",
 
-	"pool.max_running":   "remove it: any number of apps may run at once",
 	"pool.memory_budget": "remove it, and limit each app's memory instead",
 }
 

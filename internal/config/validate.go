@@ -114,6 +114,9 @@ func (p *parser) checkTarget(s *appSrc) {
 	if s.has("hosts") && p.http.k == nil {
 		p.errAt(s, "hosts", -1, "hosts are served by the http front door, which is not set up; add http: {listen: [\":80\"]}")
 	}
+	if s.PauseAfter > 0 && s.kind() == "command" {
+		p.errAt(s, "pause_after", -1, "plain processes cannot be paused; remove pause_after")
+	}
 	if s.PauseAfter > 0 && s.PauseAfter >= s.Idle {
 		p.errAt(s, "pause_after", -1, "%v is not shorter than idle (%v), so the app would stop before it is paused; shorten pause_after or lengthen idle", s.PauseAfter, s.Idle)
 	}

@@ -245,34 +245,66 @@ var weekdays = []string{"mon", "tue", "wed", "thu", "fri", "sat", "sun"}
 // without it the window is every day. The end is later than the start on the same day,
 // "24:00" being midnight at the end; a window over midnight is written as two.
 func checkWindow(s string) error {
+	_, err := ParseWindow(s)
+	return err
+}
+
+// Window is one keep_warm window: the days of the week it applies on, and the minutes
+// after midnight it runs from and to, in the host's time zone.
+type Window struct {
+	Days     [7]bool // by time.Weekday
+	From, To int
+}
+
+// Contains reports whether t falls in the window.
+func (w Window) Contains(t time.Time) bool {
+	m := t.Hour()*60 + t.Minute()
+	return w.Days[t.Weekday()] && m >= w.From && m < w.To
+}
+
+// ParseWindow parses "[DAYS ]HH:MM-HH:MM" (see checkWindow).
+func ParseWindow(s string) (Window, error) {
 	const how = `write a window like "Mon-Fri 09:00-19:00" or "08:00-20:00"`
+	var w Window
 	f := strings.Fields(s)
 	if len(f) == 0 || len(f) > 2 {
-		return fmt.Errorf("%s is not a time window; %s", quote(s), how)
+		return w, fmt.Errorf("%s is not a time window; %s", quote(s), how)
 	}
-	if len(f) == 2 {
+	if len(f) == 1 {
+		w.Days = [7]bool{true, true, true, true, true, true, true}
+	} else {
 		for _, part := range strings.Split(f[0], ",") {
 			days := strings.SplitN(part, "-", 2) // "Mon" or "Mon-Fri"
-			for _, day := range days {
-				if !slices.Contains(weekdays, strings.ToLower(day)) {
-					return fmt.Errorf("%s: unknown day %s; use Mon, Tue, Wed, Thu, Fri, Sat, Sun", quote(s), quote(day))
+			idx := make([]int, len(days))
+			for i, day := range days {
+				idx[i] = slices.Index(weekdays, strings.ToLower(day))
+				if idx[i] < 0 {
+					return w, fmt.Errorf("%s: unknown day %s; use Mon, Tue, Wed, Thu, Fri, Sat, Sun", quote(s), quote(day))
+				}
+			}
+			last := idx[len(idx)-1]
+			for d := idx[0]; ; d = (d + 1) % 7 {
+				w.Days[(d+1)%7] = true // weekdays starts on Monday, time.Weekday on Sunday
+				if d == last {
+					break
 				}
 			}
 		}
 	}
 	from, to, ok := strings.Cut(f[len(f)-1], "-")
 	if !ok || !strings.Contains(f[len(f)-1], ":") {
-		return fmt.Errorf("%s has no time range; %s", quote(s), how)
+		return w, fmt.Errorf("%s has no time range; %s", quote(s), how)
 	}
 	start, ok1 := clock(from, false)
 	end, ok2 := clock(to, true)
 	if !ok1 || !ok2 {
-		return fmt.Errorf("%s: times are HH:MM, 00:00 to 24:00; %s", quote(s), how)
+		return w, fmt.Errorf("%s: times are HH:MM, 00:00 to 24:00; %s", quote(s), how)
 	}
 	if end <= start {
-		return fmt.Errorf("%s ends before it starts; a window over midnight is two windows, like \"22:00-24:00\" and \"00:00-06:00\"", quote(s))
+		return w, fmt.Errorf("%s ends before it starts; a window over midnight is two windows, like \"22:00-24:00\" and \"00:00-06:00\"", quote(s))
 	}
-	return nil
+	w.From, w.To = start, end
+	return w, nil
 }
 
 // clock parses "HH:MM" into minutes after midnight; "24:00" only if end.

@@ -136,6 +136,7 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 	addrs := make(map[string][]net.Addr)
 	acts := make(map[string]*activator.App)
 	handoffs := make(map[string]*handoffApp)
+	pool := activator.NewPool(cfg.Pool.MaxRunning, cfg.Pool.StartConcurrency)
 	for _, app := range cfg.Apps {
 		rt := rts[runtimeKind(app)]
 		pol := policy(app)
@@ -152,7 +153,14 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 			}
 			handoffs[app.Name] = h
 		}
-		acts[app.Name] = activator.New(rt, pol, activator.Options{Logger: log})
+		acts[app.Name] = activator.New(rt, pol, activator.Options{Logger: log, Pool: pool})
+	}
+	for _, app := range cfg.Apps {
+		var deps []*activator.App
+		for _, d := range app.DependsOn {
+			deps = append(deps, acts[d])
+		}
+		acts[app.Name].SetDependencies(deps)
 	}
 	fsrv, httpLns, err := frontDoor(ctx, cfg, acts, log)
 	if err != nil {
@@ -373,6 +381,30 @@ func policy(app *config.App) activator.Policy {
 		MaxWaiting:    app.MaxWaiting,
 		KeepWhileOpen: app.KeepWhileOpen,
 		StopOnExit:    app.OnExit == "stop",
+		PauseAfter:    app.PauseAfter,
+		KeepRunning:   keepRunning(app),
+		// Nothing connects to it but its dependents.
+		DependencyOnly: len(app.Listen) == 0 && len(app.Hosts) == 0,
+	}
+}
+
+// keepRunning is the app's min_running and keep_warm rule, or nil if it has none.
+func keepRunning(app *config.App) func(time.Time) bool {
+	windows := app.Windows()
+	if app.MinRunning == 0 && len(windows) == 0 {
+		return nil
+	}
+	always := app.MinRunning > 0
+	return func(now time.Time) bool {
+		if always {
+			return true
+		}
+		for _, w := range windows {
+			if w.Contains(now) {
+				return true
+			}
+		}
+		return false
 	}
 }
 

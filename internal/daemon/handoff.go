@@ -294,6 +294,51 @@ func (h *handoffApp) closePending() {
 	h.pending = nil
 }
 
+// settled waits out the app's transitions and returns the state it settles in.
+func (h *handoffApp) settled(ctx context.Context) activator.State {
+	for {
+		st := h.act.Status().State
+		switch st {
+		case activator.Running, activator.Paused, activator.Stopped:
+			return st
+		}
+		select {
+		case <-ctx.Done():
+			return st
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// waitPendingPaused waits for a client in the backlog of a paused app. The app holds the
+// sockets, frozen, and their blocking mode is the app's business: poll(2) from a thread
+// of its own, waking every 200 ms to notice the end of ctx, rather than touch the flag.
+func (h *handoffApp) waitPendingPaused(ctx context.Context) (int, error) {
+	fds := make([]unix.PollFd, len(h.lns))
+	for i, ln := range h.lns {
+		rc, err := ln.(syscall.Conn).SyscallConn()
+		if err != nil {
+			return 0, err
+		}
+		rc.Control(func(fd uintptr) { fds[i] = unix.PollFd{Fd: int32(fd), Events: unix.POLLIN} })
+	}
+	for ctx.Err() == nil {
+		n, err := unix.Poll(fds, 200)
+		if err != nil && err != unix.EINTR {
+			return 0, err
+		}
+		for i := range fds {
+			if n > 0 && fds[i].Revents&unix.POLLIN != 0 {
+				return i, nil
+			}
+		}
+		if h.act.Status().State != activator.Paused {
+			return -1, nil // thawed or stopped by someone else: look again
+		}
+	}
+	return 0, ctx.Err()
+}
+
 // rejectQueued closes the connections waiting in the listeners' backlogs, so their clients
 // learn at once that the app failed rather than wait for a timeout. Only while the app
 // does not run: then nobody else accepts.
@@ -326,8 +371,20 @@ func (h *handoffApp) run(ctx context.Context) {
 	backoff := time.Duration(0)
 	for {
 		wake := activator.Wake{Remote: "backlog"}
-		if h.act.Status().State != activator.Running {
-			// Adopted apps run already; the others wait for their first client.
+		switch state := h.settled(ctx); state {
+		case activator.Running:
+			// Adopted, or running already: watch it.
+		case activator.Paused:
+			// Frozen with the sockets: a client in the backlog thaws it.
+			i, err := h.waitPendingPaused(ctx)
+			if err != nil {
+				return
+			}
+			if i < 0 {
+				continue
+			}
+			wake.Listen = h.app.Listen[i].String()
+		default:
 			i, err := h.waitPending(ctx)
 			if err != nil {
 				if ctx.Err() == nil {
@@ -353,6 +410,9 @@ func (h *handoffApp) run(ctx context.Context) {
 		h.watch(ctx, live)
 		if ctx.Err() != nil {
 			return
+		}
+		if st := h.settled(ctx); st == activator.Paused || st == activator.Running {
+			continue // paused, not stopped: the app keeps its sockets
 		}
 		// An app that exits soon after its start, with clients still queued, would be
 		// started again at once by them: refuse them and pause, as after a failed start.

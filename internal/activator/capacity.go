@@ -1,0 +1,225 @@
+package activator
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/sact-project/sact/internal/backend"
+)
+
+// The capacity features: the pause tier, keep-running rules (min_running, keep_warm),
+// dependencies (depends_on) and eviction by the Pool.
+
+// keepRunning reports whether policy says the app must run at now.
+func (a *App) keepRunning(now time.Time) bool {
+	return a.policy.KeepRunning != nil && a.policy.KeepRunning(now)
+}
+
+// keepWarm starts the app whenever it must run and does not, checking every 30 seconds
+// (keep_warm windows are whole minutes).
+func (a *App) keepWarm(ctx context.Context) {
+	t := time.NewTicker(30 * time.Second)
+	defer t.Stop()
+	for {
+		if a.keepRunning(time.Now()) {
+			a.mu.Lock()
+			stopped := a.state == Stopped && !a.closed
+			backoff := a.lastErr != nil && time.Since(a.failedAt) < a.failBackoff()
+			a.mu.Unlock()
+			if stopped && !backoff {
+				a.log.Info("keeping app warm", "reason", "min_running or keep_warm")
+				sctx, cancel := context.WithTimeout(ctx, a.policy.StartTimeout+5*time.Second)
+				a.startWith(sctx, Wake{Remote: "keep_warm"})
+				cancel()
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// startWith starts the app if it is stopped and waits for the outcome, like Start but
+// honouring the fail-fast backoff.
+func (a *App) startWith(ctx context.Context, w Wake) error {
+	l, err := a.Acquire(ctx, w)
+	if l != nil {
+		l.Release()
+	}
+	return err
+}
+
+// startDeps starts the app's dependencies, in order, and pins each so that it keeps
+// running while this app does. Called from the start goroutine, without a.mu.
+func (a *App) startDeps(ctx context.Context) error {
+	for i, d := range a.deps {
+		d.pin()
+		if err := d.Start(ctx); err != nil {
+			for _, p := range a.deps[:i+1] {
+				p.unpin()
+			}
+			return fmt.Errorf("starting dependency %q: %w", d.Name(), err)
+		}
+	}
+	a.mu.Lock()
+	if a.state == Stopped || a.state == Stopping {
+		// An adopted incarnation that ended meanwhile: nothing to keep them for.
+		a.mu.Unlock()
+		for _, d := range a.deps {
+			d.unpin()
+		}
+		return nil
+	}
+	a.pinned = len(a.deps) > 0
+	a.mu.Unlock()
+	return nil
+}
+
+// releaseHolds gives back what the incarnation held: its pool slot and its pins on its
+// dependencies. Called with a.mu held; pool.mu and the dependencies' mutexes come after
+// an app's own in the lock order (dependencies never lock their dependents).
+func (a *App) releaseHolds() {
+	if a.pool != nil {
+		a.pool.release(a)
+	}
+	if a.pinned {
+		a.pinned = false
+		for _, d := range a.deps {
+			d.unpin()
+		}
+	}
+}
+
+func (a *App) pin() {
+	a.mu.Lock()
+	a.pins++
+	a.mu.Unlock()
+}
+
+// unpin drops a dependent's hold; a dependency-only app stops with its last dependent.
+func (a *App) unpin() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.pins--
+	if a.pins > 0 || a.closed {
+		return
+	}
+	switch {
+	case a.policy.DependencyOnly && (a.state == Running || a.state == Paused) && !a.keepRunning(time.Now()):
+		a.beginStop("dependents stopped", 0)
+	case a.state == Running:
+		a.armIdle(0) // the idle clock decides from its last activity
+	}
+}
+
+// evictable reports whether the pool may stop the app to make room: it runs or is paused,
+// has no open connection, no running dependent, and no rule to keep it.
+func (a *App) evictable() (ok, paused bool, last time.Time) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.state != Running && a.state != Paused || len(a.conns) > 0 || a.pins > 0 || a.keepRunning(time.Now()) {
+		return false, false, time.Time{}
+	}
+	return true, a.state == Paused, a.lastActivity()
+}
+
+// evict stops the app to make room for another, if it is still evictable.
+func (a *App) evict() bool {
+	ok, _, last := a.evictable()
+	if !ok {
+		return false
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.state != Running && a.state != Paused || len(a.conns) > 0 || a.pins > 0 {
+		return false
+	}
+	a.beginStop("evicted", time.Since(last))
+	return true
+}
+
+// beginPause moves Running -> Pausing -> Paused. Open connections are closed first, as on a
+// stop: a request on one would stall in the frozen app with nobody to thaw it, while a new
+// connection thaws it. Called with a.mu held.
+func (a *App) beginPause(quiet time.Duration) {
+	inst := a.inst
+	a.state = Pausing
+	a.since = time.Now()
+	a.done = make(chan struct{})
+	done := a.done
+	a.killLive()
+	open := len(a.conns)
+	a.conns = make(map[*Lease]struct{})
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		began := time.Now()
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(a.ctx), 30*time.Second)
+		defer cancel()
+		err := a.rt.(backend.Pauser).Pause(ctx, a.policy.Spec)
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		a.live, a.killLive = context.WithCancel(context.WithoutCancel(a.ctx))
+		live := a.live
+		a.wg.Add(1)
+		go func() {
+			defer a.wg.Done()
+			a.watchExit(inst, live)
+		}()
+		if err != nil {
+			a.log.Warn("cannot pause app; it keeps running", "err", err)
+			a.state = Running
+			a.armIdle(a.policy.Idle - a.policy.PauseAfter)
+		} else {
+			a.state = Paused
+			a.log.Info("paused app", "reason", "idle", "idle_for", quiet.Round(time.Millisecond), "duration", time.Since(began), "container", inst.ID, "closed_connections", open)
+			a.armIdle(max(a.policy.Idle-quiet, 0))
+		}
+		a.since = time.Now()
+		close(done)
+	}()
+}
+
+// beginWake moves Paused -> Waking -> Running. Called with a.mu held.
+func (a *App) beginWake(w Wake) {
+	inst := a.inst
+	a.state = Waking
+	a.since = time.Now()
+	a.done = make(chan struct{})
+	done := a.done
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		began := time.Now()
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(a.ctx), a.policy.StartTimeout)
+		defer cancel()
+		err := a.rt.(backend.Pauser).Unpause(ctx, a.policy.Spec)
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		if err != nil {
+			a.log.Error("cannot unpause app; stopping it", "err", err, "remote", w.Remote)
+			a.state = Paused
+			a.beginStop("unpause failed", 0)
+			close(done) // the waiters wait again, on the stop
+			return
+		}
+		a.state = Running
+		a.since = time.Now()
+		a.lastActive = a.since
+		a.armIdle(a.policy.PauseAfter)
+		a.log.Info("woke paused app", "duration", time.Since(began), "container", inst.ID, "remote", w.Remote, "listen", w.Listen)
+		close(done)
+	}()
+}
+
+// idleCheckAfter is how long after activity the idle clock must look again: when the app
+// could first be paused, or else stopped.
+func (a *App) idleCheckAfter() time.Duration {
+	if a.policy.PauseAfter > 0 && a.policy.PauseAfter < a.policy.Idle {
+		return a.policy.PauseAfter
+	}
+	return a.policy.Idle
+}

@@ -1,0 +1,286 @@
+package activator
+
+import (
+	"context"
+	"net"
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/sact-project/sact/internal/backend"
+)
+
+// hostRuntime is a fake runtime for many apps: each start takes startTime, every app is
+// ready at once, and it records what happened in order.
+type hostRuntime struct {
+	mu        sync.Mutex
+	startTime time.Duration
+	starting  int
+	peak      int // most starts at once
+	events    []string
+	paused    map[string]bool
+}
+
+func (h *hostRuntime) log(e string) {
+	h.events = append(h.events, e)
+}
+
+func (h *hostRuntime) Start(ctx context.Context, spec backend.Spec) (*backend.Instance, error) {
+	h.mu.Lock()
+	h.starting++
+	h.peak = max(h.peak, h.starting)
+	h.log("start " + spec.Name)
+	h.mu.Unlock()
+	time.Sleep(h.startTime)
+	h.mu.Lock()
+	h.starting--
+	h.mu.Unlock()
+	return &backend.Instance{ID: spec.Name, Upstream: backend.Addr{Network: "tcp", Address: spec.Name}, Exited: make(chan backend.Exit)}, nil
+}
+
+func (h *hostRuntime) Stop(ctx context.Context, spec backend.Spec, grace time.Duration) error {
+	h.mu.Lock()
+	h.log("stop " + spec.Name)
+	h.mu.Unlock()
+	time.Sleep(100 * time.Millisecond)
+	return nil
+}
+
+func (h *hostRuntime) Running(context.Context, backend.Spec) (*backend.Instance, error) {
+	return nil, nil
+}
+
+func (h *hostRuntime) Pause(ctx context.Context, spec backend.Spec) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.log("pause " + spec.Name)
+	h.paused[spec.Name] = true
+	return nil
+}
+
+func (h *hostRuntime) Unpause(ctx context.Context, spec backend.Spec) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.log("unpause " + spec.Name)
+	h.paused[spec.Name] = false
+	return nil
+}
+
+func (h *hostRuntime) isPaused(name string) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.paused[name]
+}
+
+func (h *hostRuntime) history() []string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return append([]string(nil), h.events...)
+}
+
+func readyDial(context.Context, string, string) (net.Conn, error) {
+	c1, c2 := net.Pipe()
+	c2.Close()
+	return c1, nil
+}
+
+// host runs apps named names with policy p on one pool.
+func host(t *testing.T, rt *hostRuntime, pool *Pool, p Policy, names ...string) map[string]*App {
+	apps := make(map[string]*App)
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	for _, n := range names {
+		p := p
+		p.Spec.Name = n
+		a := New(rt, p, Options{Dial: readyDial, Pool: pool})
+		apps[n] = a
+		wg.Go(func() { a.Run(ctx) })
+	}
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	return apps
+}
+
+func use(t *testing.T, a *App) *Lease {
+	t.Helper()
+	l, err := a.Acquire(context.Background(), Wake{Remote: "test"})
+	if err != nil {
+		t.Fatalf("%s: %v", a.Name(), err)
+	}
+	return l
+}
+
+func TestPoolEvictsLeastRecentlyUsedIdleApp(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		rt := &hostRuntime{startTime: 500 * time.Millisecond}
+		pool := NewPool(2, 2)
+		apps := host(t, rt, pool, Policy{Idle: time.Hour, StartTimeout: 10 * time.Second}, "a", "b", "c", "d")
+
+		use(t, apps["a"]).Release()
+		time.Sleep(time.Second)
+		busy := use(t, apps["b"]) // stays open: b is busy
+		time.Sleep(time.Second)
+		use(t, apps["a"]).Release() // a is now more recent than b, but b is busy
+
+		use(t, apps["c"]).Release() // full: a is the only idle app
+		if got := apps["a"].Status(); got.State != Stopped || got.StopReason != "evicted" {
+			t.Fatalf("a: %v (%s), want stopped, evicted", got.State, got.StopReason)
+		}
+		if apps["b"].Status().State != Running {
+			t.Fatalf("busy b was evicted")
+		}
+
+		// All running apps busy: a start waits, then goes ahead when one is released.
+		busyC := use(t, apps["c"])
+		got := make(chan error, 1)
+		go func() {
+			l, err := apps["d"].Acquire(context.Background(), Wake{})
+			if l != nil {
+				l.Release()
+			}
+			got <- err
+		}()
+		time.Sleep(3 * time.Second)
+		select {
+		case err := <-got:
+			t.Fatalf("d started over max_running while b and c were busy (err %v)", err)
+		default:
+		}
+		if st := pool.Status(); st.WaitingForSlot != 1 || st.Running != 2 {
+			t.Errorf("pool status %+v, want 2 running and 1 waiting", st)
+		}
+		busyC.Release()
+		if err := <-got; err != nil {
+			t.Fatal(err)
+		}
+		if apps["c"].Status().StopReason != "evicted" || apps["b"].Status().State != Running {
+			t.Errorf("c %v/%s, b %v: want c evicted, busy b kept", apps["c"].Status().State, apps["c"].Status().StopReason, apps["b"].Status().State)
+		}
+		busy.Release()
+	})
+}
+
+func TestPoolStartConcurrency(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		rt := &hostRuntime{startTime: time.Second}
+		names := make([]string, 30)
+		for i := range names {
+			names[i] = string(rune('A'+i/26)) + string(rune('a'+i%26))
+		}
+		apps := host(t, rt, NewPool(0, 3), Policy{Idle: time.Hour}, names...)
+		var wg sync.WaitGroup
+		began := time.Now()
+		for _, n := range names {
+			wg.Go(func() { use(t, apps[n]).Release() })
+		}
+		wg.Wait()
+		rt.mu.Lock()
+		peak := rt.peak
+		rt.mu.Unlock()
+		if peak != 3 {
+			t.Errorf("at most %d starts at once, want 3 (start_concurrency)", peak)
+		}
+		if took := time.Since(began); took != 10*time.Second {
+			t.Errorf("30 starts of 1s three at a time took %v, want 10s", took)
+		}
+	})
+}
+
+func TestPauseThenWake(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		rt := &hostRuntime{paused: map[string]bool{}}
+		apps := host(t, rt, nil, Policy{Idle: time.Minute, PauseAfter: 10 * time.Second}, "web")
+		web := apps["web"]
+		use(t, web).Release()
+		time.Sleep(11 * time.Second)
+		if st := web.Status().State; st != Paused || !rt.isPaused("web") {
+			t.Fatalf("after pause_after: %v, want paused", st)
+		}
+		use(t, web).Release()
+		if st := web.Status().State; st != Running || rt.isPaused("web") {
+			t.Fatalf("after a connection: %v, want running", st)
+		}
+		time.Sleep(11 * time.Second) // paused again
+		time.Sleep(time.Minute)      // then stopped after idle
+		if st := web.Status(); st.State != Stopped || st.StopReason != "idle" {
+			t.Fatalf("after idle: %v (%s), want stopped for idle", st.State, st.StopReason)
+		}
+		want := []string{"start web", "pause web", "unpause web", "pause web", "unpause web", "stop web"}
+		if got := rt.history(); len(got) != len(want) || got[1] != want[1] || got[2] != want[2] || got[len(got)-1] != want[len(want)-1] {
+			t.Errorf("history %v, want %v", got, want)
+		}
+	})
+}
+
+func TestKeepRunningWindow(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		rt := &hostRuntime{}
+		start := time.Now()
+		// "Open" from the 2nd to the 5th minute of fake time.
+		keep := func(now time.Time) bool {
+			d := now.Sub(start)
+			return d >= 2*time.Minute && d < 5*time.Minute
+		}
+		apps := host(t, rt, nil, Policy{Idle: 30 * time.Second, KeepRunning: keep}, "office")
+		a := apps["office"]
+		time.Sleep(time.Minute)
+		if a.Status().State != Stopped {
+			t.Fatalf("started before its window")
+		}
+		time.Sleep(90 * time.Second)
+		if a.Status().State != Running {
+			t.Fatalf("not started within its window")
+		}
+		time.Sleep(2 * time.Minute) // idle for far longer than idle, inside the window
+		if a.Status().State != Running {
+			t.Fatalf("stopped for idleness inside its window")
+		}
+		time.Sleep(2 * time.Minute)
+		if st := a.Status(); st.State != Stopped || st.StopReason != "idle" {
+			t.Fatalf("after the window: %v (%s), want stopped for idle", st.State, st.StopReason)
+		}
+	})
+}
+
+func TestDependencies(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		rt := &hostRuntime{startTime: 100 * time.Millisecond}
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		db := New(rt, Policy{Spec: backend.Spec{Name: "db"}, Idle: time.Minute, DependencyOnly: true}, Options{Dial: readyDial})
+		cache := New(rt, Policy{Spec: backend.Spec{Name: "cache"}, Idle: time.Minute, DependencyOnly: true}, Options{Dial: readyDial})
+		web := New(rt, Policy{Spec: backend.Spec{Name: "web"}, Idle: 10 * time.Second}, Options{Dial: readyDial})
+		api := New(rt, Policy{Spec: backend.Spec{Name: "api"}, Idle: 20 * time.Second}, Options{Dial: readyDial})
+		web.SetDependencies([]*App{db, cache})
+		api.SetDependencies([]*App{db})
+		var wg sync.WaitGroup
+		for _, a := range []*App{db, cache, web, api} {
+			wg.Go(func() { a.Run(ctx) })
+		}
+		defer func() { cancel(); wg.Wait() }()
+
+		use(t, web).Release()
+		if got := rt.history(); len(got) != 3 || got[0] != "start db" || got[1] != "start cache" || got[2] != "start web" {
+			t.Fatalf("start order %v, want db, cache, then web", got)
+		}
+		use(t, api).Release()
+		time.Sleep(5 * time.Minute) // far past the dependencies' own idle
+		// web stopped after 10s: cache (only web's) went with it; db stays for api until api
+		// stops after 20s, then goes too.
+		h := rt.history()
+		idx := func(e string) int {
+			for i, x := range h {
+				if x == e {
+					return i
+				}
+			}
+			return -1
+		}
+		if !(idx("stop web") >= 0 && idx("stop cache") > idx("stop web") && idx("stop api") > idx("stop web") && idx("stop db") > idx("stop api")) {
+			t.Errorf("stop order %v: want web, then cache; api, then db", h)
+		}
+		if st := db.Status(); st.StopReason != "dependents stopped" {
+			t.Errorf("db stopped for %q, want dependents stopped", st.StopReason)
+		}
+	})
+}

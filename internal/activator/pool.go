@@ -1,0 +1,164 @@
+package activator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+)
+
+// ErrPoolFull: max_running apps run and every one of them is busy, for longer than the
+// start may wait.
+var ErrPoolFull = errors.New("max_running apps run and none is idle")
+
+// Pool limits what runs on the host as a whole, like Passenger's max_pool_size: how many
+// apps run at once (MaxRunning) and how many start at once (StartConcurrency). When a start
+// would exceed MaxRunning, the least recently used app without an open connection is
+// stopped first (paused apps before running ones); if every running app is busy, the start
+// waits, bounded by its start_timeout, instead of overcommitting.
+//
+// pool.mu is a leaf lock: it is taken while an app's mutex is held (when a slot frees),
+// never the other way round.
+type Pool struct {
+	maxRunning int
+	starts     chan struct{} // one token per start in progress; blocked senders queue FIFO
+
+	mu      sync.Mutex
+	running map[*App]bool // apps holding a slot: starting, running, paused or stopping
+	freed   chan struct{} // closed and replaced whenever a slot frees
+	waiting int           // starts waiting for a slot
+	queued  int           // starts waiting for a start token
+	evicted int
+}
+
+// NewPool returns a pool; maxRunning 0 means unlimited, startConcurrency 0 means 1.
+func NewPool(maxRunning, startConcurrency int) *Pool {
+	return &Pool{
+		maxRunning: maxRunning,
+		starts:     make(chan struct{}, max(startConcurrency, 1)),
+		running:    make(map[*App]bool),
+		freed:      make(chan struct{}),
+	}
+}
+
+// PoolStatus is a snapshot for status and metrics.
+type PoolStatus struct {
+	Running, MaxRunning    int
+	WaitingForSlot, Queued int // starts waiting for a running slot, and for a start token
+	Evicted                int
+}
+
+// Status returns a snapshot of the pool.
+func (p *Pool) Status() PoolStatus {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return PoolStatus{Running: len(p.running), MaxRunning: p.maxRunning, WaitingForSlot: p.waiting, Queued: p.queued, Evicted: p.evicted}
+}
+
+// admit waits until a may start: a running slot (evicting an idle app if need be), then a
+// start token. The caller calls done() when the start is over, and p.release(a) when the
+// app stops.
+func (p *Pool) admit(ctx context.Context, a *App) (done func(), err error) {
+	if err := p.slot(ctx, a); err != nil {
+		return nil, err
+	}
+	p.mu.Lock()
+	p.queued++
+	p.mu.Unlock()
+	defer func() {
+		p.mu.Lock()
+		p.queued--
+		p.mu.Unlock()
+	}()
+	select {
+	case p.starts <- struct{}{}:
+		return func() { <-p.starts }, nil
+	case <-ctx.Done():
+		p.release(a)
+		return nil, fmt.Errorf("waiting for one of %d concurrent starts (start_concurrency): %w", cap(p.starts), ctx.Err())
+	}
+}
+
+func (p *Pool) slot(ctx context.Context, a *App) error {
+	counted := false
+	defer func() {
+		if counted {
+			p.mu.Lock()
+			p.waiting--
+			p.mu.Unlock()
+		}
+	}()
+	for {
+		p.mu.Lock()
+		if p.maxRunning <= 0 || p.running[a] || len(p.running) < p.maxRunning {
+			p.running[a] = true
+			p.mu.Unlock()
+			return nil
+		}
+		if !counted {
+			p.waiting++
+			counted = true
+		}
+		others := make([]*App, 0, len(p.running))
+		for o := range p.running {
+			others = append(others, o)
+		}
+		freed := p.freed
+		p.mu.Unlock()
+
+		if v := victim(others, a); v != nil && v.evict() {
+			p.mu.Lock()
+			p.evicted++
+			p.mu.Unlock()
+		}
+		select {
+		case <-freed:
+		case <-ctx.Done():
+			return fmt.Errorf("%w (max_running %d): %w", ErrPoolFull, p.maxRunning, ctx.Err())
+		case <-time.After(time.Second):
+			// Look again: an app busy a moment ago may be idle now.
+		}
+	}
+}
+
+// markRunning gives an app that runs already (adopted) its slot, even over the limit:
+// eviction brings the count back down.
+func (p *Pool) markRunning(a *App) {
+	p.mu.Lock()
+	p.running[a] = true
+	p.mu.Unlock()
+}
+
+// release frees a's slot. Safe to call for an app without one.
+func (p *Pool) release(a *App) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.running[a] {
+		return
+	}
+	delete(p.running, a)
+	close(p.freed)
+	p.freed = make(chan struct{})
+}
+
+// victim picks the app to stop for a: among those that can be evicted, paused apps first,
+// then the least recently active.
+func victim(apps []*App, a *App) *App {
+	var best *App
+	var bestPaused bool
+	var bestLast time.Time
+	for _, o := range apps {
+		if o == a {
+			continue
+		}
+		ok, paused, last := o.evictable()
+		if !ok {
+			continue
+		}
+		if best == nil || paused && !bestPaused || paused == bestPaused && last.Before(bestLast) {
+			best, bestPaused, bestLast = o, paused, last
+		}
+	}
+	return best
+}
