@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -111,6 +112,9 @@ type Options struct {
 	FailBackoff time.Duration
 	// Pool, if set, is shared by all apps and limits how many run and start at once.
 	Pool *Pool
+	// Observe, if set, is told of every start ("start", "start_failed") and how long it
+	// took, for metrics. It is called with the app's lock held: it must be quick.
+	Observe func(app, event string, took time.Duration)
 }
 
 // Wake describes what caused a start, for the log.
@@ -129,9 +133,10 @@ type App struct {
 	dial    func(ctx context.Context, network, address string) (net.Conn, error)
 	backoff time.Duration
 
-	adopted chan struct{} // closed once Run has looked for an already running instance
-	pool    *Pool
-	deps    []*App // started before this app, kept while it runs
+	adopted  chan struct{} // closed once Run has looked for an already running instance
+	pool     *Pool
+	observer func(app, event string, took time.Duration)
+	deps     []*App // started before this app, kept while it runs
 
 	// ctx is Run's context: starts and stops derive from it, so shutdown aborts them.
 	ctx context.Context
@@ -160,6 +165,9 @@ type App struct {
 	closed   bool
 	// For status.
 	coldStarts    int
+	startFailures int
+	accepted      int
+	stops         map[string]int // by reason
 	lastStart     time.Time
 	lastStartTook time.Duration
 	stopReason    string
@@ -175,14 +183,16 @@ type App struct {
 func New(rt backend.Runtime, policy Policy, opts Options) *App {
 	policy.setDefaults()
 	a := &App{
-		rt:      rt,
-		policy:  policy,
-		log:     opts.Logger,
-		dial:    opts.Dial,
-		backoff: opts.FailBackoff,
-		adopted: make(chan struct{}),
-		conns:   make(map[*Lease]struct{}),
-		pool:    opts.Pool,
+		rt:       rt,
+		policy:   policy,
+		log:      opts.Logger,
+		dial:     opts.Dial,
+		backoff:  opts.FailBackoff,
+		adopted:  make(chan struct{}),
+		conns:    make(map[*Lease]struct{}),
+		pool:     opts.Pool,
+		observer: opts.Observe,
+		stops:    make(map[string]int),
 	}
 	if a.log == nil {
 		a.log = slog.New(slog.DiscardHandler)
@@ -402,6 +412,8 @@ func (a *App) start(wokeBy []any) {
 			err = fmt.Errorf("%w: start_timeout %s: %w", ErrStartTimeout, a.policy.StartTimeout, err)
 		}
 		a.failures++
+		a.startFailures++
+		a.observe("start_failed", took)
 		a.lastErr = fmt.Errorf("%w: %w", ErrStartFailed, err)
 		a.failedAt = time.Now()
 		a.state = Stopped
@@ -415,6 +427,7 @@ func (a *App) start(wokeBy []any) {
 	a.failures = 0
 	a.lastErr = nil
 	a.coldStarts++
+	a.observe("start", took)
 	a.log.Info("app ready", "duration", took, "container", inst.ID, "upstream", inst.Upstream.String(), "waiting", a.waiting)
 	a.becomeRunning(inst)
 	close(a.done)
@@ -508,6 +521,7 @@ func (a *App) watchExit(inst *backend.Instance, live context.Context) {
 		}
 		a.log.Warn("app exited", "reason", e.Reason, "code", e.Code, "container", inst.ID, "logs", e.Logs)
 		a.stopReason = e.Reason
+		a.countStop(e.Reason)
 		a.enterStopped()
 	case <-live.Done():
 	case <-a.ctx.Done():
@@ -612,6 +626,7 @@ func (a *App) beginStop(reason string, idleFor time.Duration) {
 			a.log.Info("stopped app", attrs...)
 		}
 		a.stopReason = reason
+		a.countStop(reason)
 		a.enterStopped()
 		close(a.done)
 	}()
@@ -711,6 +726,11 @@ type Status struct {
 	Refused       int
 	// Pins counts the running dependents that keep this app.
 	Pins int
+	// Totals since sact started: failed starts, connections (leases) served, and stops
+	// by reason (idle, evicted, manual, exited, oom-killed, ...).
+	StartFailures int
+	Accepted      int
+	Stops         map[string]int
 }
 
 // Status returns a snapshot of the app.
@@ -722,7 +742,8 @@ func (a *App) Status() Status {
 		Name: a.Name(), State: a.state, Since: a.since, Open: len(a.conns), Waiting: a.waiting,
 		LastActivity: last, ColdStarts: a.coldStarts, LastStart: a.lastStart,
 		LastStartTook: a.lastStartTook, StopReason: a.stopReason, Refused: a.refused,
-		Pins: a.pins,
+		Pins: a.pins, StartFailures: a.startFailures, Accepted: a.accepted,
+		Stops: maps.Clone(a.stops),
 	}
 	if a.lastErr != nil {
 		s.LastError = a.lastErr.Error()
@@ -754,6 +775,7 @@ func (a *App) newLease() *Lease {
 	now := time.Now()
 	l := &Lease{app: a, Upstream: a.inst.Upstream, ctx: a.live}
 	l.active.Store(now.UnixNano())
+	a.accepted++
 	a.lastActive = now
 	a.conns[l] = struct{}{}
 	return l

@@ -223,3 +223,11 @@ func (a *App) idleCheckAfter() time.Duration {
 	}
 	return a.policy.Idle
 }
+
+func (a *App) observe(event string, took time.Duration) {
+	if a.observer != nil {
+		a.observer(a.Name(), event, took)
+	}
+}
+
+func (a *App) countStop(reason string) { a.stops[reason]++ }

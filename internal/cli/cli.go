@@ -22,6 +22,7 @@ import (
 	"github.com/sact-project/sact/internal/config"
 	"github.com/sact-project/sact/internal/daemon"
 	"github.com/sact-project/sact/internal/handoff"
+	"github.com/sact-project/sact/internal/listen"
 )
 
 // DefaultConfig is where sact looks for its config when -c is not given.
@@ -37,11 +38,15 @@ var commands map[string]command
 func init() {
 	// Filled here rather than in the declaration because help refers to the map itself.
 	commands = map[string]command{
-		"serve": {"serve [-c FILE]   run the daemon", serve},
-		"check": {"check [-c FILE]   validate the config; errors name file:line", check},
-		"demo":  {"demo              build a tiny image offline, serve it, show a cold start and an idle stop", demo},
-		"help":  {"help              show this help", help},
-		"shim":  {"shim -- CMD...    (inside a container) receive the listening sockets, then exec CMD", shim},
+		"serve":  {"serve [-c FILE]   run the daemon", serve},
+		"check":  {"check [-c FILE]   validate the config; errors name file:line", check},
+		"demo":   {"demo              build a tiny image offline, serve it, show a cold start and an idle stop", demo},
+		"help":   {"help              show this help", help},
+		"shim":   {"shim -- CMD...    (inside a container) receive the listening sockets, then exec CMD", shim},
+		"status": {"status [-c FILE]  table of apps: state, since, open connections, last activity, cold starts", status},
+		"start":  {"start NAME        start an app and wait until it is ready", appCommand("start", "POST", "start")},
+		"stop":   {"stop NAME         stop an app, closing its connections", appCommand("stop", "POST", "stop")},
+		"logs":   {"logs [-n N] NAME  the app's last log lines", appCommand("logs", "GET", "logs")},
 	}
 }
 
@@ -207,7 +212,10 @@ func serve(ctx context.Context, e *env, args []string) error {
 	}
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	return daemon.Run(ctx, cfg, daemon.Options{Logger: log, Runtimes: runtimes(log), RunDir: *runDir})
+	return daemon.Run(ctx, cfg, daemon.Options{
+		Logger: log, Runtimes: runtimes(log), RunDir: *runDir,
+		Inherited: listen.FromSystemd(), Notify: true,
+	})
 }
 
 // runtimes are the real runtimes, built only when an app needs them.

@@ -56,6 +56,12 @@ type Options struct {
 	DrainTimeout time.Duration
 	// RunDir holds sact's runtime state: the handoff directories. Default /run/sact.
 	RunDir string
+	// Inherited are listening sockets passed by systemd (LISTEN_FDS); apps, the front door
+	// and the admin API take theirs from here before binding anew.
+	Inherited *listen.Inherited
+	// Notify sends systemd readiness and watchdog notifications (sd_notify) when
+	// NOTIFY_SOCKET is set.
+	Notify bool
 	// Ready, if set, is called once every listener is bound and every app has been looked
 	// at, with the bound addresses (useful when a config says tcp:127.0.0.1:0).
 	Ready func(addrs map[string][]net.Addr)
@@ -111,7 +117,7 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 		}
 	}
 
-	lns, err := bindAll(ctx, cfg, reclaimed)
+	lns, err := bindAll(ctx, cfg, reclaimed, opts.Inherited)
 	if err != nil {
 		return err
 	}
@@ -137,6 +143,8 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 	acts := make(map[string]*activator.App)
 	handoffs := make(map[string]*handoffApp)
 	pool := activator.NewPool(cfg.Pool.MaxRunning, cfg.Pool.StartConcurrency)
+	m := newMetrics()
+	specs := make(map[string]backend.Spec)
 	for _, app := range cfg.Apps {
 		rt := rts[runtimeKind(app)]
 		pol := policy(app)
@@ -153,7 +161,8 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 			}
 			handoffs[app.Name] = h
 		}
-		acts[app.Name] = activator.New(rt, pol, activator.Options{Logger: log, Pool: pool})
+		specs[app.Name] = pol.Spec
+		acts[app.Name] = activator.New(rt, pol, activator.Options{Logger: log, Pool: pool, Observe: m.observe})
 	}
 	for _, app := range cfg.Apps {
 		var deps []*activator.App
@@ -162,13 +171,26 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 		}
 		acts[app.Name].SetDependencies(deps)
 	}
-	fsrv, httpLns, err := frontDoor(ctx, cfg, acts, log)
+	fsrv, httpLns, err := frontDoor(ctx, cfg, acts, opts.Inherited, log)
+	if err == nil {
+		var stopAdmin func()
+		if stopAdmin, err = startAdmin(ctx, cfg, runDir, acts, specs, rts, pool, m, opts.Inherited, log); err == nil {
+			defer stopAdmin()
+		} else {
+			for _, ln := range httpLns {
+				ln.Close()
+			}
+		}
+	}
 	if err != nil {
 		for _, h := range handoffs {
 			h.close()
 		}
 		closeListeners(lns)
 		return err
+	}
+	if rest := opts.Inherited.Rest(); len(rest) > 0 {
+		log.Warn("closing sockets passed by systemd that no app claims", "sockets", rest, "reason", "name them after an app (FileDescriptorName=) or give the same address in sact.yaml")
 	}
 	var handing sync.WaitGroup
 	for _, app := range cfg.Apps {
@@ -195,13 +217,19 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 			}
 		})
 	}
-	log.Info("serving", "apps", len(cfg.Apps), "config", cfg.File, "http", len(httpLns))
+	log.Info("serving", "apps", len(cfg.Apps), "config", cfg.File, "http", len(httpLns), "admin", AdminSocket(cfg, runDir))
 	if opts.Ready != nil {
 		opts.Ready(addrs)
+	}
+	if opts.Notify {
+		notify(ctx, log, fmt.Sprintf("READY=1\nSTATUS=serving %d apps", len(cfg.Apps)))
 	}
 
 	<-ctx.Done()
 	log.Info("shutting down", "drain_timeout", drain)
+	if opts.Notify {
+		notify(ctx, log, "STOPPING=1")
+	}
 	// A handoff app left running keeps serving on the sockets it holds: their unix
 	// socket files must stay for its clients, and for the next sact to take them back.
 	for name, h := range handoffs {
@@ -256,7 +284,7 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 }
 
 // frontDoor builds the HTTP front door and binds its listeners, if the config has one.
-func frontDoor(ctx context.Context, cfg *config.Config, acts map[string]*activator.App, log *slog.Logger) (*front.Server, []net.Listener, error) {
+func frontDoor(ctx context.Context, cfg *config.Config, acts map[string]*activator.App, inherited *listen.Inherited, log *slog.Logger) (*front.Server, []net.Listener, error) {
 	if len(cfg.HTTP.Listen) == 0 {
 		return nil, nil, nil
 	}
@@ -299,6 +327,10 @@ func frontDoor(ctx context.Context, cfg *config.Config, acts map[string]*activat
 	}
 	var lns []net.Listener
 	for _, a := range cfg.HTTP.Listen {
+		if ln := inherited.Take(a, "http"); ln != nil {
+			lns = append(lns, ln)
+			continue
+		}
 		ln, err := listen.Listen(ctx, a)
 		if err != nil {
 			for _, l := range lns {
@@ -433,7 +465,7 @@ func buildRuntimes(ctx context.Context, cfg *config.Config, r Runtimes) (map[str
 
 // bindAll binds every app's listeners, or none: on the first failure the ones already
 // bound are closed again.
-func bindAll(ctx context.Context, cfg *config.Config, reclaimed map[string][]net.Listener) (map[string][]net.Listener, error) {
+func bindAll(ctx context.Context, cfg *config.Config, reclaimed map[string][]net.Listener, inherited *listen.Inherited) (map[string][]net.Listener, error) {
 	lns := make(map[string][]net.Listener)
 	for name, l := range reclaimed {
 		lns[name] = l
@@ -450,6 +482,10 @@ func bindAll(ctx context.Context, cfg *config.Config, reclaimed map[string][]net
 			continue
 		}
 		for _, a := range app.Listen {
+			if ln := inherited.Take(a, app.Name); ln != nil {
+				lns[app.Name] = append(lns[app.Name], ln)
+				continue
+			}
 			ln, err := listen.Listen(ctx, a)
 			if err != nil {
 				closeAll()

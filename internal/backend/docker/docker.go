@@ -252,18 +252,32 @@ func (r *Runtime) fire(id string, e backend.Exit) {
 
 // tail returns the container's last log lines.
 func (r *Runtime) tail(ctx context.Context, id string) string {
+	s, _ := r.logs(ctx, id, r.logLines, false)
+	return strings.TrimSpace(s)
+}
+
+func (r *Runtime) logs(ctx context.Context, id string, n int, timestamps bool) (string, error) {
 	rc, err := r.cli.ContainerLogs(ctx, id, client.ContainerLogsOptions{
-		ShowStdout: true, ShowStderr: true, Tail: strconv.Itoa(r.logLines),
+		ShowStdout: true, ShowStderr: true, Tail: strconv.Itoa(n), Timestamps: timestamps,
 	})
 	if err != nil {
-		return ""
+		return "", err
 	}
 	defer rc.Close()
 	var buf bytes.Buffer
 	if _, err := stdcopy.StdCopy(&buf, &buf, rc); err != nil && buf.Len() == 0 {
-		return ""
+		return "", err
 	}
-	return strings.TrimSpace(buf.String())
+	return buf.String(), nil
+}
+
+// Logs returns the last n lines the app's container wrote, with timestamps.
+func (r *Runtime) Logs(ctx context.Context, spec backend.Spec, n int) (string, error) {
+	s, err := r.logs(ctx, containerRef(spec), n, true)
+	if err != nil {
+		return "", fmt.Errorf("reading the logs of container %s: %w", containerRef(spec), err)
+	}
+	return s, nil
 }
 
 func (r *Runtime) addWatch(id, app string, started time.Time) *watch {

@@ -46,6 +46,7 @@ type Runtime struct {
 type proc struct {
 	cmd  *exec.Cmd
 	done chan struct{} // closed when the process was reaped
+	out  *tailBuffer
 }
 
 // New returns a process runtime.
@@ -95,7 +96,7 @@ func (r *Runtime) Start(ctx context.Context, spec backend.Spec) (*backend.Instan
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("running %q: %w", spec.Command[0], err)
 	}
-	p := &proc{cmd: cmd, done: make(chan struct{})}
+	p := &proc{cmd: cmd, done: make(chan struct{}), out: out}
 	r.procs[spec.Name] = p
 	exited := make(chan backend.Exit, 1)
 	go func() {
@@ -158,6 +159,19 @@ func (r *Runtime) Pid(ctx context.Context, spec backend.Spec) (int, error) {
 		return p.cmd.Process.Pid, nil
 	}
 	return 0, nil
+}
+
+// Logs returns the last n lines of the app's latest process's output (sact keeps the last
+// few KiB).
+func (r *Runtime) Logs(ctx context.Context, spec backend.Spec, n int) (string, error) {
+	r.mu.Lock()
+	p := r.procs[spec.Name]
+	r.mu.Unlock()
+	if p == nil {
+		return "", nil
+	}
+	lines := strings.Split(p.out.String(), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n") + "\n", nil
 }
 
 // Running always reports nothing: plain processes are never left behind by sact.

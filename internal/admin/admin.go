@@ -1,0 +1,329 @@
+// Package admin is sact's admin API, its Prometheus metrics and its dashboard, served on a
+// unix socket (for the CLI: sact status, start, stop, logs) and optionally over HTTP.
+//
+// API (JSON):
+//
+//	GET  /api/apps               every app's status
+//	GET  /api/apps/NAME          one app's
+//	POST /api/apps/NAME/start    start it and wait until it is ready
+//	POST /api/apps/NAME/stop     stop it, closing its connections
+//	GET  /api/apps/NAME/logs     the app's last log lines (?tail=N), plain text
+//	GET  /metrics                Prometheus
+//	GET  /                       the dashboard
+//
+// Requests that change something must be POSTs and, over HTTP, carry the dashboard's
+// token in X-Sact-Token: a page from another site cannot forge them (CSRF). On the unix
+// socket the file's permissions are the guard.
+package admin
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/subtle"
+	"encoding/hex"
+	"encoding/json"
+
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/sact-project/sact/internal/activator"
+)
+
+// App is what the admin API needs of an app's activator.
+type App interface {
+	Name() string
+	Status() activator.Status
+	Start(ctx context.Context) error
+	Stop(ctx context.Context) error
+}
+
+// Options wire the API to the daemon.
+type Options struct {
+	Logger *slog.Logger
+	// Apps returns the apps, sorted by name.
+	Apps func() []App
+	// Pool returns the pool's state.
+	Pool func() activator.PoolStatus
+	// Logs returns the last tail lines of an app's output.
+	Logs func(ctx context.Context, app string, tail int) (string, error)
+	// Registry holds the metrics; the apps' collector is added to it.
+	Registry *prometheus.Registry
+	// Kinds tells each app's kind ("container", "process", "handoff") and its addresses,
+	// for the dashboard.
+	Describe func(app string) Description
+}
+
+// Description is what the config says of an app, for display.
+type Description struct {
+	Kind   string   `json:"kind"`
+	Listen []string `json:"listen,omitempty"`
+	Hosts  []string `json:"hosts,omitempty"`
+	Idle   string   `json:"idle"`
+}
+
+// AppStatus is one app in the API.
+type AppStatus struct {
+	Name          string         `json:"name"`
+	State         string         `json:"state"`
+	Since         time.Time      `json:"since"`
+	Open          int            `json:"open_connections"`
+	Waiting       int            `json:"waiting"`
+	LastActivity  *time.Time     `json:"last_activity,omitempty"`
+	ColdStarts    int            `json:"cold_starts"`
+	LastStart     *time.Time     `json:"last_start,omitempty"`
+	LastStartTook string         `json:"last_start_took,omitempty"`
+	StopReason    string         `json:"stop_reason,omitempty"`
+	LastError     string         `json:"last_error,omitempty"`
+	Refused       int            `json:"refused"`
+	StartFailures int            `json:"start_failures"`
+	Connections   int            `json:"connections_total"`
+	Stops         map[string]int `json:"stops,omitempty"`
+	Description
+}
+
+// Server is the admin HTTP handler.
+type Server struct {
+	opts  Options
+	token string
+	mux   *http.ServeMux
+	log   *slog.Logger
+}
+
+// New builds the handler and registers the apps' metrics in opts.Registry.
+func New(opts Options) *Server {
+	b := make([]byte, 16)
+	rand.Read(b)
+	s := &Server{opts: opts, token: hex.EncodeToString(b), mux: http.NewServeMux(), log: opts.Logger}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	if opts.Registry != nil {
+		opts.Registry.MustRegister(&collector{s: s})
+		s.mux.Handle("GET /metrics", promhttp.HandlerFor(opts.Registry, promhttp.HandlerOpts{}))
+	}
+	s.mux.HandleFunc("GET /api/apps", s.list)
+	s.mux.HandleFunc("GET /api/apps/{name}", s.one)
+	s.mux.HandleFunc("POST /api/apps/{name}/start", s.guard(s.start))
+	s.mux.HandleFunc("POST /api/apps/{name}/stop", s.guard(s.stop))
+	s.mux.HandleFunc("GET /api/apps/{name}/logs", s.logs)
+	s.mux.HandleFunc("GET /{$}", s.dashboard)
+	return s
+}
+
+// Handler serves the API; overHTTP requires the CSRF token on changes.
+func (s *Server) Handler(overHTTP bool) http.Handler {
+	if !overHTTP {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			s.mux.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), localKey{}, true)))
+		})
+	}
+	return s.mux
+}
+
+type localKey struct{}
+
+// guard refuses a change over HTTP without the dashboard's token.
+func (s *Server) guard(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if local, _ := r.Context().Value(localKey{}).(bool); !local {
+			if subtle.ConstantTimeCompare([]byte(r.Header.Get("X-Sact-Token")), []byte(s.token)) != 1 {
+				http.Error(w, "403 forbidden: missing or wrong X-Sact-Token (changes over HTTP need the dashboard's token)", http.StatusForbidden)
+				return
+			}
+		}
+		h(w, r)
+	}
+}
+
+func (s *Server) find(name string) App {
+	for _, a := range s.opts.Apps() {
+		if a.Name() == name {
+			return a
+		}
+	}
+	return nil
+}
+
+func (s *Server) status(a App) AppStatus {
+	st := a.Status()
+	out := AppStatus{
+		Name: st.Name, State: st.State.String(), Since: st.Since, Open: st.Open, Waiting: st.Waiting,
+		ColdStarts: st.ColdStarts, StopReason: st.StopReason, LastError: st.LastError,
+		Refused: st.Refused, StartFailures: st.StartFailures, Connections: st.Accepted, Stops: st.Stops,
+	}
+	if !st.LastActivity.IsZero() {
+		out.LastActivity = &st.LastActivity
+	}
+	if !st.LastStart.IsZero() {
+		out.LastStart = &st.LastStart
+		out.LastStartTook = st.LastStartTook.Round(time.Millisecond).String()
+	}
+	if s.opts.Describe != nil {
+		out.Description = s.opts.Describe(st.Name)
+	}
+	return out
+}
+
+func (s *Server) list(w http.ResponseWriter, r *http.Request) {
+	apps := s.opts.Apps()
+	out := struct {
+		Apps []AppStatus          `json:"apps"`
+		Pool activator.PoolStatus `json:"pool"`
+	}{Apps: make([]AppStatus, 0, len(apps))}
+	for _, a := range apps {
+		out.Apps = append(out.Apps, s.status(a))
+	}
+	if s.opts.Pool != nil {
+		out.Pool = s.opts.Pool()
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) one(w http.ResponseWriter, r *http.Request) {
+	a := s.find(r.PathValue("name"))
+	if a == nil {
+		s.notFound(w, r.PathValue("name"))
+		return
+	}
+	writeJSON(w, http.StatusOK, s.status(a))
+}
+
+func (s *Server) notFound(w http.ResponseWriter, name string) {
+	names := make([]string, 0)
+	for _, a := range s.opts.Apps() {
+		names = append(names, a.Name())
+	}
+	writeJSON(w, http.StatusNotFound, map[string]string{"error": fmt.Sprintf("no app named %q; the apps are %v", name, names)})
+}
+
+func (s *Server) start(w http.ResponseWriter, r *http.Request) {
+	s.change(w, r, "start", App.Start)
+}
+
+func (s *Server) stop(w http.ResponseWriter, r *http.Request) {
+	s.change(w, r, "stop", App.Stop)
+}
+
+func (s *Server) change(w http.ResponseWriter, r *http.Request, what string, do func(App, context.Context) error) {
+	a := s.find(r.PathValue("name"))
+	if a == nil {
+		s.notFound(w, r.PathValue("name"))
+		return
+	}
+	s.log.Info("admin request", "app", a.Name(), "action", what, "remote", r.RemoteAddr)
+	if err := do(a, r.Context()); err != nil {
+		writeJSON(w, http.StatusBadGateway, map[string]string{"error": fmt.Sprintf("%s %s: %v", what, a.Name(), err)})
+		return
+	}
+	writeJSON(w, http.StatusOK, s.status(a))
+}
+
+func (s *Server) logs(w http.ResponseWriter, r *http.Request) {
+	a := s.find(r.PathValue("name"))
+	if a == nil {
+		s.notFound(w, r.PathValue("name"))
+		return
+	}
+	tail, err := strconv.Atoi(r.URL.Query().Get("tail"))
+	if err != nil || tail <= 0 {
+		tail = 100
+	}
+	if s.opts.Logs == nil {
+		http.Error(w, "logs are not available", http.StatusNotImplemented)
+		return
+	}
+	text, err := s.opts.Logs(r.Context(), a.Name(), tail)
+	if err != nil {
+		writeJSON(w, http.StatusBadGateway, map[string]string{"error": err.Error()})
+		return
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	io.WriteString(w, text)
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
+}
+
+// collector reads the apps' statuses at scrape time: no bookkeeping on the hot path.
+type collector struct{ s *Server }
+
+var (
+	descState = prometheus.NewDesc("sact_app_state", "1 for the state the app is in.", []string{"app", "state"}, nil)
+	descCold  = prometheus.NewDesc("sact_cold_starts_total", "Starts that made the app ready.", []string{"app"}, nil)
+	descFail  = prometheus.NewDesc("sact_start_failures_total", "Starts that failed.", []string{"app"}, nil)
+	descOpen  = prometheus.NewDesc("sact_connections_active", "Connections (or front-door requests) open now.", []string{"app"}, nil)
+	descConns = prometheus.NewDesc("sact_connections_total", "Connections (or front-door requests) served.", []string{"app"}, nil)
+	descRef   = prometheus.NewDesc("sact_connections_refused_total", "Connections refused because too many waited for a start.", []string{"app"}, nil)
+	descWait  = prometheus.NewDesc("sact_connections_waiting", "Connections waiting for the app to start.", []string{"app"}, nil)
+	descStops = prometheus.NewDesc("sact_stops_total", "Stops, by reason (idle, evicted, manual, exited, oom-killed, ...).", []string{"app", "reason"}, nil)
+	descLast  = prometheus.NewDesc("sact_last_activity_timestamp_seconds", "When the app last had a connection or moved a byte.", []string{"app"}, nil)
+	descPool  = prometheus.NewDesc("sact_pool", "The pool: running apps, max_running, starts waiting for a slot and for a start token.", []string{"what"}, nil)
+)
+
+var states = []activator.State{activator.Stopped, activator.Starting, activator.Running, activator.Stopping, activator.Pausing, activator.Paused, activator.Waking}
+
+func (c *collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descState, descCold, descFail, descOpen, descConns, descRef, descWait, descStops, descLast, descPool} {
+		ch <- d
+	}
+}
+
+func (c *collector) Collect(ch chan<- prometheus.Metric) {
+	for _, a := range c.s.opts.Apps() {
+		st := a.Status()
+		for _, s := range states {
+			v := 0.0
+			if s == st.State {
+				v = 1
+			}
+			ch <- prometheus.MustNewConstMetric(descState, prometheus.GaugeValue, v, st.Name, s.String())
+		}
+		ch <- prometheus.MustNewConstMetric(descCold, prometheus.CounterValue, float64(st.ColdStarts), st.Name)
+		ch <- prometheus.MustNewConstMetric(descFail, prometheus.CounterValue, float64(st.StartFailures), st.Name)
+		ch <- prometheus.MustNewConstMetric(descOpen, prometheus.GaugeValue, float64(st.Open), st.Name)
+		ch <- prometheus.MustNewConstMetric(descConns, prometheus.CounterValue, float64(st.Accepted), st.Name)
+		ch <- prometheus.MustNewConstMetric(descRef, prometheus.CounterValue, float64(st.Refused), st.Name)
+		ch <- prometheus.MustNewConstMetric(descWait, prometheus.GaugeValue, float64(st.Waiting), st.Name)
+		reasons := make([]string, 0, len(st.Stops))
+		for r := range st.Stops {
+			reasons = append(reasons, r)
+		}
+		slices.Sort(reasons)
+		for _, r := range reasons {
+			ch <- prometheus.MustNewConstMetric(descStops, prometheus.CounterValue, float64(st.Stops[r]), st.Name, r)
+		}
+		if !st.LastActivity.IsZero() {
+			ch <- prometheus.MustNewConstMetric(descLast, prometheus.GaugeValue, float64(st.LastActivity.UnixNano())/1e9, st.Name)
+		}
+	}
+	if c.s.opts.Pool != nil {
+		p := c.s.opts.Pool()
+		for what, v := range map[string]int{"running": p.Running, "max_running": p.MaxRunning, "waiting_for_slot": p.WaitingForSlot, "queued_starts": p.Queued, "evicted": p.Evicted} {
+			ch <- prometheus.MustNewConstMetric(descPool, prometheus.GaugeValue, float64(v), what)
+		}
+	}
+}
+
+// StartHistogram is the start-duration histogram the daemon feeds through
+// activator.Options.Observe.
+func StartHistogram() *prometheus.HistogramVec {
+	return prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "sact_start_duration_seconds",
+		Help:    "How long starts took, from the first connection to ready (outcome ok or failed).",
+		Buckets: []float64{0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30, 60},
+	}, []string{"app", "outcome"})
+}

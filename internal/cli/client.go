@@ -1,0 +1,180 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/sact-project/sact/internal/admin"
+	"github.com/sact-project/sact/internal/config"
+	"github.com/sact-project/sact/internal/daemon"
+)
+
+// adminFlags are the flags that find a running sact's admin socket.
+type adminFlags struct {
+	config, socket, runDir *string
+}
+
+func newAdminFlags(fs *flag.FlagSet) adminFlags {
+	return adminFlags{
+		config: configFlag(fs),
+		socket: fs.String("socket", "", "the admin socket (default: admin.socket of the config)"),
+		runDir: fs.String("run-dir", envOr("SACT_RUN_DIR", "/run/sact"), "the run directory sact serve was given; $SACT_RUN_DIR"),
+	}
+}
+
+// client returns an HTTP client speaking to the admin socket.
+func (f adminFlags) client() (*http.Client, string, error) {
+	sock := *f.socket
+	if sock == "" {
+		cfg, err := config.Load(*f.config)
+		if err != nil {
+			return nil, "", fmt.Errorf("finding the admin socket: %w (or give --socket)", err)
+		}
+		sock = daemon.AdminSocket(cfg, *f.runDir)
+	}
+	c := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", sock)
+	}}}
+	return c, sock, nil
+}
+
+// call does one API request and decodes a JSON answer into out (if not nil).
+func call(ctx context.Context, f adminFlags, method, path string, out any) error {
+	c, sock, err := f.client()
+	if err != nil {
+		return err
+	}
+	req, err := http.NewRequestWithContext(ctx, method, "http://sact"+path, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return fmt.Errorf("cannot reach sact at %s: %w; is `sact serve` running, and may you use its socket?", sock, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode >= 300 {
+		var e struct{ Error string }
+		if json.Unmarshal(body, &e) == nil && e.Error != "" {
+			return fmt.Errorf("%s", e.Error)
+		}
+		return fmt.Errorf("%s: %s", resp.Status, strings.TrimSpace(string(body)))
+	}
+	if out == nil {
+		return nil
+	}
+	if s, ok := out.(*string); ok {
+		*s = string(body)
+		return nil
+	}
+	return json.Unmarshal(body, out)
+}
+
+func status(ctx context.Context, e *env, args []string) error {
+	fs := newFlags(e, "status")
+	af := newAdminFlags(fs)
+	asJSON := fs.Bool("json", false, "print the API's JSON")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	var list struct {
+		Apps []admin.AppStatus `json:"apps"`
+		Pool struct {
+			Running, MaxRunning int
+		} `json:"pool"`
+	}
+	if *asJSON {
+		var raw string
+		if err := call(ctx, af, "GET", "/api/apps", &raw); err != nil {
+			return err
+		}
+		fmt.Fprint(e.stdout, raw)
+		return nil
+	}
+	if err := call(ctx, af, "GET", "/api/apps", &list); err != nil {
+		return err
+	}
+	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "APP\tSTATE\tSINCE\tOPEN\tLAST ACTIVITY\tCOLD STARTS\tLAST START\tLAST STOP")
+	now := time.Now()
+	for _, a := range list.Apps {
+		last := "never"
+		if a.LastActivity != nil {
+			last = ago(now, *a.LastActivity)
+		}
+		took := "-"
+		if a.LastStartTook != "" {
+			took = a.LastStartTook
+		}
+		stop := a.StopReason
+		if stop == "" {
+			stop = "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%d\t%s\t%s\n", a.Name, a.State, ago(now, a.Since), a.Open, last, a.ColdStarts, took, stop)
+	}
+	return tw.Flush()
+}
+
+func ago(now, t time.Time) string {
+	d := now.Sub(t)
+	switch {
+	case d < time.Minute:
+		return fmt.Sprintf("%ds ago", int(d.Seconds()))
+	case d < time.Hour:
+		return fmt.Sprintf("%dm ago", int(d.Minutes()))
+	case d < 48*time.Hour:
+		return fmt.Sprintf("%dh ago", int(d.Hours()))
+	}
+	return fmt.Sprintf("%dd ago", int(d.Hours()/24))
+}
+
+// appCommand is start, stop and logs: one app name.
+func appCommand(name, method, action string) func(ctx context.Context, e *env, args []string) error {
+	return func(ctx context.Context, e *env, args []string) error {
+		fs := newFlags(e, name)
+		af := newAdminFlags(fs)
+		tail := 100
+		if action == "logs" {
+			fs.IntVar(&tail, "n", 100, "how many of the last lines")
+		}
+		// Flags may come before or after the name: sact stop web -c /etc/sact/sact.yaml.
+		if err := fs.Parse(args); err != nil {
+			return err
+		}
+		if fs.NArg() == 0 {
+			return errUsage{"give one app name, like: sact " + name + " web"}
+		}
+		app := url.PathEscape(fs.Arg(0))
+		if err := parse(fs, fs.Args()[1:]); err != nil {
+			return err
+		}
+		if action == "logs" {
+			var text string
+			if err := call(ctx, af, "GET", fmt.Sprintf("/api/apps/%s/logs?tail=%d", app, tail), &text); err != nil {
+				return err
+			}
+			fmt.Fprint(e.stdout, text)
+			return nil
+		}
+		var st admin.AppStatus
+		if err := call(ctx, af, method, "/api/apps/"+app+"/"+action, &st); err != nil {
+			return err
+		}
+		fmt.Fprintf(e.stdout, "%s: %s\n", st.Name, st.State)
+		return nil
+	}
+}

@@ -1,0 +1,174 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"image/png"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/chromedp/chromedp"
+)
+
+// sactCLI runs a client command of the built binary against a config.
+func sactCLI(t *testing.T, d *daemon, args ...string) (string, error) {
+	t.Helper()
+	cmd := exec.Command(sactBin, append([]string{args[0], "-c", d.config, "-run-dir", runDir}, args[1:]...)...)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+func TestAdminCLIAndMetrics(t *testing.T) {
+	needDocker(t)
+	web, api := uniqueName(t, "aweb"), uniqueName(t, "aapi")
+	adminAddr := freeAddr(t)
+	d := startSact(t, fmt.Sprintf("admin:\n  listen: %q\napps:", adminAddr)+appConfig(web, freeAddr(t), "")+appConfig(api, freeAddr(t), ""))
+
+	out, err := sactCLI(t, d, "status")
+	if err != nil || !strings.Contains(out, "APP") || !strings.Contains(out, web) || !strings.Contains(out, "stopped") {
+		t.Fatalf("sact status: %v\n%s", err, out)
+	}
+	if out, err := sactCLI(t, d, "start", web); err != nil || !strings.Contains(out, "running") {
+		t.Fatalf("sact start: %v\n%s", err, out)
+	}
+	if containerState(t, web) != "running" {
+		t.Fatalf("sact start did not start the container")
+	}
+	out, _ = sactCLI(t, d, "status")
+	for _, line := range strings.Split(out, "\n") {
+		if strings.HasPrefix(line, web) && !strings.Contains(line, "running") {
+			t.Errorf("status line after start: %q", line)
+		}
+	}
+	if out, err := sactCLI(t, d, "logs", web); err != nil || !strings.Contains(out, "listening on") {
+		t.Errorf("sact logs: %v\n%s", err, out)
+	}
+	if out, err := sactCLI(t, d, "start", "nope"); err == nil || !strings.Contains(out, "no app named") {
+		t.Errorf("sact start of an unknown app: %v\n%s", err, out)
+	}
+
+	// Metrics over HTTP.
+	resp, err := http.Get("http://" + adminAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{
+		fmt.Sprintf(`sact_cold_starts_total{app=%q} 1`, web),
+		fmt.Sprintf(`sact_app_state{app=%q,state="running"} 1`, web),
+		fmt.Sprintf(`sact_app_state{app=%q,state="stopped"} 1`, api),
+		fmt.Sprintf(`sact_start_duration_seconds_count{app=%q,outcome="ok"} 1`, web),
+	} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+
+	// Changes over HTTP need the dashboard's token.
+	resp, err = http.Post("http://"+adminAddr+"/api/apps/"+web+"/stop", "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 403 || containerState(t, web) != "running" {
+		t.Errorf("stop over HTTP without a token: %d, container %s; want 403 and still running", resp.StatusCode, containerState(t, web))
+	}
+
+	if out, err := sactCLI(t, d, "stop", web); err != nil || !strings.Contains(out, "stopped") {
+		t.Fatalf("sact stop: %v\n%s", err, out)
+	}
+	var st struct {
+		State      string `json:"state"`
+		StopReason string `json:"stop_reason"`
+	}
+	out, _ = sactCLI(t, d, "status", "-json")
+	var list struct{ Apps []json.RawMessage }
+	json.Unmarshal([]byte(out), &list)
+	for _, raw := range list.Apps {
+		if strings.Contains(string(raw), `"name": "`+web+`"`) {
+			json.Unmarshal(raw, &st)
+		}
+	}
+	if st.State != "stopped" || st.StopReason != "manual" {
+		t.Errorf("after sact stop: %+v, want stopped for reason manual", st)
+	}
+}
+
+// The dashboard in headless Chromium: the table, its start button, and a screenshot.
+func TestDashboardInChromium(t *testing.T) {
+	needDocker(t)
+	browser := ""
+	for _, b := range []string{"chromium", "chromium-browser", "google-chrome"} {
+		if p, err := exec.LookPath(b); err == nil {
+			browser = p
+			break
+		}
+	}
+	if browser == "" {
+		if os.Getenv("SACT_REQUIRE_DOCKER") == "1" {
+			t.Fatal("chromium is required in CI (scripts/install-deps installs it)")
+		}
+		t.Skip("no chromium")
+	}
+	name := uniqueName(t, "dash")
+	adminAddr := freeAddr(t)
+	startSact(t, fmt.Sprintf("admin:\n  listen: %q\napps:", adminAddr)+appConfig(name, freeAddr(t), ""))
+
+	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(browser), chromedp.NoSandbox, chromedp.Headless, chromedp.WindowSize(1200, 500))
+	actx, cancel := chromedp.NewExecAllocator(context.Background(), opts...)
+	defer cancel()
+	ctx, cancel := chromedp.NewContext(actx)
+	defer cancel()
+	ctx, cancel = context.WithTimeout(ctx, 90*time.Second)
+	defer cancel()
+
+	row := fmt.Sprintf(`tr[data-app=%q]`, name)
+	step := func(what string, err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatalf("dashboard: %s: %v", what, err)
+		}
+	}
+	_, err := chromedp.Run(ctx, chromedp.Navigate("http://"+adminAddr+"/"))
+	step("navigate", err)
+	_, err = chromedp.Run(ctx, chromedp.WaitVisible(chromedp.CSS(row)))
+	step("the app's row", err)
+	stateBefore, err := chromedp.Run(ctx, chromedp.Text(chromedp.CSS(row+" .state")))
+	step("state", err)
+	_, err = chromedp.Run(ctx, chromedp.Click(chromedp.CSS(row+" button")))
+	step("start button", err)
+	_, err = chromedp.Run(ctx, chromedp.WaitVisible(chromedp.CSS(row+" .state.running")))
+	step("running after start", err)
+	stateAfter, err := chromedp.Run(ctx, chromedp.Text(chromedp.CSS(row+" .state")))
+	step("state after", err)
+	summary, err := chromedp.Run(ctx, chromedp.Text(chromedp.CSS("#summary")))
+	step("summary", err)
+	shot, err := chromedp.Run(ctx, chromedp.CaptureScreenshot())
+	step("screenshot", err)
+	if stateBefore != "stopped" || stateAfter != "running" || containerState(t, name) != "running" {
+		t.Errorf("dashboard: state %q, after start button %q, container %s", stateBefore, stateAfter, containerState(t, name))
+	}
+	if !strings.Contains(summary, "1 running") || !strings.Contains(summary, "no traffic for 30 days") {
+		t.Errorf("summary %q", summary)
+	}
+	img, err := png.Decode(bytes.NewReader(shot))
+	if err != nil || img.Bounds().Dx() < 800 {
+		t.Fatalf("screenshot: %v", err)
+	}
+	dir := os.Getenv("SACT_ARTIFACTS")
+	if dir == "" {
+		dir = t.TempDir()
+	}
+	path := filepath.Join(dir, "dashboard.png")
+	os.WriteFile(path, shot, 0o644)
+	t.Logf("dashboard screenshot: %s (%dx%d)", path, img.Bounds().Dx(), img.Bounds().Dy())
+}

@@ -1,0 +1,107 @@
+package listen
+
+import (
+	"net"
+	"strings"
+	"sync"
+
+	"github.com/coreos/go-systemd/v22/activation"
+)
+
+// Inherited holds the listening sockets passed to sact by systemd (LISTEN_FDS), so that a
+// restarted sact serves on the very sockets clients already queue on: none is refused
+// while it restarts.
+type Inherited struct {
+	mu    sync.Mutex
+	socks []inheritedSock
+}
+
+type inheritedSock struct {
+	name string // FileDescriptorName=, or "" when systemd gave none
+	ln   net.Listener
+}
+
+// FromSystemd takes the sockets systemd passed (and unsets LISTEN_* so that children do
+// not see them). Sockets that are not stream listeners are closed and ignored.
+func FromSystemd() *Inherited {
+	in := &Inherited{}
+	for _, f := range activation.Files(true) {
+		ln, err := net.FileListener(f)
+		name := f.Name()
+		f.Close()
+		if err != nil {
+			continue
+		}
+		if strings.HasPrefix(name, "LISTEN_FD_") { // go-systemd's name when none was given
+			name = ""
+		}
+		in.socks = append(in.socks, inheritedSock{name: name, ln: ln})
+	}
+	return in
+}
+
+// Len is how many inherited sockets are still unclaimed.
+func (in *Inherited) Len() int {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	return len(in.socks)
+}
+
+// Take returns the inherited socket named name (systemd's FileDescriptorName=, matched to
+// an app's name) or bound to a, and removes it from the set; nil if there is none.
+func (in *Inherited) Take(a Addr, name string) net.Listener {
+	if in == nil {
+		return nil
+	}
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	for i, s := range in.socks {
+		if (s.name != "" && s.name == name && sameNetwork(s.ln, a)) || sameAddr(s.ln.Addr(), a) {
+			in.socks = append(in.socks[:i], in.socks[i+1:]...)
+			return s.ln
+		}
+	}
+	return nil
+}
+
+// Rest closes the sockets nobody claimed and returns their addresses, for a warning.
+func (in *Inherited) Rest() []string {
+	if in == nil {
+		return nil
+	}
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	var out []string
+	for _, s := range in.socks {
+		out = append(out, s.ln.Addr().String())
+		s.ln.Close()
+	}
+	in.socks = nil
+	return out
+}
+
+func sameNetwork(ln net.Listener, a Addr) bool {
+	return ln.Addr().Network() == a.Network
+}
+
+func sameAddr(got net.Addr, a Addr) bool {
+	if got.Network() != a.Network {
+		return false
+	}
+	if a.Network == "unix" {
+		return got.String() == a.Address
+	}
+	want, err := net.ResolveTCPAddr("tcp", a.Address)
+	if err != nil {
+		return false
+	}
+	g, ok := got.(*net.TCPAddr)
+	if !ok || g.Port != want.Port {
+		return false
+	}
+	if want.IP == nil || want.IP.IsUnspecified() {
+		return g.IP.IsUnspecified()
+	}
+	return g.IP.Equal(want.IP)
+}
+
