@@ -104,4 +104,3 @@ func sameAddr(got net.Addr, a Addr) bool {
 	}
 	return g.IP.Equal(want.IP)
 }
-
