@@ -231,3 +231,13 @@ func (a *App) observe(event string, took time.Duration) {
 }
 
 func (a *App) countStop(reason string) { a.stops[reason]++ }
+
+// Remember sets the app's last activity as an earlier sact saw it, before Run: status then
+// says how long the app has really been without traffic.
+func (a *App) Remember(last time.Time) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if last.After(a.lastActive) {
+		a.lastActive = last
+	}
+}

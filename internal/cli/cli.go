@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"runtime/debug"
 	"sort"
 	"strings"
@@ -194,6 +195,7 @@ func serve(ctx context.Context, e *env, args []string) error {
 	format := fs.String("log-format", "text", "log format: text or json")
 	level := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	runDir := fs.String("run-dir", envOr("SACT_RUN_DIR", "/run/sact"), "directory for sact's runtime state (handoff sockets); $SACT_RUN_DIR")
+	stateDir := fs.String("state-dir", envOr("SACT_STATE_DIR", "/var/lib/sact"), "directory for state kept across restarts (apps' last activity); $SACT_STATE_DIR")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -214,6 +216,7 @@ func serve(ctx context.Context, e *env, args []string) error {
 	defer stop()
 	return daemon.Run(ctx, cfg, daemon.Options{
 		Logger: log, Runtimes: runtimes(log), RunDir: *runDir,
+		StateFile: filepath.Join(*stateDir, "activity.json"),
 		Inherited: listen.FromSystemd(), Notify: true,
 	})
 }

@@ -56,6 +56,8 @@ type Options struct {
 	DrainTimeout time.Duration
 	// RunDir holds sact's runtime state: the handoff directories. Default /run/sact.
 	RunDir string
+	// StateFile keeps the apps' last activity across restarts. Default "": not kept.
+	StateFile string
 	// Inherited are listening sockets passed by systemd (LISTEN_FDS); apps, the front door
 	// and the admin API take theirs from here before binding anew.
 	Inherited *listen.Inherited
@@ -191,6 +193,13 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 	}
 	if rest := opts.Inherited.Rest(); len(rest) > 0 {
 		log.Warn("closing sockets passed by systemd that no app claims", "sockets", rest, "reason", "name them after an app (FileDescriptorName=) or give the same address in sact.yaml")
+	}
+	var saving sync.WaitGroup
+	if opts.StateFile != "" {
+		loadActivity(opts.StateFile, acts, log)
+		saveCtx, stopSaving := context.WithCancel(context.WithoutCancel(ctx))
+		defer func() { stopSaving(); saving.Wait() }()
+		saving.Go(func() { keepActivity(saveCtx, opts.StateFile, acts, log) })
 	}
 	var handing sync.WaitGroup
 	for _, app := range cfg.Apps {

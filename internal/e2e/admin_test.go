@@ -101,6 +101,27 @@ func TestAdminCLIAndMetrics(t *testing.T) {
 	if st.State != "stopped" || st.StopReason != "manual" {
 		t.Errorf("after sact stop: %+v, want stopped for reason manual", st)
 	}
+
+	// Last activity outlives a restart of sact (the dashboard's "dead for 90 days").
+	d.stop()
+	restarted := time.Now()
+	d = startSactFile(t, d.config)
+	out, _ = sactCLI(t, d, "status", "-json")
+	var again struct {
+		Apps []struct {
+			Name         string     `json:"name"`
+			LastActivity *time.Time `json:"last_activity"`
+		}
+	}
+	json.Unmarshal([]byte(out), &again)
+	for _, a := range again.Apps {
+		if a.Name == web && (a.LastActivity == nil || !a.LastActivity.Before(restarted)) {
+			t.Errorf("after a restart, %s's last activity is %v; want the one before the restart", web, a.LastActivity)
+		}
+		if a.Name == api && a.LastActivity != nil {
+			t.Errorf("an app never used has last activity %v", a.LastActivity)
+		}
+	}
 }
 
 // The dashboard in headless Chromium: the table, its start button, and a screenshot.

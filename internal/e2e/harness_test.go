@@ -119,7 +119,7 @@ func startSact(t *testing.T, config string) *daemon {
 func startSactFile(t *testing.T, path string) *daemon {
 	t.Helper()
 	d := &daemon{t: t, config: path, logs: &logBuffer{}, done: make(chan struct{})}
-	d.cmd = exec.Command(sactBin, "serve", "-c", path, "-log-format", "json", "-log-level", "debug", "-run-dir", runDir)
+	d.cmd = exec.Command(sactBin, "serve", "-c", path, "-log-format", "json", "-log-level", "debug", "-run-dir", runDir, "-state-dir", filepath.Join(runDir, "state"))
 	d.cmd.Stdout = d.logs
 	d.cmd.Stderr = d.logs
 	if err := d.cmd.Start(); err != nil {
