@@ -335,3 +335,13 @@ func burst(t *testing.T, n int, addrs []string, want string) {
 		t.Errorf("request %d at once: %v", n, err)
 	}
 }
+
+// writeConfig writes a config file for the test and returns its path.
+func writeConfig(t *testing.T, config string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "sact.yaml")
+	if err := os.WriteFile(path, []byte(config), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
