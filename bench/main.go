@@ -66,8 +66,15 @@ func run(ctx context.Context, quick bool, only, out string) error {
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(dir)
 	b := &bench{ctx: ctx, dir: dir, quick: quick}
+	ok := false
+	defer func() {
+		if ok {
+			os.RemoveAll(dir)
+		} else {
+			fmt.Fprintf(os.Stderr, "bench: sact's logs are kept in %s\n", dir)
+		}
+	}()
 	b.dc, err = client.New(client.FromEnv, client.WithAPIVersionNegotiation())
 	if err != nil {
 		return err
@@ -106,6 +113,7 @@ func run(ctx context.Context, quick bool, only, out string) error {
 	if err := os.WriteFile(out, []byte(b.md.String()), 0o644); err != nil {
 		return err
 	}
+	ok = true
 	fmt.Fprintf(os.Stderr, "wrote %s\n", out)
 	return nil
 }

@@ -176,7 +176,7 @@ type App struct {
 	// pins counts the dependents that run and need this app; pinned is whether this
 	// incarnation holds a pin on each of deps.
 	pins   int
-	pinned bool
+	pinned []*App
 }
 
 // New returns an app; nothing happens until Run.
@@ -208,8 +208,13 @@ func New(rt backend.Runtime, policy Policy, opts Options) *App {
 	return a
 }
 
-// SetDependencies sets the apps started before this one (depends_on); call it before Run.
-func (a *App) SetDependencies(deps []*App) { a.deps = deps }
+// SetDependencies sets the apps started before this one (depends_on). A reload may set
+// them again; a running incarnation keeps the ones it pinned.
+func (a *App) SetDependencies(deps []*App) {
+	a.mu.Lock()
+	a.deps = deps
+	a.mu.Unlock()
+}
 
 // Name returns the app's name.
 func (a *App) Name() string { return a.policy.Spec.Name }

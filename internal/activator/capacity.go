@@ -55,10 +55,13 @@ func (a *App) startWith(ctx context.Context, w Wake) error {
 // startDeps starts the app's dependencies, in order, and pins each so that it keeps
 // running while this app does. Called from the start goroutine, without a.mu.
 func (a *App) startDeps(ctx context.Context) error {
-	for i, d := range a.deps {
+	a.mu.Lock()
+	deps := a.deps
+	a.mu.Unlock()
+	for i, d := range deps {
 		d.pin()
 		if err := d.Start(ctx); err != nil {
-			for _, p := range a.deps[:i+1] {
+			for _, p := range deps[:i+1] {
 				p.unpin()
 			}
 			return fmt.Errorf("starting dependency %q: %w", d.Name(), err)
@@ -68,12 +71,12 @@ func (a *App) startDeps(ctx context.Context) error {
 	if a.state == Stopped || a.state == Stopping {
 		// An adopted incarnation that ended meanwhile: nothing to keep them for.
 		a.mu.Unlock()
-		for _, d := range a.deps {
+		for _, d := range deps {
 			d.unpin()
 		}
 		return nil
 	}
-	a.pinned = len(a.deps) > 0
+	a.pinned = deps
 	a.mu.Unlock()
 	return nil
 }
@@ -85,12 +88,19 @@ func (a *App) releaseHolds() {
 	if a.pool != nil {
 		a.pool.release(a)
 	}
-	if a.pinned {
-		a.pinned = false
-		for _, d := range a.deps {
-			d.unpin()
-		}
+	for _, d := range a.pinned {
+		d.unpin()
 	}
+	a.pinned = nil
+}
+
+// Detach gives up what the app holds (its pool slot, its pins on its dependencies) after
+// Run returned, without touching what runs: a reload replaced it by a new App that adopts
+// the running instance.
+func (a *App) Detach() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.releaseHolds()
 }
 
 func (a *App) pin() {

@@ -214,6 +214,16 @@ func serve(ctx context.Context, e *env, args []string) error {
 	}
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	// SIGHUP would end the process by default. Reloading is not built yet: say so rather
+	// than die or pretend.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go func() {
+		for range hup {
+			log.Warn("ignoring SIGHUP", "reason", "this version of sact cannot reload its config; restart it (with sact.socket, systemd keeps the sockets and no connection is refused)")
+		}
+	}()
 	return daemon.Run(ctx, cfg, daemon.Options{
 		Logger: log, Runtimes: runtimes(log), RunDir: *runDir,
 		StateFile: filepath.Join(*stateDir, "activity.json"),
