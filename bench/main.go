@@ -656,9 +656,8 @@ func (b *bench) capacity() error {
 	prefix := fmt.Sprintf("bench-crawl-%d-", os.Getpid())
 	var cfg strings.Builder
 	fmt.Fprintf(&cfg, "pool:\n  max_running: %d\napps:\n", maxRunning)
-	addrs := make([]string, n)
+	addrs := freeAddrs(n)
 	for i := range n {
-		addrs[i] = freeAddr()
 		fmt.Fprintf(&cfg, "  %s%d:\n    image: %s\n    env: {NAME: c%d, LISTEN: \"tcp:0.0.0.0:8080\"}\n    listen: [\"tcp:%s\"]\n    port: 8080\n    idle: 10m\n    stop_timeout: 2s\n", prefix, i, b.image, i, addrs[i])
 	}
 	pause := prefix + "paused"
@@ -794,4 +793,22 @@ func (b *bench) removeApps(prefix string) {
 		})
 	}
 	wg.Wait()
+}
+
+// freeAddrs returns n distinct loopback addresses nobody listens on: all are held open
+// until all are found, so the kernel cannot hand out one twice.
+func freeAddrs(n int) []string {
+	lns := make([]net.Listener, n)
+	out := make([]string, n)
+	for i := range n {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			panic(err)
+		}
+		lns[i], out[i] = ln, ln.Addr().String()
+	}
+	for _, ln := range lns {
+		ln.Close()
+	}
+	return out
 }

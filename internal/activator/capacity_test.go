@@ -3,6 +3,7 @@ package activator
 import (
 	"context"
 	"net"
+	"strings"
 	"sync"
 	"testing"
 	"testing/synctest"
@@ -281,6 +282,33 @@ func TestDependencies(t *testing.T) {
 		}
 		if st := db.Status(); st.StopReason != "dependents stopped" {
 			t.Errorf("db stopped for %q, want dependents stopped", st.StopReason)
+		}
+	})
+}
+
+// Freed slots go to the waiting starts in arrival order.
+func TestPoolSlotsInArrivalOrder(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		rt := &hostRuntime{startTime: 100 * time.Millisecond}
+		pool := NewPool(1, 1)
+		apps := host(t, rt, pool, Policy{Idle: time.Hour, StartTimeout: time.Minute}, "a", "b", "c", "d")
+		busy := use(t, apps["a"])
+		var wg sync.WaitGroup
+		for _, n := range []string{"b", "c", "d"} {
+			l := make(chan *Lease, 1)
+			wg.Go(func() { l <- use(t, apps[n]); (<-l).Release() })
+			time.Sleep(time.Second) // b, then c, then d queue up
+		}
+		busy.Release() // a becomes evictable: b goes first, then c, then d
+		wg.Wait()
+		var order []string
+		for _, e := range rt.history() {
+			if strings.HasPrefix(e, "start ") {
+				order = append(order, strings.TrimPrefix(e, "start "))
+			}
+		}
+		if got := strings.Join(order, ","); got != "a,b,c,d" {
+			t.Errorf("start order %s, want a,b,c,d", got)
 		}
 	})
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 )
@@ -26,7 +27,7 @@ type Pool struct {
 
 	mu      sync.Mutex
 	running map[*App]bool // apps holding a slot: starting, running, paused or stopping
-	freed   chan struct{} // closed and replaced whenever a slot frees
+	queue   []*slotWaiter // starts waiting for a slot, in arrival order
 	waiting int           // starts waiting for a slot
 	queued  int           // starts waiting for a start token
 	evicted int
@@ -38,7 +39,6 @@ func NewPool(maxRunning, startConcurrency int) *Pool {
 		maxRunning: maxRunning,
 		starts:     make(chan struct{}, max(startConcurrency, 1)),
 		running:    make(map[*App]bool),
-		freed:      make(chan struct{}),
 	}
 }
 
@@ -81,45 +81,62 @@ func (p *Pool) admit(ctx context.Context, a *App) (done func(), err error) {
 }
 
 func (p *Pool) slot(ctx context.Context, a *App) error {
-	counted := false
+	p.mu.Lock()
+	if p.maxRunning <= 0 || p.running[a] || len(p.running) < p.maxRunning {
+		p.running[a] = true
+		p.mu.Unlock()
+		return nil
+	}
+	// Slots are handed out in arrival order: a freed slot goes to the first waiter, so
+	// that no start starves behind later ones.
+	w := &slotWaiter{app: a, granted: make(chan struct{})}
+	p.queue = append(p.queue, w)
+	p.waiting++
+	p.mu.Unlock()
 	defer func() {
-		if counted {
-			p.mu.Lock()
-			p.waiting--
-			p.mu.Unlock()
-		}
+		p.mu.Lock()
+		p.waiting--
+		p.mu.Unlock()
 	}()
 	for {
 		p.mu.Lock()
-		if p.maxRunning <= 0 || p.running[a] || len(p.running) < p.maxRunning {
-			p.running[a] = true
-			p.mu.Unlock()
-			return nil
-		}
-		if !counted {
-			p.waiting++
-			counted = true
-		}
+		// The first few waiters (as many as may start at once) make room; the others
+		// wait their turn rather than stop more apps than are needed.
+		head := slices.Index(p.queue, w) < cap(p.starts)
 		others := make([]*App, 0, len(p.running))
 		for o := range p.running {
 			others = append(others, o)
 		}
-		freed := p.freed
 		p.mu.Unlock()
-
-		if v := victim(others, a); v != nil && v.evict() {
-			p.mu.Lock()
-			p.evicted++
-			p.mu.Unlock()
+		if head {
+			if v := victim(others, a); v != nil && v.evict() {
+				p.mu.Lock()
+				p.evicted++
+				p.mu.Unlock()
+			}
 		}
 		select {
-		case <-freed:
+		case <-w.granted:
+			return nil
 		case <-ctx.Done():
+			p.mu.Lock()
+			if i := slices.Index(p.queue, w); i >= 0 {
+				p.queue = slices.Delete(p.queue, i, i+1)
+				p.mu.Unlock()
+			} else {
+				p.mu.Unlock()
+				p.release(a) // granted just now: pass it on
+			}
 			return fmt.Errorf("%w (max_running %d): %w", ErrPoolFull, p.maxRunning, ctx.Err())
 		case <-time.After(time.Second):
 			// Look again: an app busy a moment ago may be idle now.
 		}
 	}
+}
+
+type slotWaiter struct {
+	app     *App
+	granted chan struct{}
 }
 
 // markRunning gives an app that runs already (adopted) its slot, even over the limit:
@@ -138,8 +155,12 @@ func (p *Pool) release(a *App) {
 		return
 	}
 	delete(p.running, a)
-	close(p.freed)
-	p.freed = make(chan struct{})
+	if len(p.queue) > 0 && len(p.running) < p.maxRunning {
+		w := p.queue[0]
+		p.queue = p.queue[1:]
+		p.running[w.app] = true
+		close(w.granted)
+	}
 }
 
 // victim picks the app to stop for a: among those that can be evicted, paused apps first,
