@@ -331,29 +331,16 @@ func (b *bench) warm() error {
 	defer func() { proxyd.Process.Kill(); proxyd.Wait() }()
 	waitListening(proxydAddr)
 
-	targets := []struct{ name, addr string }{
+	targets := []target{
 		{"direct to the container", direct},
 		{"sact L4 relay (tcp -> container IP)", sactAddr},
 		{"systemd-socket-proxyd (tcp -> container IP)", proxydAddr},
 		{"sact handoff (the app accepts on sact's socket)", handAddr},
 	}
-	rounds, dur := 3, "10s"
-	if b.quick {
-		rounds, dur = 1, "3s"
-	}
-	type result struct{ rps, p50, p99 []float64 }
-	results := make([]result, len(targets))
-	for r := range rounds {
-		for i, t := range targets {
-			fmt.Fprintf(os.Stderr, "wrk round %d: %s\n", r+1, t.name)
-			rps, p50, p99, err := wrk("http://"+t.addr+"/", dur)
-			if err != nil {
-				return fmt.Errorf("wrk against %s: %w", t.name, err)
-			}
-			results[i].rps = append(results[i].rps, rps)
-			results[i].p50 = append(results[i].p50, p50)
-			results[i].p99 = append(results[i].p99, p99)
-		}
+	rounds, dur := b.wrkRounds()
+	results, err := wrkAll(targets, rounds, dur)
+	if err != nil {
+		return err
 	}
 	fmt.Fprintf(&b.md, "## Warm path: small HTTP requests\n\n")
 	fmt.Fprintf(&b.md, "`wrk -t2 -c32 -d%s --latency`, keep-alive, `GET /` answering 16 bytes; %d round(s), targets interleaved; medians over rounds.\n\n", dur, rounds)
@@ -569,28 +556,15 @@ apps:
 	}
 	defer stop()
 
-	targets := []struct{ name, addr string }{
+	targets := []target{
 		{"direct to the container", direct},
 		{"sact front door (Host routing)", frontAddr},
 		{"nginx proxy_pass, keepalive upstream", nginxAddr},
 	}
-	rounds, dur := 3, "10s"
-	if b.quick {
-		rounds, dur = 1, "3s"
-	}
-	type result struct{ rps, p50, p99 []float64 }
-	results := make([]result, len(targets))
-	for r := range rounds {
-		for i, t := range targets {
-			fmt.Fprintf(os.Stderr, "wrk round %d: %s\n", r+1, t.name)
-			rps, p50, p99, err := wrk("http://"+t.addr+"/", dur, "-H", "Host: front.bench")
-			if err != nil {
-				return fmt.Errorf("wrk against %s: %w", t.name, err)
-			}
-			results[i].rps = append(results[i].rps, rps)
-			results[i].p50 = append(results[i].p50, p50)
-			results[i].p99 = append(results[i].p99, p99)
-		}
+	rounds, dur := b.wrkRounds()
+	results, err := wrkAll(targets, rounds, dur, "-H", "Host: front.bench")
+	if err != nil {
+		return err
 	}
 	fmt.Fprintf(&b.md, "## HTTP front door\n\n")
 	fmt.Fprintf(&b.md, "`wrk -t2 -c32 -d%s --latency -H 'Host: front.bench'`, keep-alive, `GET /` answering 16 bytes, to one warm container; %d round(s), interleaved; medians. nginx runs `worker_processes auto` with `keepalive 32` to the container's IP.\n\n", dur, rounds)
@@ -811,4 +785,34 @@ func freeAddrs(n int) []string {
 		ln.Close()
 	}
 	return out
+}
+
+type target struct{ name, addr string }
+
+type wrkResult struct{ rps, p50, p99 []float64 }
+
+func (b *bench) wrkRounds() (int, string) {
+	if b.quick {
+		return 1, "3s"
+	}
+	return 3, "10s"
+}
+
+// wrkAll runs wrk against every target, rounds times, interleaved so that drift in the
+// machine's load hits all targets alike.
+func wrkAll(targets []target, rounds int, dur string, args ...string) ([]wrkResult, error) {
+	results := make([]wrkResult, len(targets))
+	for r := range rounds {
+		for i, t := range targets {
+			fmt.Fprintf(os.Stderr, "wrk round %d: %s\n", r+1, t.name)
+			rps, p50, p99, err := wrk("http://"+t.addr+"/", dur, args...)
+			if err != nil {
+				return nil, fmt.Errorf("wrk against %s: %w", t.name, err)
+			}
+			results[i].rps = append(results[i].rps, rps)
+			results[i].p50 = append(results[i].p50, p50)
+			results[i].p99 = append(results[i].p99, p99)
+		}
+	}
+	return results, nil
 }
