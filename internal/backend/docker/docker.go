@@ -563,6 +563,13 @@ func (r *Runtime) Running(ctx context.Context, spec backend.Spec) (*backend.Inst
 	if spec.Container == "" && (c.Config == nil || c.Config.Labels[LabelApp] != spec.Name) {
 		return nil, fmt.Errorf("a container named %s exists but was not made by sact for app %q (label %s); rename or remove it", containerRef(spec), spec.Name, LabelApp)
 	}
+	if c.State.Paused {
+		// Paused by an earlier sact (pause_after): a new sact starts its clocks afresh,
+		// with the app running.
+		if _, err := r.cli.ContainerUnpause(ctx, c.ID, client.ContainerUnpauseOptions{}); err != nil {
+			return nil, fmt.Errorf("unpausing container %s to adopt it: %w", containerRef(spec), err)
+		}
+	}
 	return r.instance(spec, c)
 }
 
