@@ -68,6 +68,15 @@ func TestPauseThenWakeOnConnection(t *testing.T) {
 	}
 	rec := d.waitLog(`"msg":"woke paused app"&&`+name, time.Second)
 	t.Logf("woke in %v (sact's unpause: %v)", time.Since(began), rec["duration"])
+
+	// A sact killed while its app is paused: the next one adopts the app, thawed.
+	waitContainerState(t, name, "paused", 10*time.Second)
+	d.kill()
+	d = startSactFile(t, d.config)
+	d.waitLog(`"msg":"adopted running app"&&`+name, 5*time.Second)
+	if again, err := httpGetTimeout(addr, "/pid", 10*time.Second); err != nil || again != first {
+		t.Fatalf("after a restart while paused: %q, %v; want the same process %q", again, err, first)
+	}
 	d.waitLog(`"msg":"stopped app"&&"reason":"idle"&&`+name, 20*time.Second)
 	waitContainerState(t, name, "exited", 5*time.Second)
 }
