@@ -582,7 +582,7 @@ func (a *App) checkIdle() {
 			return
 		}
 		if _, ok := a.rt.(backend.Pauser); ok {
-			a.beginPause(quiet)
+			a.beginPause("idle", quiet)
 			return
 		}
 	}

@@ -154,7 +154,7 @@ func (a *App) evict() bool {
 // beginPause moves Running -> Pausing -> Paused. Open connections are closed first, as on a
 // stop: a request on one would stall in the frozen app with nobody to thaw it, while a new
 // connection thaws it. Called with a.mu held.
-func (a *App) beginPause(quiet time.Duration) {
+func (a *App) beginPause(reason string, quiet time.Duration) {
 	inst := a.inst
 	a.state = Pausing
 	a.since = time.Now()
@@ -185,7 +185,7 @@ func (a *App) beginPause(quiet time.Duration) {
 			a.armIdle(a.policy.Idle - a.policy.PauseAfter)
 		} else {
 			a.state = Paused
-			a.log.Info("paused app", "reason", "idle", "idle_for", quiet.Round(time.Millisecond), "duration", time.Since(began), "container", inst.ID, "closed_connections", open)
+			a.log.Info("paused app", "reason", reason, "idle_for", quiet.Round(time.Millisecond), "duration", time.Since(began), "container", inst.ID, "closed_connections", open)
 			a.armIdle(max(a.policy.Idle-quiet, 0))
 		}
 		a.since = time.Now()
@@ -250,4 +250,43 @@ func (a *App) Remember(last time.Time) {
 	if last.After(a.lastActive) {
 		a.lastActive = last
 	}
+}
+
+// Pause freezes the running app by hand (admin API); the next connection thaws it, and
+// idle still stops it.
+func (a *App) Pause(ctx context.Context) error {
+	if _, ok := a.rt.(backend.Pauser); !ok {
+		return fmt.Errorf("app %q cannot be paused: its runtime cannot freeze processes", a.Name())
+	}
+	a.mu.Lock()
+	for a.state == Starting || a.state == Waking || a.state == Pausing {
+		done := a.done
+		a.mu.Unlock()
+		select {
+		case <-done:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		a.mu.Lock()
+	}
+	if a.state != Running {
+		st := a.state
+		a.mu.Unlock()
+		if st == Paused {
+			return nil
+		}
+		return fmt.Errorf("app %q is %s, not running", a.Name(), st)
+	}
+	a.beginPause("manual", time.Since(a.lastActivity()))
+	done := a.done
+	a.mu.Unlock()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	if st := a.Status().State; st != Paused {
+		return fmt.Errorf("app %q could not be paused (it is %s); see the log", a.Name(), st)
+	}
+	return nil
 }

@@ -7,6 +7,7 @@
 //	GET  /api/apps/NAME          one app's
 //	POST /api/apps/NAME/start    start it and wait until it is ready
 //	POST /api/apps/NAME/stop     stop it, closing its connections
+//	POST /api/apps/NAME/pause    freeze it (docker pause); the next connection thaws it
 //	GET  /api/apps/NAME/logs     the app's last log lines (?tail=N), plain text
 //	GET  /metrics                Prometheus
 //	GET  /                       the dashboard
@@ -43,6 +44,7 @@ type App interface {
 	Status() activator.Status
 	Start(ctx context.Context) error
 	Stop(ctx context.Context) error
+	Pause(ctx context.Context) error
 }
 
 // Options wire the API to the daemon.
@@ -113,6 +115,7 @@ func New(opts Options) *Server {
 	s.mux.HandleFunc("GET /api/apps/{name}", s.one)
 	s.mux.HandleFunc("POST /api/apps/{name}/start", s.guard(s.start))
 	s.mux.HandleFunc("POST /api/apps/{name}/stop", s.guard(s.stop))
+	s.mux.HandleFunc("POST /api/apps/{name}/pause", s.guard(func(w http.ResponseWriter, r *http.Request) { s.change(w, r, "pause", App.Pause) }))
 	s.mux.HandleFunc("GET /api/apps/{name}/logs", s.logs)
 	s.mux.HandleFunc("GET /{$}", s.dashboard)
 	return s

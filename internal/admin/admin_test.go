@@ -26,6 +26,7 @@ func (f *fakeApp) Status() activator.Status {
 }
 func (f *fakeApp) Start(context.Context) error { f.state = activator.Running; return nil }
 func (f *fakeApp) Stop(context.Context) error  { f.state = activator.Stopped; return nil }
+func (f *fakeApp) Pause(context.Context) error { f.state = activator.Paused; return nil }
 
 func TestAPI(t *testing.T) {
 	web := &fakeApp{name: "web"}

@@ -47,6 +47,7 @@ func init() {
 		"status": {"status [-c FILE]  table of apps: state, since, open connections, last activity, cold starts", status},
 		"start":  {"start NAME        start an app and wait until it is ready", appCommand("start", "POST", "start")},
 		"stop":   {"stop NAME         stop an app, closing its connections", appCommand("stop", "POST", "stop")},
+		"pause":  {"pause NAME        freeze a running app; the next connection thaws it", appCommand("pause", "POST", "pause")},
 		"logs":   {"logs [-n N] NAME  the app's last log lines", appCommand("logs", "GET", "logs")},
 	}
 }

@@ -32,6 +32,9 @@ type Admin struct {
 	// Listen is an optional TCP host:port serving the dashboard, /metrics and the API over
 	// HTTP. Default "": off.
 	Listen string
+	// Group may use the admin socket (mode 0660): a group name or gid (key group).
+	// Default "": sact's own group.
+	Group string
 }
 
 // Pool limits what runs on the host as a whole.

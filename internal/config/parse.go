@@ -239,6 +239,7 @@ func (p *parser) decodeAdmin(section pair) {
 			}
 			a.Listen, p.adminListen = net.JoinHostPort(host, port), kv
 		},
+		"group": func(path string, kv pair) { a.Group = p.d.account(path, kv.v, lookupGroup) },
 	})
 }
 

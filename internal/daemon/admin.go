@@ -121,7 +121,7 @@ func startAdmin(ctx context.Context, cfg *config.Config, runDir string, acts map
 			hs.Close()
 		}
 	}
-	sock := listen.Addr{Network: "unix", Address: AdminSocket(cfg, runDir), Mode: 0o660}
+	sock := listen.Addr{Network: "unix", Address: AdminSocket(cfg, runDir), Mode: 0o660, Group: cfg.Admin.Group}
 	if filepath.Dir(sock.Address) == filepath.Clean(runDir) || sock.Address == config.DefaultAdminSocket {
 		// sact's own runtime directory (systemd's RuntimeDirectory=sact makes it too).
 		if err := os.MkdirAll(filepath.Dir(sock.Address), 0o755); err != nil {

@@ -29,8 +29,8 @@ func sactCLI(t *testing.T, d *daemon, args ...string) (string, error) {
 func TestAdminCLIAndMetrics(t *testing.T) {
 	needDocker(t)
 	web, api := uniqueName(t, "aweb"), uniqueName(t, "aapi")
-	adminAddr := freeAddr(t)
-	d := startSact(t, fmt.Sprintf("admin:\n  listen: %q\napps:", adminAddr)+appConfig(web, freeAddr(t), "")+appConfig(api, freeAddr(t), ""))
+	adminAddr, webAddr := freeAddr(t), freeAddr(t)
+	d := startSact(t, fmt.Sprintf("admin:\n  listen: %q\napps:", adminAddr)+appConfig(web, webAddr, "")+appConfig(api, freeAddr(t), ""))
 
 	out, err := sactCLI(t, d, "status")
 	if err != nil || !strings.Contains(out, "APP") || !strings.Contains(out, web) || !strings.Contains(out, "stopped") {
@@ -47,6 +47,12 @@ func TestAdminCLIAndMetrics(t *testing.T) {
 		if strings.HasPrefix(line, web) && !strings.Contains(line, "running") {
 			t.Errorf("status line after start: %q", line)
 		}
+	}
+	if out, err := sactCLI(t, d, "pause", web); err != nil || !strings.Contains(out, "paused") || containerState(t, web) != "paused" {
+		t.Errorf("sact pause: %v, container %s\n%s", err, containerState(t, web), out)
+	}
+	if _, err := httpGet(webAddr, "/"); err != nil || containerState(t, web) != "running" {
+		t.Errorf("a request to a paused app: %v, container %s; want it thawed and served", err, containerState(t, web))
 	}
 	if out, err := sactCLI(t, d, "logs", web); err != nil || !strings.Contains(out, "listening on") {
 		t.Errorf("sact logs: %v\n%s", err, out)
