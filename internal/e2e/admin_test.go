@@ -21,7 +21,7 @@ import (
 // sactCLI runs a client command of the built binary against a config.
 func sactCLI(t *testing.T, d *daemon, args ...string) (string, error) {
 	t.Helper()
-	cmd := exec.Command(sactBin, append([]string{args[0], "-c", d.config, "-run-dir", runDir}, args[1:]...)...)
+	cmd := exec.Command(sactBin, append([]string{args[0], "-c", d.config, "-run-dir", d.runDir}, args[1:]...)...)
 	out, err := cmd.CombinedOutput()
 	return string(out), err
 }

@@ -25,7 +25,6 @@ import (
 
 var (
 	sactBin   string // the built sact binary
-	runDir    string // sact's -run-dir, shared by the tests
 	testImage string // the test server image, or "" without Docker
 	dockerErr error  // why Docker is not usable
 )
@@ -42,7 +41,6 @@ func runMain(m *testing.M) int {
 	}
 	defer os.RemoveAll(dir)
 	sactBin = filepath.Join(dir, "sact")
-	runDir = filepath.Join(dir, "run")
 	build := exec.Command("go", "build", "-o", sactBin, "../../cmd/sact")
 	build.Env = append(os.Environ(), "CGO_ENABLED=0") // static: handoff runs it inside containers
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
@@ -102,6 +100,7 @@ type daemon struct {
 	t      *testing.T
 	cmd    *exec.Cmd
 	config string
+	runDir string // its -run-dir: its own, so that tests can run side by side
 	logs   *logBuffer
 	done   chan struct{}
 }
@@ -119,7 +118,8 @@ func startSact(t *testing.T, config string) *daemon {
 func startSactFile(t *testing.T, path string) *daemon {
 	t.Helper()
 	d := &daemon{t: t, config: path, logs: &logBuffer{}, done: make(chan struct{})}
-	d.cmd = exec.Command(sactBin, "serve", "-c", path, "-log-format", "json", "-log-level", "debug", "-run-dir", runDir, "-state-dir", filepath.Join(runDir, "state"))
+	d.runDir = runDirFor(t, path)
+	d.cmd = exec.Command(sactBin, "serve", "-c", path, "-log-format", "json", "-log-level", "debug", "-run-dir", d.runDir, "-state-dir", filepath.Join(d.runDir, "state"))
 	d.cmd.Stdout = d.logs
 	d.cmd.Stderr = d.logs
 	if err := d.cmd.Start(); err != nil {
@@ -344,4 +344,22 @@ func writeConfig(t *testing.T, config string) string {
 		t.Fatal(err)
 	}
 	return path
+}
+
+var runDirs sync.Map // config path -> run dir
+
+// runDirFor returns the run directory of the sact serving the config at path: the same one
+// for every restart on that config (handoff and adoption rely on it), and short, since
+// unix socket paths under it must stay within 107 bytes.
+func runDirFor(t *testing.T, path string) string {
+	if d, ok := runDirs.Load(path); ok {
+		return d.(string)
+	}
+	d, err := os.MkdirTemp("", "sr-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(d) })
+	runDirs.Store(path, d)
+	return d
 }
