@@ -16,6 +16,7 @@ import (
 	"sort"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/sact-project/sact/internal/backend"
 	"github.com/sact-project/sact/internal/backend/docker"
@@ -149,9 +150,10 @@ func parse(fs *flag.FlagSet, args []string) error {
 	return nil
 }
 
-func check(_ context.Context, e *env, args []string) error {
+func check(ctx context.Context, e *env, args []string) error {
 	fs := newFlags(e, "check")
 	path := configFlag(fs)
+	labels := labelsFlag(fs)
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -159,8 +161,35 @@ func check(_ context.Context, e *env, args []string) error {
 	if err != nil {
 		return configError(e, err)
 	}
-	fmt.Fprintf(e.stdout, "%s: ok, %d apps\n", *path, len(cfg.Apps))
+	labelled, err := addLabelApps(ctx, cfg, *labels)
+	if err != nil {
+		var errs config.Errors
+		if errors.As(err, &errs) {
+			return configError(e, err)
+		}
+		fmt.Fprintf(e.stderr, "note: apps declared by container labels were not checked: %v\n", err)
+	}
+	fmt.Fprintf(e.stdout, "%s: ok, %d apps (%d from container labels)\n", *path, len(cfg.Apps), labelled)
 	return nil
+}
+
+// addLabelApps adds the apps that containers declare with labels (sact.enable=true). A
+// config.Errors error is about the labels; any other, about reaching the engine.
+func addLabelApps(ctx context.Context, cfg *config.Config, selector string) (int, error) {
+	if selector == "" {
+		return 0, nil
+	}
+	lctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	cs, err := docker.LabelledContainers(lctx, selector)
+	if err != nil {
+		return 0, err
+	}
+	apps := make([]config.LabelApp, len(cs))
+	for i, c := range cs {
+		apps[i] = config.LabelApp{Container: c.Name, Labels: c.Labels}
+	}
+	return len(apps), cfg.AddLabelApps(apps)
 }
 
 // configError prints every config problem on its own line and returns a short summary.
@@ -196,6 +225,7 @@ func serve(ctx context.Context, e *env, args []string) error {
 	format := fs.String("log-format", "text", "log format: text or json")
 	level := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	runDir := fs.String("run-dir", envOr("SACT_RUN_DIR", "/run/sact"), "directory for sact's runtime state (handoff sockets); $SACT_RUN_DIR")
+	labels := labelsFlag(fs)
 	stateDir := fs.String("state-dir", envOr("SACT_STATE_DIR", "/var/lib/sact"), "directory for state kept across restarts (apps' last activity); $SACT_STATE_DIR")
 	if err := parse(fs, args); err != nil {
 		return err
@@ -207,6 +237,15 @@ func serve(ctx context.Context, e *env, args []string) error {
 	cfg, err := config.Load(*path)
 	if err != nil {
 		return configError(e, err)
+	}
+	if n, err := addLabelApps(ctx, cfg, *labels); err != nil {
+		var errs config.Errors
+		if errors.As(err, &errs) {
+			return configError(e, err)
+		}
+		log.Warn("cannot look for apps declared by container labels", "reason", err)
+	} else if n > 0 {
+		log.Info("apps declared by container labels", "count", n)
 	}
 	if os.Getenv("GOGC") == "" {
 		// sact's heap is a few MB; collecting it at 5x instead of 2x its live size costs
@@ -258,4 +297,8 @@ func envOr(key, def string) string {
 		return v
 	}
 	return def
+}
+
+func labelsFlag(fs *flag.FlagSet) *string {
+	return fs.String("labels", "sact.enable=true", `containers with this label are apps too (their sact.* labels are their settings); "" turns it off`)
 }

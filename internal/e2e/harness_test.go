@@ -119,7 +119,7 @@ func startSactFile(t *testing.T, path string) *daemon {
 	t.Helper()
 	d := &daemon{t: t, config: path, logs: &logBuffer{}, done: make(chan struct{})}
 	d.runDir = runDirFor(t, path)
-	d.cmd = exec.Command(sactBin, "serve", "-c", path, "-log-format", "json", "-log-level", "debug", "-run-dir", d.runDir, "-state-dir", filepath.Join(d.runDir, "state"))
+	d.cmd = exec.Command(sactBin, "serve", "-c", path, "-log-format", "json", "-log-level", "debug", "-run-dir", d.runDir, "-state-dir", filepath.Join(d.runDir, "state"), "-labels", labelSelector)
 	d.cmd.Stdout = d.logs
 	d.cmd.Stderr = d.logs
 	if err := d.cmd.Start(); err != nil {
@@ -347,6 +347,10 @@ func writeConfig(t *testing.T, config string) string {
 }
 
 var runDirs sync.Map // config path -> run dir
+
+// labelSelector is the -labels of every sact the tests run: unique to this run, so that no
+// test's sact takes another's (or a user's) labelled containers.
+var labelSelector = fmt.Sprintf("sact.enable=e2e-%d", os.Getpid())
 
 // runDirFor returns the run directory of the sact serving the config at path: the same one
 // for every restart on that config (handoff and adoption rely on it), and short, since

@@ -34,7 +34,7 @@ func TestRestartOnInheritedSocketRefusesNothing(t *testing.T) {
 
 	launch := func() *exec.Cmd {
 		cmd := exec.Command("/bin/sh", "-c", `LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=`+name+` exec "$0" "$@"`,
-			sactBin, "serve", "-c", cfgPath, "-run-dir", runDirFor(t, cfgPath), "-log-format", "json")
+			sactBin, "serve", "-c", cfgPath, "-run-dir", runDirFor(t, cfgPath), "-log-format", "json", "-labels", labelSelector)
 		cmd.ExtraFiles = []*os.File{f}
 		logs := &logBuffer{}
 		cmd.Stdout, cmd.Stderr = logs, logs

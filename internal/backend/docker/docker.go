@@ -595,3 +595,32 @@ func shortID(id string) string {
 	}
 	return id
 }
+
+// Labelled is a container that declares itself an app with the label sact.enable=true.
+type Labelled struct {
+	Name   string
+	Labels map[string]string
+}
+
+// LabelledContainers lists the containers, created or running, that carry the label
+// selector ("sact.enable=true").
+func LabelledContainers(ctx context.Context, selector string) ([]Labelled, error) {
+	cli, err := client.New(client.FromEnv, client.WithAPIVersionNegotiation())
+	if err != nil {
+		return nil, err
+	}
+	defer cli.Close()
+	res, err := cli.ContainerList(ctx, client.ContainerListOptions{All: true, Filters: make(client.Filters).Add("label", selector)})
+	if err != nil {
+		return nil, fmt.Errorf("listing containers labelled %s: %w", selector, err)
+	}
+	var out []Labelled
+	for _, c := range res.Items {
+		name := c.ID
+		if len(c.Names) > 0 {
+			name = strings.TrimPrefix(c.Names[0], "/")
+		}
+		out = append(out, Labelled{Name: name, Labels: c.Labels})
+	}
+	return out, nil
+}
