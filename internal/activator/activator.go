@@ -679,25 +679,8 @@ func (a *App) Start(ctx context.Context) error {
 // is stopped.
 func (a *App) Stop(ctx context.Context) error {
 	a.mu.Lock()
-	for a.state == Starting {
-		done := a.done
-		a.mu.Unlock()
-		select {
-		case <-done:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-		a.mu.Lock()
-	}
-	for a.state == Pausing || a.state == Waking {
-		done := a.done
-		a.mu.Unlock()
-		select {
-		case <-done:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-		a.mu.Lock()
+	if err := a.waitOut(ctx, Starting, Pausing, Waking); err != nil {
+		return err
 	}
 	if a.state == Running || a.state == Paused {
 		a.beginStop("manual", 0)

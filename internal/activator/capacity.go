@@ -3,6 +3,7 @@ package activator
 import (
 	"context"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/sact-project/sact/internal/backend"
@@ -259,15 +260,8 @@ func (a *App) Pause(ctx context.Context) error {
 		return fmt.Errorf("app %q cannot be paused: its runtime cannot freeze processes", a.Name())
 	}
 	a.mu.Lock()
-	for a.state == Starting || a.state == Waking || a.state == Pausing {
-		done := a.done
-		a.mu.Unlock()
-		select {
-		case <-done:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-		a.mu.Lock()
+	if err := a.waitOut(ctx, Starting, Waking, Pausing); err != nil {
+		return err
 	}
 	if a.state != Running {
 		st := a.state
@@ -287,6 +281,22 @@ func (a *App) Pause(ctx context.Context) error {
 	}
 	if st := a.Status().State; st != Paused {
 		return fmt.Errorf("app %q could not be paused (it is %s); see the log", a.Name(), st)
+	}
+	return nil
+}
+
+// waitOut waits while the app is in one of states. It is called with a.mu held and
+// returns with it held, except on an error (ctx ended), when it returns with it released.
+func (a *App) waitOut(ctx context.Context, states ...State) error {
+	for slices.Contains(states, a.state) {
+		done := a.done
+		a.mu.Unlock()
+		select {
+		case <-done:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		a.mu.Lock()
 	}
 	return nil
 }
