@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"fmt"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -152,5 +153,37 @@ func TestHandoffSurvivesSactRestart(t *testing.T) {
 	d.waitLog(`"msg":"stopped app"&&"reason":"idle"&&`+name, 20*time.Second)
 	if _, err := httpGet(tcp, "/"); err != nil {
 		t.Fatalf("cold start after the restarts: %v", err)
+	}
+}
+
+// Handoff for a plain process: the shim wraps the command, which gets the socket as fd 3.
+func TestHandoffProcessApp(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "testserver")
+	if out, err := exec.Command("go", "build", "-o", bin, "../testimage/testserver").CombinedOutput(); err != nil {
+		t.Fatalf("building the test server: %v: %s", err, out)
+	}
+	addr := freeAddr(t)
+	d := startSact(t, fmt.Sprintf(`apps:
+  hproc:
+    command: [%q]
+    env: {NAME: hproc}
+    listen: ["tcp:%s"]
+    handoff: true
+    idle: 2s
+    stop_timeout: 2s
+`, bin, addr))
+	burst(t, 10, []string{addr}, "hello from hproc")
+	pid, err := httpGet(addr, "/pid")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The app itself answers (no relay), as the process sact started: the shim exec'd it.
+	rec := d.waitLog(`"msg":"app ready"&&"app":"hproc"`, time.Second)
+	if id, _ := rec["container"].(string); id != strings.TrimSpace(pid) {
+		t.Errorf("served by pid %s, but sact started pid %v", strings.TrimSpace(pid), rec["container"])
+	}
+	d.waitLog(`"msg":"stopped app"&&"app":"hproc"&&"reason":"idle"`, 15*time.Second)
+	if _, err := httpGet(addr, "/"); err != nil {
+		t.Fatalf("second cold start: %v", err)
 	}
 }
