@@ -239,15 +239,10 @@ func (b *bench) floorOnce(id string) (time.Duration, error) {
 	if _, err := b.dc.ContainerStart(b.ctx, id, client.ContainerStartOptions{}); err != nil {
 		return 0, err
 	}
-	ins, err := b.dc.ContainerInspect(b.ctx, id, client.ContainerInspectOptions{})
+	addr, err := b.containerAddr(id)
 	if err != nil {
 		return 0, err
 	}
-	var ip string
-	for _, n := range ins.Container.NetworkSettings.Networks {
-		ip = n.IPAddress.String()
-	}
-	addr := net.JoinHostPort(ip, "8080")
 	delay := time.Millisecond
 	for {
 		if err := firstByte("tcp", addr); err == nil {
@@ -313,15 +308,10 @@ func (b *bench) warm() error {
 			return err
 		}
 	}
-	ins, err := b.dc.ContainerInspect(b.ctx, "sact-"+app, client.ContainerInspectOptions{})
+	direct, err := b.containerAddr("sact-" + app)
 	if err != nil {
 		return err
 	}
-	var ip string
-	for _, n := range ins.Container.NetworkSettings.Networks {
-		ip = n.IPAddress.String()
-	}
-	direct := net.JoinHostPort(ip, "8080")
 
 	proxydAddr := freeAddr()
 	proxyd := exec.Command("systemd-socket-activate", "-l", proxydAddr, "/lib/systemd/systemd-socket-proxyd", direct)
@@ -539,15 +529,10 @@ apps:
 		return err
 	}
 	resp.Body.Close()
-	ins, err := b.dc.ContainerInspect(b.ctx, "sact-"+app, client.ContainerInspectOptions{})
+	direct, err := b.containerAddr("sact-" + app)
 	if err != nil {
 		return err
 	}
-	var ip string
-	for _, n := range ins.Container.NetworkSettings.Networks {
-		ip = n.IPAddress.String()
-	}
-	direct := net.JoinHostPort(ip, "8080")
 
 	nginxAddr := freeAddr()
 	stop, err := b.nginx(nginxAddr, direct)
@@ -815,4 +800,19 @@ func wrkAll(targets []target, rounds int, dur string, args ...string) ([]wrkResu
 		}
 	}
 	return results, nil
+}
+
+// containerAddr is where the test server in a running container listens: its IP on the
+// bridge, port 8080.
+func (b *bench) containerAddr(ref string) (string, error) {
+	ins, err := b.dc.ContainerInspect(b.ctx, ref, client.ContainerInspectOptions{})
+	if err != nil {
+		return "", err
+	}
+	for _, n := range ins.Container.NetworkSettings.Networks {
+		if n.IPAddress.IsValid() {
+			return net.JoinHostPort(n.IPAddress.String(), "8080"), nil
+		}
+	}
+	return "", fmt.Errorf("container %s has no IP address", ref)
 }
