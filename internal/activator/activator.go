@@ -721,6 +721,14 @@ type Status struct {
 	Stops         map[string]int
 }
 
+// State is where the app is now: Status without the bookkeeping, for callers on the
+// request path.
+func (a *App) State() State {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.state
+}
+
 // Status returns a snapshot of the app.
 func (a *App) Status() Status {
 	a.mu.Lock()

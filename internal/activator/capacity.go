@@ -279,7 +279,7 @@ func (a *App) Pause(ctx context.Context) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-	if st := a.Status().State; st != Paused {
+	if st := a.State(); st != Paused {
 		return fmt.Errorf("app %q could not be paused (it is %s); see the log", a.Name(), st)
 	}
 	return nil

@@ -275,7 +275,7 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 	errApps := apps.Wait()
 	handing.Wait()
 	for name, h := range handoffs {
-		if h.app.OnExit != "stop" && acts[name].Status().State != activator.Running {
+		if h.app.OnExit != "stop" && acts[name].State() != activator.Running {
 			// Nobody holds these sockets any more: remove their files as usual.
 			for _, a := range h.app.Listen {
 				if a.Network == "unix" {

@@ -297,7 +297,7 @@ func (h *handoffApp) closePending() {
 // settled waits out the app's transitions and returns the state it settles in.
 func (h *handoffApp) settled(ctx context.Context) activator.State {
 	for {
-		st := h.act.Status().State
+		st := h.act.State()
 		switch st {
 		case activator.Running, activator.Paused, activator.Stopped:
 			return st
@@ -332,7 +332,7 @@ func (h *handoffApp) waitPendingPaused(ctx context.Context) (int, error) {
 				return i, nil
 			}
 		}
-		if h.act.Status().State != activator.Paused {
+		if h.act.State() != activator.Paused {
 			return -1, nil // thawed or stopped by someone else: look again
 		}
 	}

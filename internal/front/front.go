@@ -40,6 +40,7 @@ type App interface {
 	Name() string
 	Acquire(ctx context.Context, w activator.Wake) (*activator.Lease, error)
 	Status() activator.Status
+	State() activator.State
 	Touch()
 }
 
@@ -295,8 +296,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.status(w, rt)
 		return
 	}
-	st := rt.App.Status()
-	cold := st.State != activator.Running
+	cold := rt.App.State() != activator.Running
 	if cold && rt.Quiet.Enabled && s.quiet(w, r, rt) {
 		return
 	}
