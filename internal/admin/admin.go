@@ -58,8 +58,8 @@ type Options struct {
 	Logs func(ctx context.Context, app string, tail int) (string, error)
 	// Registry holds the metrics; the apps' collector is added to it.
 	Registry *prometheus.Registry
-	// Kinds tells each app's kind ("container", "process", "handoff") and its addresses,
-	// for the dashboard.
+	// Describe tells an app's kind ("container", "process", "..., handoff") and its
+	// addresses, for the dashboard.
 	Describe func(app string) Description
 }
 

@@ -40,13 +40,6 @@ func FromSystemd() *Inherited {
 	return in
 }
 
-// Len is how many inherited sockets are still unclaimed.
-func (in *Inherited) Len() int {
-	in.mu.Lock()
-	defer in.mu.Unlock()
-	return len(in.socks)
-}
-
 // Take returns the inherited socket named name (systemd's FileDescriptorName=, matched to
 // an app's name) or bound to a, and removes it from the set; nil if there is none.
 func (in *Inherited) Take(a Addr, name string) net.Listener {

@@ -107,12 +107,6 @@ func New(ctx context.Context, opts Options) (*Runtime, error) {
 	}, nil
 }
 
-// Client is the engine client, for tools (the demo, benchmarks) that need more of it.
-func (r *Runtime) Client() *client.Client { return r.cli }
-
-// Close releases the client's connections.
-func (r *Runtime) Close() error { return r.cli.Close() }
-
 // ContainerName is the name of the container sact creates for app.
 func ContainerName(app string) string { return "sact-" + app }
 
