@@ -56,7 +56,7 @@ func TestColdStartServedThenIdleStop(t *testing.T) {
 	if _, err := httpGet(addr, "/"); err != nil {
 		t.Fatalf("second cold request: %v", err)
 	}
-	if n := d.countLog(`"msg":"app ready"&&` + name); n != 2 {
+	if n := d.awaitCount(`"msg":"app ready"&&`+name, 2); n != 2 {
 		t.Errorf("%d starts, want 2", n)
 	}
 }
@@ -89,7 +89,7 @@ func TestConcurrentFirstConnectionsStartOnce(t *testing.T) {
 	if failed > 0 {
 		t.Errorf("%d of %d concurrent first requests failed", failed, n)
 	}
-	if starts := d.countLog(`"msg":"starting app"&&` + name); starts != 1 {
+	if starts := d.awaitCount(`"msg":"starting app"&&`+name, 1); starts != 1 {
 		t.Errorf("%d starts for %d concurrent first connections, want 1", starts, n)
 	}
 }
@@ -207,7 +207,7 @@ func TestConnectionDuringStopIsServed(t *testing.T) {
 	if !strings.Contains(body, "hello") {
 		t.Errorf("body = %q", body)
 	}
-	if n := d.countLog(`"msg":"app ready"`); n != 2 {
+	if n := d.awaitCount(`"msg":"app ready"`, 2); n != 2 {
 		t.Errorf("%d starts, want 2 (one before, one after the stop)", n)
 	}
 }
@@ -228,7 +228,7 @@ func TestContainerGoneOutsideSact(t *testing.T) {
 			if _, err := httpGet(addr, "/"); err != nil {
 				t.Fatalf("request after docker %s: %v", how[0], err)
 			}
-			if n := d.countLog(`"msg":"app ready"`); n != 2 {
+			if n := d.awaitCount(`"msg":"app ready"`, 2); n != 2 {
 				t.Errorf("%d starts, want 2", n)
 			}
 		})

@@ -121,7 +121,7 @@ func TestFrontDoor(t *testing.T) {
 	if r := do(t, c, "GET", "http://p.test/apis", nil); r.status != 404 {
 		t.Errorf("p.test/apis: %d, want 404 (a prefix matches whole path segments)", r.status)
 	}
-	if n := d.countLog(`"msg":"starting app"&&"path":"/"`); n != 2 {
+	if n := d.awaitCount(`"msg":"starting app"&&"path":"/"`, 2); n != 2 {
 		t.Errorf("%d starts logged with the waking path /, want 2", n)
 	}
 
@@ -246,7 +246,7 @@ func TestFrontDoorColdAndBroken(t *testing.T) {
 	if r.status != 200 || !strings.Contains(r.body, "hello from "+slow) {
 		t.Errorf("API client during a slow start: %d %q; want it to wait for the answer", r.status, r.body)
 	}
-	if n := d.countLog(`"msg":"app ready"&&` + slow); n != 1 {
+	if n := d.awaitCount(`"msg":"app ready"&&`+slow, 1); n != 1 {
 		t.Errorf("%d starts of the slow app, want 1", n)
 	}
 

@@ -34,7 +34,7 @@ func TestHandoff(t *testing.T) {
 	// A burst during boot: every connection waits in the kernel's backlog and is served by
 	// the app itself.
 	burst(t, 40, []string{tcp, sock}, "hello from "+name+" (pid 1)")
-	if n := d.countLog(`"msg":"app ready"&&` + name); n != 1 {
+	if n := d.awaitCount(`"msg":"app ready"&&`+name, 1); n != 1 {
 		t.Errorf("%d starts for a burst, want 1", n)
 	}
 	if mode := docker(t, "inspect", "-f", "{{.HostConfig.NetworkMode}}", "sact-"+name); mode != "none" {
@@ -64,7 +64,7 @@ func TestHandoff(t *testing.T) {
 		t.Fatalf("second cold start over the unix socket: %v", err)
 	}
 	d.waitLog(`"msg":"app ready"&&`+name, time.Second)
-	if n := d.countLog(`"msg":"app ready"&&` + name); n != 2 {
+	if n := d.awaitCount(`"msg":"app ready"&&`+name, 2); n != 2 {
 		t.Errorf("%d starts, want 2", n)
 	}
 }

@@ -177,6 +177,21 @@ func (d *daemon) waitLog(substrs string, timeout time.Duration) map[string]any {
 	}
 }
 
+// awaitCount is countLog for lines the test expects to exist: sact's stderr
+// reaches the buffer through a pipe and a copying goroutine, so a line written
+// just before a response can arrive just after it. It waits up to 5s for want
+// lines, then returns the count so the caller can still see too many.
+func (d *daemon) awaitCount(substrs string, want int) int {
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		n := d.countLog(substrs)
+		if n >= want || time.Now().After(deadline) {
+			return n
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // countLog counts log lines holding every &&-separated substring.
 func (d *daemon) countLog(substrs string) int {
 	return d.logs.count(strings.Split(substrs, "&&"))

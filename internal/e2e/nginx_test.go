@@ -117,7 +117,7 @@ func TestNginxInFront(t *testing.T) {
 					time.Sleep(100 * time.Millisecond)
 				}
 			}
-			if n := d.countLog(`"msg":"app ready"&&` + name); n != 2 {
+			if n := d.awaitCount(`"msg":"app ready"&&`+name, 2); n != 2 {
 				t.Errorf("%d starts, want 2", n)
 			}
 		})

@@ -88,7 +88,7 @@ func TestRackUnicorn(t *testing.T) {
 			burst(t, 20, []string{listen}, "Simple app for test")
 			rec := d.waitLog(`"msg":"app ready"&&`+name, time.Second)
 			t.Logf("%s cold start: %v", tt.mode, rec["duration"])
-			if n := d.countLog(`"msg":"app ready"&&` + name); n != 1 {
+			if n := d.awaitCount(`"msg":"app ready"&&`+name, 1); n != 1 {
 				t.Errorf("%d starts, want 1", n)
 			}
 			if u := docker(t, "inspect", "-f", "{{.Config.User}}", "sact-"+name); u != "1001" {
