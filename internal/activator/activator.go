@@ -127,8 +127,9 @@ type Wake struct {
 // App is one app's state machine. Create it with New, run it with Run, and hand out
 // upstreams with Acquire.
 type App struct {
-	rt      backend.Runtime
-	policy  Policy
+	rt backend.Runtime
+	// policy is swapped whole by a reload (SetPolicy); readers take one snapshot with pol().
+	policy  atomic.Pointer[Policy]
 	log     *slog.Logger
 	dial    func(ctx context.Context, network, address string) (net.Conn, error)
 	backoff time.Duration
@@ -177,6 +178,10 @@ type App struct {
 	// incarnation holds a pin on each of deps.
 	pins   int
 	pinned []*App
+	// warming is whether the keep_warm loop runs; refresh, whether a Refresh waits for the
+	// app's connections to end.
+	warming bool
+	refresh bool
 }
 
 // New returns an app; nothing happens until Run.
@@ -184,7 +189,6 @@ func New(rt backend.Runtime, policy Policy, opts Options) *App {
 	policy.setDefaults()
 	a := &App{
 		rt:       rt,
-		policy:   policy,
 		log:      opts.Logger,
 		dial:     opts.Dial,
 		backoff:  opts.FailBackoff,
@@ -197,6 +201,7 @@ func New(rt backend.Runtime, policy Policy, opts Options) *App {
 	if a.log == nil {
 		a.log = slog.New(slog.DiscardHandler)
 	}
+	a.policy.Store(&policy)
 	a.log = a.log.With("app", policy.Spec.Name)
 	if a.dial == nil {
 		var d net.Dialer
@@ -217,7 +222,58 @@ func (a *App) SetDependencies(deps []*App) {
 }
 
 // Name returns the app's name.
-func (a *App) Name() string { return a.policy.Spec.Name }
+func (a *App) Name() string { return a.pol().Spec.Name }
+
+func (a *App) pol() *Policy { return a.policy.Load() }
+
+// Policy returns the app's current policy.
+func (a *App) Policy() Policy { return *a.pol() }
+
+// SetPolicy replaces the app's policy (a reload). What runs keeps running: a new Spec
+// applies from the next start, which Refresh can bring forward; timings apply at once.
+// The name must stay the same.
+func (a *App) SetPolicy(p Policy) {
+	p.setDefaults()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.policy.Store(&p)
+	if a.closed || a.ctx == nil {
+		return
+	}
+	if p.KeepRunning != nil && !a.warming {
+		a.startKeepWarm()
+	}
+	if a.state == Running || a.state == Paused {
+		a.armIdle(0) // the idle clock decides again with the new idle and pause_after
+	}
+}
+
+// Refresh restarts the app with its current policy as soon as no connection is open and
+// no dependent needs it: at once if it is idle, else when the last one ends. The next
+// connection then starts it anew. A reload that changes an app's Spec calls it.
+func (a *App) Refresh() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.closed {
+		return
+	}
+	a.refresh = true
+	a.refreshIfIdle()
+}
+
+// refreshIfIdle stops the app for a pending Refresh if nothing holds it. Called with a.mu
+// held.
+func (a *App) refreshIfIdle() {
+	if !a.refresh || a.closed || len(a.conns) > 0 || a.pins > 0 {
+		return
+	}
+	switch a.state {
+	case Running, Paused:
+		a.beginStop("config changed", 0)
+	case Stopped:
+		a.refresh = false
+	}
+}
 
 // Run adopts an instance that already runs, then serves until ctx ends. It returns after
 // every goroutine of the app has finished, having stopped the app if StopOnExit is set.
@@ -227,7 +283,7 @@ func (a *App) Run(ctx context.Context) error {
 	a.since = time.Now()
 	a.mu.Unlock()
 
-	inst, err := a.rt.Running(ctx, a.policy.Spec)
+	inst, err := a.rt.Running(ctx, a.pol().Spec)
 	if err != nil {
 		// Not fatal: the next connection starts it, and Start finds a running container.
 		a.log.Warn("cannot tell whether app already runs", "err", err)
@@ -251,12 +307,10 @@ func (a *App) Run(ctx context.Context) error {
 			}
 		}()
 	}
-	if a.policy.KeepRunning != nil {
-		a.wg.Add(1)
-		go func() {
-			defer a.wg.Done()
-			a.keepWarm(ctx)
-		}()
+	if a.pol().KeepRunning != nil {
+		a.mu.Lock()
+		a.startKeepWarm()
+		a.mu.Unlock()
 	}
 	<-ctx.Done()
 
@@ -269,16 +323,16 @@ func (a *App) Run(ctx context.Context) error {
 	a.wg.Wait()
 
 	a.mu.Lock()
-	stop := a.policy.StopOnExit && a.state == Running
+	stop := a.pol().StopOnExit && a.state == Running
 	if stop {
 		a.killLive()
 		a.state = Stopping
 	}
 	a.mu.Unlock()
 	if stop {
-		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), a.policy.StopTimeout+10*time.Second)
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), a.pol().StopTimeout+10*time.Second)
 		defer cancel()
-		if err := a.rt.Stop(sctx, a.policy.Spec, a.policy.StopTimeout); err != nil {
+		if err := a.rt.Stop(sctx, a.pol().Spec, a.pol().StopTimeout); err != nil {
 			return fmt.Errorf("stopping app %q on exit: %w", a.Name(), err)
 		}
 		a.log.Info("stopped app", "reason", "sact exiting")
@@ -325,7 +379,7 @@ func (a *App) Acquire(ctx context.Context, w Wake) (*Lease, error) {
 		// Starting, Stopping, Pausing or Waking: wait for the transition to finish, then
 		// look again.
 		if !waited {
-			if a.waiting >= a.policy.MaxWaiting {
+			if a.waiting >= a.pol().MaxWaiting {
 				a.refuse()
 				a.mu.Unlock()
 				return nil, ErrQueueFull
@@ -352,7 +406,7 @@ func (a *App) refuse() {
 	a.refused++
 	if time.Since(a.refusedLogged) >= time.Second {
 		a.log.Warn("refusing connection", "reason", "too many waiting for start",
-			"max_waiting", a.policy.MaxWaiting, "refused", a.refused)
+			"max_waiting", a.pol().MaxWaiting, "refused", a.refused)
 		a.refusedLogged = time.Now()
 	}
 }
@@ -387,7 +441,7 @@ func (a *App) beginStart(w Wake, manual bool) {
 
 func (a *App) start(wokeBy []any) {
 	began := time.Now()
-	ctx, cancel := context.WithTimeout(a.ctx, a.policy.StartTimeout)
+	ctx, cancel := context.WithTimeout(a.ctx, a.pol().StartTimeout)
 	defer cancel()
 	a.log.Info("starting app", wokeBy...)
 	var inst *backend.Instance
@@ -399,7 +453,7 @@ func (a *App) start(wokeBy []any) {
 		}
 	}
 	if err == nil {
-		inst, err = a.rt.Start(ctx, a.policy.Spec)
+		inst, err = a.rt.Start(ctx, a.pol().Spec)
 	}
 	if err == nil {
 		err = a.waitReady(ctx, inst)
@@ -414,7 +468,7 @@ func (a *App) start(wokeBy []any) {
 	a.lastStartTook = took
 	if err != nil {
 		if ctx.Err() != nil && a.ctx.Err() == nil && !errors.Is(err, errExited) {
-			err = fmt.Errorf("%w: start_timeout %s: %w", ErrStartTimeout, a.policy.StartTimeout, err)
+			err = fmt.Errorf("%w: start_timeout %s: %w", ErrStartTimeout, a.pol().StartTimeout, err)
 		}
 		a.failures++
 		a.startFailures++
@@ -486,9 +540,9 @@ func (a *App) waitReady(ctx context.Context, inst *backend.Instance) error {
 // stopFailed stops an instance that started but never became ready, so that the next try
 // starts from scratch instead of finding a half-alive container.
 func (a *App) stopFailed(inst *backend.Instance) {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(a.ctx), a.policy.StopTimeout+10*time.Second)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(a.ctx), a.pol().StopTimeout+10*time.Second)
 	defer cancel()
-	if err := a.rt.Stop(ctx, a.policy.Spec, a.policy.StopTimeout); err != nil {
+	if err := a.rt.Stop(ctx, a.pol().Spec, a.pol().StopTimeout); err != nil {
 		a.log.Warn("cannot stop app that failed to start", "err", err)
 	}
 }
@@ -538,6 +592,7 @@ func (a *App) enterStopped() {
 	a.state = Stopped
 	a.since = time.Now()
 	a.inst = nil
+	a.refresh = false // the next start uses the current policy
 	// Leases of the ended incarnation are being closed; they must not count for the next.
 	a.conns = make(map[*Lease]struct{})
 	if a.killLive != nil {
@@ -551,7 +606,7 @@ func (a *App) enterStopped() {
 
 // armIdle (re)arms the idle timer to fire after d. Called with a.mu held.
 func (a *App) armIdle(d time.Duration) {
-	if a.policy.Idle <= 0 {
+	if a.pol().Idle <= 0 {
 		return
 	}
 	if a.idleTimer == nil {
@@ -570,15 +625,15 @@ func (a *App) checkIdle() {
 		return
 	}
 	now := time.Now()
-	if a.policy.KeepWhileOpen && len(a.conns) > 0 || a.pins > 0 || a.keepRunning(now) {
+	if a.pol().KeepWhileOpen && len(a.conns) > 0 || a.pins > 0 || a.keepRunning(now) {
 		a.armIdle(a.idleCheckAfter())
 		return
 	}
 	last := a.lastActivity()
 	quiet := now.Sub(last)
-	if a.state == Running && a.policy.PauseAfter > 0 && a.policy.PauseAfter < a.policy.Idle {
-		if quiet < a.policy.PauseAfter {
-			a.armIdle(a.policy.PauseAfter - quiet)
+	if a.state == Running && a.pol().PauseAfter > 0 && a.pol().PauseAfter < a.pol().Idle {
+		if quiet < a.pol().PauseAfter {
+			a.armIdle(a.pol().PauseAfter - quiet)
 			return
 		}
 		if _, ok := a.rt.(backend.Pauser); ok {
@@ -586,7 +641,7 @@ func (a *App) checkIdle() {
 			return
 		}
 	}
-	if rest := a.policy.Idle - quiet; rest > 0 {
+	if rest := a.pol().Idle - quiet; rest > 0 {
 		a.armIdle(rest)
 		return
 	}
@@ -610,15 +665,15 @@ func (a *App) beginStop(reason string, idleFor time.Duration) {
 	go func() {
 		defer a.wg.Done()
 		began := time.Now()
-		ctx, cancel := context.WithTimeout(context.WithoutCancel(a.ctx), a.policy.StopTimeout+10*time.Second)
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(a.ctx), a.pol().StopTimeout+10*time.Second)
 		defer cancel()
 		if wasPaused {
 			// A frozen process cannot act on SIGTERM: thaw it first.
 			if p, ok := a.rt.(backend.Pauser); ok {
-				p.Unpause(ctx, a.policy.Spec)
+				p.Unpause(ctx, a.pol().Spec)
 			}
 		}
-		err := a.rt.Stop(ctx, a.policy.Spec, a.policy.StopTimeout)
+		err := a.rt.Stop(ctx, a.pol().Spec, a.pol().StopTimeout)
 		a.mu.Lock()
 		defer a.mu.Unlock()
 		if err != nil {
@@ -678,12 +733,17 @@ func (a *App) Start(ctx context.Context) error {
 // Stop stops the app by hand (admin API), closing its open connections, and waits until it
 // is stopped.
 func (a *App) Stop(ctx context.Context) error {
+	return a.StopFor(ctx, "manual")
+}
+
+// StopFor is Stop with the reason status and the log give.
+func (a *App) StopFor(ctx context.Context, reason string) error {
 	a.mu.Lock()
 	if err := a.waitOut(ctx, Starting, Pausing, Waking); err != nil {
 		return err
 	}
 	if a.state == Running || a.state == Paused {
-		a.beginStop("manual", 0)
+		a.beginStop(reason, 0)
 	}
 	done := a.done
 	state := a.state
@@ -804,5 +864,6 @@ func (l *Lease) Release() {
 	a.mu.Lock()
 	delete(a.conns, l) // a no-op if its incarnation already ended
 	a.lastActive = time.Now()
+	a.refreshIfIdle()
 	a.mu.Unlock()
 }

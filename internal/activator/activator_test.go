@@ -27,12 +27,14 @@ type fakeRuntime struct {
 	readyAt     time.Time
 	ready       bool
 	exited      chan backend.Exit
+	lastSpec    backend.Spec // given to the last Start
 }
 
 func (f *fakeRuntime) Start(ctx context.Context, spec backend.Spec) (*backend.Instance, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.starts++
+	f.lastSpec = spec
 	if f.startErr != nil {
 		return nil, f.startErr
 	}
@@ -480,4 +482,65 @@ func TestStopOnExit(t *testing.T) {
 			}
 		})
 	}
+}
+
+func TestSetPolicyAndRefresh(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		rt := &fakeRuntime{}
+		h := newHarness(t, rt, Policy{Spec: backend.Spec{Image: "v1"}, Idle: time.Hour})
+		defer h.stop()
+		l := h.acquire()
+		p := h.app.Policy()
+		p.Spec.Image = "v2"
+		h.app.SetPolicy(p)
+		h.app.Refresh()
+		h.wantState(Running) // a connection is open: it is not cut
+		if l.Context().Err() != nil {
+			t.Fatal("Refresh closed an open connection")
+		}
+		l.Release()
+		time.Sleep(time.Second) // the stop
+		h.wantState(Stopped)
+		if r := h.app.Status().StopReason; r != "config changed" {
+			t.Errorf("stop reason = %q, want config changed", r)
+		}
+		h.acquire().Release()
+		if rt.lastSpec.Image != "v2" {
+			t.Errorf("started %q after the refresh, want v2", rt.lastSpec.Image)
+		}
+		// Refreshed once: the new incarnation is not stopped again.
+		h.wantState(Running)
+	})
+}
+
+func TestSetPolicyShorterIdleAppliesAtOnce(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		rt := &fakeRuntime{}
+		h := newHarness(t, rt, Policy{Idle: time.Hour})
+		defer h.stop()
+		h.acquire().Release()
+		p := h.app.Policy()
+		p.Idle = time.Second
+		h.app.SetPolicy(p)
+		time.Sleep(2 * time.Second)
+		h.wantState(Stopped)
+		if r := h.app.Status().StopReason; r != "idle" {
+			t.Errorf("stop reason = %q, want idle", r)
+		}
+	})
+}
+
+func TestRefreshWaitsForDependents(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		rt := &fakeRuntime{}
+		h := newHarness(t, rt, Policy{Idle: time.Hour})
+		defer h.stop()
+		h.acquire().Release()
+		h.app.pin()
+		h.app.Refresh()
+		h.wantState(Running)
+		h.app.unpin()
+		time.Sleep(time.Second)
+		h.wantState(Stopped)
+	})
 }

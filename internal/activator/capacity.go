@@ -14,7 +14,18 @@ import (
 
 // keepRunning reports whether policy says the app must run at now.
 func (a *App) keepRunning(now time.Time) bool {
-	return a.policy.KeepRunning != nil && a.policy.KeepRunning(now)
+	return a.pol().KeepRunning != nil && a.pol().KeepRunning(now)
+}
+
+// startKeepWarm starts the keep_warm loop once. Called with a.mu held, after Run began.
+func (a *App) startKeepWarm() {
+	a.warming = true
+	ctx := a.ctx
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		a.keepWarm(ctx)
+	}()
 }
 
 // keepWarm starts the app whenever it must run and does not, checking every 30 seconds
@@ -30,7 +41,7 @@ func (a *App) keepWarm(ctx context.Context) {
 			a.mu.Unlock()
 			if stopped && !backoff {
 				a.log.Info("keeping app warm", "reason", "min_running or keep_warm")
-				sctx, cancel := context.WithTimeout(ctx, a.policy.StartTimeout+5*time.Second)
+				sctx, cancel := context.WithTimeout(ctx, a.pol().StartTimeout+5*time.Second)
 				a.startWith(sctx, Wake{Remote: "keep_warm"})
 				cancel()
 			}
@@ -118,8 +129,12 @@ func (a *App) unpin() {
 	if a.pins > 0 || a.closed {
 		return
 	}
+	if a.refresh {
+		a.refreshIfIdle()
+		return
+	}
 	switch {
-	case a.policy.DependencyOnly && (a.state == Running || a.state == Paused) && !a.keepRunning(time.Now()):
+	case a.pol().DependencyOnly && (a.state == Running || a.state == Paused) && !a.keepRunning(time.Now()):
 		a.beginStop("dependents stopped", 0)
 	case a.state == Running:
 		a.armIdle(0) // the idle clock decides from its last activity
@@ -170,7 +185,7 @@ func (a *App) beginPause(reason string, quiet time.Duration) {
 		began := time.Now()
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(a.ctx), 30*time.Second)
 		defer cancel()
-		err := a.rt.(backend.Pauser).Pause(ctx, a.policy.Spec)
+		err := a.rt.(backend.Pauser).Pause(ctx, a.pol().Spec)
 		a.mu.Lock()
 		defer a.mu.Unlock()
 		a.live, a.killLive = context.WithCancel(context.WithoutCancel(a.ctx))
@@ -183,11 +198,11 @@ func (a *App) beginPause(reason string, quiet time.Duration) {
 		if err != nil {
 			a.log.Warn("cannot pause app; it keeps running", "err", err)
 			a.state = Running
-			a.armIdle(a.policy.Idle - a.policy.PauseAfter)
+			a.armIdle(a.pol().Idle - a.pol().PauseAfter)
 		} else {
 			a.state = Paused
 			a.log.Info("paused app", "reason", reason, "idle_for", quiet.Round(time.Millisecond), "duration", time.Since(began), "container", inst.ID, "closed_connections", open)
-			a.armIdle(max(a.policy.Idle-quiet, 0))
+			a.armIdle(max(a.pol().Idle-quiet, 0))
 		}
 		a.since = time.Now()
 		close(done)
@@ -205,9 +220,9 @@ func (a *App) beginWake(w Wake) {
 	go func() {
 		defer a.wg.Done()
 		began := time.Now()
-		ctx, cancel := context.WithTimeout(context.WithoutCancel(a.ctx), a.policy.StartTimeout)
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(a.ctx), a.pol().StartTimeout)
 		defer cancel()
-		err := a.rt.(backend.Pauser).Unpause(ctx, a.policy.Spec)
+		err := a.rt.(backend.Pauser).Unpause(ctx, a.pol().Spec)
 		a.mu.Lock()
 		defer a.mu.Unlock()
 		if err != nil {
@@ -220,7 +235,7 @@ func (a *App) beginWake(w Wake) {
 		a.state = Running
 		a.since = time.Now()
 		a.lastActive = a.since
-		a.armIdle(a.policy.PauseAfter)
+		a.armIdle(a.pol().PauseAfter)
 		a.log.Info("woke paused app", "duration", time.Since(began), "container", inst.ID, "remote", w.Remote, "listen", w.Listen)
 		close(done)
 	}()
@@ -229,10 +244,10 @@ func (a *App) beginWake(w Wake) {
 // idleCheckAfter is how long after activity the idle clock must look again: when the app
 // could first be paused, or else stopped.
 func (a *App) idleCheckAfter() time.Duration {
-	if a.policy.PauseAfter > 0 && a.policy.PauseAfter < a.policy.Idle {
-		return a.policy.PauseAfter
+	if a.pol().PauseAfter > 0 && a.pol().PauseAfter < a.pol().Idle {
+		return a.pol().PauseAfter
 	}
-	return a.policy.Idle
+	return a.pol().Idle
 }
 
 func (a *App) observe(event string, took time.Duration) {
