@@ -25,6 +25,8 @@ import (
 	"net/netip"
 	"net/url"
 	"os"
+	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -88,8 +90,8 @@ type Options struct {
 
 // Server is the front door.
 type Server struct {
-	table   *table
-	def     *route
+	routes  atomic.Pointer[routing]
+	mu      sync.Mutex // serializes SetRoutes
 	log     *slog.Logger
 	trusted []netip.Prefix
 	srv     *http.Server
@@ -98,6 +100,7 @@ type Server struct {
 // route is a Route with its proxy and counters.
 type route struct {
 	Route
+	given    Route // as passed in, before defaults: what SetRoutes compares
 	name     string
 	proxy    *httputil.ReverseProxy
 	tr       *http.Transport
@@ -109,22 +112,21 @@ type route struct {
 
 type ctxKey struct{}
 
+// routing is one generation of the routes; a reload swaps it whole.
+type routing struct {
+	table *table
+	def   *route
+	all   []*route
+}
+
 // New builds the server; an error means two routes claim the same host and path.
 func New(routes []Route, opts Options) (*Server, error) {
-	s := &Server{table: newTable(), log: opts.Logger, trusted: opts.TrustedProxies}
+	s := &Server{log: opts.Logger, trusted: opts.TrustedProxies}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
-	for _, r := range routes {
-		rt := s.newRoute(r)
-		for _, h := range r.Hosts {
-			if err := s.table.add(h, rt); err != nil {
-				return nil, err
-			}
-		}
-	}
-	if opts.Default != nil {
-		s.def = s.newRoute(*opts.Default)
+	if err := s.SetRoutes(routes, opts.Default); err != nil {
+		return nil, err
 	}
 	s.srv = &http.Server{
 		Handler:           s,
@@ -134,6 +136,49 @@ func New(routes []Route, opts Options) (*Server, error) {
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 	}
 	return s, nil
+}
+
+// SetRoutes replaces the routes and the default (nil: none), as a reload does. Requests
+// in flight finish on the routes they found; a route that did not change keeps its pool
+// of upstream connections. An error (two routes claim the same host and path) changes
+// nothing.
+func (s *Server) SetRoutes(routes []Route, def *Route) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	old := s.routes.Load()
+	reuse := func(r Route) *route {
+		if old != nil {
+			for _, rt := range old.all {
+				if reflect.DeepEqual(rt.given, r) {
+					return rt
+				}
+			}
+		}
+		return s.newRoute(r)
+	}
+	next := &routing{table: newTable()}
+	for _, r := range routes {
+		rt := reuse(r)
+		next.all = append(next.all, rt)
+		for _, h := range r.Hosts {
+			if err := next.table.add(h, rt); err != nil {
+				return err
+			}
+		}
+	}
+	if def != nil {
+		next.def = reuse(*def)
+		next.all = append(next.all, next.def)
+	}
+	s.routes.Store(next)
+	if old != nil {
+		for _, rt := range old.all {
+			if !slices.Contains(next.all, rt) {
+				rt.tr.CloseIdleConnections()
+			}
+		}
+	}
+	return nil
 }
 
 func orInt(v, def int) int {
@@ -170,7 +215,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 }
 
 func (s *Server) newRoute(r Route) *route {
-	rt := &route{Route: r, name: r.App.Name()}
+	rt := &route{Route: r, given: r, name: r.App.Name()}
 	if rt.MaxInFlight <= 0 {
 		rt.MaxInFlight = 256
 	}
@@ -283,9 +328,10 @@ func (s *Server) isTrusted(remote string) bool {
 
 // ServeHTTP routes one request.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	rt := s.table.lookup(r.Host, r.URL.Path)
+	rg := s.routes.Load()
+	rt := rg.table.lookup(r.Host, r.URL.Path)
 	if rt == nil {
-		rt = s.def
+		rt = rg.def
 	}
 	if rt == nil {
 		s.log.Debug("no app for host", "host", r.Host, "path", r.URL.Path, "remote", r.RemoteAddr)

@@ -192,3 +192,46 @@ func BenchmarkServe(b *testing.B) {
 		}
 	})
 }
+
+func TestSetRoutes(t *testing.T) {
+	act := activator.New(&fakeRuntime{}, activator.Policy{Spec: backend.Spec{Name: "a"}}, activator.Options{})
+	other := activator.New(&fakeRuntime{}, activator.Policy{Spec: backend.Spec{Name: "b"}}, activator.Options{})
+	a := Route{App: act, Hosts: []string{"a.test"}}
+	s, err := New([]Route{a}, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lookup := func(host string) string {
+		if rt := s.routes.Load().table.lookup(host, "/"); rt != nil {
+			return rt.name
+		}
+		return ""
+	}
+	first := s.routes.Load().all[0]
+
+	b := Route{App: other, Hosts: []string{"b.test"}}
+	if err := s.SetRoutes([]Route{a, b}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if lookup("a.test") != "a" || lookup("b.test") != "b" {
+		t.Errorf("after adding b: a.test -> %q, b.test -> %q", lookup("a.test"), lookup("b.test"))
+	}
+	if s.routes.Load().all[0] != first {
+		t.Error("an unchanged route was rebuilt: it loses its upstream connections")
+	}
+
+	clash := Route{App: other, Hosts: []string{"a.test"}}
+	if err := s.SetRoutes([]Route{a, clash}, nil); err == nil {
+		t.Fatal("two routes for a.test accepted")
+	}
+	if lookup("b.test") != "b" {
+		t.Error("a rejected SetRoutes changed the routes")
+	}
+
+	if err := s.SetRoutes([]Route{b}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if lookup("a.test") != "" {
+		t.Error("a.test still routed after its route was removed")
+	}
+}
