@@ -172,6 +172,7 @@ type App struct {
 	lastStart     time.Time
 	lastStartTook time.Duration
 	stopReason    string
+	stopAsked     bool // the last stop was sact's (idle, manual, ...), not the app's exit
 	refused       int
 	refusedLogged time.Time
 	// pins counts the dependents that run and need this app; pinned is whether this
@@ -478,6 +479,7 @@ func (a *App) start(wokeBy []any) {
 		a.state = Stopped
 		a.since = a.failedAt
 		a.stopReason = "start failed"
+		a.stopAsked = false
 		a.releaseHolds()
 		a.log.Error("app failed to start", "duration", took, "err", err, "waiting", a.waiting)
 		close(a.done)
@@ -580,6 +582,7 @@ func (a *App) watchExit(inst *backend.Instance, live context.Context) {
 		}
 		a.log.Warn("app exited", "reason", e.Reason, "code", e.Code, "container", inst.ID, "logs", e.Logs)
 		a.stopReason = e.Reason
+		a.stopAsked = false
 		a.countStop(e.Reason)
 		a.enterStopped()
 	case <-live.Done():
@@ -686,6 +689,7 @@ func (a *App) beginStop(reason string, idleFor time.Duration) {
 			a.log.Info("stopped app", attrs...)
 		}
 		a.stopReason = reason
+		a.stopAsked = true
 		a.countStop(reason)
 		a.enterStopped()
 		close(a.done)
@@ -770,8 +774,11 @@ type Status struct {
 	LastStart     time.Time
 	LastStartTook time.Duration
 	StopReason    string
-	LastError     string
-	Refused       int
+	// StopAsked is whether sact stopped it last time (idle, manual, evicted, config
+	// changed...) rather than it exiting or failing on its own.
+	StopAsked bool
+	LastError string
+	Refused   int
 	// Pins counts the running dependents that keep this app.
 	Pins int
 	// Totals since sact started: failed starts, connections (leases) served, and stops
@@ -797,7 +804,7 @@ func (a *App) Status() Status {
 	s := Status{
 		Name: a.Name(), State: a.state, Since: a.since, Open: len(a.conns), Waiting: a.waiting,
 		LastActivity: last, ColdStarts: a.coldStarts, LastStart: a.lastStart,
-		LastStartTook: a.lastStartTook, StopReason: a.stopReason, Refused: a.refused,
+		LastStartTook: a.lastStartTook, StopReason: a.stopReason, StopAsked: a.stopAsked, Refused: a.refused,
 		Pins: a.pins, StartFailures: a.startFailures, Accepted: a.accepted,
 		Stops: maps.Clone(a.stops),
 	}

@@ -61,6 +61,18 @@ type Options struct {
 	// Describe tells an app's kind ("container", "process", "..., handoff") and its
 	// addresses, for the dashboard.
 	Describe func(app string) Description
+	// Reload reads the config again and applies it; nil means sact cannot reload.
+	Reload func(ctx context.Context) (ReloadResult, error)
+}
+
+// ReloadResult says what a reload changed.
+type ReloadResult struct {
+	Added     []string `json:"added"`
+	Removed   []string `json:"removed"`
+	Changed   []string `json:"changed"`
+	Unchanged int      `json:"unchanged"`
+	// Restart lists what changed but applies only when sact restarts.
+	Restart []string `json:"needs_restart,omitempty"`
 }
 
 // Description is what the config says of an app, for display.
@@ -117,6 +129,7 @@ func New(opts Options) *Server {
 	s.mux.HandleFunc("POST /api/apps/{name}/stop", s.guard(s.stop))
 	s.mux.HandleFunc("POST /api/apps/{name}/pause", s.guard(func(w http.ResponseWriter, r *http.Request) { s.change(w, r, "pause", App.Pause) }))
 	s.mux.HandleFunc("GET /api/apps/{name}/logs", s.logs)
+	s.mux.HandleFunc("POST /api/reload", s.guard(s.reload))
 	s.mux.HandleFunc("GET /{$}", s.dashboard)
 	return s
 }
@@ -227,6 +240,22 @@ func (s *Server) change(w http.ResponseWriter, r *http.Request, what string, do 
 		return
 	}
 	writeJSON(w, http.StatusOK, s.status(a))
+}
+
+// reload answers 200 with what changed, or 422 with why the new config was refused (the
+// old one keeps running).
+func (s *Server) reload(w http.ResponseWriter, r *http.Request) {
+	if s.opts.Reload == nil {
+		writeJSON(w, http.StatusNotImplemented, map[string]string{"error": "this sact cannot reload: it was started without a config file"})
+		return
+	}
+	s.log.Info("admin request", "action", "reload", "remote", r.RemoteAddr)
+	res, err := s.opts.Reload(r.Context())
+	if err != nil {
+		writeJSON(w, http.StatusUnprocessableEntity, map[string]string{"error": err.Error()})
+		return
+	}
+	writeJSON(w, http.StatusOK, res)
 }
 
 func (s *Server) logs(w http.ResponseWriter, r *http.Request) {

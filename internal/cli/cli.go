@@ -50,6 +50,7 @@ func init() {
 		"stop":   {"stop NAME         stop an app, closing its connections", appCommand("stop", "POST", "stop")},
 		"pause":  {"pause NAME        freeze a running app; the next connection thaws it", appCommand("pause", "POST", "pause")},
 		"logs":   {"logs [-n N] NAME  the app's last log lines", appCommand("logs", "GET", "logs")},
+		"reload": {"reload [-c FILE]  re-read the config: apps added, changed, removed; open connections kept", reload},
 	}
 }
 
@@ -247,6 +248,18 @@ func serve(ctx context.Context, e *env, args []string) error {
 	} else if n > 0 {
 		log.Info("apps declared by container labels", "count", n)
 	}
+	// A reload reads the file and the labels again; unlike at startup, labels that
+	// cannot be listed fail the reload, or their apps would be removed.
+	load := func(ctx context.Context) (*config.Config, error) {
+		cfg, err := config.Load(*path)
+		if err != nil {
+			return nil, err
+		}
+		if _, err := addLabelApps(ctx, cfg, *labels); err != nil {
+			return nil, fmt.Errorf("apps declared by container labels: %w", err)
+		}
+		return cfg, nil
+	}
 	if os.Getenv("GOGC") == "" {
 		// sact's heap is a few MB; collecting it at 5x instead of 2x its live size costs
 		// little memory and measurably less CPU per proxied request (BENCHMARKS.md).
@@ -254,20 +267,23 @@ func serve(ctx context.Context, e *env, args []string) error {
 	}
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	// SIGHUP would end the process by default. Reloading is not built yet: say so rather
-	// than die or pretend.
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
+	reload := make(chan struct{}, 1)
 	go func() {
 		for range hup {
-			log.Warn("ignoring SIGHUP", "reason", "this version of sact cannot reload its config; restart it (with sact.socket, systemd keeps the sockets and no connection is refused)")
+			select {
+			case reload <- struct{}{}:
+			default: // one is pending already: it reads the newest file
+			}
 		}
 	}()
 	return daemon.Run(ctx, cfg, daemon.Options{
 		Logger: log, Runtimes: runtimes(log), RunDir: *runDir,
 		StateFile: filepath.Join(*stateDir, "activity.json"),
 		Inherited: listen.FromSystemd(), Notify: true,
+		Load: load, Reload: reload,
 	})
 }
 

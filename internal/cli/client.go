@@ -35,11 +35,13 @@ func newAdminFlags(fs *flag.FlagSet) adminFlags {
 func (f adminFlags) client() (*http.Client, string, error) {
 	sock := *f.socket
 	if sock == "" {
-		cfg, err := config.Load(*f.config)
+		// Only admin.socket is read: the file may have been edited into an invalid
+		// state, which `sact reload` must still be able to report.
+		s, err := config.AdminSocketOf(*f.config)
 		if err != nil {
 			return nil, "", fmt.Errorf("finding the admin socket: %w (or give --socket)", err)
 		}
-		sock = daemon.AdminSocket(cfg, *f.runDir)
+		sock = daemon.AdminSocket(&config.Config{Admin: config.Admin{Socket: s}}, *f.runDir)
 	}
 	c := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 		var d net.Dialer
@@ -177,4 +179,30 @@ func appCommand(name, method, action string) func(ctx context.Context, e *env, a
 		fmt.Fprintf(e.stdout, "%s: %s\n", st.Name, st.State)
 		return nil
 	}
+}
+
+// reload asks the running sact to re-read its config and prints what changed; a refused
+// config is an error (exit 1) with the reasons, and the old config keeps running.
+func reload(ctx context.Context, e *env, args []string) error {
+	fs := newFlags(e, "reload")
+	af := newAdminFlags(fs)
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	var res admin.ReloadResult
+	if err := call(ctx, af, "POST", "/api/reload", &res); err != nil {
+		return fmt.Errorf("%w\nthe running config was kept", err)
+	}
+	list := func(names []string) string {
+		if len(names) == 0 {
+			return "-"
+		}
+		return strings.Join(names, ", ")
+	}
+	fmt.Fprintf(e.stdout, "reloaded: added %s; changed %s; removed %s; %d unchanged\n",
+		list(res.Added), list(res.Changed), list(res.Removed), res.Unchanged)
+	for _, r := range res.Restart {
+		fmt.Fprintf(e.stdout, "not applied until sact restarts: %s\n", r)
+	}
+	return nil
 }

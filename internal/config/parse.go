@@ -7,6 +7,7 @@ import (
 	"maps"
 	"net"
 	"net/netip"
+	"os"
 	"regexp"
 	"slices"
 	"strconv"
@@ -401,4 +402,23 @@ func (p *parser) inherit(s *appSrc) {
 			delete(s.set, key)
 		}
 	}
+}
+
+// AdminSocketOf returns the admin socket a config file names, reading nothing else, so
+// that `sact reload` can reach the running sact to report that the edited file is
+// invalid. A file it cannot read as YAML gives the default.
+func AdminSocketOf(path string) (string, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return "", err
+	}
+	var doc struct {
+		Admin struct {
+			Socket string `yaml:"socket"`
+		} `yaml:"admin"`
+	}
+	if yaml.Unmarshal(data, &doc) != nil || doc.Admin.Socket == "" {
+		return DefaultAdminSocket, nil
+	}
+	return doc.Admin.Socket, nil
 }

@@ -4,7 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -15,7 +15,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
-	"github.com/sact-project/sact/internal/activator"
 	"github.com/sact-project/sact/internal/admin"
 	"github.com/sact-project/sact/internal/backend"
 	"github.com/sact-project/sact/internal/config"
@@ -59,52 +58,66 @@ type logser interface {
 
 // startAdmin serves the admin API on its unix socket (0660) and on admin.listen if set.
 // The returned stop closes them.
-func startAdmin(ctx context.Context, cfg *config.Config, runDir string, acts map[string]*activator.App, specs map[string]backend.Spec,
-	rts map[string]backend.Runtime, pool *activator.Pool, m *metrics, inherited *listen.Inherited, log *slog.Logger) (func(), error) {
-	names := make([]string, 0, len(acts))
-	for n := range acts {
-		names = append(names, n)
-	}
-	slices.Sort(names)
-	apps := make([]admin.App, len(names))
-	for i, n := range names {
-		apps[i] = acts[n]
-	}
-	byName := make(map[string]*config.App)
-	for _, a := range cfg.Apps {
-		byName[a.Name] = a
-	}
-	srv := admin.New(admin.Options{
-		Logger:   log,
-		Apps:     func() []admin.App { return apps },
-		Pool:     pool.Status,
-		Registry: m.reg,
+func (d *daemon) startAdmin(ctx context.Context, cfg *config.Config) (func(), error) {
+	log, runDir, inherited := d.log, d.runDir, d.opts.Inherited
+	opts := admin.Options{
+		Logger: log,
+		Apps: func() []admin.App {
+			d.mu.Lock()
+			defer d.mu.Unlock()
+			names := slices.Sorted(maps.Keys(d.units))
+			apps := make([]admin.App, len(names))
+			for i, n := range names {
+				apps[i] = d.units[n].act
+			}
+			return apps
+		},
+		Pool:     d.pool.Status,
+		Registry: d.m.reg,
 		Logs: func(ctx context.Context, name string, tail int) (string, error) {
-			app := byName[name]
-			l, ok := rts[runtimeKind(app)].(logser)
+			d.mu.Lock()
+			u := d.units[name]
+			d.mu.Unlock()
+			if u == nil {
+				return "", fmt.Errorf("no app named %q", name)
+			}
+			l, ok := u.rt.(logser)
 			if !ok {
 				return "", errors.New("this runtime keeps no logs")
 			}
-			return l.Logs(ctx, specs[name], tail)
+			return l.Logs(ctx, u.act.Policy().Spec, tail)
 		},
 		Describe: func(name string) admin.Description {
-			app := byName[name]
-			d := admin.Description{Kind: "container", Hosts: app.Hosts, Idle: app.Idle.String()}
+			d.mu.Lock()
+			u := d.units[name]
+			var app *config.App
+			if u != nil {
+				app = u.app
+			}
+			d.mu.Unlock()
+			if u == nil {
+				return admin.Description{Kind: "removed"}
+			}
+			desc := admin.Description{Kind: "container", Hosts: app.Hosts, Idle: app.Idle.String()}
 			switch {
 			case len(app.Command) > 0:
-				d.Kind = "process"
+				desc.Kind = "process"
 			case app.Container != "":
-				d.Kind = "existing container"
+				desc.Kind = "existing container"
 			}
 			if app.Handoff {
-				d.Kind += ", handoff"
+				desc.Kind += ", handoff"
 			}
 			for _, l := range app.Listen {
-				d.Listen = append(d.Listen, l.String())
+				desc.Listen = append(desc.Listen, l.String())
 			}
-			return d
+			return desc
 		},
-	})
+	}
+	if d.opts.Load != nil {
+		opts.Reload = d.reload
+	}
+	srv := admin.New(opts)
 
 	var servers []*http.Server
 	serve := func(ln net.Listener, overHTTP bool) {

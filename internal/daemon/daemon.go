@@ -26,15 +26,12 @@ import (
 	"sync"
 	"time"
 
-	"golang.org/x/sync/errgroup"
-
 	"github.com/sact-project/sact/internal/activator"
 	"github.com/sact-project/sact/internal/backend"
 	"github.com/sact-project/sact/internal/config"
 	"github.com/sact-project/sact/internal/front"
 	"github.com/sact-project/sact/internal/listen"
 	"github.com/sact-project/sact/internal/proxy"
-	"github.com/sact-project/sact/internal/sockdiag"
 )
 
 // Runtimes gives the daemon the runtime for each kind of app. Constructors are only called
@@ -64,6 +61,10 @@ type Options struct {
 	// Notify sends systemd readiness and watchdog notifications (sd_notify) when
 	// NOTIFY_SOCKET is set.
 	Notify bool
+	// Load reads the config again for a reload; nil means sact cannot reload.
+	Load func(ctx context.Context) (*config.Config, error)
+	// Reload asks for a reload (SIGHUP); the admin API's reload needs no channel.
+	Reload <-chan struct{}
 	// Ready, if set, is called once every listener is bound and every app has been looked
 	// at, with the bound addresses (useful when a config says tcp:127.0.0.1:0).
 	Ready func(addrs map[string][]net.Addr)
@@ -78,41 +79,37 @@ type runner interface {
 // Run serves cfg until ctx ends. It returns an error without changing anything if a
 // listener cannot be bound or a runtime cannot be reached.
 func Run(ctx context.Context, cfg *config.Config, opts Options) error {
-	log := opts.Logger
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
+	d := &daemon{log: opts.Logger, opts: opts, runDir: opts.RunDir, drain: opts.DrainTimeout, cfg: cfg}
+	if d.log == nil {
+		d.log = slog.New(slog.DiscardHandler)
 	}
-	drain := opts.DrainTimeout
-	if drain <= 0 {
-		drain = 10 * time.Second
+	if d.drain <= 0 {
+		d.drain = 10 * time.Second
 	}
+	if d.runDir == "" {
+		d.runDir = "/run/sact"
+	}
+	log := d.log
 
-	rts, err := buildRuntimes(ctx, cfg, opts.Runtimes)
+	rts, err := buildRuntimes(ctx, cfg, nil, opts.Runtimes)
 	if err != nil {
 		return err
 	}
-
-	runDir := opts.RunDir
-	if runDir == "" {
-		runDir = "/run/sact"
+	d.rts = rts
+	if err := d.prepareHandoff(cfg); err != nil {
+		return err
 	}
-	var shim string
-	var probe *sockdiag.Prober
-	if anyHandoff(cfg) {
-		if shim, err = prepareShim(filepath.Join(runDir, "handoff")); err != nil {
-			return err
+	defer func() {
+		if d.probe != nil {
+			d.probe.Close()
 		}
-		if probe, err = sockdiag.New(); err != nil {
-			return fmt.Errorf("opening sock_diag to watch handed-off sockets: %w", err)
-		}
-		defer probe.Close()
-	}
+	}()
 	// Handoff apps that still run from an earlier sact hold its listening sockets: take
 	// them back rather than bind new ones, which their addresses would refuse.
 	reclaimed := make(map[string][]net.Listener)
 	for _, app := range cfg.Apps {
 		if app.Handoff {
-			spec := handoffSpec(app.Spec(), shim, handoffDir(runDir, app))
+			spec := handoffSpec(app.Spec(), d.shim, handoffDir(d.runDir, app))
 			if lns := takeBack(ctx, log, rts[runtimeKind(app)], app, spec); lns != nil {
 				reclaimed[app.Name] = lns
 			}
@@ -127,68 +124,56 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 	// Three lifetimes, ended in order: accepting, connections, apps and runtimes.
 	appsCtx, stopApps := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopApps()
+	d.appsCtx = appsCtx
 	connsCtx, closeConns := context.WithCancel(context.WithoutCancel(ctx))
 	defer closeConns()
 
-	apps := errgroup.Group{}
-	rtGroup := errgroup.Group{}
 	rtCtx, stopRuntimes := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopRuntimes()
+	d.rtCtx = rtCtx
 	for _, rt := range rts {
-		if r, ok := rt.(runner); ok {
-			rtGroup.Go(func() error { return r.Run(rtCtx) })
-		}
+		d.runRuntime(rt)
 	}
 
-	srv := &server{log: log, connsCtx: connsCtx}
-	addrs := make(map[string][]net.Addr)
-	acts := make(map[string]*activator.App)
-	handoffs := make(map[string]*handoffApp)
-	pool := activator.NewPool(cfg.Pool.MaxRunning, cfg.Pool.StartConcurrency)
-	m := newMetrics()
-	specs := make(map[string]backend.Spec)
+	d.srv = &server{log: log, connsCtx: connsCtx}
+	d.pool = activator.NewPool(cfg.Pool.MaxRunning, cfg.Pool.StartConcurrency)
+	d.m = newMetrics()
+	d.units = make(map[string]*unit)
+	closeAll := func() {
+		for _, u := range d.units {
+			if u.handoff != nil {
+				u.handoff.close()
+			}
+		}
+		closeListeners(lns)
+	}
 	for _, app := range cfg.Apps {
-		rt := rts[runtimeKind(app)]
-		pol := policy(app)
+		u := d.newUnit(app, lns[app.Name], rts[runtimeKind(app)])
 		if app.Handoff {
-			pol.Spec = handoffSpec(pol.Spec, shim, handoffDir(runDir, app))
-			spec := pol.Spec
-			h, err := newHandoffApp(app, lns[app.Name], handoffDir(runDir, app), rt, func() backend.Spec { return spec }, probe, log)
-			if err != nil {
-				for _, h := range handoffs {
-					h.close()
-				}
-				closeListeners(lns)
+			if err := d.setUpHandoff(u); err != nil {
+				closeAll()
 				return err
 			}
-			handoffs[app.Name] = h
 		}
-		specs[app.Name] = pol.Spec
-		acts[app.Name] = activator.New(rt, pol, activator.Options{Logger: log, Pool: pool, Observe: m.observe})
+		d.units[app.Name] = u
 	}
-	for _, app := range cfg.Apps {
-		var deps []*activator.App
-		for _, d := range app.DependsOn {
-			deps = append(deps, acts[d])
-		}
-		acts[app.Name].SetDependencies(deps)
+	d.setDependencies()
+	routes, def, err := d.routes(cfg, d.units)
+	if err == nil {
+		d.fsrv, d.httpLns, err = frontDoor(ctx, cfg, routes, def, opts.Inherited, log)
 	}
-	fsrv, httpLns, err := frontDoor(ctx, cfg, acts, opts.Inherited, log)
 	if err == nil {
 		var stopAdmin func()
-		if stopAdmin, err = startAdmin(ctx, cfg, runDir, acts, specs, rts, pool, m, opts.Inherited, log); err == nil {
+		if stopAdmin, err = d.startAdmin(ctx, cfg); err == nil {
 			defer stopAdmin()
 		} else {
-			for _, ln := range httpLns {
+			for _, ln := range d.httpLns {
 				ln.Close()
 			}
 		}
 	}
 	if err != nil {
-		for _, h := range handoffs {
-			h.close()
-		}
-		closeListeners(lns)
+		closeAll()
 		return err
 	}
 	if rest := opts.Inherited.Rest(); len(rest) > 0 {
@@ -196,37 +181,29 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 	}
 	var saving sync.WaitGroup
 	if opts.StateFile != "" {
-		loadActivity(opts.StateFile, acts, log)
+		loadActivity(opts.StateFile, d.acts(), log)
 		saveCtx, stopSaving := context.WithCancel(context.WithoutCancel(ctx))
 		defer func() { stopSaving(); saving.Wait() }()
-		saving.Go(func() { keepActivity(saveCtx, opts.StateFile, acts, log) })
+		saving.Go(func() { keepActivity(saveCtx, opts.StateFile, d.acts, log) })
 	}
-	var handing sync.WaitGroup
+	addrs := make(map[string][]net.Addr)
 	for _, app := range cfg.Apps {
-		act := acts[app.Name]
-		apps.Go(func() error { return act.Run(appsCtx) })
-		for _, ln := range lns[app.Name] {
+		u := d.units[app.Name]
+		d.startUnit(u, nil)
+		for _, ln := range u.lns {
 			addrs[app.Name] = append(addrs[app.Name], ln.Addr())
-		}
-		if h := handoffs[app.Name]; h != nil {
-			h.act = act
-			handing.Go(func() { h.run(appsCtx) })
-			continue
-		}
-		for i, ln := range lns[app.Name] {
-			srv.accepting.Go(func() { srv.accept(ln, act, app.Listen[i].String()) })
 		}
 	}
 	var fronting sync.WaitGroup
-	for _, ln := range httpLns {
+	for _, ln := range d.httpLns {
 		addrs["http"] = append(addrs["http"], ln.Addr())
 		fronting.Go(func() {
-			if err := fsrv.Serve(ln); err != nil {
+			if err := d.fsrv.Serve(ln); err != nil {
 				log.Error("http front door stopped", "listen", ln.Addr().String(), "reason", err)
 			}
 		})
 	}
-	log.Info("serving", "apps", len(cfg.Apps), "config", cfg.File, "http", len(httpLns), "admin", AdminSocket(cfg, runDir))
+	log.Info("serving", "apps", len(cfg.Apps), "config", cfg.File, "http", len(d.httpLns), "admin", AdminSocket(cfg, d.runDir))
 	if opts.Ready != nil {
 		opts.Ready(addrs)
 	}
@@ -234,50 +211,61 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 		notify(ctx, log, fmt.Sprintf("READY=1\nSTATUS=serving %d apps", len(cfg.Apps)))
 	}
 
-	<-ctx.Done()
-	log.Info("shutting down", "drain_timeout", drain)
+	for done := false; !done; {
+		select {
+		case <-ctx.Done():
+			done = true
+		case <-opts.Reload:
+			d.reloadAndLog(ctx, "SIGHUP")
+		}
+	}
+	log.Info("shutting down", "drain_timeout", d.drain)
 	if opts.Notify {
 		notify(ctx, log, "STOPPING=1")
 	}
+	d.reloading.Lock() // no reload may start now; none runs
+	units := d.snapshot()
 	// A handoff app left running keeps serving on the sockets it holds: their unix
 	// socket files must stay for its clients, and for the next sact to take them back.
-	for name, h := range handoffs {
-		if h.app.OnExit != "stop" {
-			for _, ln := range lns[name] {
+	for _, u := range units {
+		if u.handoff != nil && u.app.OnExit != "stop" {
+			for _, ln := range u.lns {
 				if ul, ok := ln.(*net.UnixListener); ok {
 					ul.SetUnlinkOnClose(false)
 				}
 			}
 		}
 	}
-	closeListeners(lns)
-	srv.accepting.Wait()
+	for _, u := range units {
+		u.closeListeners()
+	}
+	d.srv.accepting.Wait()
 	drained := make(chan struct{})
 	go func() {
-		if fsrv != nil {
+		if d.fsrv != nil {
 			// Closes the front door's listeners, then waits for its requests.
-			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), drain)
-			fsrv.Shutdown(sctx)
+			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), d.drain)
+			d.fsrv.Shutdown(sctx)
 			cancel()
 		}
 		fronting.Wait()
-		srv.conns.Wait()
+		d.srv.conns.Wait()
 		close(drained)
 	}()
 	select {
 	case <-drained:
-	case <-time.After(drain):
-		log.Warn("closing connections still open after drain timeout", "drain_timeout", drain)
+	case <-time.After(d.drain):
+		log.Warn("closing connections still open after drain timeout", "drain_timeout", d.drain)
 		closeConns()
 		<-drained
 	}
 	stopApps()
-	errApps := apps.Wait()
-	handing.Wait()
-	for name, h := range handoffs {
-		if h.app.OnExit != "stop" && acts[name].State() != activator.Running {
+	d.apps.Wait()
+	d.retiring.Wait()
+	for _, u := range units {
+		if u.handoff != nil && u.app.OnExit != "stop" && u.act.State() != activator.Running {
 			// Nobody holds these sockets any more: remove their files as usual.
-			for _, a := range h.app.Listen {
+			for _, a := range u.app.Listen {
 				if a.Network == "unix" {
 					os.Remove(a.Address)
 				}
@@ -285,50 +273,54 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 		}
 	}
 	stopRuntimes()
-	errRT := rtGroup.Wait()
+	errRT := d.rtGroup.Wait()
 	if errors.Is(errRT, context.Canceled) {
 		errRT = nil
 	}
+	d.errMu.Lock()
+	errApps := errors.Join(d.errs...)
+	d.errMu.Unlock()
 	return errors.Join(errApps, errRT)
 }
 
-// frontDoor builds the HTTP front door and binds its listeners, if the config has one.
-func frontDoor(ctx context.Context, cfg *config.Config, acts map[string]*activator.App, inherited *listen.Inherited, log *slog.Logger) (*front.Server, []net.Listener, error) {
-	if len(cfg.HTTP.Listen) == 0 {
-		return nil, nil, nil
-	}
-	route := func(app *config.App) (front.Route, error) {
+// routes are the front door's routes for cfg, to the apps of units, and the default
+// route (nil if none).
+func (d *daemon) routes(cfg *config.Config, units map[string]*unit) ([]front.Route, *front.Route, error) {
+	var routes []front.Route
+	var def *front.Route
+	for _, app := range cfg.Apps {
 		robots, err := front.ReadRobots(app.Quiet.RobotsTxt)
 		if err != nil {
-			return front.Route{}, fmt.Errorf("app %q: quiet.robots_txt: %w", app.Name, err)
+			return nil, nil, fmt.Errorf("app %q: quiet.robots_txt: %w", app.Name, err)
 		}
 		uas := make([]string, len(app.Quiet.UserAgents))
 		for i, ua := range app.Quiet.UserAgents {
 			uas[i] = strings.ToLower(ua)
 		}
-		return front.Route{
-			App: acts[app.Name], Hosts: app.Hosts, WakingPage: app.WakingPage,
+		r := front.Route{
+			App: units[app.Name].act, Hosts: app.Hosts, WakingPage: app.WakingPage,
 			MaxInFlight: app.MaxInFlight, StartTimeout: app.StartTimeout,
 			Quiet: front.Quiet{Enabled: app.Quiet.Enabled, RobotsTxt: robots, Favicon: app.Quiet.Favicon, UserAgents: uas, Status: app.Quiet.Status},
-		}, nil
-	}
-	var routes []front.Route
-	opts := front.Options{
-		Logger: log, TrustedProxies: cfg.HTTP.TrustedProxies, MaxHeaderBytes: int(cfg.HTTP.MaxHeaderBytes),
-		ReadHeaderTimeout: cfg.HTTP.ReadHeaderTimeout, IdleTimeout: cfg.HTTP.IdleTimeout,
-	}
-	for _, app := range cfg.Apps {
-		r, err := route(app)
-		if err != nil {
-			return nil, nil, err
 		}
 		if len(app.Hosts) > 0 {
 			routes = append(routes, r)
 		}
 		if app.Name == cfg.HTTP.DefaultApp {
 			r.Hosts = nil
-			opts.Default = &r
+			def = &r
 		}
+	}
+	return routes, def, nil
+}
+
+// frontDoor builds the HTTP front door and binds its listeners, if the config has one.
+func frontDoor(ctx context.Context, cfg *config.Config, routes []front.Route, def *front.Route, inherited *listen.Inherited, log *slog.Logger) (*front.Server, []net.Listener, error) {
+	if len(cfg.HTTP.Listen) == 0 {
+		return nil, nil, nil
+	}
+	opts := front.Options{
+		Logger: log, TrustedProxies: cfg.HTTP.TrustedProxies, MaxHeaderBytes: int(cfg.HTTP.MaxHeaderBytes),
+		ReadHeaderTimeout: cfg.HTTP.ReadHeaderTimeout, IdleTimeout: cfg.HTTP.IdleTimeout, Default: def,
 	}
 	fsrv, err := front.New(routes, opts)
 	if err != nil {
@@ -449,11 +441,15 @@ func keepRunning(app *config.App) func(time.Time) bool {
 	}
 }
 
-func buildRuntimes(ctx context.Context, cfg *config.Config, r Runtimes) (map[string]backend.Runtime, error) {
+// buildRuntimes returns the runtimes cfg needs that have is missing.
+func buildRuntimes(ctx context.Context, cfg *config.Config, have map[string]backend.Runtime, r Runtimes) (map[string]backend.Runtime, error) {
 	rts := make(map[string]backend.Runtime)
 	for _, app := range cfg.Apps {
 		kind := runtimeKind(app)
 		if _, ok := rts[kind]; ok {
+			continue
+		}
+		if _, ok := have[kind]; ok {
 			continue
 		}
 		build := r.Docker
@@ -506,6 +502,7 @@ func bindAll(ctx context.Context, cfg *config.Config, reclaimed map[string][]net
 	return lns, nil
 }
 
+// server runs the accept loops of proxied apps and their connections.
 type server struct {
 	log       *slog.Logger
 	connsCtx  context.Context

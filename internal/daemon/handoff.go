@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -142,8 +143,12 @@ func handoffSpec(spec backend.Spec, binary, dir string) backend.Spec {
 
 // handoffApp is one app in handoff mode.
 type handoffApp struct {
-	app     *config.App
-	act     *activator.App
+	// cfg is the app's config; a reload may replace it (never its listen addresses).
+	cfg atomic.Pointer[config.App]
+	act *activator.App
+	// refresh asks for a restart once no connection is open: the reload changed the
+	// app's settings (activator.Refresh, for an app whose connections sact cannot see).
+	refresh atomic.Bool
 	lns     []net.Listener
 	pending []*os.File // duplicates of lns, only ever polled for readability
 	srv     *handoff.Server
@@ -153,7 +158,8 @@ type handoffApp struct {
 
 // newHandoffApp makes the app's handoff server in dir and its pending-connection watchers.
 func newHandoffApp(app *config.App, lns []net.Listener, dir string, rt backend.Runtime, spec func() backend.Spec, probe *sockdiag.Prober, log *slog.Logger) (*handoffApp, error) {
-	h := &handoffApp{app: app, lns: lns, log: log.With("app", app.Name), probe: probe}
+	h := &handoffApp{lns: lns, log: log.With("app", app.Name), probe: probe}
+	h.cfg.Store(app)
 	var sockets []handoff.Socket
 	for _, ln := range lns {
 		sc, ok := ln.(syscall.Conn)
@@ -198,6 +204,8 @@ func newHandoffApp(app *config.App, lns []net.Listener, dir string, rt backend.R
 	h.srv = srv
 	return h, nil
 }
+
+func (h *handoffApp) conf() *config.App { return h.cfg.Load() }
 
 func (h *handoffApp) close() {
 	if h.srv != nil {
@@ -383,7 +391,7 @@ func (h *handoffApp) run(ctx context.Context) {
 			if i < 0 {
 				continue
 			}
-			wake.Listen = h.app.Listen[i].String()
+			wake.Listen = h.conf().Listen[i].String()
 		default:
 			i, err := h.waitPending(ctx)
 			if err != nil {
@@ -392,9 +400,12 @@ func (h *handoffApp) run(ctx context.Context) {
 				}
 				return
 			}
-			wake.Listen = h.app.Listen[i].String()
+			wake.Listen = h.conf().Listen[i].String()
 		}
 		listen := wake.Listen
+		if state := h.act.State(); state != activator.Running && state != activator.Paused {
+			h.refresh.Store(false) // this start uses the current settings
+		}
 		lease, err := h.act.Acquire(ctx, wake)
 		if err != nil {
 			if ctx.Err() != nil {
@@ -417,7 +428,7 @@ func (h *handoffApp) run(ctx context.Context) {
 		// An app that exits soon after its start, with clients still queued, would be
 		// started again at once by them: refuse them and pause, as after a failed start.
 		st := h.act.Status()
-		if st.StopReason != "idle" && time.Since(began) < 10*time.Second {
+		if !st.StopAsked && time.Since(began) < 10*time.Second {
 			backoff = min(max(2*backoff, time.Second), 16*time.Second)
 			n := h.rejectQueued()
 			h.log.Warn("app exited soon after its start; refusing queued connections", "reason", st.StopReason, "count", n, "retry_in", backoff)
@@ -435,7 +446,7 @@ func (h *handoffApp) run(ctx context.Context) {
 // watch asks the kernel about the app's sockets until live ends (the app stopped), and
 // tells the activator whenever they show activity.
 func (h *handoffApp) watch(ctx context.Context, live context.Context) {
-	every := min(max(h.app.Idle/10, 100*time.Millisecond), time.Second)
+	every := min(max(h.conf().Idle/10, 100*time.Millisecond), time.Second)
 	addrs := make([]net.Addr, len(h.lns))
 	for i, ln := range h.lns {
 		addrs[i] = ln.Addr()
@@ -461,15 +472,27 @@ func (h *handoffApp) watch(ctx context.Context, live context.Context) {
 			h.act.Touch()
 			continue
 		}
+		busy := 0
 		for i, a := range acts {
 			p := prev[i]
 			if a.Queued > 0 || a.Pending > 0 || a.ConnSet != p.ConnSet ||
 				a.BytesReceived != p.BytesReceived || a.BytesSent != p.BytesSent ||
 				a.LastActivity.After(last.Add(-10*time.Millisecond)) ||
-				(h.app.KeepWhileOpen && a.Open > 0) {
+				(h.conf().KeepWhileOpen && a.Open > 0) {
 				h.act.Touch()
 			}
+			busy += a.Open + a.Queued + int(min(a.Pending, 1))
 			prev[i] = a
+		}
+		if busy == 0 && h.refresh.CompareAndSwap(true, false) {
+			h.log.Info("restarting app with its new settings", "reason", "config changed; no connection is open")
+			go func() {
+				sctx, cancel := context.WithTimeout(ctx, h.conf().StopTimeout+10*time.Second)
+				defer cancel()
+				if err := h.act.StopFor(sctx, "config changed"); err != nil {
+					h.log.Warn("cannot stop app to apply its new settings", "reason", err)
+				}
+			}()
 		}
 		last = now
 	}

@@ -66,7 +66,7 @@ func saveActivity(path string, acts map[string]*activator.App) error {
 }
 
 // keepActivity saves the activity file every minute until ctx ends, and once more then.
-func keepActivity(ctx context.Context, path string, acts map[string]*activator.App, log *slog.Logger) {
+func keepActivity(ctx context.Context, path string, acts func() map[string]*activator.App, log *slog.Logger) {
 	t := time.NewTicker(time.Minute)
 	defer t.Stop()
 	warned := false
@@ -75,7 +75,7 @@ func keepActivity(ctx context.Context, path string, acts map[string]*activator.A
 		case <-ctx.Done():
 		case <-t.C:
 		}
-		if err := saveActivity(path, acts); err != nil && !warned {
+		if err := saveActivity(path, acts()); err != nil && !warned {
 			log.Warn("cannot save the activity file; the dashboard's idle-days reset when sact restarts", "file", path, "reason", err)
 			warned = true
 		}

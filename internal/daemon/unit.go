@@ -1,0 +1,284 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/sact-project/sact/internal/activator"
+	"github.com/sact-project/sact/internal/backend"
+	"github.com/sact-project/sact/internal/config"
+	"github.com/sact-project/sact/internal/front"
+	"github.com/sact-project/sact/internal/sockdiag"
+)
+
+// daemon is one running sact: its apps (units), which a reload adds, changes and removes,
+// and what they share.
+type daemon struct {
+	log    *slog.Logger
+	opts   Options
+	runDir string
+	drain  time.Duration
+
+	appsCtx context.Context // parent of every unit's context; ends after connections drain
+	rtCtx   context.Context
+	rtGroup errgroup.Group
+	srv     *server
+	pool    *activator.Pool
+	m       *metrics
+
+	apps     sync.WaitGroup // the units' goroutines
+	retiring sync.WaitGroup // units being taken out by a reload
+	errMu    sync.Mutex
+	errs     []error // from the activators' Run
+
+	reloading sync.Mutex // one reload at a time; shutdown holds it too
+
+	mu      sync.Mutex // guards what a reload changes, below
+	cfg     *config.Config
+	rts     map[string]backend.Runtime
+	shim    string
+	probe   *sockdiag.Prober
+	units   map[string]*unit
+	fsrv    *front.Server
+	httpLns []net.Listener
+}
+
+// unit is one app: its config, its activator, its listeners and, in handoff mode, what
+// watches them.
+type unit struct {
+	app     *config.App
+	act     *activator.App
+	lns     []net.Listener // in the order of app.Listen
+	handoff *handoffApp
+	spec    backend.Spec
+	rt      backend.Runtime
+
+	cancel    context.CancelFunc // ends the unit's goroutines
+	stopWatch context.CancelFunc // ends the handoff watch alone
+	done      chan struct{}      // closed when they have returned
+}
+
+// newUnit makes the unit of app with its listeners; nothing runs until startUnit.
+func (d *daemon) newUnit(app *config.App, lns []net.Listener, rt backend.Runtime) *unit {
+	pol := d.policy(app)
+	return &unit{
+		app: app, lns: lns, spec: pol.Spec, rt: rt, done: make(chan struct{}),
+		act: activator.New(rt, pol, activator.Options{Logger: d.log, Pool: d.pool, Observe: d.m.observe}),
+	}
+}
+
+// policy is app's activator policy, with the handoff entrypoint for a handoff app.
+func (d *daemon) policy(app *config.App) activator.Policy {
+	pol := policy(app)
+	if app.Handoff {
+		pol.Spec = handoffSpec(pol.Spec, d.shim, handoffDir(d.runDir, app))
+	}
+	return pol
+}
+
+// setUpHandoff makes a handoff unit's handoff server; its predecessor, if any, must have
+// closed its own.
+func (d *daemon) setUpHandoff(u *unit) error {
+	act := u.act
+	h, err := newHandoffApp(u.app, u.lns, handoffDir(d.runDir, u.app), u.rt,
+		func() backend.Spec { return act.Policy().Spec }, d.probe, d.log)
+	if err != nil {
+		return err
+	}
+	h.act = act
+	u.handoff = h
+	return nil
+}
+
+// prepareHandoff readies the shim binary and sock_diag the first time a config has a
+// handoff app.
+func (d *daemon) prepareHandoff(cfg *config.Config) error {
+	if d.shim != "" || !anyHandoff(cfg) {
+		return nil
+	}
+	shim, err := prepareShim(filepath.Join(d.runDir, "handoff"))
+	if err != nil {
+		return err
+	}
+	probe, err := sockdiag.New()
+	if err != nil {
+		return fmt.Errorf("opening sock_diag to watch handed-off sockets: %w", err)
+	}
+	d.shim, d.probe = shim, probe
+	return nil
+}
+
+// runRuntime runs a runtime's own work (the docker event stream) until shutdown.
+func (d *daemon) runRuntime(rt backend.Runtime) {
+	if r, ok := rt.(runner); ok {
+		d.rtGroup.Go(func() error { return r.Run(d.rtCtx) })
+	}
+}
+
+// startUnit runs the unit: its activator, then its accept loops or handoff watch. It
+// waits for after first (a predecessor of the same name must be gone before this one
+// looks for a running instance); meanwhile clients wait in the listeners' backlog.
+func (d *daemon) startUnit(u *unit, after []<-chan struct{}) {
+	ctx, cancel := context.WithCancel(d.appsCtx)
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	u.cancel, u.stopWatch = cancel, stopWatch
+	app := u.app
+	d.apps.Add(1)
+	go func() {
+		defer d.apps.Done()
+		defer close(u.done)
+		for _, c := range after {
+			select {
+			case <-c:
+			case <-ctx.Done():
+				u.closeListeners()
+				return
+			}
+		}
+		if app.Handoff && u.handoff == nil {
+			if err := d.setUpHandoff(u); err != nil {
+				d.log.Error("app cannot serve after the reload; its listeners are closed", "app", app.Name, "reason", err)
+				u.closeListeners()
+				return
+			}
+		}
+		var wg sync.WaitGroup
+		wg.Go(func() {
+			if err := u.act.Run(ctx); err != nil {
+				d.errMu.Lock()
+				d.errs = append(d.errs, err)
+				d.errMu.Unlock()
+			}
+		})
+		if u.handoff != nil {
+			wg.Go(func() { u.handoff.run(watchCtx) })
+		} else {
+			for i, ln := range u.lns {
+				d.accept(ln, u.act, app.Listen[i].String())
+			}
+		}
+		wg.Wait()
+	}()
+}
+
+// accept starts an accept loop on ln for act.
+func (d *daemon) accept(ln net.Listener, act *activator.App, addr string) {
+	d.srv.accepting.Go(func() { d.srv.accept(ln, act, addr) })
+}
+
+// closeListeners closes the unit's listeners; nil ones went to another unit.
+func (u *unit) closeListeners() {
+	for _, ln := range u.lns {
+		if ln != nil {
+			ln.Close()
+		}
+	}
+}
+
+// retire takes a unit out after a reload removed or replaced it: its listeners close at
+// once (but those a successor took), its open connections get the drain timeout to end,
+// then the app is stopped and its goroutines end. The returned channel is closed when all
+// that is done.
+func (d *daemon) retire(u *unit, reason string) <-chan struct{} {
+	u.closeListeners()
+	if u.stopWatch != nil {
+		u.stopWatch() // a handoff app must not start again on its way out
+	}
+	gone := make(chan struct{})
+	d.retiring.Add(1)
+	go func() {
+		defer d.retiring.Done()
+		defer close(gone)
+		log := d.log.With("app", u.app.Name)
+		deadline := time.Now().Add(d.drain)
+		for u.act.Status().Open > 0 && time.Now().Before(deadline) && d.appsCtx.Err() == nil {
+			time.Sleep(50 * time.Millisecond)
+		}
+		if d.appsCtx.Err() == nil {
+			ctx, cancel := context.WithTimeout(d.appsCtx, u.app.StopTimeout+10*time.Second)
+			if err := u.act.StopFor(ctx, reason); err != nil {
+				log.Warn("cannot stop app", "reason", reason, "err", err)
+			}
+			cancel()
+		}
+		u.cancel()
+		<-u.done
+		u.act.Detach()
+		log.Info("app retired", "reason", reason)
+	}()
+	return gone
+}
+
+// setDependencies points every unit at the units it depends on. Called with d.mu held, or
+// before anything runs.
+func (d *daemon) setDependencies() {
+	for _, u := range d.units {
+		var deps []*activator.App
+		for _, name := range u.app.DependsOn {
+			if dep := d.units[name]; dep != nil {
+				deps = append(deps, dep.act)
+			}
+		}
+		u.act.SetDependencies(deps)
+	}
+}
+
+// acts returns the apps' activators by name.
+func (d *daemon) acts() map[string]*activator.App {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	acts := make(map[string]*activator.App, len(d.units))
+	for name, u := range d.units {
+		acts[name] = u.act
+	}
+	return acts
+}
+
+// unitNamed returns the unit of an app, or nil.
+func (d *daemon) unitNamed(name string) *unit {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.units[name]
+}
+
+// snapshot returns the units, for shutdown.
+func (d *daemon) snapshot() map[string]*unit {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return maps.Clone(d.units)
+}
+
+// moveListener gives a listener a new fd for the same socket and closes the old one, so
+// that an accept loop on the old one ends while the socket, its address and the clients
+// in its backlog stay: how a listener changes apps in a reload.
+func moveListener(ln net.Listener) (net.Listener, error) {
+	fl, ok := ln.(interface{ File() (*os.File, error) })
+	if !ok {
+		return nil, errors.New("listener cannot be duplicated")
+	}
+	f, err := fl.File()
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	moved, err := net.FileListener(f)
+	if err != nil {
+		return nil, err
+	}
+	if ul, ok := ln.(*net.UnixListener); ok {
+		ul.SetUnlinkOnClose(false)
+		moved.(*net.UnixListener).SetUnlinkOnClose(true)
+	}
+	ln.Close()
+	return moved, nil
+}
