@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -490,4 +491,49 @@ func countFDs(t testing.TB) int {
 		t.Fatal(err)
 	}
 	return len(ents)
+}
+
+// TestIdleRelayHoldsNoPipe: an idle relayed connection must cost its two sockets and no
+// pipe, or 10,000 idle connections would need 60,000 fds instead of 20,000.
+func TestIdleRelayHoldsNoPipe(t *testing.T) {
+	for _, tp := range sockets {
+		t.Run(tp.String(), func(t *testing.T) {
+			ctx, cancel := context.WithCancel(t.Context())
+			defer cancel()
+			before := countPipes()
+			const n = 20
+			hs := make([]*harness, n)
+			for i := range hs {
+				hs[i] = startRelay(t, ctx, tp, Options{IdleTimeout: time.Hour})
+				// Bytes both ways first: each direction has used a pipe and gone idle.
+				write(t, hs[i].client, "ping")
+				readN(t, hs[i].server, 4)
+				write(t, hs[i].server, "pong")
+				readN(t, hs[i].client, 4)
+			}
+			runtime.GC()
+			runtime.GC() // the pool drops the idle pipes
+			time.Sleep(50 * time.Millisecond)
+			// A few may sit in the pool still; holding them would be 4 fds per relay.
+			if pipes := countPipes() - before; pipes > 8 {
+				t.Errorf("%d more pipe fds open with %d idle relays", pipes, n)
+			}
+			// And they still relay.
+			for _, h := range hs {
+				write(t, h.client, "again")
+				readN(t, h.server, 5)
+			}
+		})
+	}
+}
+
+func countPipes() int {
+	pipes := 0
+	ents, _ := os.ReadDir("/proc/self/fd")
+	for _, e := range ents {
+		if fd, err := strconv.Atoi(e.Name()); err == nil && isPipe(fd) {
+			pipes++
+		}
+	}
+	return pipes
 }

@@ -72,33 +72,51 @@ func rawStream(c net.Conn) (syscall.RawConn, bool) {
 //
 // The pipe is always empty when a splice from src starts, so EAGAIN from it means src has
 // nothing to read, never that the pipe is full, and the netpoller waiting for src to be
-// readable is right.
+// readable is right. A pipe is held only while bytes are in flight: an idle connection
+// waits for its socket with no pipe, so it costs its two sockets' fds, not six.
 func (r *relay) splice(dst, src syscall.RawConn) (n int64, fallback bool, err error) {
-	p := getPipe()
-	if p == nil {
-		return 0, true, nil
-	}
-	defer putPipe(p)
 	defer func() { spliced.Add(n) }()
 	for {
+		var p *pipe
 		var in int64
 		var serr error
+		noPipe := false
 		rerr := src.Read(func(fd uintptr) bool {
+			if p = getPipe(); p == nil {
+				noPipe = true
+				return true
+			}
 			for {
 				in, serr = spliceCall(int(fd), nil, p.w, nil, p.size, spliceFlags)
 				if serr != unix.EINTR {
-					return serr != unix.EAGAIN
+					break
 				}
 			}
+			if serr == unix.EAGAIN {
+				putPipe(p) // empty: back to the pool while the socket is quiet
+				p = nil
+				return false
+			}
+			return true
 		})
+		if p == nil {
+			if noPipe {
+				return n, true, nil
+			}
+			return n, false, rerr
+		}
 		switch {
 		case rerr != nil:
+			putPipe(p)
 			return n, false, rerr
 		case serr == unix.EINVAL || serr == unix.ENOSYS:
+			putPipe(p)
 			return n, true, nil
 		case serr != nil:
+			putPipe(p)
 			return n, false, os.NewSyscallError("splice", serr)
 		case in == 0:
+			putPipe(p)
 			return n, false, nil // EOF
 		}
 		p.held = in
@@ -125,6 +143,7 @@ func (r *relay) splice(dst, src syscall.RawConn) (n int64, fallback bool, err er
 			}
 			return true
 		})
+		putPipe(p) // closed rather than pooled if bytes are left in it
 		if werr != nil {
 			return n, false, werr
 		}
