@@ -60,6 +60,28 @@ var (
 	ErrClosed = errors.New("sact is shutting down")
 )
 
+// FailureReason names why Acquire failed, for the metric of failed connections: a
+// short, fixed set of values.
+func FailureReason(err error) string {
+	switch {
+	case errors.Is(err, ErrQueueFull):
+		return "queue_full"
+	case errors.Is(err, ErrStartTimeout):
+		return "start_timeout"
+	case errors.Is(err, ErrStartFailed):
+		return "start_failed"
+	case errors.Is(err, ErrPoolFull):
+		return "pool_full"
+	case errors.Is(err, ErrClosed):
+		return "shutting_down"
+	case errors.Is(err, context.Canceled):
+		return "client_gone"
+	case errors.Is(err, context.DeadlineExceeded):
+		return "wait_timeout"
+	}
+	return "other"
+}
+
 // Policy is what the activator needs to know about one app.
 type Policy struct {
 	Spec backend.Spec

@@ -35,12 +35,23 @@ func AdminSocket(cfg *config.Config, runDir string) string {
 type metrics struct {
 	reg    *prometheus.Registry
 	starts *prometheus.HistogramVec
+	failed *prometheus.CounterVec
 }
 
 func newMetrics() *metrics {
-	m := &metrics{reg: prometheus.NewRegistry(), starts: admin.StartHistogram()}
-	m.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), m.starts)
+	m := &metrics{reg: prometheus.NewRegistry(), starts: admin.StartHistogram(),
+		failed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sact_connections_failed_total",
+			Help: "Connections and front-door requests that were not served, by reason (queue_full, start_failed, start_timeout, pool_full, upstream_unreachable, shutting_down, client_gone, ...).",
+		}, []string{"app", "reason"}),
+	}
+	m.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), m.starts, m.failed)
 	return m
+}
+
+// fail counts n connections of app that were not served.
+func (m *metrics) fail(app, reason string, n int) {
+	m.failed.WithLabelValues(app, reason).Add(float64(n))
 }
 
 func (m *metrics) observe(app, event string, took time.Duration) {

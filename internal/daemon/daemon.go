@@ -135,9 +135,9 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 		d.runRuntime(rt)
 	}
 
-	d.srv = &server{log: log, connsCtx: connsCtx}
 	d.pool = activator.NewPool(cfg.Pool.MaxRunning, cfg.Pool.StartConcurrency)
 	d.m = newMetrics()
+	d.srv = &server{log: log, connsCtx: connsCtx, failed: d.m.fail}
 	d.units = make(map[string]*unit)
 	closeAll := func() {
 		for _, u := range d.units {
@@ -160,7 +160,7 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 	d.setDependencies()
 	routes, def, err := d.routes(cfg, d.units)
 	if err == nil {
-		d.fsrv, d.httpLns, err = frontDoor(ctx, cfg, routes, def, opts.Inherited, log)
+		d.fsrv, d.httpLns, err = frontDoor(ctx, cfg, routes, def, opts.Inherited, log, d.m.fail)
 	}
 	if err == nil {
 		var stopAdmin func()
@@ -314,13 +314,14 @@ func (d *daemon) routes(cfg *config.Config, units map[string]*unit) ([]front.Rou
 }
 
 // frontDoor builds the HTTP front door and binds its listeners, if the config has one.
-func frontDoor(ctx context.Context, cfg *config.Config, routes []front.Route, def *front.Route, inherited *listen.Inherited, log *slog.Logger) (*front.Server, []net.Listener, error) {
+func frontDoor(ctx context.Context, cfg *config.Config, routes []front.Route, def *front.Route, inherited *listen.Inherited, log *slog.Logger, failed func(app, reason string, n int)) (*front.Server, []net.Listener, error) {
 	if len(cfg.HTTP.Listen) == 0 {
 		return nil, nil, nil
 	}
 	opts := front.Options{
 		Logger: log, TrustedProxies: cfg.HTTP.TrustedProxies, MaxHeaderBytes: int(cfg.HTTP.MaxHeaderBytes),
 		ReadHeaderTimeout: cfg.HTTP.ReadHeaderTimeout, IdleTimeout: cfg.HTTP.IdleTimeout, Default: def,
+		Failed: failed,
 	}
 	fsrv, err := front.New(routes, opts)
 	if err != nil {
@@ -505,6 +506,7 @@ func bindAll(ctx context.Context, cfg *config.Config, reclaimed map[string][]net
 // server runs the accept loops of proxied apps and their connections.
 type server struct {
 	log       *slog.Logger
+	failed    func(app, reason string, n int)
 	connsCtx  context.Context
 	accepting sync.WaitGroup
 	conns     sync.WaitGroup
@@ -545,6 +547,7 @@ func (s *server) handle(client net.Conn, app *activator.App, addr string) {
 	lease, err := app.Acquire(s.connsCtx, activator.Wake{Remote: remote, Listen: addr})
 	if err != nil {
 		s.log.Warn("connection refused", "app", app.Name(), "listen", addr, "remote", remote, "reason", err)
+		s.failed(app.Name(), activator.FailureReason(err), 1)
 		return
 	}
 	defer lease.Release()
@@ -555,6 +558,7 @@ func (s *server) handle(client net.Conn, app *activator.App, addr string) {
 	cancel()
 	if err != nil {
 		s.log.Warn("connection failed", "app", app.Name(), "upstream", lease.Upstream.String(), "remote", remote, "reason", err)
+		s.failed(app.Name(), "upstream_unreachable", 1)
 		return
 	}
 

@@ -149,6 +149,8 @@ type handoffApp struct {
 	// refresh asks for a restart once no connection is open: the reload changed the
 	// app's settings (activator.Refresh, for an app whose connections sact cannot see).
 	refresh atomic.Bool
+	// failed counts connections refused (metrics).
+	failed  func(app, reason string, n int)
 	lns     []net.Listener
 	pending []*os.File // duplicates of lns, only ever polled for readability
 	srv     *handoff.Server
@@ -413,6 +415,7 @@ func (h *handoffApp) run(ctx context.Context) {
 			}
 			n := h.rejectQueued()
 			h.log.Warn("connections refused", "listen", listen, "count", n, "reason", err)
+			h.failed(h.conf().Name, activator.FailureReason(err), n)
 			continue
 		}
 		live := lease.Context()
@@ -431,6 +434,7 @@ func (h *handoffApp) run(ctx context.Context) {
 		if !st.StopAsked && time.Since(began) < 10*time.Second {
 			backoff = min(max(2*backoff, time.Second), 16*time.Second)
 			n := h.rejectQueued()
+			h.failed(h.conf().Name, "app_exited", n)
 			h.log.Warn("app exited soon after its start; refusing queued connections", "reason", st.StopReason, "count", n, "retry_in", backoff)
 			select {
 			case <-time.After(backoff):

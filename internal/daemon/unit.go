@@ -96,6 +96,7 @@ func (d *daemon) setUpHandoff(u *unit) error {
 		return err
 	}
 	h.act = act
+	h.failed = d.m.fail
 	u.handoff = h
 	return nil
 }

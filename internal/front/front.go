@@ -86,6 +86,8 @@ type Options struct {
 	MaxHeaderBytes    int           // (64 KiB)
 	ReadHeaderTimeout time.Duration // (10s)
 	IdleTimeout       time.Duration // (2m)
+	// Failed, if set, counts requests that were not served, by app and reason.
+	Failed func(app, reason string, n int)
 }
 
 // Server is the front door.
@@ -93,6 +95,7 @@ type Server struct {
 	routes  atomic.Pointer[routing]
 	mu      sync.Mutex // serializes SetRoutes
 	log     *slog.Logger
+	failed  func(app, reason string, n int)
 	trusted []netip.Prefix
 	srv     *http.Server
 }
@@ -121,9 +124,12 @@ type routing struct {
 
 // New builds the server; an error means two routes claim the same host and path.
 func New(routes []Route, opts Options) (*Server, error) {
-	s := &Server{log: opts.Logger, trusted: opts.TrustedProxies}
+	s := &Server{log: opts.Logger, trusted: opts.TrustedProxies, failed: opts.Failed}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
+	}
+	if s.failed == nil {
+		s.failed = func(string, string, int) {}
 	}
 	if err := s.SetRoutes(routes, opts.Default); err != nil {
 		return nil, err
@@ -231,9 +237,11 @@ func (s *Server) newRoute(r Route) *route {
 		Rewrite:   func(pr *httputil.ProxyRequest) { s.rewrite(rt, pr) },
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			if errors.Is(err, context.Canceled) && r.Context().Err() != nil {
+				s.failed(rt.name, "client_gone", 1)
 				return // the client went away
 			}
 			s.log.Warn("proxy error", "app", rt.name, "host", r.Host, "path", r.URL.Path, "reason", err)
+			s.failed(rt.name, "upstream_error", 1)
 			plain(w, http.StatusBadGateway, fmt.Sprintf("502 bad gateway: app %s: %v\n", rt.name, oneLine(err)))
 		},
 	}
@@ -349,6 +357,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if n := rt.inFlight.Add(1); n > int64(rt.MaxInFlight) {
 		rt.inFlight.Add(-1)
 		s.log.Warn("request refused", "app", rt.name, "host", r.Host, "path", r.URL.Path, "remote", r.RemoteAddr, "reason", "max_in_flight reached", "max_in_flight", rt.MaxInFlight)
+		s.failed(rt.name, "max_in_flight", 1)
 		w.Header().Set("Retry-After", "1")
 		plain(w, http.StatusServiceUnavailable, fmt.Sprintf("503 service unavailable: app %s has %d requests in flight, its max_in_flight\n", rt.name, rt.MaxInFlight))
 		return
@@ -449,8 +458,10 @@ func wakingPage(w http.ResponseWriter, app string) {
 // fail answers a request whose app could not be had.
 func (s *Server) fail(w http.ResponseWriter, r *http.Request, rt *route, err error) {
 	if r.Context().Err() != nil {
+		s.failed(rt.name, "client_gone", 1)
 		return // the client gave up
 	}
+	s.failed(rt.name, activator.FailureReason(err), 1)
 	status := http.StatusBadGateway
 	switch {
 	case errors.Is(err, activator.ErrStartTimeout), errors.Is(err, context.DeadlineExceeded):
