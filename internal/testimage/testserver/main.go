@@ -14,7 +14,7 @@
 // Endpoints: / (name and pid), /pid, /bytes?n=N (N bytes), /slow?d=D&every=E (a byte every E
 // for D), /hold?d=D (answers after D), POST /echo (the body back), /headers (the request's
 // Host and headers as JSON), /sse?n=N&every=E (N server-sent events), /ws (a websocket
-// echo).
+// echo), /alloc?mb=N (touch N MiB of memory, then answer: an OOM kill under a small limit).
 package main
 
 import (
@@ -153,6 +153,14 @@ func handler(name string) http.Handler {
 			}
 			n -= k
 		}
+	})
+	mux.HandleFunc("/alloc", func(w http.ResponseWriter, r *http.Request) {
+		mb, _ := strconv.Atoi(r.URL.Query().Get("mb"))
+		b := make([]byte, mb<<20)
+		for i := 0; i < len(b); i += 4096 {
+			b[i] = 1 // touched pages count; untouched ones would not
+		}
+		fmt.Fprintf(w, "allocated %d MiB\n", len(b)>>20)
 	})
 	mux.HandleFunc("/slow", func(w http.ResponseWriter, r *http.Request) {
 		d, _ := time.ParseDuration(r.URL.Query().Get("d"))
