@@ -117,9 +117,18 @@ func startSact(t *testing.T, config string) *daemon {
 
 func startSactFile(t *testing.T, path string) *daemon {
 	t.Helper()
+	return startSactFileEnv(t, path)
+}
+
+// startSactFileEnv is startSactFile with env added to sact's environment.
+func startSactFileEnv(t *testing.T, path string, env ...string) *daemon {
+	t.Helper()
 	d := &daemon{t: t, config: path, logs: &logBuffer{}, done: make(chan struct{})}
 	d.runDir = runDirFor(t, path)
 	d.cmd = exec.Command(sactBin, "serve", "-c", path, "-log-format", "json", "-log-level", "debug", "-run-dir", d.runDir, "-state-dir", filepath.Join(d.runDir, "state"), "-labels", labelSelector)
+	if len(env) > 0 {
+		d.cmd.Env = append(os.Environ(), env...)
+	}
 	d.cmd.Stdout = d.logs
 	d.cmd.Stderr = d.logs
 	if err := d.cmd.Start(); err != nil {

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"os/user"
+	"path/filepath"
 	"strconv"
 	"syscall"
 	"time"
@@ -21,7 +22,11 @@ func Listen(ctx context.Context, a Addr) (net.Listener, error) {
 	if a.Network != "unix" {
 		ln, err := lc.Listen(ctx, a.Network, a.Address)
 		if err != nil {
-			return nil, fmt.Errorf("listening on %s: %w", a, err)
+			hint := ""
+			if errors.Is(err, syscall.EADDRINUSE) {
+				hint = "; another process listens there (ss -ltnp shows which): stop it or choose another port"
+			}
+			return nil, fmt.Errorf("listening on %s: %w%s", a, err, hint)
 		}
 		return ln, nil
 	}
@@ -30,7 +35,7 @@ func Listen(ctx context.Context, a Addr) (net.Listener, error) {
 	}
 	ln, err := lc.Listen(ctx, "unix", a.Address)
 	if err != nil {
-		return nil, fmt.Errorf("listening on %s: %w", a, err)
+		return nil, fmt.Errorf("listening on %s: %w%s", a, err, bindHint(a.Address, err))
 	}
 	if err := a.applyPerms(); err != nil {
 		ln.Close()
@@ -120,4 +125,22 @@ func lookupID(s string, lookup func(string) (string, error)) (int, error) {
 		return 0, err
 	}
 	return strconv.Atoi(id)
+}
+
+// bindHint says how to fix a unix socket that cannot be made where it is asked.
+func bindHint(path string, err error) string {
+	dir := filepath.Dir(path)
+	switch {
+	case errors.Is(err, syscall.EACCES), errors.Is(err, syscall.EPERM):
+		return fmt.Sprintf("; sact may not create files in %s: make it writable for sact's user, or choose another directory", dir)
+	case errors.Is(err, syscall.EROFS):
+		return fmt.Sprintf("; %s is on a read-only filesystem: choose another directory (like /run/sact)", dir)
+	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT):
+		return fmt.Sprintf("; the filesystem of %s is full: free space or choose another directory", dir)
+	case errors.Is(err, syscall.ENOENT):
+		return fmt.Sprintf("; %s does not exist: create it (systemd: RuntimeDirectory=), or choose another directory", dir)
+	case errors.Is(err, syscall.EINVAL) && len(path) > 107:
+		return "; the path is longer than a unix socket address may be (107 bytes): choose a shorter one"
+	}
+	return ""
 }

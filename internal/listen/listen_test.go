@@ -113,3 +113,24 @@ func TestParse(t *testing.T) {
 		}
 	}
 }
+
+func TestBindErrorsSayHowToFix(t *testing.T) {
+	tests := []struct{ addr, want string }{
+		{"/sys/sact-listen-test.sock", "may not create files in /sys"},
+		{"/nonexistent-sact-dir/app.sock", "/nonexistent-sact-dir does not exist"},
+	}
+	for _, tt := range tests {
+		_, err := Listen(context.Background(), Addr{Network: "unix", Address: tt.addr})
+		if err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("Listen(%s) = %v, want it to say %q", tt.addr, err, tt.want)
+		}
+	}
+	ln, err := Listen(context.Background(), Addr{Network: "tcp", Address: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	if _, err := Listen(context.Background(), Addr{Network: "tcp", Address: ln.Addr().String()}); err == nil || !strings.Contains(err.Error(), "another process listens there") {
+		t.Errorf("binding a port in use: %v", err)
+	}
+}
