@@ -1,7 +1,7 @@
 # The README's two commands are `go run ./cmd/sact demo` and `make test`.
 GO ?= go
 
-.PHONY: test build bench vet
+.PHONY: test build bench bench-quick reliability fuzz vet
 # Static (CGO_ENABLED=0): in handoff mode the same binary runs inside containers as the
 # shim, in images that may have no C library.
 build:
@@ -18,3 +18,19 @@ test: vet
 
 bench:
 	$(GO) run ./bench
+
+bench-quick:
+	$(GO) run ./bench -quick -out /tmp/BENCHMARKS-quick.md
+
+# The reliability suite (RELIABILITY.md): what `make test` runs of it, plus the long
+# tests (250 cold starts at once, a 10-minute soak; SACT_SOAK=30m for longer), with their
+# figures (lines marked RELIABILITY).
+RELIABILITY_TESTS = TestManyIdleConnections|TestColdStartStorm|TestSoak|TestContainerKilledMidRequest|TestOOMKilled|TestEngineOutage|TestSIGKILLUnderLoad|TestUnusableSocketDir|TestIdleStopRace|TestAdminAndTrafficHammer|TestFrontDoorHostileClients|TestSilentAndHalfClosedConnections|TestWhatAContainerCanReach|TestRefusedConnectionsAreCounted|TestReload|TestConnectionDuringStopIsServed
+reliability:
+	SACT_LONG=1 $(GO) test -count=1 -timeout 60m -v -run '$(RELIABILITY_TESTS)' ./internal/e2e | tee reliability.log | grep -E 'RELIABILITY|^(---|ok|FAIL|PASS)'
+
+# Each fuzzer for FUZZTIME (default 60s); new crashers land in testdata/fuzz.
+FUZZTIME ?= 60s
+fuzz:
+	cd internal/config && $(GO) test -run XXX -fuzz FuzzParse -fuzztime $(FUZZTIME) .
+	cd internal/front && $(GO) test -run XXX -fuzz FuzzLookup -fuzztime $(FUZZTIME) .
