@@ -60,6 +60,11 @@ var (
 	ErrClosed = errors.New("sact is shutting down")
 )
 
+// QueueWait is how long a start may wait for its dependencies and for the pool (a
+// running slot under max_running, a token under start_concurrency) before start_timeout,
+// which bounds the start itself, begins.
+const QueueWait = 5 * time.Minute
+
 // FailureReason names why Acquire failed, for the metric of failed connections: a
 // short, fixed set of values.
 func FailureReason(err error) string {
@@ -464,17 +469,23 @@ func (a *App) beginStart(w Wake, manual bool) {
 
 func (a *App) start(wokeBy []any) {
 	began := time.Now()
-	ctx, cancel := context.WithTimeout(a.ctx, a.pol().StartTimeout)
-	defer cancel()
 	a.log.Info("starting app", wokeBy...)
+	// Waiting for dependencies and for the pool (a running slot, a start token) is not
+	// the app's start: a storm of 250 cold starts queues for minutes, and start_timeout
+	// would fail apps that never had their turn. The queue gets QueueWait of its own.
+	qctx, qcancel := context.WithTimeout(a.ctx, a.pol().StartTimeout+QueueWait)
+	defer qcancel()
 	var inst *backend.Instance
-	err := a.startDeps(ctx)
+	err := a.startDeps(qctx)
 	if err == nil && a.pool != nil {
 		var done func()
-		if done, err = a.pool.admit(ctx, a); err == nil {
+		if done, err = a.pool.admit(qctx, a); err == nil {
 			defer done()
 		}
 	}
+	queued := time.Since(began)
+	ctx, cancel := context.WithTimeout(a.ctx, a.pol().StartTimeout)
+	defer cancel()
 	if err == nil {
 		inst, err = a.rt.Start(ctx, a.pol().Spec)
 	}
@@ -511,7 +522,7 @@ func (a *App) start(wokeBy []any) {
 	a.lastErr = nil
 	a.coldStarts++
 	a.observe("start", took)
-	a.log.Info("app ready", "duration", took, "container", inst.ID, "upstream", inst.Upstream.String(), "waiting", a.waiting)
+	a.log.Info("app ready", "duration", took, "queued", queued, "container", inst.ID, "upstream", inst.Upstream.String(), "waiting", a.waiting)
 	a.becomeRunning(inst)
 	close(a.done)
 }

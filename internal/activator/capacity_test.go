@@ -312,3 +312,23 @@ func TestPoolSlotsInArrivalOrder(t *testing.T) {
 		}
 	})
 }
+
+// TestQueueDoesNotCountAgainstStartTimeout: 10 starts of 1s one at a time take 10s; the
+// last waits 9s for its turn with a start_timeout of 2s, and must still start.
+func TestQueueDoesNotCountAgainstStartTimeout(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		rt := &hostRuntime{startTime: time.Second}
+		names := []string{"a", "b", "c", "d", "e", "f", "g", "h", "i", "j"}
+		apps := host(t, rt, NewPool(0, 1), Policy{Idle: time.Hour, StartTimeout: 2 * time.Second}, names...)
+		var wg sync.WaitGroup
+		for _, n := range names {
+			wg.Go(func() { use(t, apps[n]).Release() })
+		}
+		wg.Wait()
+		for _, n := range names {
+			if st := apps[n].Status(); st.State != Running {
+				t.Errorf("%s: %v (%s)", n, st.State, st.LastError)
+			}
+		}
+	})
+}

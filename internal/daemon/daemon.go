@@ -299,7 +299,7 @@ func (d *daemon) routes(cfg *config.Config, units map[string]*unit) ([]front.Rou
 		}
 		r := front.Route{
 			App: units[app.Name].act, Hosts: app.Hosts, WakingPage: app.WakingPage,
-			MaxInFlight: app.MaxInFlight, StartTimeout: app.StartTimeout,
+			MaxInFlight: app.MaxInFlight, StartTimeout: activator.QueueWait + app.StartTimeout,
 			Quiet: front.Quiet{Enabled: app.Quiet.Enabled, RobotsTxt: robots, Favicon: app.Quiet.Favicon, UserAgents: uas, Status: app.Quiet.Status},
 		}
 		if len(app.Hosts) > 0 {

@@ -282,7 +282,7 @@ func TestColdStartStorm(t *testing.T) {
 	errs := make(chan error, 2*apps)
 	for i := range apps {
 		wg.Go(func() {
-			if body, err := httpGet(addrs[i], "/"); err != nil || !strings.Contains(body, names[i]) {
+			if body, err := httpGetTimeout(addrs[i], "/", 5*time.Minute); err != nil || !strings.Contains(body, names[i]) {
 				errs <- fmt.Errorf("%s via its listener: %q, %v", names[i], body, err)
 			}
 		})

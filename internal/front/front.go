@@ -57,7 +57,9 @@ type Route struct {
 	WakingPage time.Duration
 	// MaxInFlight bounds the app's requests at once; more get 503. Zero means 256.
 	MaxInFlight int
-	// StartTimeout bounds how long a request waits for the app to start.
+	// StartTimeout bounds how long a request waits for the app to start, its turn in the
+	// start queue included (activator.App.MaxWait); the client's own timeout, or nginx's
+	// proxy_read_timeout, usually ends the wait sooner.
 	StartTimeout time.Duration
 	Quiet        Quiet
 }
