@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bufio"
+	"cmp"
 	"fmt"
 	"io"
 	"net"
@@ -83,12 +84,13 @@ func settle(t *testing.T, adminAddr string, before sactStats, slack float64, tim
 
 // keepAlive is an HTTP/1.1 connection that made one request and stays open.
 type keepAlive struct {
-	c  net.Conn
-	br *bufio.Reader
+	c       net.Conn
+	br      *bufio.Reader
+	timeout time.Duration // for each request; 0 means 30s
 }
 
 func (k *keepAlive) get(host, path string) error {
-	k.c.SetDeadline(time.Now().Add(30 * time.Second))
+	k.c.SetDeadline(time.Now().Add(cmp.Or(k.timeout, 30*time.Second)))
 	if _, err := fmt.Fprintf(k.c, "GET %s HTTP/1.1\r\nHost: %s\r\n\r\n", path, host); err != nil {
 		return err
 	}
@@ -293,8 +295,7 @@ func TestColdStartStorm(t *testing.T) {
 				return
 			}
 			defer c.Close()
-			k := &keepAlive{c: c, br: bufio.NewReader(c)}
-			k.c.SetDeadline(time.Now().Add(5 * time.Minute))
+			k := &keepAlive{c: c, br: bufio.NewReader(c), timeout: 5 * time.Minute}
 			if err := k.get(names[i]+".test", "/"); err != nil {
 				errs <- fmt.Errorf("%s via the front door: %v", names[i], err)
 			}
@@ -356,8 +357,7 @@ func TestSoak(t *testing.T) {
 				case 3:
 					c, derr := net.DialTimeout("tcp", frontAddr, 10*time.Second)
 					if err = derr; err == nil {
-						k := &keepAlive{c: c, br: bufio.NewReader(c)}
-						k.c.SetDeadline(time.Now().Add(time.Minute))
+						k := &keepAlive{c: c, br: bufio.NewReader(c), timeout: time.Minute}
 						err = k.get(names[app]+".test", "/")
 						c.Close()
 					}
