@@ -332,3 +332,27 @@ func TestQueueDoesNotCountAgainstStartTimeout(t *testing.T) {
 		}
 	})
 }
+
+// TestMemoryBudget: with 1 GiB of budget and apps limited to 512 MiB, two run at once; a
+// third start evicts the least recently used idle one, as max_running would.
+func TestMemoryBudget(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		rt := &hostRuntime{startTime: 500 * time.Millisecond}
+		pool := NewPool(0, 2)
+		pool.SetMemoryBudget(1 << 30)
+		apps := host(t, rt, pool, Policy{Idle: time.Hour, StartTimeout: 10 * time.Second, Spec: backend.Spec{Memory: 512 << 20}}, "a", "b", "c")
+		use(t, apps["a"]).Release()
+		time.Sleep(time.Second)
+		use(t, apps["b"]).Release()
+		if st := pool.Status(); st.MemoryUsed != 1<<30 || st.Running != 2 {
+			t.Fatalf("pool after two starts: %+v", st)
+		}
+		use(t, apps["c"]).Release()
+		if got := apps["a"].Status(); got.State != Stopped || got.StopReason != "evicted" {
+			t.Errorf("a: %v (%s), want stopped, evicted", got.State, got.StopReason)
+		}
+		if st := pool.Status(); st.MemoryUsed > 1<<30 {
+			t.Errorf("memory used %d MiB over the 1024 MiB budget", st.MemoryUsed>>20)
+		}
+	})
+}

@@ -11,7 +11,7 @@ import (
 
 // ErrPoolFull: max_running apps run and every one of them is busy, for longer than the
 // start may wait.
-var ErrPoolFull = errors.New("max_running apps run and none is idle")
+var ErrPoolFull = errors.New("the pool is full (max_running or memory_budget) and no running app is idle")
 
 // Pool limits what runs on the host as a whole, like Passenger's max_pool_size: how many
 // apps run at once (MaxRunning) and how many start at once (StartConcurrency). When a start
@@ -23,6 +23,7 @@ var ErrPoolFull = errors.New("max_running apps run and none is idle")
 // never the other way round.
 type Pool struct {
 	maxRunning int
+	memBudget  int64         // bytes of memory limits that may run at once; 0: no budget
 	starts     chan struct{} // one token per start in progress; blocked senders queue FIFO
 
 	mu      sync.Mutex
@@ -42,18 +43,58 @@ func NewPool(maxRunning, startConcurrency int) *Pool {
 	}
 }
 
+// SetMemoryBudget makes the pool keep the sum of the running apps' memory limits (their
+// Spec.Memory) at or under bytes, evicting as for MaxRunning; 0 means no budget. An app
+// without a limit counts as 0. Call it before any app runs.
+func (p *Pool) SetMemoryBudget(bytes int64) {
+	p.mu.Lock()
+	p.memBudget = bytes
+	p.mu.Unlock()
+}
+
 // PoolStatus is a snapshot for status and metrics.
 type PoolStatus struct {
 	Running, MaxRunning    int
 	WaitingForSlot, Queued int // starts waiting for a running slot, and for a start token
 	Evicted                int
+	// MemoryUsed is the sum of the running apps' memory limits, MemoryBudget its bound.
+	MemoryUsed, MemoryBudget int64
 }
 
 // Status returns a snapshot of the pool.
 func (p *Pool) Status() PoolStatus {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return PoolStatus{Running: len(p.running), MaxRunning: p.maxRunning, WaitingForSlot: p.waiting, Queued: p.queued, Evicted: p.evicted}
+	return PoolStatus{Running: len(p.running), MaxRunning: p.maxRunning, WaitingForSlot: p.waiting, Queued: p.queued, Evicted: p.evicted,
+		MemoryUsed: p.memUsed(), MemoryBudget: p.memBudget}
+}
+
+// fits reports whether a, which holds no slot, may take one now. Called with p.mu held.
+func (p *Pool) fits(a *App) bool {
+	if p.maxRunning > 0 && len(p.running) >= p.maxRunning {
+		return false
+	}
+	return p.memBudget <= 0 || p.memUsed()+appMemory(a) <= p.memBudget
+}
+
+// memUsed is the sum of the memory limits of the apps holding a slot. Called with p.mu
+// held.
+func (p *Pool) memUsed() int64 {
+	var sum int64
+	for o := range p.running {
+		sum += appMemory(o)
+	}
+	return sum
+}
+
+func appMemory(a *App) int64 { return a.pol().Spec.Memory }
+
+// limits describes the pool's limits for an error.
+func (p *Pool) limits() string {
+	if p.memBudget > 0 {
+		return fmt.Sprintf("max_running %d, memory_budget %d MiB", p.maxRunning, p.memBudget>>20)
+	}
+	return fmt.Sprintf("max_running %d", p.maxRunning)
 }
 
 // admit waits until a may start: a running slot (evicting an idle app if need be), then a
@@ -82,7 +123,7 @@ func (p *Pool) admit(ctx context.Context, a *App) (done func(), err error) {
 
 func (p *Pool) slot(ctx context.Context, a *App) error {
 	p.mu.Lock()
-	if p.maxRunning <= 0 || p.running[a] || len(p.running) < p.maxRunning {
+	if p.running[a] || p.fits(a) {
 		p.running[a] = true
 		p.mu.Unlock()
 		return nil
@@ -127,7 +168,7 @@ func (p *Pool) slot(ctx context.Context, a *App) error {
 				p.mu.Unlock()
 				p.release(a) // granted just now: pass it on
 			}
-			return fmt.Errorf("%w (max_running %d): %w", ErrPoolFull, p.maxRunning, ctx.Err())
+			return fmt.Errorf("%w (%s): %w", ErrPoolFull, p.limits(), ctx.Err())
 		case <-time.After(time.Second):
 			// Look again: an app busy a moment ago may be idle now.
 		}
@@ -155,7 +196,9 @@ func (p *Pool) release(a *App) {
 		return
 	}
 	delete(p.running, a)
-	if len(p.queue) > 0 && len(p.running) < p.maxRunning {
+	// In arrival order, as many as now fit: one slot under max_running, maybe several
+	// small apps in the memory a large one left.
+	for len(p.queue) > 0 && p.fits(p.queue[0].app) {
 		w := p.queue[0]
 		p.queue = p.queue[1:]
 		p.running[w.app] = true

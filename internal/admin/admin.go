@@ -344,7 +344,8 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	if c.s.opts.Pool != nil {
 		p := c.s.opts.Pool()
-		for what, v := range map[string]int{"running": p.Running, "max_running": p.MaxRunning, "waiting_for_slot": p.WaitingForSlot, "queued_starts": p.Queued, "evicted": p.Evicted} {
+		for what, v := range map[string]int64{"running": int64(p.Running), "max_running": int64(p.MaxRunning), "waiting_for_slot": int64(p.WaitingForSlot),
+			"queued_starts": int64(p.Queued), "evicted": int64(p.Evicted), "memory_used_bytes": p.MemoryUsed, "memory_budget_bytes": p.MemoryBudget} {
 			ch <- prometheus.MustNewConstMetric(descPool, prometheus.GaugeValue, float64(v), what)
 		}
 	}

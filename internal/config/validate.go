@@ -24,9 +24,24 @@ func (p *parser) validate() {
 		p.checkTarget(s)
 	}
 	p.checkDependencies()
+	p.checkMemoryBudget()
 	p.checkAddresses()
 	p.checkHosts()
 	p.checkDefaultApp()
+}
+
+// checkMemoryBudget: an app whose memory limit alone exceeds pool.memory_budget could
+// never start.
+func (p *parser) checkMemoryBudget() {
+	budget := p.cfg.Pool.MemoryBudget
+	if budget <= 0 {
+		return
+	}
+	for _, s := range p.apps {
+		if s.Memory > budget {
+			p.errAt(s, "memory", -1, "%d MiB is more than pool.memory_budget (%d MiB): the app could never start; lower it or raise the budget", s.Memory>>20, budget>>20)
+		}
+	}
 }
 
 // errAt reports a problem with the app's setting key, its i-th item if i >= 0, or the app

@@ -136,6 +136,7 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 	}
 
 	d.pool = activator.NewPool(cfg.Pool.MaxRunning, cfg.Pool.StartConcurrency)
+	d.pool.SetMemoryBudget(cfg.Pool.MemoryBudget)
 	d.m = newMetrics()
 	d.srv = &server{log: log, connsCtx: connsCtx, failed: d.m.fail}
 	d.units = make(map[string]*unit)
