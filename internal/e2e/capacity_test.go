@@ -110,3 +110,27 @@ func TestDependsOnAndMinRunning(t *testing.T) {
 		t.Errorf("min_running app stopped for idleness")
 	}
 }
+
+// memory_budget: two apps limited to 40 MiB do not fit a 64 MiB budget together; starting
+// the second evicts the first, and the engine agrees on the limits.
+func TestMemoryBudgetEvicts(t *testing.T) {
+	needDocker(t)
+	a, b := uniqueName(t, "mema"), uniqueName(t, "memb")
+	addrs := map[string]string{a: freeAddr(t), b: freeAddr(t)}
+	d := startSact(t, "pool:\n  memory_budget: 64m\napps:"+
+		appConfig(a, addrs[a], "")+"    memory: 40m\n    idle: 5m\n"+
+		appConfig(b, addrs[b], "")+"    memory: 40m\n    idle: 5m\n")
+	if _, err := httpGet(addrs[a], "/"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := httpGet(addrs[b], "/"); err != nil {
+		t.Fatalf("second app over the memory budget: %v", err)
+	}
+	d.waitLog(`"msg":"stopped app"&&"reason":"evicted"&&`+a, 10*time.Second)
+	if st := containerState(t, a); st == "running" {
+		t.Errorf("evicted app's container is %s", st)
+	}
+	if mem := docker(t, "inspect", "-f", "{{.HostConfig.Memory}}", "sact-"+b); mem != fmt.Sprint(40<<20) {
+		t.Errorf("container memory limit %s, want %d", mem, 40<<20)
+	}
+}
