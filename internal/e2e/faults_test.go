@@ -223,68 +223,26 @@ func adminClient(d *daemon) *http.Client {
 func TestSIGKILLUnderLoad(t *testing.T) {
 	needDocker(t)
 	name := uniqueName(t, "sigkill")
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	addr := ln.Addr().String()
-	f, err := ln.(*net.TCPListener).File()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	cfgPath := writeConfig(t, "apps:"+appConfig(name, addr, "")+"    idle: 5m\n")
-	launch := func() (*exec.Cmd, *logBuffer) {
-		cmd := exec.Command("/bin/sh", "-c", `LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=`+name+` exec "$0" "$@"`,
-			sactBin, "serve", "-c", cfgPath, "-run-dir", runDirFor(t, cfgPath), "-log-format", "json", "-labels", labelSelector)
-		cmd.ExtraFiles = []*os.File{f}
-		logs := &logBuffer{}
-		cmd.Stdout, cmd.Stderr = logs, logs
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-		return cmd, logs
-	}
-	first, _ := launch()
-	if _, err := httpGet(addr, "/"); err != nil {
+	h := holdSocket(t, name)
+	first, _ := h.launch(t)
+	if _, err := httpGet(h.addr, "/"); err != nil {
 		t.Fatal(err)
 	}
 	const clients = 4
-	var ok, failed atomic.Int64
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	for range clients {
-		wg.Go(func() {
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				if _, err := httpGetTimeout(addr, "/", 30*time.Second); err != nil {
-					failed.Add(1)
-				} else {
-					ok.Add(1)
-				}
-			}
-		})
-	}
+	l := clientLoop(t, h.addr, clients, 0)
 	time.Sleep(time.Second)
 	first.Process.Kill()
 	first.Wait()
-	okAtKill := ok.Load()
-	_, logs := launch()
+	okAtKill := l.ok.Load()
+	_, logs := h.launch(t)
 	time.Sleep(2 * time.Second)
-	close(stop)
-	wg.Wait()
+	ok, failed := l.stop()
 	t.Logf("RELIABILITY sact SIGKILLed under load (%d clients) and restarted on its held socket: %d requests served, %d failed (in flight at the kill), %d served after the kill",
-		clients, ok.Load(), failed.Load(), ok.Load()-okAtKill)
-	if n := failed.Load(); n > clients {
-		t.Errorf("%d requests failed; at most the %d in flight at the kill may", n, clients)
+		clients, ok, failed, ok-okAtKill)
+	if failed > clients {
+		t.Errorf("%d requests failed; at most the %d in flight at the kill may", failed, clients)
 	}
-	if ok.Load() <= okAtKill {
+	if ok <= okAtKill {
 		t.Error("nothing served after the restart")
 	}
 	if !strings.Contains(logs.String(), `"msg":"adopted running app"`) || strings.Contains(logs.String(), `"msg":"app ready"`) {
