@@ -254,6 +254,9 @@ func (a *App) Name() string { return a.pol().Spec.Name }
 
 func (a *App) pol() *Policy { return a.policy.Load() }
 
+// Adopted is closed once Run has looked for an instance that already runs.
+func (a *App) Adopted() <-chan struct{} { return a.adopted }
+
 // Policy returns the app's current policy.
 func (a *App) Policy() Policy { return *a.pol() }
 

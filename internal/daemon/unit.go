@@ -153,22 +153,22 @@ func (d *daemon) startUnit(u *unit, after []<-chan struct{}) {
 				return
 			}
 		}
-		var wg sync.WaitGroup
-		wg.Go(func() {
-			if err := u.act.Run(ctx); err != nil {
-				d.errMu.Lock()
-				d.errs = append(d.errs, err)
-				d.errMu.Unlock()
-			}
-		})
+		var watching sync.WaitGroup
 		if u.handoff != nil {
-			wg.Go(func() { u.handoff.run(watchCtx) })
+			watching.Go(func() { u.handoff.run(watchCtx) })
 		} else {
 			for i, ln := range u.lns {
 				d.accept(ln, u.act, app.Listen[i].String())
 			}
 		}
-		wg.Wait()
+		// This goroutine runs the activator itself: with 1000 apps, every goroutine
+		// sleeping per app is megabytes of stack.
+		if err := u.act.Run(ctx); err != nil {
+			d.errMu.Lock()
+			d.errs = append(d.errs, err)
+			d.errMu.Unlock()
+		}
+		watching.Wait()
 	}()
 }
 

@@ -537,3 +537,27 @@ func countPipes() int {
 	}
 	return pipes
 }
+
+// BenchmarkRelayPingPong is the warm path of small requests: one 64-byte message each
+// way per round trip, through the relay over TCP, the pattern of wrk's keep-alive GETs.
+func BenchmarkRelayPingPong(b *testing.B) {
+	ctx, cancel := context.WithCancel(b.Context())
+	defer cancel()
+	h := startRelay(b, ctx, topology{"tcp", "tcp"}, Options{IdleTimeout: time.Hour})
+	msg := make([]byte, 64)
+	buf := make([]byte, 64)
+	for b.Loop() {
+		if _, err := h.client.Write(msg); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := io.ReadFull(h.server, buf); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := h.server.Write(msg); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := io.ReadFull(h.client, buf); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
