@@ -553,6 +553,25 @@ func (s *server) accept(ln net.Listener, app *activator.App, addr string) {
 	}
 }
 
+// dialUpstream connects to the lease's upstream, bounded by 5 s and by the instance's life.
+func dialUpstream(lease *activator.Lease) (net.Conn, error) {
+	var d net.Dialer
+	ctx, cancel := context.WithTimeout(lease.Context(), 5*time.Second)
+	defer cancel()
+	return d.DialContext(ctx, lease.Upstream.Network, lease.Upstream.Address)
+}
+
+// instanceEnded reports whether the lease's instance has ended or ends within a second:
+// after a failed dial, the engine's word that it exited may be on its way.
+func instanceEnded(lease *activator.Lease) bool {
+	select {
+	case <-lease.Context().Done():
+		return true
+	case <-time.After(time.Second):
+		return false
+	}
+}
+
 // handle serves one client connection: get the app running, dial it, relay.
 func (s *server) handle(client net.Conn, app *activator.App, addr string) {
 	defer client.Close()
@@ -560,23 +579,33 @@ func (s *server) handle(client net.Conn, app *activator.App, addr string) {
 	if remote == "" || remote == "@" {
 		remote = "unix"
 	}
-	lease, err := app.Acquire(s.connsCtx, activator.Wake{Remote: remote, Listen: addr})
-	if err != nil {
-		s.log.Warn("connection refused", "app", app.Name(), "listen", addr, "remote", remote, "reason", err)
-		s.failed(app.Name(), activator.FailureReason(err), 1)
-		return
-	}
-	defer lease.Release()
-
-	var d net.Dialer
-	dctx, cancel := context.WithTimeout(lease.Context(), 5*time.Second)
-	up, err := d.DialContext(dctx, lease.Upstream.Network, lease.Upstream.Address)
-	cancel()
-	if err != nil {
+	var lease *activator.Lease
+	var up net.Conn
+	for attempt := 1; ; attempt++ {
+		var err error
+		lease, err = app.Acquire(s.connsCtx, activator.Wake{Remote: remote, Listen: addr})
+		if err != nil {
+			s.log.Warn("connection refused", "app", app.Name(), "listen", addr, "remote", remote, "reason", err)
+			s.failed(app.Name(), activator.FailureReason(err), 1)
+			return
+		}
+		if up, err = dialUpstream(lease); err == nil {
+			break
+		}
+		lease.Release()
+		// An instance that died a moment ago (a crash, docker kill) is only known dead
+		// once the engine's event arrives: a dial in between fails. Nothing of the
+		// client's has been read yet, so if the instance turns out to have ended, the
+		// connection goes to a fresh start instead of being dropped.
+		if attempt < 3 && instanceEnded(lease) {
+			s.log.Info("upstream gone while connecting; starting the app again", "app", app.Name(), "remote", remote, "reason", err)
+			continue
+		}
 		s.log.Warn("connection failed", "app", app.Name(), "upstream", lease.Upstream.String(), "remote", remote, "reason", err)
 		s.failed(app.Name(), "upstream_unreachable", 1)
 		return
 	}
+	defer lease.Release()
 
 	// The relay ends when the app stops (the lease's context) or when shutdown gives up
 	// on draining (connsCtx).

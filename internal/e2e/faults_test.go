@@ -53,6 +53,38 @@ func TestContainerKilledMidRequest(t *testing.T) {
 	d.awaitCount(`"msg":"app ready"&&`+name, 2)
 }
 
+// TestContainerKilledFrontDoor: through the front door, a GET sent right after the
+// container is killed is served by a fresh start, even when it reaches the dead instance
+// before sact hears of the exit (it is sent again, as an idempotent request may be).
+func TestContainerKilledFrontDoor(t *testing.T) {
+	needDocker(t)
+	name := uniqueName(t, "frontkill")
+	front := freeAddr(t)
+	d := startSact(t, fmt.Sprintf("http:\n  listen: [\"tcp:%s\"]\napps:", front)+appConfig(name, freeAddr(t), "")+fmt.Sprintf("    hosts: [%q]\n", name+".test"))
+	get := func() (int, string, error) {
+		req, _ := http.NewRequest("GET", "http://"+front+"/", nil)
+		req.Host = name + ".test"
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return 0, "", err
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b), nil
+	}
+	for i := range 3 {
+		if code, body, err := get(); err != nil || code != 200 {
+			t.Fatalf("round %d, before the kill: %d %q %v", i, code, body, err)
+		}
+		docker(t, "kill", "sact-"+name)
+		if code, body, err := get(); err != nil || code != 200 || !strings.Contains(body, name) {
+			t.Errorf("round %d, right after the kill: %d %q %v", i, code, body, err)
+		}
+	}
+	t.Logf("RELIABILITY front door, 3 kills each followed at once by a GET: %d of them reached the dead instance and were sent again",
+		d.countLog(`"msg":"upstream gone while proxying"`))
+}
+
 // TestOOMKilled: an app killed by the kernel for memory is reported as oom-killed, in the
 // log and in status, and the next request starts it again.
 func TestOOMKilled(t *testing.T) {

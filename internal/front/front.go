@@ -239,6 +239,13 @@ func (s *Server) newRoute(r Route) *route {
 		BufferPool: copyBuffers,
 		Rewrite:    func(pr *httputil.ProxyRequest) { s.rewrite(rt, pr) },
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			// The instance ended under the request (and not the client): ServeHTTP
+			// starts the app again and resends.
+			if p, _ := r.Context().Value(ctxKey{}).(*proxied); p != nil && p.replay &&
+				(p.lease.Context().Err() != nil || r.Context().Err() == nil && instanceEnded(p.lease)) {
+				p.retry = true
+				return
+			}
 			if errors.Is(err, context.Canceled) && r.Context().Err() != nil {
 				s.failed(rt.name, "client_gone", 1)
 				return // the client went away
@@ -249,6 +256,17 @@ func (s *Server) newRoute(r Route) *route {
 		},
 	}
 	return rt
+}
+
+// instanceEnded reports whether the lease's instance has ended or ends within a second:
+// after a failed try, the engine's word that it exited may be on its way.
+func instanceEnded(lease *activator.Lease) bool {
+	select {
+	case <-lease.Context().Done():
+		return true
+	case <-time.After(time.Second):
+		return false
+	}
 }
 
 // copyBuffers recycles the buffers ReverseProxy copies response bodies with: without a
@@ -270,10 +288,11 @@ func (b *bufferPool) Put(buf []byte) { b.p.Put(&buf) }
 // dial connects to the upstream of the request's lease; the connection reports activity
 // to the app on every read and write, whichever request uses it later.
 func (rt *route) dial(ctx context.Context, network, addr string) (net.Conn, error) {
-	lease, _ := ctx.Value(ctxKey{}).(*activator.Lease)
-	if lease == nil {
+	p, _ := ctx.Value(ctxKey{}).(*proxied)
+	if p == nil {
 		return nil, errors.New("no lease on the app")
 	}
+	lease := p.lease
 	var d net.Dialer
 	c, err := d.DialContext(ctx, lease.Upstream.Network, lease.Upstream.Address)
 	if err != nil {
@@ -384,30 +403,63 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	defer rt.inFlight.Add(-1)
 
 	began := time.Now()
-	lease, err := s.acquire(w, r, rt, cold)
-	if lease == nil {
-		if err != nil {
-			s.fail(w, r, rt, err)
+	for attempt := 1; ; attempt++ {
+		lease, err := s.acquire(w, r, rt, cold)
+		if lease == nil {
+			if err != nil {
+				s.fail(w, r, rt, err)
+			}
+			return
 		}
-		return
+		if cold && attempt == 1 {
+			w.Header().Set("X-Sact-Cold-Start", time.Since(began).Round(time.Millisecond).String())
+		}
+		p := &proxied{lease: lease, replay: attempt < 3 && replayable(r)}
+		s.proxy(w, r, rt, p)
+		lease.Release()
+		if !p.retry {
+			return
+		}
+		// The instance died under the request before anything was sent: start it
+		// again rather than answer 502 for a crash the client never saw.
+		s.log.Info("upstream gone while proxying; starting the app again", "app", rt.name, "host", r.Host, "path", r.URL.Path)
+		cold = true
 	}
-	defer lease.Release()
-	if cold {
-		w.Header().Set("X-Sact-Cold-Start", time.Since(began).Round(time.Millisecond).String())
+}
+
+// proxied is one try at proxying a request, in its context: the lease the dial uses,
+// and whether the error handler found the instance gone and asks for another try.
+type proxied struct {
+	lease  *activator.Lease
+	replay bool // the request can be sent again: no body
+	retry  bool
+}
+
+// replayable reports whether r may be sent twice: idempotent and without a body, the
+// requests net/http's own Transport retries on a dead connection.
+func replayable(r *http.Request) bool {
+	switch r.Method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions:
+		return r.Body == nil || r.Body == http.NoBody
 	}
+	return false
+}
+
+// proxy sends r to the lease's instance.
+func (s *Server) proxy(w http.ResponseWriter, r *http.Request, rt *route, p *proxied) {
 	rt.mu.Lock()
-	if rt.upstream != lease.Upstream {
+	if rt.upstream != p.lease.Upstream {
 		// A new incarnation (perhaps a new container IP): the pool's connections are to
 		// the old one.
-		rt.upstream = lease.Upstream
+		rt.upstream = p.lease.Upstream
 		rt.tr.CloseIdleConnections()
 	}
 	rt.mu.Unlock()
 
 	// The request ends when the app stops.
-	ctx, cancel := context.WithCancel(context.WithValue(r.Context(), ctxKey{}, lease))
+	ctx, cancel := context.WithCancel(context.WithValue(r.Context(), ctxKey{}, p))
 	defer cancel()
-	stop := context.AfterFunc(lease.Context(), cancel)
+	stop := context.AfterFunc(p.lease.Context(), cancel)
 	defer stop()
 	rt.proxy.ServeHTTP(w, r.WithContext(ctx))
 }

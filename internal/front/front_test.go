@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -233,5 +234,77 @@ func TestSetRoutes(t *testing.T) {
 	}
 	if lookup("a.test") != "" {
 		t.Error("a.test still routed after its route was removed")
+	}
+}
+
+// dyingRuntime's first instance dies under the first request it gets (the connection is
+// cut, and the exit is reported just after, as the engine's event comes after the
+// kill); later instances are healthy.
+type dyingRuntime struct {
+	healthy, dying string
+	starts         atomic.Int32
+	exited         chan backend.Exit
+}
+
+func (f *dyingRuntime) Start(ctx context.Context, spec backend.Spec) (*backend.Instance, error) {
+	addr := f.healthy
+	exited := make(chan backend.Exit, 1)
+	if f.starts.Add(1) == 1 {
+		addr, f.exited = f.dying, exited
+	}
+	return &backend.Instance{ID: "fake", Upstream: backend.Addr{Network: "tcp", Address: addr}, Exited: exited}, nil
+}
+func (f *dyingRuntime) Stop(context.Context, backend.Spec, time.Duration) error { return nil }
+func (f *dyingRuntime) Running(context.Context, backend.Spec) (*backend.Instance, error) {
+	return nil, nil
+}
+
+func TestRequestToADyingInstanceIsSentAgain(t *testing.T) {
+	healthy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprint(w, "fresh")
+	}))
+	defer healthy.Close()
+	rt := &dyingRuntime{healthy: healthy.Listener.Addr().String()}
+	dying := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, _, _ := w.(http.Hijacker).Hijack()
+		c.Close() // killed mid-request
+		go func() {
+			time.Sleep(100 * time.Millisecond)
+			rt.exited <- backend.Exit{Code: 137, Reason: "exited"}
+		}()
+	}))
+	defer dying.Close()
+	rt.dying = dying.Listener.Addr().String()
+
+	act := activator.New(rt, activator.Policy{Spec: backend.Spec{Name: "app"}, Idle: time.Hour}, activator.Options{})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { act.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	s, err := New([]Route{{App: act, Hosts: []string{"app.test"}}}, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(s)
+	defer srv.Close()
+
+	if resp, body := get(t, srv, "app.test", "/"); resp.StatusCode != 200 || body != "fresh" {
+		t.Errorf("GET to an instance that died under it: %d %q, want 200 from a fresh start", resp.StatusCode, body)
+	}
+	if n := rt.starts.Load(); n != 2 {
+		t.Errorf("%d starts, want 2", n)
+	}
+	// A POST is not sent twice: it gets the 502.
+	rt.starts.Store(0)
+	act.Stop(context.Background())
+	req, _ := http.NewRequest("POST", srv.URL+"/", strings.NewReader("x"))
+	req.Host = "app.test"
+	resp, err := srv.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadGateway {
+		t.Errorf("POST to a dying instance: %d, want 502 (not replayed)", resp.StatusCode)
 	}
 }
