@@ -378,6 +378,22 @@ func (r *Runtime) start(ctx context.Context, spec backend.Spec, id string) (*bac
 	}
 	up, err := r.upstream(ctx, spec, id)
 	if err != nil {
+		// A container that exits at once has lost its address by the time it is
+		// inspected; its exit, which the event stream reports with the code and the
+		// last log lines, is the reason to give, not the missing address.
+		t := time.NewTimer(2 * time.Second)
+		defer t.Stop()
+		select {
+		case e, ok := <-w.exited:
+			if ok {
+				err = fmt.Errorf("container %s exited as it started: %s", containerRef(spec), e)
+				if e.Logs != "" {
+					err = fmt.Errorf("%w; last log lines:\n%s", err, e.Logs)
+				}
+			}
+		case <-t.C:
+		case <-ctx.Done():
+		}
 		return nil, err
 	}
 	return &backend.Instance{ID: shortID(id), Upstream: up, Exited: w.exited}, nil
