@@ -893,6 +893,20 @@ type Lease struct {
 // Context is cancelled when the app stops; the relay closes the connection then.
 func (l *Lease) Context() context.Context { return l.ctx }
 
+// EndedWithin reports whether the lease's instance has ended, or ends within d: after a
+// failed dial or request, the engine's word that the instance exited may be on its way,
+// and a connection that reached a dead instance can then go to a fresh start.
+func (l *Lease) EndedWithin(d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-l.ctx.Done():
+		return true
+	case <-t.C:
+		return false
+	}
+}
+
 // Touch records that bytes moved. It is called on the relay's hot path: one atomic store.
 func (l *Lease) Touch() { l.active.Store(time.Now().UnixNano()) }
 

@@ -561,17 +561,6 @@ func dialUpstream(lease *activator.Lease) (net.Conn, error) {
 	return d.DialContext(ctx, lease.Upstream.Network, lease.Upstream.Address)
 }
 
-// instanceEnded reports whether the lease's instance has ended or ends within a second:
-// after a failed dial, the engine's word that it exited may be on its way.
-func instanceEnded(lease *activator.Lease) bool {
-	select {
-	case <-lease.Context().Done():
-		return true
-	case <-time.After(time.Second):
-		return false
-	}
-}
-
 // handle serves one client connection: get the app running, dial it, relay.
 func (s *server) handle(client net.Conn, app *activator.App, addr string) {
 	defer client.Close()
@@ -597,7 +586,7 @@ func (s *server) handle(client net.Conn, app *activator.App, addr string) {
 		// once the engine's event arrives: a dial in between fails. Nothing of the
 		// client's has been read yet, so if the instance turns out to have ended, the
 		// connection goes to a fresh start instead of being dropped.
-		if attempt < 3 && instanceEnded(lease) {
+		if attempt < 3 && lease.EndedWithin(time.Second) {
 			s.log.Info("upstream gone while connecting; starting the app again", "app", app.Name(), "remote", remote, "reason", err)
 			continue
 		}

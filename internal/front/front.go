@@ -242,7 +242,7 @@ func (s *Server) newRoute(r Route) *route {
 			// The instance ended under the request (and not the client): ServeHTTP
 			// starts the app again and resends.
 			if p, _ := r.Context().Value(ctxKey{}).(*proxied); p != nil && p.replay &&
-				(p.lease.Context().Err() != nil || r.Context().Err() == nil && instanceEnded(p.lease)) {
+				(p.lease.Context().Err() != nil || r.Context().Err() == nil && p.lease.EndedWithin(time.Second)) {
 				p.retry = true
 				return
 			}
@@ -256,17 +256,6 @@ func (s *Server) newRoute(r Route) *route {
 		},
 	}
 	return rt
-}
-
-// instanceEnded reports whether the lease's instance has ended or ends within a second:
-// after a failed try, the engine's word that it exited may be on its way.
-func instanceEnded(lease *activator.Lease) bool {
-	select {
-	case <-lease.Context().Done():
-		return true
-	case <-time.After(time.Second):
-		return false
-	}
 }
 
 // copyBuffers recycles the buffers ReverseProxy copies response bodies with: without a
