@@ -9,11 +9,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	mrand "math/rand/v2"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -85,15 +87,29 @@ func uniqueName(t *testing.T, base string) string {
 }
 
 // freeAddr returns a loopback TCP address nobody listens on right now.
+//
+// The port is below the kernel's ephemeral range (32768 and up here), never handed out
+// twice in a run, and checked free: a port from the ephemeral range can be taken by any
+// outgoing connection (the tests open thousands) between this check and sact's bind.
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	for range 1000 {
+		port := 10000 + mrand.IntN(22000)
+		if _, taken := handedOut.LoadOrStore(port, true); taken {
+			continue
+		}
+		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+		if ln, err := net.Listen("tcp", addr); err == nil {
+			ln.Close()
+			return addr
+		}
 	}
-	defer ln.Close()
-	return ln.Addr().String()
+	t.Fatal("no free port in 10000-31999")
+	return ""
 }
+
+// handedOut are the ports freeAddr gave this run.
+var handedOut sync.Map
 
 // daemon is a running `sact serve`.
 type daemon struct {

@@ -121,17 +121,11 @@ func loadApps(t *testing.T, base string, n int, extra string) (names, addrs []st
 	return names, addrs, frontAddr, adminAddr, startSact(t, cfg)
 }
 
-// freeAddrs returns n distinct loopback TCP addresses nobody listens on: all are held
-// until all are picked, since freeAddr twice may give the same port.
+// freeAddrs returns n distinct free loopback TCP addresses.
 func freeAddrs(t *testing.T, n int) []string {
-	var addrs []string
-	for range n {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer ln.Close()
-		addrs = append(addrs, ln.Addr().String())
+	addrs := make([]string, n)
+	for i := range addrs {
+		addrs[i] = freeAddr(t)
 	}
 	return addrs
 }
