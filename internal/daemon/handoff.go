@@ -163,7 +163,10 @@ func newHandoffApp(app *config.App, lns []net.Listener, dir string, rt backend.R
 	h := &handoffApp{lns: lns, log: log.With("app", app.Name), probe: probe}
 	h.cfg.Store(app)
 	var sockets []handoff.Socket
-	for _, ln := range lns {
+	for i, ln := range lns {
+		if ln == nil {
+			return nil, fmt.Errorf("app %q: its listener on %s was lost in a reload", app.Name, app.Listen[i])
+		}
 		sc, ok := ln.(syscall.Conn)
 		if !ok {
 			return nil, fmt.Errorf("listener %s cannot be handed off", ln.Addr())

@@ -128,7 +128,8 @@ func (d *daemon) apply(ctx context.Context, cfg *config.Config) (admin.ReloadRes
 	}
 	type take struct {
 		from owner
-		to   string
+		to   string // the app, and its listener's index, the socket goes to
+		at   int
 	}
 	var takes []take
 	var bound []net.Listener
@@ -148,13 +149,12 @@ func (d *daemon) apply(ctx context.Context, cfg *config.Config) (admin.ReloadRes
 			switch {
 			case ok && o.u.app.Name == app.Name && plan[app.Name] == inPlace:
 				lns[app.Name] = append(lns[app.Name], o.u.lns[o.i]) // stays
-			case ok && (plan[o.u.app.Name] == unchanged || plan[o.u.app.Name] == inPlace && o.u.app.Name != app.Name &&
-				slices.ContainsFunc(cfgApp(cfg, o.u.app.Name).Listen, func(b listen.Addr) bool { return listenKey(b) == listenKey(a) })):
-				// Validation forbids two apps on one address; this is the old config's
-				// app keeping it while the new config gives it to another.
+			case ok && o.u.app.Name != app.Name && slices.ContainsFunc(cfgApp(cfg, o.u.app.Name).Listen, func(b listen.Addr) bool { return listenKey(b) == listenKey(a) }):
+				// Validation forbids two apps on one address; a guard, should the apps
+				// from container labels ever escape it.
 				return fail(fmt.Errorf("app %q: %s is still used by app %q", app.Name, a, o.u.app.Name))
 			case ok:
-				takes = append(takes, take{o, app.Name})
+				takes = append(takes, take{from: o, to: app.Name, at: len(lns[app.Name])})
 				lns[app.Name] = append(lns[app.Name], nil)
 			default:
 				ln, err := listen.Listen(ctx, a)
@@ -221,19 +221,7 @@ func (d *daemon) apply(ctx context.Context, cfg *config.Config) (admin.ReloadRes
 				continue
 			}
 		}
-		u := next[t.to]
-		for i, l := range u.lns {
-			if l == nil && listenKey(u.app.Listen[i]) == listenKey(t.from.u.app.Listen[t.from.i]) {
-				u.lns[i] = moved
-			}
-		}
-		if lns[t.to] != nil { // an app that stays reads its new listeners from here
-			for i, l := range lns[t.to] {
-				if l == nil && listenKey(cfgApp(cfg, t.to).Listen[i]) == listenKey(t.from.u.app.Listen[t.from.i]) {
-					lns[t.to][i] = moved
-				}
-			}
-		}
+		lns[t.to][t.at] = moved      // a new unit's own slice, or what update gives a kept one
 		t.from.u.lns[t.from.i] = nil // closed: no longer the old unit's
 	}
 	gone := make(map[string]<-chan struct{})
@@ -294,8 +282,8 @@ func (d *daemon) apply(ctx context.Context, cfg *config.Config) (admin.ReloadRes
 // update applies new settings to a unit that stays: its policy, and its listeners, of
 // which lns holds those of the new config (kept, taken over or new).
 func (d *daemon) update(u *unit, app *config.App, lns []net.Listener) {
-	specChanged := u.spec.Hash != d.policy(app).Spec.Hash
 	pol := d.policy(app)
+	specChanged := u.spec.Hash != pol.Spec.Hash
 	u.act.SetPolicy(pol)
 	u.spec = pol.Spec
 	if u.handoff != nil {

@@ -172,8 +172,11 @@ func (d *daemon) startUnit(u *unit, after []<-chan struct{}) {
 	}()
 }
 
-// accept starts an accept loop on ln for act.
+// accept starts an accept loop on ln for act, if there is one.
 func (d *daemon) accept(ln net.Listener, act *activator.App, addr string) {
+	if ln == nil {
+		return // lost in a reload (logged there)
+	}
 	d.srv.accepting.Go(func() { d.srv.accept(ln, act, addr) })
 }
 
@@ -243,13 +246,6 @@ func (d *daemon) acts() map[string]*activator.App {
 		acts[name] = u.act
 	}
 	return acts
-}
-
-// unitNamed returns the unit of an app, or nil.
-func (d *daemon) unitNamed(name string) *unit {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.units[name]
 }
 
 // snapshot returns the units, for shutdown.
