@@ -29,12 +29,27 @@ const Repo = "sact-testserver"
 // documentation), building and importing it first if the engine lacks it. It needs the Go
 // toolchain and sact's source tree, as `go run` and `go test` have.
 func TestServer(ctx context.Context) (string, error) {
-	bin, err := buildServer(ctx)
+	return goImage(ctx, Repo, "testserver", `EXPOSE 8080`)
+}
+
+// HostileRepo is the repository the hostile app's image is tagged in.
+const HostileRepo = "sact-hostile"
+
+// Hostile returns the reference of the hostile app's image (see the hostile package's
+// documentation): an app that attacks sact and the host from inside its container.
+func Hostile(ctx context.Context) (string, error) {
+	return goImage(ctx, HostileRepo, "hostile", `EXPOSE 8080`)
+}
+
+// goImage builds ./internal/testimage/NAME into a static binary, and returns the image
+// repo:HASH holding it as /NAME, its entrypoint, importing it first if the engine lacks it.
+func goImage(ctx context.Context, repo, name string, changes ...string) (string, error) {
+	bin, err := buildBinary(ctx, name)
 	if err != nil {
-		return "", fmt.Errorf("building the test server: %w", err)
+		return "", fmt.Errorf("building the %s image's binary: %w", name, err)
 	}
 	sum := sha256.Sum256(bin)
-	ref := Repo + ":" + hex.EncodeToString(sum[:6])
+	ref := repo + ":" + hex.EncodeToString(sum[:6])
 
 	cli, err := client.New(client.FromEnv, client.WithAPIVersionNegotiation())
 	if err != nil {
@@ -47,14 +62,14 @@ func TestServer(ctx context.Context) (string, error) {
 		return "", fmt.Errorf("looking for image %s: %w", ref, err)
 	}
 
-	layer, err := rootfs(map[string][]byte{"testserver": bin})
+	layer, err := rootfs(map[string][]byte{name: bin})
 	if err != nil {
 		return "", err
 	}
 	rc, err := cli.ImageImport(ctx, client.ImageImportSource{Source: bytes.NewReader(layer), SourceName: "-"}, ref,
 		client.ImageImportOptions{
-			Message: "sact test server, built offline",
-			Changes: []string{`ENTRYPOINT ["/testserver"]`, `EXPOSE 8080`},
+			Message: "sact " + name + ", built offline",
+			Changes: append([]string{`ENTRYPOINT ["/` + name + `"]`}, changes...),
 		})
 	if err != nil {
 		return "", fmt.Errorf("importing image %s: %w", ref, err)
@@ -80,19 +95,19 @@ func SourceDir() (string, error) {
 	return dir, nil
 }
 
-// buildServer compiles the test server into a static, reproducible binary.
-func buildServer(ctx context.Context) ([]byte, error) {
+// buildBinary compiles ./internal/testimage/NAME into a static, reproducible binary.
+func buildBinary(ctx context.Context, name string) ([]byte, error) {
 	dir, err := SourceDir()
 	if err != nil {
 		return nil, err
 	}
-	tmp, err := os.MkdirTemp("", "sact-testserver-")
+	tmp, err := os.MkdirTemp("", "sact-"+name+"-")
 	if err != nil {
 		return nil, err
 	}
 	defer os.RemoveAll(tmp)
-	out := filepath.Join(tmp, "testserver")
-	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-ldflags=-s -w -buildid=", "-o", out, "./internal/testimage/testserver")
+	out := filepath.Join(tmp, name)
+	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-ldflags=-s -w -buildid=", "-o", out, "./internal/testimage/"+name)
 	cmd.Dir = dir
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux")
 	if b, err := cmd.CombinedOutput(); err != nil {
