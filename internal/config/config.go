@@ -35,6 +35,16 @@ type Admin struct {
 	// Group may use the admin socket (mode 0660): a group name or gid (key group).
 	// Default "": sact's own group.
 	Group string
+	// Hosts are further names the dashboard is served on over HTTP, "name" (any port) or
+	// "name:port", like a reverse proxy's name for it (key hosts). A request whose Host
+	// is neither one of them, the listen address, nor localhost, 127.0.0.1 or [::1] with
+	// the listen port is refused: that is what defeats DNS rebinding. Default none.
+	Hosts []string
+	// TokenFile holds the credential that changes and logs over HTTP need (bearer token,
+	// or basic auth password) and that the dashboard's login asks for (key token_file).
+	// When missing, sact creates it with a random token: root's, mode 0640, group Group.
+	// Default "": admin.token in sact's state directory (-state-dir, /var/lib/sact).
+	TokenFile string
 }
 
 // Pool limits what runs on the host as a whole.

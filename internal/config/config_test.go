@@ -133,7 +133,7 @@ var defaultDirWritable = dirWritable
 func TestDefaults(t *testing.T) {
 	fakeMachine(t)
 	cfg := parse(t, "apps:\n  web:\n    image: web:1\n    listen: [\"tcp:127.0.0.1:8080\"]\n    port: 80\n")
-	if cfg.Admin != (Admin{Socket: "/run/sact/admin.sock"}) {
+	if diff := cmp.Diff(Admin{Socket: "/run/sact/admin.sock"}, cfg.Admin); diff != "" {
 		t.Errorf("Admin = %+v", cfg.Admin)
 	}
 	if cfg.Pool != (Pool{StartConcurrency: 4}) {

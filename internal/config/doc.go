@@ -14,6 +14,8 @@
 //	admin:
 //	  socket: /run/sact/admin.sock      # admin API for the sact CLI
 //	  listen: 127.0.0.1:9180            # optional: dashboard, /metrics and the API over HTTP
+//	  hosts: [sact.example.com]         # more names the dashboard is served on (Host header)
+//	  token_file: /var/lib/sact/admin.token  # credential for changes and logs over HTTP
 //	defaults:                           # any app key; an app's own key replaces it whole
 //	  idle: 15m                         # no new connection and no byte moved this long: stop
 //	  start_timeout: 60s                # until the upstream accepts connections

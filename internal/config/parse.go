@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
@@ -241,6 +242,18 @@ func (p *parser) decodeAdmin(section pair) {
 			a.Listen, p.adminListen = net.JoinHostPort(host, port), kv
 		},
 		"group": func(path string, kv pair) { a.Group = p.d.account(path, kv.v, lookupGroup) },
+		"hosts": func(path string, kv pair) { a.Hosts = p.d.stringList(path, kv.v, checkAdminHost) },
+		"token_file": func(path string, kv pair) {
+			s := p.d.str(path, kv.v)
+			if s == "" {
+				return
+			}
+			if !filepath.IsAbs(s) {
+				p.d.errorf(kv.v, path, "%s is relative; write an absolute path, like /etc/sact/admin.token", quote(s))
+				return
+			}
+			a.TokenFile = filepath.Clean(s)
+		},
 	})
 }
 

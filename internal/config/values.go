@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"net"
+	"net/netip"
 	"regexp"
 	"slices"
 	"strconv"
@@ -320,4 +321,37 @@ func clock(s string, end bool) (int, bool) {
 		return 0, false
 	}
 	return h*60 + m, true
+}
+
+// checkAdminHost checks a name of admin.hosts: a host name or IP address, optionally with
+// a port ("dash.example.com", "dash.example.com:8443", "192.0.2.7", "[2001:db8::7]:9180").
+func checkAdminHost(h string) error {
+	const how = "write a host name or IP address, optionally with :port, like dash.example.com or dash.example.com:8443, without scheme or path"
+	if strings.Contains(h, "://") || strings.ContainsAny(h, "/?#*@ \t") {
+		return fmt.Errorf("%s is not a host name; %s", quote(h), how)
+	}
+	host := h
+	if name, port, err := net.SplitHostPort(h); err == nil {
+		if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+			return fmt.Errorf("%s: the port must be a number from 1 to 65535; %s", quote(h), how)
+		}
+		host = name
+	} else if strings.HasPrefix(h, "[") && strings.HasSuffix(h, "]") {
+		host = h[1 : len(h)-1]
+	}
+	if _, err := netip.ParseAddr(host); err == nil {
+		return nil
+	}
+	if strings.ContainsAny(host, "[]:") || host == "" || len(host) > 253 {
+		return fmt.Errorf("%s is not a host name; %s", quote(h), how)
+	}
+	for _, label := range strings.Split(host, ".") {
+		if !hostLabel.MatchString(label) {
+			if strings.ToLower(label) != label {
+				return fmt.Errorf("%s: write host names in lowercase", quote(h))
+			}
+			return fmt.Errorf("%s is not a host name; %s", quote(h), how)
+		}
+	}
+	return nil
 }

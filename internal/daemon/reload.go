@@ -349,7 +349,7 @@ func needsRestart(old, new *config.Config) []string {
 	if old.HTTP.MaxHeaderBytes != new.HTTP.MaxHeaderBytes || old.HTTP.ReadHeaderTimeout != new.HTTP.ReadHeaderTimeout || old.HTTP.IdleTimeout != new.HTTP.IdleTimeout {
 		out = append(out, "http limits")
 	}
-	if old.Admin != new.Admin {
+	if !reflect.DeepEqual(old.Admin, new.Admin) {
 		out = append(out, "admin")
 	}
 	if old.Pool != new.Pool {
