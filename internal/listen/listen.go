@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Listen binds a. For a unix socket it first removes a stale socket file left by a sact
@@ -76,7 +78,15 @@ func (a Addr) applyPerms() error {
 	if mode == 0 {
 		mode = 0o666
 	}
-	if err := os.Chmod(a.Address, mode); err != nil {
+	// The socket is changed through a descriptor of the file just bound, never by path: in a
+	// directory someone else can write, the name may be swapped for a link to a host file
+	// between bind and chmod, and os.Chmod would follow it.
+	fd, err := openSocketFile(a.Address)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	if err := unix.Fchmodat(unix.AT_FDCWD, fdPath(fd), uint32(mode), 0); err != nil {
 		return fmt.Errorf("setting the socket's mode: %w", err)
 	}
 	if a.Owner == "" && a.Group == "" {
@@ -109,11 +119,34 @@ func (a Addr) applyPerms() error {
 		}
 		gid = id
 	}
-	if err := os.Lchown(a.Address, uid, gid); err != nil {
+	if err := unix.Fchownat(fd, "", uid, gid, unix.AT_EMPTY_PATH); err != nil {
 		return fmt.Errorf("setting the socket's owner: %w", err)
 	}
 	return nil
 }
+
+// openSocketFile opens path without following a link in its last component, as an O_PATH
+// descriptor, and refuses anything that is not a socket.
+func openSocketFile(path string) (int, error) {
+	fd, err := unix.Open(path, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return -1, fmt.Errorf("opening the socket file to set its permissions: %w", err)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		unix.Close(fd)
+		return -1, fmt.Errorf("checking the socket file: %w", err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFSOCK {
+		unix.Close(fd)
+		return -1, fmt.Errorf("%s was replaced after bind (now mode %#o, not a socket): something else can write its directory; choose a directory only root can write, like /run/sact", path, st.Mode)
+	}
+	return fd, nil
+}
+
+// fdPath names an O_PATH descriptor's file for calls that take a path: chmod through it
+// changes that very inode, whatever its name is now.
+func fdPath(fd int) string { return "/proc/self/fd/" + strconv.Itoa(fd) }
 
 // lookupID returns s as a number if it is one, or looks the name up.
 func lookupID(s string, lookup func(string) (string, error)) (int, error) {

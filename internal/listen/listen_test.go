@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -133,4 +134,28 @@ func TestBindErrorsSayHowToFix(t *testing.T) {
 	if _, err := Listen(context.Background(), Addr{Network: "tcp", Address: ln.Addr().String()}); err == nil || !strings.Contains(err.Error(), "another process listens there") {
 		t.Errorf("binding a port in use: %v", err)
 	}
+}
+
+// TestPermsNeverFollowALink: a socket name swapped for a link to a host file between bind
+// and chmod (a directory someone else can write) must not change the file it points to.
+func TestPermsNeverFollowALink(t *testing.T) {
+	dir := t.TempDir()
+	secret := filepath.Join(dir, "shadow")
+	if err := os.WriteFile(secret, []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(dir, "app.sock")
+	if err := os.Symlink(secret, sock); err != nil {
+		t.Fatal(err)
+	}
+	a := Addr{Network: "unix", Address: sock, Mode: 0o666, Group: strconv.Itoa(os.Getgid() + 1)}
+	err := a.applyPerms()
+	st, _ := os.Stat(secret)
+	if st.Mode().Perm() != 0o600 {
+		t.Fatalf("the link's target became %v", st.Mode().Perm())
+	}
+	if err == nil {
+		t.Fatalf("setting permissions through a link: no error")
+	}
+	t.Log(err)
 }
