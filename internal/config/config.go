@@ -130,7 +130,8 @@ type App struct {
 	// Volumes in docker's -v syntax: "/host:/container[:ro]" or "name:/container". Default
 	// none.
 	Volumes []string
-	// User the container runs as, "name", "uid" or "uid:gid". Default "": the image's.
+	// User the container or process runs as, "name", "uid" or "uid:gid". Default "": the
+	// image's for a container, root (sact's own user) for a process.
 	User string
 	// Network is the docker network to attach to. Default "": the engine's default bridge.
 	Network string

@@ -375,7 +375,8 @@ func (s *appSrc) kind() string {
 func applies(key, kind string) bool {
 	switch kind {
 	case "command":
-		return !slices.Contains(imageOnly, key)
+		// A plain process runs as root unless told otherwise: user: is how to stop that.
+		return !slices.Contains(imageOnly, key) || key == "user"
 	case "container":
 		return !slices.Contains(imageOnly, key) && key != "env" && key != "dir"
 	case "image":

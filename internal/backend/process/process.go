@@ -15,6 +15,7 @@ import (
 	"maps"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -83,7 +84,7 @@ func (r *Runtime) Start(ctx context.Context, spec backend.Spec) (*backend.Instan
 	// Not exec.CommandContext: the process must outlive the start request's context.
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Dir = spec.Dir
-	cmd.Env = os.Environ()
+	cmd.Env = appEnv(os.Environ())
 	for _, k := range slices.Sorted(maps.Keys(spec.Env)) {
 		cmd.Env = append(cmd.Env, k+"="+spec.Env[k])
 	}
@@ -93,6 +94,13 @@ func (r *Runtime) Start(ctx context.Context, spec backend.Spec) (*backend.Instan
 	out := &tailBuffer{max: r.tail}
 	cmd.Stdout, cmd.Stderr = out, out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if spec.User != "" {
+		cred, err := credential(spec.User)
+		if err != nil {
+			return nil, fmt.Errorf("running app %q as user %q: %w", spec.Name, spec.User, err)
+		}
+		cmd.SysProcAttr.Credential = cred
+	}
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("running %q: %w", spec.Command[0], err)
 	}
@@ -116,6 +124,59 @@ func (r *Runtime) Start(ctx context.Context, spec backend.Spec) (*backend.Instan
 		up = backend.Addr{Network: "tcp", Address: "127.0.0.1:" + strconv.Itoa(spec.Port)}
 	}
 	return &backend.Instance{ID: strconv.Itoa(cmd.Process.Pid), Upstream: up, Exited: exited}, nil
+}
+
+// hostEnv are sact's own variables that describe the host's service manager: an app that
+// saw NOTIFY_SOCKET could tell systemd it is sact (READY, STOPPING, watchdog pings), and
+// LISTEN_* would make it take descriptors that are not its own.
+var hostEnv = map[string]bool{
+	"NOTIFY_SOCKET": true, "LISTEN_FDS": true, "LISTEN_PID": true, "LISTEN_FDNAMES": true,
+	"LISTEN_PIDFDID": true, "WATCHDOG_PID": true, "WATCHDOG_USEC": true, "INVOCATION_ID": true,
+	"MANAGERPID": true, "JOURNAL_STREAM": true, "SYSTEMD_EXEC_PID": true,
+}
+
+// appEnv is sact's environment without hostEnv: what a plain process inherits.
+func appEnv(environ []string) []string {
+	env := make([]string, 0, len(environ))
+	for _, kv := range environ {
+		if k, _, _ := strings.Cut(kv, "="); !hostEnv[k] {
+			env = append(env, kv)
+		}
+	}
+	return env
+}
+
+// credential resolves user: ("name", "uid", "name:group" or "uid:gid") when the app starts
+// (not when the config is read: the account may be made later). A user without a group
+// runs with its primary group, and never with sact's supplementary groups.
+func credential(spec string) (*syscall.Credential, error) {
+	name, group, _ := strings.Cut(spec, ":")
+	var uid, gid uint64
+	u, err := user.Lookup(name)
+	if err != nil {
+		u, err = user.LookupId(name)
+	}
+	switch {
+	case err == nil:
+		uid, _ = strconv.ParseUint(u.Uid, 10, 32)
+		gid, _ = strconv.ParseUint(u.Gid, 10, 32)
+	default:
+		n, perr := strconv.ParseUint(name, 10, 32)
+		if perr != nil {
+			return nil, fmt.Errorf("no such user on this host: %w; create it or give a numeric uid", err)
+		}
+		uid, gid = n, n // a uid with no account: its own number as group, as docker does
+	}
+	if group != "" {
+		if n, err := strconv.ParseUint(group, 10, 32); err == nil {
+			gid = n
+		} else if g, err := user.LookupGroup(group); err == nil {
+			gid, _ = strconv.ParseUint(g.Gid, 10, 32)
+		} else {
+			return nil, fmt.Errorf("no such group on this host: %w; create it or give a numeric gid", err)
+		}
+	}
+	return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), Groups: []uint32{}}, nil
 }
 
 // Stop sends SIGTERM to the app's process group, and SIGKILL after grace.

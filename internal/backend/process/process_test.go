@@ -2,6 +2,7 @@ package process
 
 import (
 	"context"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -65,5 +66,46 @@ func TestTailBuffer(t *testing.T) {
 	b.Write([]byte("ab"))
 	if got := b.String(); got != "456789ab" {
 		t.Errorf("tail = %q, want the last 8 bytes", got)
+	}
+}
+
+// TestUserAndEnvironment: a plain process runs as its user: with no supplementary group of
+// sact's, and sees none of the host service manager's variables.
+func TestUserAndEnvironment(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("needs root to change user")
+	}
+	t.Setenv("NOTIFY_SOCKET", "/run/systemd/notify")
+	t.Setenv("WATCHDOG_USEC", "1000000")
+	t.Setenv("SACT_TEST_KEPT", "yes")
+	tests := []struct {
+		user, want string
+	}{
+		{"", "0 0 0"},
+		{"65534", "65534 65534 65534"},
+		{"nobody", "65534 65534 65534"},
+		{"65534:4242", "65534 4242 4242"},
+		{"4711", "4711 4711 4711"}, // a uid with no account
+	}
+	for _, tt := range tests {
+		t.Run(tt.user, func(t *testing.T) {
+			rt := New(Options{})
+			spec := backend.Spec{Name: "u", User: tt.user, Command: []string{"/bin/sh", "-c",
+				`echo "$(id -u) $(id -g) $(id -G)"; echo "notify=$NOTIFY_SOCKET watchdog=$WATCHDOG_USEC kept=$SACT_TEST_KEPT"`}}
+			inst, err := rt.Start(context.Background(), spec)
+			if err != nil {
+				t.Fatal(err)
+			}
+			e := <-inst.Exited
+			if !strings.Contains(e.Logs, tt.want+"\n") {
+				t.Errorf("ids %q, want %q", e.Logs, tt.want)
+			}
+			if !strings.Contains(e.Logs, "notify= watchdog= kept=yes") {
+				t.Errorf("environment: %q; want no NOTIFY_SOCKET or WATCHDOG_USEC, and other variables kept", e.Logs)
+			}
+		})
+	}
+	if _, err := New(Options{}).Start(context.Background(), backend.Spec{Name: "u", User: "no-such-user-sact", Command: []string{"true"}}); err == nil || !strings.Contains(err.Error(), "no such user") {
+		t.Errorf("unknown user: %v", err)
 	}
 }
