@@ -223,8 +223,8 @@ func listeners() ([]net.Listener, string, error) {
 
 func attack(rep *report, handedOver bool) {
 	if handedOver {
-		clobberHandoff(rep)
 		flood(rep)
+		clobberHandoff(rep)
 	}
 	// The shim's binary is sact's own, shared by every handoff app: rewriting it would be
 	// code execution as root on the next start of any app.
@@ -291,13 +291,16 @@ func flood(rep *report) {
 	}
 	sock := filepath.Join(shimDir, "handoff.sock")
 	var opened, answered, refused atomic.Int64
+	var firstErr atomic.Value
+	firstErr.Store("")
 	var wg sync.WaitGroup
 	start := time.Now()
 	for range n {
 		wg.Go(func() {
-			c, err := net.DialTimeout("unix", sock, 2*time.Second)
+			c, err := net.DialTimeout("unixpacket", sock, 2*time.Second) // the handoff socket is SOCK_SEQPACKET
 			if err != nil {
 				refused.Add(1)
+				firstErr.CompareAndSwap("", err.Error())
 				return
 			}
 			defer c.Close()
@@ -311,8 +314,8 @@ func flood(rep *report) {
 		})
 	}
 	wg.Wait()
-	rep.add("handoff-flood", "info", fmt.Sprintf("peers=%d opened=%d answered=%d refused=%d took=%s",
-		n, opened.Load(), answered.Load(), refused.Load(), time.Since(start).Round(time.Millisecond)))
+	rep.add("handoff-flood", "info", fmt.Sprintf("peers=%d opened=%d answered=%d refused=%d took=%s first error: %s",
+		n, opened.Load(), answered.Load(), refused.Load(), time.Since(start).Round(time.Millisecond), firstErr.Load()))
 }
 
 // openFDs lists the descriptors open in this process, with what they are.
@@ -346,6 +349,11 @@ func fds(rep *report, open map[int]string, err error, listeners int) {
 	}
 	var extra []string
 	for fd, target := range open {
+		// The Go runtime's own, open before main: its poller, and the cgroup files it reads
+		// for GOMAXPROCS.
+		if target == "anon_inode:[eventpoll]" || target == "anon_inode:[eventfd]" || strings.HasPrefix(target, "/sys/fs/cgroup/") {
+			continue
+		}
 		if fd >= 3+listeners {
 			extra = append(extra, strconv.Itoa(fd)+" -> "+target)
 		}
