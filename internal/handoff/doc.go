@@ -5,11 +5,12 @@
 // # How it goes
 //
 //  1. sact owns the app's listeners (TCP or unix) and, per app, a host directory such as
-//     /run/sact/handoff/NAME. NewServer makes it 0700, owned by the uid the container
-//     runs as, and binds NAME/handoff.sock in it (a unix SOCK_SEQPACKET socket, 0600).
+//     /run/sact/handoff/NAME. NewServer makes it sact's own (root, 0711), removes
+//     whatever else is in it or in its place, and binds NAME/handoff.sock in it (a unix
+//     SOCK_SEQPACKET socket, 0600, owned by the uid the container runs as).
 //
 //  2. The container is created with two bind mounts, the sact binary read-only as its
-//     entrypoint and the app's directory at /run/sact-handoff, and runs
+//     entrypoint and the app's directory read-only at /run/sact-handoff, and runs
 //     `sact shim -- CMD [ARG...]` (the command is below).
 //
 //  3. Shim connects to /run/sact-handoff/handoff.sock (or $SACT_HANDOFF_SOCKET), receives
@@ -26,7 +27,7 @@
 // The container of step 2, as docker would create it by hand:
 //
 //	docker create --name sact-api --network none --user 1001 \
-//	  -v /usr/local/bin/sact:/sact:ro -v /run/sact/handoff/api:/run/sact-handoff \
+//	  -v /usr/local/bin/sact:/sact:ro -v /run/sact/handoff/api:/run/sact-handoff:ro \
 //	  --entrypoint /sact api:1 shim -- ./server --flag
 //
 // The shim exits 125 if it cannot get the sockets, 126 if CMD cannot be executed and 127
@@ -67,13 +68,20 @@
 // serve host clients), sact's other fds, its admin socket, other apps' sockets, the host
 // filesystem beyond the per-app directory, and the host's systemd environment.
 //
-// Who may connect: the per-app directory is 0700 and owned by the container's uid, the
-// socket 0600. Server also reads the peer's credentials (SO_PEERCRED) and refuses a uid
-// other than the configured one (or sact's own, which could read sact's memory anyway).
-// The pid it reads is the host pid, not the one inside the container, so Options.Authorize
-// can compare it with the container's State.Pid to let in only the container's first
-// process. Keep the directory's parent (say /run/sact/handoff) 0700 root: otherwise a
-// host user who happens to have the container's uid could reach the socket.
+// Who may connect: the per-app directory is root's, 0711, and mounted read-only (a
+// container, even one running as root, can neither replace the socket nor leave anything
+// for sact to follow: connect(2) needs no write access to the mount); the socket is 0600
+// and the container uid's. Server also reads the peer's credentials (SO_PEERCRED) and
+// refuses a uid other than the configured one (or sact's own, which could read sact's
+// memory anyway). The pid it reads is the host pid, not the one inside the container, so
+// Options.Pid compares it with the container's State.Pid to let in only the container's
+// first process, with the answer cached and asked again at most every 250ms. At most
+// MaxPeers (4) peers are served at once, each for at most Timeout (3s); more are closed
+// as they are accepted. So a container that floods its handoff socket costs sact a few
+// goroutines and a few engine calls a second, and only delays its own handoffs.
+//
+// Keep the directory's parent (say /run/sact/handoff) 0700 root: otherwise a host user
+// who happens to have the container's uid could reach the socket.
 //
 // # Which app servers take inherited sockets
 //

@@ -104,7 +104,7 @@ func TestDocker(t *testing.T) {
 	t.Cleanup(func() { docker(context.Background(), "rm", "-f", name) })
 	if _, err := docker(ctx, "run", "-d", "--name", name,
 		"--network", "none", "--read-only", "--user", "65534:65534",
-		"-v", bin+":/sact:ro", "-v", filepath.Dir(f.sock)+":"+filepath.Dir(DefaultSocket),
+		"-v", bin+":/sact:ro", "-v", filepath.Dir(f.sock)+":"+filepath.Dir(DefaultSocket)+":ro", // as sact mounts it
 		"-e", helperEnv+"=1", "-e", "SACT_TEST_WANT_NAMES=http:admin", "-e", "SACT_TEST_WANT_FAMILIES=inet:unix",
 		"--entrypoint", "/sact", emptyImage, "shim", "--", "/sact", "serve"); err != nil {
 		t.Fatal(err)

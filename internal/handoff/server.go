@@ -42,19 +42,34 @@ type Peer struct {
 // Options tunes a Server. The zero value works.
 type Options struct {
 	// User is the numeric "UID" or "UID:GID" the container's processes run as, as the host
-	// sees them (with docker's userns-remap, the remapped ids). The handoff directory is
-	// chowned to it, and peers with another uid are refused. "" means the container runs
-	// as sact's own uid (root, docker's default); the directory then stays sact's. A
+	// sees them (with docker's userns-remap, the remapped ids). The handoff socket is
+	// chowned to it (the directory stays sact's), and peers with another uid are
+	// refused. "" means the container runs as sact's own uid (root, docker's default). A
 	// peer with sact's own uid is always let in: it could read sact's memory anyway.
 	User string
-	// Authorize, if not nil, is asked about every peer that passed the uid check; an
-	// error refuses the peer and is sent to the shim, so say how to fix it. It is called
-	// from the connection's goroutine and may block briefly (to ask the engine for the
-	// container's pid, say). nil lets in every peer that passed the uid check.
+	// Pid, if not nil, returns the host pid of the container's first process (0 while the
+	// engine has not recorded it): only that process gets the sockets. The Server caches
+	// the answer and asks again only for a peer with another pid, at most once per
+	// PidEvery whatever the number of peers, so that a container cannot make sact flood
+	// the engine. A fresh answer with another pid refuses the peer at once; an answer of
+	// 0 is asked again until the peer's Timeout.
+	Pid func(ctx context.Context) (int, error)
+	// PidEvery is the least time between two calls of Pid. Zero means 250ms.
+	PidEvery time.Duration
+	// Authorize, if not nil, is asked about every peer that passed the uid and pid
+	// checks; an error refuses the peer and is sent to the shim, so say how to fix it. It
+	// is called from the connection's goroutine and may block briefly. nil lets in every
+	// peer that passed them.
 	Authorize func(Peer) error
-	// Timeout bounds one peer's whole exchange. Zero means 5 seconds.
+	// MaxPeers bounds the peers served at once; one more is closed as soon as it is
+	// accepted (a shim only ever needs one). Zero means 4.
+	MaxPeers int
+	// Timeout bounds one peer's whole exchange. Zero means 3 seconds: the engine records
+	// a container's pid a moment after its first process runs.
 	Timeout time.Duration
-	// Logger receives one line per handoff and per refused or failed peer. nil discards.
+	// Logger receives one line per handoff and per refused or failed peer (at most a few
+	// a second: a flood is summed up in "suppressed"), and one per repair of the handoff
+	// directory. nil discards.
 	Logger *slog.Logger
 }
 
@@ -64,27 +79,36 @@ type Options struct {
 // It serves any number of peers, one after the other or at once, rather than one per
 // container start: a restart policy or a `docker restart` may start the container again
 // without sact, and the sockets a second peer gets are the ones the first already has.
-// What keeps others out is the directory (only this container mounts it, and it is
-// 0700 and owned by the container's uid), the uid check and Options.Authorize.
+// What keeps others out is the directory (only this container mounts it; it is sact's,
+// 0711, and only the socket in it is the container's), the uid check, the pid check
+// (Options.Pid) and Options.Authorize. What bounds a hostile container is MaxPeers,
+// Timeout and the cached pid.
 type Server struct {
 	path      string
 	dir       string
 	ln        *net.UnixListener
 	files     []int // our duplicates of the listening sockets
 	names     []string
-	uid       int // the container's uid, or -1 when it is sact's own
+	uid       int       // the container's uid, or -1 when it is sact's own
+	pids      *pidCache // nil without Options.Pid
 	authorize func(Peer) error
 	timeout   time.Duration
+	maxPeers  int
 	log       *slog.Logger
+	noisy     *limiter // per-peer log lines
+	overCap   *limiter // "too many handoff peers"
 
 	mu      sync.Mutex
 	running bool
 	closed  bool
 }
 
-// NewServer creates the directory that holds path (0700, owned by Options.User), binds a
-// unix SOCK_SEQPACKET socket at path (removing a stale one) and duplicates the sockets'
-// fds. It does not accept connections until Run. Call Close if Run is never called.
+// NewServer makes the directory that holds path sact's (owned by its euid, 0711: a
+// container may enter it but not write in it), binds a unix SOCK_SEQPACKET socket at
+// path (0600, owned by Options.User) and duplicates the sockets' fds. The directory is
+// the Server's alone: anything in it, or in its place, that is not the socket (a file, a
+// symlink, a directory a container left) is removed without following links, and
+// logged. It does not accept connections until Run. Call Close if Run is never called.
 func NewServer(path string, sockets []Socket, opts Options) (*Server, error) {
 	if !filepath.IsAbs(path) {
 		return nil, fmt.Errorf("handoff socket path %q must be absolute", path)
@@ -111,13 +135,25 @@ func NewServer(path string, sockets []Socket, opts Options) (*Server, error) {
 		uid:       uid,
 		authorize: opts.Authorize,
 		timeout:   opts.Timeout,
+		maxPeers:  opts.MaxPeers,
 		log:       opts.Logger,
+		noisy:     newLimiter(5, time.Second),
+		overCap:   newLimiter(1, time.Second),
 	}
 	if s.timeout <= 0 {
-		s.timeout = 5 * time.Second
+		s.timeout = 3 * time.Second
+	}
+	if s.maxPeers <= 0 {
+		s.maxPeers = 4
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if opts.Pid != nil {
+		s.pids = &pidCache{lookup: opts.Pid, every: opts.PidEvery}
+		if s.pids.every <= 0 {
+			s.pids.every = 250 * time.Millisecond
+		}
 	}
 	for _, sk := range sockets {
 		if err := checkName(sk.Name); err != nil {
@@ -210,41 +246,20 @@ func (s *Server) bind(gid int) error {
 	if err := os.MkdirAll(filepath.Dir(s.dir), 0o700); err != nil {
 		return fmt.Errorf("create handoff directory: %w", err)
 	}
-	if err := os.Mkdir(s.dir, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
-		return fmt.Errorf("create handoff directory: %w", err)
-	}
-	fi, err := os.Lstat(s.dir)
-	if err != nil {
-		return fmt.Errorf("create handoff directory: %w", err)
-	}
-	if !fi.IsDir() {
-		return fmt.Errorf("handoff directory %s exists and is not a directory; remove it", s.dir)
-	}
-	if err := os.Chmod(s.dir, 0o700); err != nil {
-		return fmt.Errorf("restrict handoff directory: %w", err)
-	}
-	if err := s.chown(s.dir, gid); err != nil {
+	if err := s.prepareDir(); err != nil {
 		return err
 	}
-	if fi, err := os.Lstat(s.path); err == nil {
-		if fi.Mode().Type() != fs.ModeSocket {
-			return fmt.Errorf("%s exists and is not a socket; remove it or choose another handoff directory", s.path)
-		}
-		// A socket left by an earlier sact: nobody serves it any more, because the
-		// directory is per app and sact's admin socket keeps a second daemon out.
-		if err := os.Remove(s.path); err != nil {
-			return fmt.Errorf("remove stale handoff socket: %w", err)
-		}
+	// From here on the directory is sact's and nobody else may write in it, so paths in
+	// it stay what we make them (a container that still mounts it read-write from an
+	// earlier sact, as root, is the one exception: see secureSocket).
+	if err := s.clearDir(); err != nil {
+		return err
 	}
 	ln, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: s.path, Net: "unixpacket"})
 	if err != nil {
 		return fmt.Errorf("listen for the shim: %w", err)
 	}
-	if err := os.Chmod(s.path, 0o600); err != nil {
-		ln.Close()
-		return fmt.Errorf("restrict handoff socket: %w", err)
-	}
-	if err := s.chown(s.path, gid); err != nil {
+	if err := s.secureSocket(gid); err != nil {
 		ln.Close()
 		return err
 	}
@@ -252,12 +267,138 @@ func (s *Server) bind(gid int) error {
 	return nil
 }
 
-func (s *Server) chown(path string, gid int) error {
+// dirMode is the handoff directory's mode: the container may reach the socket in it
+// (through its bind mount) but neither list nor change the directory.
+const dirMode = 0o711
+
+// prepareDir makes s.dir a directory owned by sact, dirMode. What stands in its place
+// (a symlink, a file) is removed; a directory with another owner or mode is fixed through
+// a descriptor, so that no link is followed.
+func (s *Server) prepareDir() error {
+	for range 3 {
+		fd, err := unix.Open(s.dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		switch {
+		case err == nil:
+			err = s.fixDir(fd)
+			unix.Close(fd)
+			return err
+		case errors.Is(err, unix.ENOENT):
+			if err := os.Mkdir(s.dir, dirMode); err != nil && !errors.Is(err, fs.ErrExist) {
+				return fmt.Errorf("create handoff directory: %w", err)
+			}
+		case errors.Is(err, unix.ELOOP) || errors.Is(err, unix.ENOTDIR):
+			// A symlink (O_NOFOLLOW) or something else than a directory. os.Remove
+			// unlinks a symlink itself, never its target.
+			what := describe(s.dir)
+			if err := os.Remove(s.dir); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return fmt.Errorf("handoff directory %s is a %s and cannot be removed: %w; remove it", s.dir, what, err)
+			}
+			s.log.Warn("removed what stood in place of the handoff directory", "path", s.dir, "what", what)
+		default:
+			return fmt.Errorf("open handoff directory %s: %w", s.dir, err)
+		}
+	}
+	return fmt.Errorf("handoff directory %s keeps changing while sact sets it up; check what else writes in %s", s.dir, filepath.Dir(s.dir))
+}
+
+// fixDir gives the open directory fd to sact with dirMode, and logs what it was.
+func (s *Server) fixDir(fd int) error {
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return fmt.Errorf("handoff directory %s: %w", s.dir, err)
+	}
+	uid, gid := os.Geteuid(), os.Getegid()
+	if int(st.Uid) != uid || int(st.Gid) != gid {
+		if err := unix.Fchown(fd, uid, gid); err != nil {
+			return fmt.Errorf("handoff directory %s belongs to %d:%d and cannot be given back to sact: %w", s.dir, st.Uid, st.Gid, err)
+		}
+	}
+	if st.Mode&0o7777 != dirMode {
+		if err := unix.Fchmod(fd, dirMode); err != nil {
+			return fmt.Errorf("restrict handoff directory %s: %w", s.dir, err)
+		}
+	}
+	if int(st.Uid) != uid || int(st.Gid) != gid || st.Mode&0o7777 != dirMode {
+		s.log.Warn("repaired the handoff directory", "path", s.dir,
+			"was", fmt.Sprintf("%d:%d %#o", st.Uid, st.Gid, st.Mode&0o7777), "now", fmt.Sprintf("%d:%d %#o", uid, gid, dirMode))
+	}
+	return nil
+}
+
+// clearDir removes everything in s.dir: a stale socket silently (an earlier sact's: nobody
+// serves it any more, the directory is per app and the admin socket keeps a second daemon
+// out), anything else with a log line. os.RemoveAll never follows a symlink.
+func (s *Server) clearDir() error {
+	ents, err := os.ReadDir(s.dir)
+	if err != nil {
+		return fmt.Errorf("read handoff directory: %w", err)
+	}
+	for _, e := range ents {
+		p := filepath.Join(s.dir, e.Name())
+		what := describe(p)
+		if err := os.RemoveAll(p); err != nil {
+			return fmt.Errorf("remove %s (a %s) from the handoff directory: %w; remove it by hand", p, what, err)
+		}
+		switch {
+		case p == s.path && what == "socket":
+		case p == s.path:
+			s.log.Warn("removed what stood at the handoff socket's path", "path", p, "what", what)
+		default:
+			s.log.Warn("removed a stray entry from the handoff directory", "path", p, "what", what)
+		}
+	}
+	return nil
+}
+
+// describe names the type of file at path, without following a link.
+func describe(path string) string {
+	fi, err := os.Lstat(path)
+	if err != nil {
+		return "missing file"
+	}
+	switch t := fi.Mode().Type(); {
+	case t == 0:
+		return "regular file"
+	case t&fs.ModeDir != 0:
+		return "directory"
+	case t&fs.ModeSymlink != 0:
+		return "symlink"
+	case t&fs.ModeNamedPipe != 0:
+		return "fifo"
+	case t&fs.ModeSocket != 0:
+		return "socket"
+	case t&fs.ModeDevice != 0:
+		return "device"
+	}
+	return "special file"
+}
+
+// secureSocket makes the socket file just bound 0600 and the container's. It works on an
+// O_PATH descriptor opened without following links, and refuses anything but a socket:
+// nothing at that path can make sact chmod or chown another file.
+func (s *Server) secureSocket(gid int) error {
+	fd, err := unix.Open(s.path, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("restrict handoff socket: %w", err)
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return fmt.Errorf("restrict handoff socket: %w", err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFSOCK {
+		return fmt.Errorf("%s was replaced while sact bound it; check what else writes in %s", s.path, s.dir)
+	}
+	// chmod(2) on the descriptor's /proc link reaches the inode the descriptor holds
+	// (what fchmodat(AT_SYMLINK_NOFOLLOW) does where the kernel lacks fchmodat2).
+	if err := os.Chmod(fmt.Sprintf("/proc/self/fd/%d", fd), 0o600); err != nil {
+		return fmt.Errorf("restrict handoff socket: %w", err)
+	}
 	if s.uid < 0 {
 		return nil
 	}
-	if err := os.Lchown(path, s.uid, gid); err != nil {
-		return fmt.Errorf("hand %s to uid %d: %w; sact must run as root to hand sockets to a container that runs as another user", path, s.uid, err)
+	if err := unix.Fchownat(fd, "", s.uid, gid, unix.AT_EMPTY_PATH); err != nil {
+		return fmt.Errorf("hand %s to uid %d: %w; sact must run as root to hand sockets to a container that runs as another user", s.path, s.uid, err)
 	}
 	return nil
 }
@@ -280,6 +421,7 @@ func (s *Server) Run(ctx context.Context) error {
 
 	stop := context.AfterFunc(ctx, func() { s.ln.Close() })
 	var wg sync.WaitGroup
+	slots := make(chan struct{}, s.maxPeers)
 	defer func() {
 		stop()
 		wg.Wait()
@@ -296,7 +438,20 @@ func (s *Server) Run(ctx context.Context) error {
 			}
 			return fmt.Errorf("accept on handoff socket %s: %w", s.path, err)
 		}
-		wg.Go(func() { s.serve(ctx, conn) })
+		select {
+		case slots <- struct{}{}:
+			wg.Go(func() {
+				defer func() { <-slots }()
+				s.serve(ctx, conn)
+			})
+		default:
+			// A shim needs one exchange; this many at once is a container flooding
+			// sact. Closing costs no goroutine and no engine call.
+			conn.Close()
+			s.overCap.do(func(suppressed int) {
+				s.log.Warn("too many handoff peers at once; closed the new one", "max_peers", s.maxPeers, "suppressed", suppressed)
+			})
+		}
 	}
 }
 
@@ -333,32 +488,44 @@ func (s *Server) closeFiles() {
 // peer whose credentials passed and who said hello in our version.
 func (s *Server) serve(ctx context.Context, conn *net.UnixConn) {
 	defer conn.Close()
+	start := time.Now()
+	ctx, cancel := context.WithDeadline(ctx, start.Add(s.timeout))
+	defer cancel()
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
-	start := time.Now()
 	conn.SetDeadline(start.Add(s.timeout))
 
 	peer, err := peerOf(conn)
 	if err != nil {
-		s.log.Warn("handoff peer failed", "err", err)
+		s.warn("handoff peer failed", "err", err)
 		return
 	}
-	log := s.log.With("pid", peer.PID, "uid", peer.UID)
+	args := []any{"pid", peer.PID, "uid", peer.UID}
 	buf := make([]byte, maxPacket)
 	if err := s.hello(conn, buf); err != nil {
-		log.Warn("handoff failed", "err", err)
+		s.warn("handoff failed", append(args, "err", err)...)
 		return
 	}
-	if err := s.check(peer); err != nil {
-		log.Warn("handoff peer refused", "err", err)
+	if err := s.check(ctx, peer, start); err != nil {
+		s.warn("handoff peer refused", append(args, "err", err)...)
 		conn.Write(encodeError("sact refused the handoff: " + err.Error()))
 		return
 	}
 	if err := s.send(conn, buf); err != nil {
-		log.Warn("handoff failed", "err", err)
+		s.warn("handoff failed", append(args, "err", err)...)
 		return
 	}
-	log.Info("sockets handed off", "duration", time.Since(start))
+	s.noisy.do(func(suppressed int) {
+		s.log.Info("sockets handed off", append(args, "duration", time.Since(start), "suppressed", suppressed)...)
+	})
+}
+
+// warn logs a peer's failure, a few a second at most: a container can connect as often
+// as it likes.
+func (s *Server) warn(msg string, args ...any) {
+	s.noisy.do(func(suppressed int) {
+		s.log.Warn(msg, append(args, "suppressed", suppressed)...)
+	})
 }
 
 func peerOf(conn *net.UnixConn) (Peer, error) {
@@ -379,17 +546,134 @@ func peerOf(conn *net.UnixConn) (Peer, error) {
 	return Peer{PID: int(cred.Pid), UID: int(cred.Uid), GID: int(cred.Gid)}, nil
 }
 
-func (s *Server) check(p Peer) error {
+func (s *Server) check(ctx context.Context, p Peer, connected time.Time) error {
 	if p.UID != os.Geteuid() && p.UID != s.uid {
 		if s.uid < 0 {
 			return fmt.Errorf("the shim runs as uid %d but sact expected uid %d (the app sets no `user:`); set the app's `user:` to the numeric uid the container runs as", p.UID, os.Geteuid())
 		}
 		return fmt.Errorf("the shim runs as uid %d but the app's `user:` says uid %d; make `user:` the numeric uid the container really runs as", p.UID, s.uid)
 	}
+	if s.pids != nil {
+		if err := s.pids.match(ctx, p.PID, connected); err != nil {
+			return err
+		}
+	}
 	if s.authorize != nil {
 		return s.authorize(p)
 	}
 	return nil
+}
+
+// pidCache is the container's first pid as Options.Pid last told it, shared by every
+// peer of one Server.
+type pidCache struct {
+	lookup func(context.Context) (int, error)
+	every  time.Duration
+
+	mu      sync.Mutex
+	pid     int
+	err     error
+	at      time.Time     // when the last lookup began; zero before the first
+	pending chan struct{} // closed when the lookup in flight ends; nil if none
+}
+
+// match returns nil if pid is the container's first process: at once if the cache says
+// so, else after a lookup that began after the peer connected (shared with the other
+// peers waiting, and at most one per c.every). A fresh answer naming another process
+// refuses the peer without another lookup; "not running yet" (0) or an error is asked
+// again until ctx ends.
+func (c *pidCache) match(ctx context.Context, pid int, connected time.Time) error {
+	for {
+		c.mu.Lock()
+		if c.pid != 0 && c.pid == pid {
+			c.mu.Unlock()
+			return nil
+		}
+		if c.pending == nil && !c.at.IsZero() && !c.at.Before(connected) && c.err == nil && c.pid != 0 {
+			first := c.pid
+			c.mu.Unlock()
+			return fmt.Errorf("process %d is not the container's first process (that is %d); only the app's own container may fetch its sockets", pid, first)
+		}
+		if ch := c.pending; ch != nil {
+			c.mu.Unlock()
+			select {
+			case <-ch:
+				continue
+			case <-ctx.Done():
+				return c.timedOut(pid)
+			}
+		}
+		if wait := time.Until(c.at.Add(c.every)); wait > 0 {
+			c.mu.Unlock()
+			t := time.NewTimer(wait)
+			select {
+			case <-t.C:
+				continue
+			case <-ctx.Done():
+				t.Stop()
+				return c.timedOut(pid)
+			}
+		}
+		ch := make(chan struct{})
+		c.pending, c.at = ch, time.Now()
+		c.mu.Unlock()
+		got, err := c.lookup(ctx)
+		c.mu.Lock()
+		c.pid, c.err, c.pending = got, err, nil
+		c.mu.Unlock()
+		close(ch)
+	}
+}
+
+func (c *pidCache) timedOut(pid int) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.err != nil {
+		return fmt.Errorf("cannot tell whether process %d is the container's first process: %w", pid, c.err)
+	}
+	if c.pid == 0 {
+		return fmt.Errorf("process %d connected but the engine reports no running first process for the container; only the app's own container may fetch its sockets", pid)
+	}
+	return fmt.Errorf("process %d is not the container's first process (that is %d); only the app's own container may fetch its sockets", pid, c.pid)
+}
+
+// limiter lets a few actions through per interval and counts the others: a token
+// bucket of burst tokens, one back every interval.
+type limiter struct {
+	mu         sync.Mutex
+	burst      int
+	every      time.Duration
+	tokens     int
+	last       time.Time
+	suppressed int
+}
+
+func newLimiter(burst int, every time.Duration) *limiter {
+	return &limiter{burst: burst, every: every, tokens: burst}
+}
+
+// do calls f, with the count of calls suppressed since the last one, unless the bucket
+// is empty.
+func (l *limiter) do(f func(suppressed int)) {
+	l.mu.Lock()
+	now := time.Now()
+	if l.last.IsZero() {
+		l.last = now
+	}
+	if n := int(now.Sub(l.last) / l.every); n > 0 {
+		l.tokens = min(l.burst, l.tokens+n)
+		l.last = l.last.Add(time.Duration(n) * l.every)
+	}
+	if l.tokens == 0 {
+		l.suppressed++
+		l.mu.Unlock()
+		return
+	}
+	l.tokens--
+	n := l.suppressed
+	l.suppressed = 0
+	l.mu.Unlock()
+	f(n)
 }
 
 // hello reads the shim's hello; a shim of another protocol version is told so.
