@@ -63,12 +63,20 @@ type Pool struct {
 // HTTP is the optional front door: apps that set Hosts are served on these addresses,
 // routed by the Host header.
 type HTTP struct {
-	// Listen addresses. Default none: no front door.
+	// Listen addresses. Default none: no front door. A unix socket here that sets no
+	// mode gets 0660, and one that sets no group gets www-data (nginx's on Debian) if
+	// that group exists, else sact's own (a warning says to set group:); both are
+	// applied when it is bound, since parsing looks nothing up on the host.
 	Listen []listen.Addr
 	// TrustedProxies are the client addresses (CIDRs) whose X-Forwarded-For, -Proto and
-	// -Host are believed and extended (key trusted_proxies); clients on a unix socket
-	// (nginx on the same host) are always trusted. Default none.
+	// -Host are believed and extended (key trusted_proxies); other clients' are
+	// replaced. Clients on a unix socket are trusted when its mode lets no "other" user
+	// connect (no bits in 0o007, as the default 0660), or when the list holds the word
+	// unix (TrustUnix). Default none.
 	TrustedProxies []netip.Prefix
+	// TrustUnix: trusted_proxies holds "unix", so every unix socket peer is trusted,
+	// whatever the socket's mode.
+	TrustUnix bool
 	// DefaultApp serves requests whose Host matches no app (key default_app). Default "":
 	// they get 404, and nothing starts.
 	DefaultApp string

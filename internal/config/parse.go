@@ -275,11 +275,15 @@ func (p *parser) decodeHTTP(section pair) {
 		},
 		"trusted_proxies": func(path string, kv pair) {
 			for i, s := range p.d.stringList(path, kv.v, nil) {
+				if s == "unix" {
+					h.TrustUnix = true // every unix socket peer, whatever the mode
+					continue
+				}
 				pfx, err := netip.ParsePrefix(s)
 				if err != nil {
 					a, aerr := netip.ParseAddr(s)
 					if aerr != nil {
-						p.d.errorf(kv.v, index(path, i), "%s is not an address or CIDR; write 10.0.0.0/8 or 127.0.0.1", quote(s))
+						p.d.errorf(kv.v, index(path, i), "%s is not an address, CIDR or unix; write 10.0.0.0/8, 127.0.0.1 or unix (every unix socket peer)", quote(s))
 						continue
 					}
 					pfx = netip.PrefixFrom(a, a.BitLen())

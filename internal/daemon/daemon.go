@@ -21,6 +21,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"os/user"
 	"path/filepath"
 	"runtime/debug"
 	"strings"
@@ -335,7 +336,7 @@ func frontDoor(ctx context.Context, cfg *config.Config, routes []front.Route, de
 		return nil, nil, nil
 	}
 	opts := front.Options{
-		Logger: log, TrustedProxies: cfg.HTTP.TrustedProxies, MaxHeaderBytes: int(cfg.HTTP.MaxHeaderBytes),
+		Logger: log, TrustedProxies: cfg.HTTP.TrustedProxies, TrustUnix: cfg.HTTP.TrustUnix, MaxHeaderBytes: int(cfg.HTTP.MaxHeaderBytes),
 		ReadHeaderTimeout: cfg.HTTP.ReadHeaderTimeout, IdleTimeout: cfg.HTTP.IdleTimeout, Default: def,
 		Failed: failed,
 	}
@@ -349,7 +350,7 @@ func frontDoor(ctx context.Context, cfg *config.Config, routes []front.Route, de
 			lns = append(lns, ln)
 			continue
 		}
-		ln, err := listen.Listen(ctx, a)
+		ln, err := listen.Listen(ctx, frontSocket(a, log))
 		if err != nil {
 			for _, l := range lns {
 				l.Close()
@@ -359,6 +360,33 @@ func frontDoor(ctx context.Context, cfg *config.Config, routes []front.Route, de
 		lns = append(lns, ln)
 	}
 	return fsrv, lns, nil
+}
+
+// frontGroup is the group the front door's unix sockets get unless the config names
+// one: nginx's workers run as www-data on Debian and Ubuntu.
+var frontGroup = "www-data"
+
+// frontSocket applies the front door's defaults to a unix socket it binds: mode 0660,
+// so that no "other" user can connect (and every peer may be trusted with
+// X-Forwarded-*), and group www-data when that group exists. Without it the socket keeps
+// sact's own group, and a warning says how to let the web server in.
+func frontSocket(a listen.Addr, log *slog.Logger) listen.Addr {
+	if a.Network != "unix" {
+		return a
+	}
+	if a.Mode == 0 {
+		a.Mode = 0o660
+	}
+	if a.Group == "" {
+		if _, err := user.LookupGroup(frontGroup); err == nil {
+			a.Group = frontGroup
+		} else if a.Mode&0o007 == 0 {
+			log.Warn("front door socket has no web server group", "listen", a.String(), "mode", fmt.Sprintf("%04o", a.Mode),
+				"reason", fmt.Sprintf("group %s does not exist; only root and sact's group can connect", frontGroup),
+				"fix", "set http.listen to {address: "+a.String()+", group: GROUP} with your web server's group")
+		}
+	}
+	return a
 }
 
 func closeListeners(lns map[string][]net.Listener) {

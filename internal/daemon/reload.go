@@ -343,7 +343,7 @@ func needsRestart(old, new *config.Config) []string {
 	if !reflect.DeepEqual(old.HTTP.Listen, new.HTTP.Listen) {
 		out = append(out, "http.listen")
 	}
-	if !slices.Equal(old.HTTP.TrustedProxies, new.HTTP.TrustedProxies) {
+	if !slices.Equal(old.HTTP.TrustedProxies, new.HTTP.TrustedProxies) || old.HTTP.TrustUnix != new.HTTP.TrustUnix {
 		out = append(out, "http.trusted_proxies")
 	}
 	if old.HTTP.MaxHeaderBytes != new.HTTP.MaxHeaderBytes || old.HTTP.ReadHeaderTimeout != new.HTTP.ReadHeaderTimeout || old.HTTP.IdleTimeout != new.HTTP.IdleTimeout {

@@ -82,9 +82,14 @@ type Options struct {
 	Logger *slog.Logger
 	// Default serves hosts that match no route; nil answers them 404.
 	Default *Route
-	// TrustedProxies may set X-Forwarded-For, -Proto and -Host; unix socket peers are
-	// always trusted.
-	TrustedProxies    []netip.Prefix
+	// TrustedProxies are the TCP peers that may set X-Forwarded-For, -Proto and -Host
+	// (and X-Real-Ip); other peers' are replaced. A unix socket peer may set them when
+	// the socket it came through lets no "other" user connect (its mode has no bits in
+	// 0o007: only root, its owner and its group can reach it), or when TrustUnix is set.
+	TrustedProxies []netip.Prefix
+	// TrustUnix trusts every unix socket peer, whatever the socket's mode
+	// (trusted_proxies: [unix]).
+	TrustUnix         bool
 	MaxHeaderBytes    int           // (64 KiB)
 	ReadHeaderTimeout time.Duration // (10s)
 	IdleTimeout       time.Duration // (2m)
@@ -100,6 +105,9 @@ type Server struct {
 	failed  func(app, reason string, n int)
 	trusted []netip.Prefix
 	srv     *http.Server
+
+	trustUnix bool
+	private   sync.Map // unix socket path -> bool: no "other" user can connect to it
 }
 
 // route is a Route with its proxy and counters.
@@ -126,7 +134,7 @@ type routing struct {
 
 // New builds the server; an error means two routes claim the same host and path.
 func New(routes []Route, opts Options) (*Server, error) {
-	s := &Server{log: opts.Logger, trusted: opts.TrustedProxies, failed: opts.Failed}
+	s := &Server{log: opts.Logger, trusted: opts.TrustedProxies, trustUnix: opts.TrustUnix, failed: opts.Failed}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
@@ -142,6 +150,7 @@ func New(routes []Route, opts Options) (*Server, error) {
 		ReadHeaderTimeout: orDur(opts.ReadHeaderTimeout, 10*time.Second),
 		IdleTimeout:       orDur(opts.IdleTimeout, 2*time.Minute),
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+		ConnContext:       s.connContext,
 	}
 	return s, nil
 }
@@ -203,8 +212,12 @@ func orDur(v, def time.Duration) time.Duration {
 	return def
 }
 
-// Serve serves ln until Shutdown.
+// Serve serves ln until Shutdown. A unix socket's mode is read here, once: whether it
+// lets "other" users connect decides whether its peers may set X-Forwarded-*.
 func (s *Server) Serve(ln net.Listener) error {
+	if a, ok := ln.Addr().(*net.UnixAddr); ok {
+		s.private.Store(a.Name, privateSocket(a.Name))
+	}
 	err := s.srv.Serve(ln)
 	if errors.Is(err, http.ErrServerClosed) {
 		return nil
@@ -249,6 +262,13 @@ func (s *Server) newRoute(r Route) *route {
 			if errors.Is(err, context.Canceled) && r.Context().Err() != nil {
 				s.failed(rt.name, "client_gone", 1)
 				return // the client went away
+			}
+			if p, _ := r.Context().Value(ctxKey{}).(*proxied); p != nil && p.body != nil && p.body.err != nil {
+				s.log.Info("bad request body", "app", rt.name, "host", r.Host, "path", r.URL.Path, "remote", r.RemoteAddr, "reason", p.body.err)
+				s.failed(rt.name, "bad_request", 1)
+				w.Header().Set("Connection", "close")
+				plain(w, http.StatusBadRequest, fmt.Sprintf("400 bad request: reading the request body: %v\n", oneLine(p.body.err)))
+				return
 			}
 			s.log.Warn("proxy error", "app", rt.name, "host", r.Host, "path", r.URL.Path, "reason", err)
 			s.failed(rt.name, "upstream_error", 1)
@@ -316,7 +336,15 @@ func (c *activeConn) Write(p []byte) (int, error) {
 func (s *Server) rewrite(rt *route, pr *httputil.ProxyRequest) {
 	pr.SetURL(&url.URL{Scheme: "http", Host: rt.name})
 	pr.Out.Host = pr.In.Host
-	trusted := s.isTrusted(pr.In.RemoteAddr)
+	if up := pr.Out.Header.Get("Upgrade"); up != "" && !strings.EqualFold(up, "websocket") {
+		// Only websockets are tunnelled: an h2c (or other) upgrade would turn the
+		// connection into one the front door no longer routes, request by request. The
+		// request is served as plain HTTP (RFC 9110 7.8 lets a server ignore Upgrade),
+		// and an app that switches anyway gets its 101 refused by the proxy.
+		pr.Out.Header.Del("Upgrade")
+		pr.Out.Header.Del("Connection")
+	}
+	trusted := s.trusts(pr.In)
 	if trusted {
 		if v := pr.In.Header["X-Forwarded-For"]; len(v) > 0 {
 			pr.Out.Header["X-Forwarded-For"] = v
@@ -339,14 +367,76 @@ func (s *Server) rewrite(rt *route, pr *httputil.ProxyRequest) {
 			pr.Out.Header.Set("X-Real-Ip", v)
 		}
 	} else {
-		pr.Out.Header.Del("X-Real-Ip")
+		dropForged(pr.Out.Header)
 	}
 }
 
+// forgeable are headers that apps and their frameworks (Rack, Rails, Django, Express)
+// read as the client's address or scheme, beyond the X-Forwarded-For, -Proto and -Host
+// that rewrite sets itself: from a peer that is not a trusted proxy they are lies.
+var forgeable = []string{"X-Real-Ip", "Client-Ip", "True-Client-Ip", "X-Client-Ip",
+	"X-Cluster-Client-Ip", "Front-End-Https", "X-Url-Scheme"}
+
+// dropForged removes, from an untrusted peer's request, the forwarding headers it may not
+// set: every X-Forwarded-* but the three rewrite sets, the forgeable ones, and every
+// header whose name holds an underscore, which CGI-style servers (unicorn, Rack, PHP)
+// fold into the same variable as its dashed twin (X_Forwarded_For is
+// HTTP_X_FORWARDED_FOR); nginx drops those by default too (underscores_in_headers off).
+func dropForged(h http.Header) {
+	for name := range h {
+		switch name {
+		case "X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host":
+			continue
+		}
+		if strings.HasPrefix(name, "X-Forwarded-") || strings.ContainsRune(name, '_') {
+			delete(h, name)
+		}
+	}
+	for _, name := range forgeable {
+		delete(h, name)
+	}
+}
+
+// privateSocket reports whether the unix socket at path lets no "other" user connect:
+// its mode has no bits in 0o007, so only root, its owner and its group (the web
+// server's) can. An abstract socket (no file, no mode) is reachable by anyone.
+func privateSocket(path string) bool {
+	if path == "" || path[0] == '@' {
+		return false
+	}
+	fi, err := os.Stat(path)
+	return err == nil && fi.Mode().Type() == os.ModeSocket && fi.Mode().Perm()&0o007 == 0
+}
+
+type trustKey struct{}
+
+// connContext decides once per connection whether its peer may set X-Forwarded-*.
+func (s *Server) connContext(ctx context.Context, c net.Conn) context.Context {
+	trusted := false
+	if a, ok := c.LocalAddr().(*net.UnixAddr); ok {
+		private, _ := s.private.Load(a.Name)
+		trusted = s.trustUnix || private == true
+	} else {
+		trusted = s.isTrusted(c.RemoteAddr().String())
+	}
+	return context.WithValue(ctx, trustKey{}, trusted)
+}
+
+// trusts reports whether r's peer may set X-Forwarded-*: as connContext found, or, for
+// a connection it did not see (a server of the caller's own), by the peer's address.
+func (s *Server) trusts(r *http.Request) bool {
+	if t, ok := r.Context().Value(trustKey{}).(bool); ok {
+		return t
+	}
+	return s.isTrusted(r.RemoteAddr)
+}
+
+// isTrusted reports whether a peer at remote may set X-Forwarded-*. A unix socket peer
+// (no host:port) is trusted only with TrustUnix: its socket's mode is not known here.
 func (s *Server) isTrusted(remote string) bool {
 	host, _, err := net.SplitHostPort(remote)
 	if err != nil {
-		return true // unix socket: only processes on this host can connect
+		return s.trustUnix
 	}
 	a, err := netip.ParseAddr(host)
 	if err != nil {
@@ -363,6 +453,12 @@ func (s *Server) isTrusted(remote string) bool {
 
 // ServeHTTP routes one request.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method == http.MethodConnect {
+		// Not a forward proxy: a CONNECT's authority would pick the app, and the app
+		// would get a tunnel to make of what it likes.
+		plain(w, http.StatusMethodNotAllowed, "405 method not allowed: CONNECT; this is a reverse proxy for the apps it serves\n")
+		return
+	}
 	rg := s.routes.Load()
 	rt := rg.table.lookup(r.Host, r.URL.Path)
 	if rt == nil {
@@ -422,6 +518,22 @@ type proxied struct {
 	lease  *activator.Lease
 	replay bool // the request can be sent again: no body
 	retry  bool
+	body   *body // the request's body, if it has one
+}
+
+// body is a request body that remembers why reading it failed: a malformed chunked
+// encoding (an oversized chunk size or extension) is the client's error, not the app's.
+type body struct {
+	io.ReadCloser
+	err error
+}
+
+func (b *body) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err != nil && err != io.EOF {
+		b.err = err
+	}
+	return n, err
 }
 
 // replayable reports whether r may be sent twice: idempotent and without a body, the
@@ -450,12 +562,19 @@ func (s *Server) proxy(w http.ResponseWriter, r *http.Request, rt *route, p *pro
 	defer cancel()
 	stop := context.AfterFunc(p.lease.Context(), cancel)
 	defer stop()
-	rt.proxy.ServeHTTP(w, r.WithContext(ctx))
+	out := r.WithContext(ctx)
+	if r.Body != nil && r.Body != http.NoBody {
+		p.body = &body{ReadCloser: r.Body}
+		out.Body = p.body
+	}
+	rt.proxy.ServeHTTP(w, out)
 }
 
 // acquire gets a lease on the app, starting it if it sleeps. For a browser's GET with a
 // waking page it gives up after WakingPage, answers with the page and lets the start go
-// on; then it returns nil and no error.
+// on; then it returns nil and no error. Once the page is sent, or the client is gone,
+// the request stops waiting and gives its max_waiting slot back: the start goes on
+// without it, and the page's refresh comes back as a new request.
 func (s *Server) acquire(w http.ResponseWriter, r *http.Request, rt *route, cold bool) (*activator.Lease, error) {
 	wake := activator.Wake{Remote: r.RemoteAddr, Listen: "http:" + normalHost(r.Host), Path: r.URL.Path}
 	if wake.Remote == "" || wake.Remote == "@" {
@@ -472,10 +591,11 @@ func (s *Server) acquire(w http.ResponseWriter, r *http.Request, rt *route, cold
 		err error
 	}
 	got := make(chan result, 1)
+	// The request's context ends the wait when the client goes; cancel ends it once the
+	// page is sent. Neither ends the start, which the first Acquire set going.
+	ctx, cancel := context.WithTimeout(r.Context(), timeout)
+	defer cancel()
 	go func() {
-		// Not the request's context: the start goes on after the waking page is sent.
-		ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), timeout)
-		defer cancel()
 		l, err := rt.App.Acquire(ctx, wake)
 		got <- result{l, err}
 	}()
@@ -485,14 +605,15 @@ func (s *Server) acquire(w http.ResponseWriter, r *http.Request, rt *route, cold
 	case res := <-got:
 		return res.l, res.err
 	case <-r.Context().Done():
+		s.failed(rt.name, "client_gone", 1)
+		s.log.Info("client gone while waiting for start", "app", rt.name, "host", r.Host, "path", r.URL.Path, "remote", r.RemoteAddr, "reason", "client_gone")
 	case <-t.C:
 		wakingPage(w, rt.name)
 	}
-	go func() {
-		if res := <-got; res.l != nil {
-			res.l.Release()
-		}
-	}()
+	cancel()
+	if res := <-got; res.l != nil {
+		res.l.Release() // ready just as the wait was given up
+	}
 	return nil, nil
 }
 
@@ -519,6 +640,7 @@ func wakingPage(w http.ResponseWriter, app string) {
 func (s *Server) fail(w http.ResponseWriter, r *http.Request, rt *route, err error) {
 	if r.Context().Err() != nil {
 		s.failed(rt.name, "client_gone", 1)
+		s.log.Info("client gone while waiting for start", "app", rt.name, "host", r.Host, "path", r.URL.Path, "remote", r.RemoteAddr, "reason", "client_gone")
 		return // the client gave up
 	}
 	s.failed(rt.name, activator.FailureReason(err), 1)

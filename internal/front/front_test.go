@@ -166,10 +166,16 @@ func TestTrusted(t *testing.T) {
 	s := &Server{trusted: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("::1/128")}}
 	for remote, want := range map[string]bool{
 		"10.1.2.3:555": true, "[::ffff:10.1.2.3]:5": true, "[::1]:1": true,
-		"11.0.0.1:80": false, "@": true, "": true,
+		"11.0.0.1:80": false, "@": false, "": false,
 	} {
 		if got := s.isTrusted(remote); got != want {
 			t.Errorf("isTrusted(%q) = %v, want %v", remote, got, want)
+		}
+	}
+	s.trustUnix = true // trusted_proxies: [unix]
+	for remote, want := range map[string]bool{"@": true, "": true, "11.0.0.1:80": false} {
+		if got := s.isTrusted(remote); got != want {
+			t.Errorf("with TrustUnix: isTrusted(%q) = %v, want %v", remote, got, want)
 		}
 	}
 }
