@@ -1,7 +1,7 @@
 # The README's two commands are `go run ./cmd/sact demo` and `make test`.
 GO ?= go
 
-.PHONY: test build bench bench-quick reliability fuzz vet
+.PHONY: test check-deps build deb bench bench-quick reliability fuzz vet
 # Static (CGO_ENABLED=0): in handoff mode the same binary runs inside containers as the
 # shim, in images that may have no C library.
 build:
@@ -11,9 +11,14 @@ vet:
 	gofmt -l . | (! grep .) || (echo "gofmt needed on the files above" && false)
 	$(GO) vet ./...
 
+# What the suite needs (a Docker engine, nginx, curl, debootstrap, chromium...), checked in
+# seconds: anything missing is named, with the one command that installs it.
+check-deps:
+	@scripts/check-deps
+
 # Unit tests with the race detector, then the end-to-end tests against the real engine
 # (set SACT_REQUIRE_DOCKER=1 to make a missing engine a failure instead of a skip).
-test: vet
+test: check-deps vet
 	$(GO) test -race -timeout 15m ./...
 
 bench:

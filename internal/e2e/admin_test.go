@@ -79,14 +79,14 @@ func TestAdminCLIAndMetrics(t *testing.T) {
 		}
 	}
 
-	// Changes over HTTP need the dashboard's token.
+	// Changes over HTTP need the admin token (admin_auth_test.go has the rest).
 	resp, err = http.Post("http://"+adminAddr+"/api/apps/"+web+"/stop", "", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	resp.Body.Close()
-	if resp.StatusCode != 403 || containerState(t, web) != "running" {
-		t.Errorf("stop over HTTP without a token: %d, container %s; want 403 and still running", resp.StatusCode, containerState(t, web))
+	if resp.StatusCode != 401 || containerState(t, web) != "running" {
+		t.Errorf("stop over HTTP without a token: %d, container %s; want 401 and still running", resp.StatusCode, containerState(t, web))
 	}
 
 	if out, err := sactCLI(t, d, "stop", web); err != nil || !strings.Contains(out, "stopped") {
@@ -130,25 +130,18 @@ func TestAdminCLIAndMetrics(t *testing.T) {
 	}
 }
 
-// The dashboard in headless Chromium: the table, its start button, and a screenshot.
+// The dashboard in headless Chromium: the login with the token file's token, the table,
+// its start button, and a screenshot.
 func TestDashboardInChromium(t *testing.T) {
 	needDocker(t)
-	browser := ""
-	for _, b := range []string{"chromium", "chromium-browser", "google-chrome"} {
-		if p, err := exec.LookPath(b); err == nil {
-			browser = p
-			break
-		}
-	}
-	if browser == "" {
-		if os.Getenv("SACT_REQUIRE_DOCKER") == "1" {
-			t.Fatal("chromium is required in CI (scripts/install-deps installs it)")
-		}
-		t.Skip("no chromium")
-	}
+	browser := needTool(t, "chromium", "chromium-browser", "google-chrome")
 	name := uniqueName(t, "dash")
 	adminAddr := freeAddr(t)
-	startSact(t, fmt.Sprintf("admin:\n  listen: %q\napps:", adminAddr)+appConfig(name, freeAddr(t), ""))
+	d := startSact(t, fmt.Sprintf("admin:\n  listen: %q\napps:", adminAddr)+appConfig(name, freeAddr(t), ""))
+	token, err := os.ReadFile(filepath.Join(d.runDir, "state", "admin.token"))
+	if err != nil {
+		t.Fatalf("the admin token: %v", err)
+	}
 
 	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(browser), chromedp.NoSandbox, chromedp.Headless, chromedp.WindowSize(1200, 500))
 	actx, cancel := chromedp.NewExecAllocator(context.Background(), opts...)
@@ -165,8 +158,27 @@ func TestDashboardInChromium(t *testing.T) {
 			t.Fatalf("dashboard: %s: %v", what, err)
 		}
 	}
-	_, err := chromedp.Run(ctx, chromedp.Navigate("http://"+adminAddr+"/"))
+	_, err = chromedp.Run(ctx, chromedp.Navigate("http://"+adminAddr+"/"))
 	step("navigate", err)
+	_, err = chromedp.Run(ctx, chromedp.WaitVisible(chromedp.CSS("#login #token")))
+	step("the login form", err)
+	hint, err := chromedp.Run(ctx, chromedp.Text(chromedp.CSS("#login p")))
+	step("the login hint", err)
+	if !strings.Contains(hint, "sudo cat "+filepath.Join(d.runDir, "state", "admin.token")) {
+		t.Errorf("login hint %q does not say where the token is", hint)
+	}
+	loginShot, err := chromedp.Run(ctx, chromedp.CaptureScreenshot())
+	step("login screenshot", err)
+	_, err = chromedp.Run(ctx, chromedp.SendKeys(chromedp.CSS("#token"), "wrong"))
+	step("typing a wrong token", err)
+	_, err = chromedp.Run(ctx, chromedp.Click(chromedp.CSS("#login button")))
+	step("log in with it", err)
+	_, err = chromedp.Run(ctx, chromedp.Poll[bool](`document.getElementById("login-err").textContent.includes("401")`))
+	step("the refusal of a wrong token", err)
+	_, err = chromedp.Run(ctx, chromedp.SetValue(chromedp.CSS("#token"), strings.TrimSpace(string(token))))
+	step("pasting the token", err)
+	_, err = chromedp.Run(ctx, chromedp.Click(chromedp.CSS("#login button")))
+	step("log in", err)
 	_, err = chromedp.Run(ctx, chromedp.WaitVisible(chromedp.CSS(row)))
 	step("the app's row", err)
 	stateBefore, err := chromedp.Run(ctx, chromedp.Text(chromedp.CSS(row+" .state")))
@@ -197,5 +209,6 @@ func TestDashboardInChromium(t *testing.T) {
 	}
 	path := filepath.Join(dir, "dashboard.png")
 	os.WriteFile(path, shot, 0o644)
-	t.Logf("dashboard screenshot: %s (%dx%d)", path, img.Bounds().Dx(), img.Bounds().Dy())
+	os.WriteFile(filepath.Join(dir, "dashboard-login.png"), loginShot, 0o644)
+	t.Logf("dashboard screenshot: %s (%dx%d), login page dashboard-login.png", path, img.Bounds().Dx(), img.Bounds().Dy())
 }

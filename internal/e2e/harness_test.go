@@ -60,15 +60,15 @@ func runMain(m *testing.M) int {
 	return m.Run()
 }
 
-// needDocker skips the test without a usable engine, or fails it when SACT_REQUIRE_DOCKER=1
-// (as in CI), so that a missing engine can never pass for green.
+// needDocker skips the test without a usable engine, or fails it under required() (CI, or
+// SACT_REQUIRE_DOCKER=1), so that a missing engine can never pass for green.
 func needDocker(t *testing.T) {
 	t.Helper()
 	if dockerErr == nil {
 		return
 	}
-	if os.Getenv("SACT_REQUIRE_DOCKER") == "1" {
-		t.Fatalf("Docker is required (SACT_REQUIRE_DOCKER=1) but not usable: %v", dockerErr)
+	if required() {
+		t.Fatalf("Docker is required (CI or SACT_REQUIRE_DOCKER=1) but not usable: %v", dockerErr)
 	}
 	t.Skipf("no Docker engine: %v", dockerErr)
 }

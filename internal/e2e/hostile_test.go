@@ -160,6 +160,8 @@ func TestSilentAndHalfClosedConnections(t *testing.T) {
 // socket, and no container gets the Docker socket or the admin socket.
 func TestWhatAContainerCanReach(t *testing.T) {
 	needDocker(t)
+	needTool(t, "curl")
+	needTool(t, "setpriv")
 	name, proxied := uniqueName(t, "reach"), uniqueName(t, "reachp")
 	tcp, sock, proxiedAddr := freeAddr(t), filepath.Join(t.TempDir(), "app.sock"), freeAddr(t)
 	d := startSact(t, handoffConfig(name, tcp, sock, "")+appConfig(proxied, proxiedAddr, ""))

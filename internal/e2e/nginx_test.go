@@ -14,13 +14,7 @@ import (
 // upstream pool included), and returns its address.
 func startNginx(t *testing.T, upstreamSock string) string {
 	t.Helper()
-	bin, err := exec.LookPath("nginx")
-	if err != nil {
-		if os.Getenv("SACT_REQUIRE_DOCKER") == "1" {
-			t.Fatalf("nginx is required in CI (scripts/install-deps installs it): %v", err)
-		}
-		t.Skipf("no nginx: %v", err)
-	}
+	bin := needTool(t, "nginx")
 	dir := t.TempDir()
 	addr := freeAddr(t)
 	conf := fmt.Sprintf(`daemon off;

@@ -30,7 +30,7 @@ func needRack(t *testing.T) string {
 		rackImage, rackErr = testimage.RackUnicorn(ctx)
 	})
 	if rackErr != nil {
-		if os.Getenv("SACT_REQUIRE_DOCKER") == "1" {
+		if required() {
 			t.Fatalf("building the unicorn image: %v", rackErr)
 		}
 		t.Skipf("cannot build the unicorn image: %v", rackErr)

@@ -45,7 +45,7 @@ func TestRubyRackUnicorn(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	if out, err := exec.CommandContext(ctx, "docker", "info", "--format", "{{.ServerVersion}}").CombinedOutput(); err != nil {
-		if os.Getenv("SACT_REQUIRE_DOCKER") == "1" {
+		if os.Getenv("SACT_REQUIRE_DOCKER") == "1" || os.Getenv("CI") == "true" {
 			t.Fatalf("Docker is required (SACT_REQUIRE_DOCKER=1) but not usable: %v: %s", err, out)
 		}
 		t.Skipf("no Docker engine: %v: %s", err, bytes.TrimSpace(out))
