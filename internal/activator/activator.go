@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/sact-project/sact/internal/backend"
+	"github.com/sact-project/sact/internal/upstream"
 )
 
 // State is where an app is in its lifecycle.
@@ -25,6 +26,9 @@ const (
 	Pausing // being frozen after pause_after
 	Paused  // frozen: memory kept, no CPU; the next connection thaws it
 	Waking  // being thawed
+	// Broken is never a state of the activator's own: the daemon reports it for an app
+	// it cannot serve at all (its handoff cannot be set up), while it retries.
+	Broken
 )
 
 func (s State) String() string {
@@ -43,6 +47,8 @@ func (s State) String() string {
 		return "paused"
 	case Waking:
 		return "waking"
+	case Broken:
+		return "broken"
 	}
 	return fmt.Sprintf("State(%d)", int(s))
 }
@@ -71,6 +77,8 @@ func FailureReason(err error) string {
 	switch {
 	case errors.Is(err, ErrQueueFull):
 		return "queue_full"
+	case errors.As(err, new(*upstream.UnsafePathError)):
+		return "upstream_unsafe"
 	case errors.Is(err, ErrStartTimeout):
 		return "start_timeout"
 	case errors.Is(err, ErrStartFailed):
@@ -132,7 +140,9 @@ func (p *Policy) setDefaults() {
 type Options struct {
 	// Logger receives one line per start, stop and failure. Nil discards.
 	Logger *slog.Logger
-	// Dial probes the upstream for readiness. Nil uses a net.Dialer.
+	// Dial connects to the upstream, for readiness and for Lease.Dial. Nil uses
+	// upstream.Dial with the app's own BindSources as the directories it can write, so a
+	// link the app plants in them is never followed.
 	Dial func(ctx context.Context, network, address string) (net.Conn, error)
 	// FailBackoff is how long connections fail fast after a failed start; it doubles with
 	// each consecutive failure up to 16 times its value. Zero means 1s.
@@ -202,6 +212,9 @@ type App struct {
 	stopAsked     bool // the last stop was sact's (idle, manual, ...), not the app's exit
 	refused       int
 	refusedLogged time.Time
+	// unsafe is the last unsafe upstream logged (an *upstream.UnsafePathError's text),
+	// so that each cause is logged once, not once per readiness poll or connection.
+	unsafe atomic.Pointer[string]
 	// pins counts the dependents that run and need this app; pinned is whether this
 	// incarnation holds a pin on each of deps.
 	pins   int
@@ -232,8 +245,9 @@ func New(rt backend.Runtime, policy Policy, opts Options) *App {
 	a.policy.Store(&policy)
 	a.log = a.log.With("app", policy.Spec.Name)
 	if a.dial == nil {
-		var d net.Dialer
-		a.dial = d.DialContext
+		a.dial = func(ctx context.Context, network, address string) (net.Conn, error) {
+			return upstream.Dial(ctx, network, address, a.pol().Spec.BindSources())
+		}
 	}
 	if a.backoff <= 0 {
 		a.backoff = time.Second
@@ -547,7 +561,7 @@ func (a *App) waitReady(ctx context.Context, inst *backend.Instance) error {
 		// A SYN to an address that is not up yet may be dropped rather than refused: bound
 		// each try so one lost packet can't eat the whole start_timeout.
 		dctx, cancel := context.WithTimeout(ctx, time.Second)
-		c, err := a.dial(dctx, inst.Upstream.Network, inst.Upstream.Address)
+		c, err := a.dialUpstream(dctx, inst.Upstream)
 		cancel()
 		if err == nil {
 			c.Close()
@@ -573,6 +587,21 @@ func (a *App) waitReady(ctx context.Context, inst *backend.Instance) error {
 		}
 		delay = min(delay*3/2+time.Millisecond, 20*time.Millisecond)
 	}
+}
+
+// dialUpstream connects to up, logging an unsafe upstream once per cause.
+func (a *App) dialUpstream(ctx context.Context, up backend.Addr) (net.Conn, error) {
+	c, err := a.dial(ctx, up.Network, up.Address)
+	var ue *upstream.UnsafePathError
+	if err == nil && a.unsafe.Load() != nil {
+		a.unsafe.Store(nil) // fixed: log it again if it comes back
+	} else if errors.As(err, &ue) {
+		msg := ue.Error()
+		if last := a.unsafe.Swap(&msg); last == nil || *last != msg {
+			a.log.Error("refusing unsafe upstream", "path", ue.Path, "reason", ue.Reason, "at", ue.At, "err", err)
+		}
+	}
+	return c, err
 }
 
 // stopFailed stops an instance that started but never became ready, so that the next try
@@ -888,6 +917,13 @@ type Lease struct {
 	ctx      context.Context
 	active   atomic.Int64 // unix nanos of the last byte moved
 	released atomic.Bool
+}
+
+// Dial connects to the lease's upstream. A unix upstream is never reached through a link
+// the app could have planted: that is an *upstream.UnsafePathError, logged once per
+// cause; the caller counts it (FailureReason says "upstream_unsafe").
+func (l *Lease) Dial(ctx context.Context) (net.Conn, error) {
+	return l.app.dialUpstream(ctx, l.Upstream)
 }
 
 // Context is cancelled when the app stops; the relay closes the connection then.

@@ -20,6 +20,7 @@ package backend
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -84,6 +85,25 @@ type Spec struct {
 	// Hash identifies the settings above; a container made from a different hash is
 	// replaced at its next start (never while it serves).
 	Hash string
+}
+
+// BindSources returns the host directories bound into the app, which it may write (a
+// container running as root writes there as host root): the sources of its
+// "/host:/container" volumes, :ro ones included (another app may bind them writable), and
+// its handoff directory. Named volumes have no host path here; package upstream counts the
+// engine's data root as writable instead.
+func (s Spec) BindSources() []string {
+	var dirs []string
+	for _, v := range s.Volumes {
+		src, _, _ := strings.Cut(v, ":")
+		if strings.HasPrefix(src, "/") {
+			dirs = append(dirs, src)
+		}
+	}
+	if s.Handoff != nil && s.Handoff.Dir != "" {
+		dirs = append(dirs, s.Handoff.Dir)
+	}
+	return dirs
 }
 
 // Handoff is where a runtime finds what the shim needs, as host paths.

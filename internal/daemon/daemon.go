@@ -34,6 +34,7 @@ import (
 	"github.com/sact-project/sact/internal/front"
 	"github.com/sact-project/sact/internal/listen"
 	"github.com/sact-project/sact/internal/proxy"
+	"github.com/sact-project/sact/internal/upstream"
 )
 
 // Runtimes gives the daemon the runtime for each kind of app. Constructors are only called
@@ -101,6 +102,7 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 	if err := d.prepareHandoff(cfg); err != nil {
 		return err
 	}
+	d.addWritable(cfg)
 	defer func() {
 		if d.probe != nil {
 			d.probe.Close()
@@ -583,10 +585,9 @@ func (s *server) accept(ln net.Listener, app *activator.App, addr string) {
 
 // dialUpstream connects to the lease's upstream, bounded by 5 s and by the instance's life.
 func dialUpstream(lease *activator.Lease) (net.Conn, error) {
-	var d net.Dialer
 	ctx, cancel := context.WithTimeout(lease.Context(), 5*time.Second)
 	defer cancel()
-	return d.DialContext(ctx, lease.Upstream.Network, lease.Upstream.Address)
+	return lease.Dial(ctx)
 }
 
 // handle serves one client connection: get the app running, dial it, relay.
@@ -610,6 +611,12 @@ func (s *server) handle(client net.Conn, app *activator.App, addr string) {
 			break
 		}
 		lease.Release()
+		if errors.As(err, new(*upstream.UnsafePathError)) {
+			// A link the app planted: never followed. The activator logs each cause once;
+			// every connection counts.
+			s.failed(app.Name(), "upstream_unsafe", 1)
+			return
+		}
 		// An instance that died a moment ago (a crash, docker kill) is only known dead
 		// once the engine's event arrives: a dial in between fails. Nothing of the
 		// client's has been read yet, so if the instance turns out to have ended, the

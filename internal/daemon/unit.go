@@ -51,6 +51,8 @@ type daemon struct {
 	units   map[string]*unit
 	fsrv    *front.Server
 	httpLns []net.Listener
+
+	writable writableDirs // host directories some app can write: never link through them
 }
 
 // unit is one app: its config, its activator, its listeners and, in handoff mode, what
@@ -73,7 +75,7 @@ func (d *daemon) newUnit(app *config.App, lns []net.Listener, rt backend.Runtime
 	pol := d.policy(app)
 	return &unit{
 		app: app, lns: lns, spec: pol.Spec, rt: rt, done: make(chan struct{}),
-		act: activator.New(rt, pol, activator.Options{Logger: d.log, Pool: d.pool, Observe: d.m.observe}),
+		act: activator.New(rt, pol, activator.Options{Logger: d.log, Pool: d.pool, Observe: d.m.observe, Dial: d.dialUpstream}),
 	}
 }
 

@@ -35,6 +35,7 @@ import (
 
 	"github.com/sact-project/sact/internal/activator"
 	"github.com/sact-project/sact/internal/backend"
+	"github.com/sact-project/sact/internal/upstream"
 )
 
 // App is what the front door needs of an app's activator.
@@ -252,6 +253,13 @@ func (s *Server) newRoute(r Route) *route {
 		BufferPool: copyBuffers,
 		Rewrite:    func(pr *httputil.ProxyRequest) { s.rewrite(rt, pr) },
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			if errors.As(err, new(*upstream.UnsafePathError)) {
+				// A link the app planted is never followed; the activator logs each
+				// cause once, and each request counts.
+				s.failed(rt.name, "upstream_unsafe", 1)
+				plain(w, http.StatusBadGateway, fmt.Sprintf("502 bad gateway: app %s: its upstream is refused as unsafe; sact's log says why\n", rt.name))
+				return
+			}
 			// The instance ended under the request (and not the client): ServeHTTP
 			// starts the app again and resends.
 			if p, _ := r.Context().Value(ctxKey{}).(*proxied); p != nil && p.replay &&
@@ -301,9 +309,7 @@ func (rt *route) dial(ctx context.Context, network, addr string) (net.Conn, erro
 	if p == nil {
 		return nil, errors.New("no lease on the app")
 	}
-	lease := p.lease
-	var d net.Dialer
-	c, err := d.DialContext(ctx, lease.Upstream.Network, lease.Upstream.Address)
+	c, err := p.lease.Dial(ctx)
 	if err != nil {
 		return nil, err
 	}

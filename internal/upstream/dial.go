@@ -35,8 +35,9 @@ type UnsafePathError struct {
 	Path string
 	// At is the component found unsafe: Path itself, or one of its directories.
 	At string
-	// Dir is the directory the app (or a local user) can write that At lies in, or ""
-	// if none on the way is.
+	// Dir is At's directory if the app (or a local user) can write it, or "" if no
+	// directory on the way is writable (a link at the socket's own name is refused even
+	// so).
 	Dir string
 	// Reason is one of the Reason constants.
 	Reason string
@@ -49,13 +50,17 @@ func (e *UnsafePathError) Error() string {
 	if e.Dir != "" {
 		where = fmt.Sprintf(" in %s, which the app or a local user can write", e.Dir)
 	}
+	there := "there"
+	if e.Dir == "" {
+		there = "at a socket's own name"
+	}
 	switch e.Reason {
 	case ReasonSymlink:
-		return fmt.Sprintf("unsafe upstream %s: %s is a symbolic link%s; sact follows no links there, so that the app cannot point it at a host socket: let the app create its socket at %s itself, or set upstream: to a path without links", e.Path, e.At, where, e.Path)
+		return fmt.Sprintf("unsafe upstream %s: %s is a symbolic link%s; sact follows no links %s, so that the app cannot point it at a host socket: let the app create its socket at %s itself, or set upstream: to a path without links", e.Path, e.At, where, there, e.Path)
 	case ReasonNotSocket:
 		return fmt.Sprintf("unsafe upstream %s: %s is a %s, not a socket%s; sact connects only to a socket: let the app listen at that path, or set upstream: to where it listens", e.Path, e.At, e.Kind, where)
 	case ReasonEscapes:
-		return fmt.Sprintf("unsafe upstream %s: %s leaves %s or crosses a mount point; keep the app's socket directly in a directory it can write", e.Path, e.At, e.Dir)
+		return fmt.Sprintf("unsafe upstream %s: %s leads out of the directory it is in or crosses a mount point; set upstream: to the socket's real path", e.Path, e.At)
 	case ReasonTooManyLink:
 		return fmt.Sprintf("unsafe upstream %s: more than %d symbolic links on the way; set upstream: to the socket's real path", e.Path, maxLinks)
 	case ReasonRelative:
@@ -142,7 +147,11 @@ func OpenSocket(path string, writable []string) (int, error) {
 		if st.Mode&unix.S_IFMT == unix.S_IFLNK {
 			reason, kind = ReasonSymlink, ""
 		}
-		return -1, &UnsafePathError{Path: path, At: path, Dir: wdir, Reason: reason, Kind: kind}
+		ue := &UnsafePathError{Path: path, At: path, Reason: reason, Kind: kind}
+		if wdir != "" {
+			ue.Dir = filepath.Dir(path)
+		}
+		return -1, ue
 	}
 	return fd, nil
 }
@@ -211,7 +220,10 @@ func walkBeneath(dirfd int, dir, rest string) (int, error) {
 func classify(err error, path, wdir string) error {
 	var ue *UnsafePathError
 	if errors.As(err, &ue) {
-		ue.Path, ue.Dir = path, wdir
+		ue.Path = path
+		if wdir != "" {
+			ue.Dir = filepath.Dir(ue.At)
+		}
 		return ue
 	}
 	return opError(path, err)
@@ -220,14 +232,14 @@ func classify(err error, path, wdir string) error {
 // trustedPrefix opens the trusted prefix of path (see the package doc) and returns it with
 // its name, the rest of the path beneath it, and the first directory on the way that an
 // app can write ("" if none is: then the prefix is the final component's directory).
-func trustedPrefix(path string, writable []string) (dirfd int, dir, rest, wdir string, err error) {
+func trustedPrefix(orig string, writable []string) (dirfd int, dir, rest, wdir string, err error) {
 	roots := rootsOf(writable)
 	links := 0
-	path = filepath.Clean(path)
+	path := filepath.Clean(orig)
 restart:
 	fd, err := unix.Open("/", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return -1, "", "", "", opError(path, err)
+		return -1, "", "", "", opError(orig, err)
 	}
 	comps := strings.Split(path[1:], "/")
 	cur := "/"
@@ -235,7 +247,7 @@ restart:
 		w, err := roots.writable(fd, cur)
 		if err != nil {
 			unix.Close(fd)
-			return -1, "", "", "", opError(path, err)
+			return -1, "", "", "", opError(orig, err)
 		}
 		if w {
 			return fd, cur, strings.Join(comps[i:], "/"), cur, nil
@@ -246,13 +258,13 @@ restart:
 		nfd, err := unix.Openat(fd, comps[i], unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 		unix.Close(fd)
 		if err != nil {
-			return -1, "", "", "", opError(path, err)
+			return -1, "", "", "", opError(orig, err)
 		}
 		fd = nfd
 		var st unix.Stat_t
 		if err := unix.Fstat(fd, &st); err != nil {
 			unix.Close(fd)
-			return -1, "", "", "", opError(path, err)
+			return -1, "", "", "", opError(orig, err)
 		}
 		next := filepath.Join(cur, comps[i])
 		switch st.Mode & unix.S_IFMT {
@@ -264,10 +276,10 @@ restart:
 			target, err := readlink(fd)
 			unix.Close(fd)
 			if err != nil {
-				return -1, "", "", "", opError(path, err)
+				return -1, "", "", "", opError(orig, err)
 			}
 			if links++; links > maxLinks {
-				return -1, "", "", "", &UnsafePathError{Path: path, At: next, Reason: ReasonTooManyLink}
+				return -1, "", "", "", &UnsafePathError{Path: orig, At: next, Reason: ReasonTooManyLink}
 			}
 			if !filepath.IsAbs(target) {
 				target = filepath.Join(cur, target)
@@ -276,7 +288,7 @@ restart:
 			goto restart
 		default:
 			unix.Close(fd)
-			return -1, "", "", "", opError(path, unix.ENOTDIR)
+			return -1, "", "", "", opError(orig, unix.ENOTDIR)
 		}
 	}
 }

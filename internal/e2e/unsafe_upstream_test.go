@@ -1,0 +1,216 @@
+package e2e
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// Issue 11, case 1: an app whose unix upstream lies in a directory it can write replaces
+// its socket with a link to a host socket. sact, root on the host, must not follow it: not
+// in the relay, not in the front door, not in the readiness poll.
+
+// hostSecret is a host unix socket that stands in for /var/run/docker.sock: an HTTP server
+// saying HOST-SECRET, in a directory no container can see. It counts connections.
+type hostSecret struct {
+	path  string
+	conns atomic.Int64
+}
+
+func newHostSecret(t *testing.T) *hostSecret {
+	t.Helper()
+	s := &hostSecret{path: filepath.Join(t.TempDir(), "engine.sock")}
+	ln, err := net.Listen("unix", s.path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			fmt.Fprintln(w, "HOST-SECRET")
+		}),
+		ConnState: func(_ net.Conn, st http.ConnState) {
+			if st == http.StateNew {
+				s.conns.Add(1)
+			}
+		},
+	}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return s
+}
+
+// swapForLink replaces path with a symbolic link to target, atomically, as an app would.
+func swapForLink(t *testing.T, target, path string) {
+	t.Helper()
+	tmp := path + ".tmp"
+	os.Remove(tmp)
+	if err := os.Symlink(target, tmp); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// appDir is a directory bind-mounted into the app, writable by its user.
+func appDir(t *testing.T) string {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "sockets")
+	if err := os.Mkdir(dir, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(dir, 0o777)
+	return dir
+}
+
+// getHost is one request through the front door for host, on a new connection.
+func getHost(front, host, path string) (string, error) {
+	req, _ := http.NewRequest("GET", "http://"+front+path, nil)
+	req.Host = host
+	c := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 30 * time.Second}
+	resp, err := c.Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 {
+		return string(b), fmt.Errorf("status %s", resp.Status)
+	}
+	return string(b), err
+}
+
+// The relay (listen: tcp) and the front door (hosts:) after the app, having served, swaps
+// its socket for a link to a host socket; and a link to the real engine's socket.
+func TestUnsafeUpstreamSwappedForLink(t *testing.T) {
+	needDocker(t)
+	name := uniqueName(t, "unsafe")
+	dir := appDir(t)
+	sock := filepath.Join(dir, "app.sock")
+	secret := newHostSecret(t)
+	addr, front, adminAddr := freeAddr(t), freeAddr(t), freeAddr(t)
+	host := name + ".test"
+	d := startSact(t, fmt.Sprintf(`admin:
+  listen: %[6]q
+http:
+  listen: ["tcp:%[5]s"]
+apps:
+  %[1]s:
+    image: %[2]s
+    volumes: ["%[3]s:/app/sockets"]
+    env: {NAME: %[1]s, LISTEN: "unix:/app/sockets/app.sock"}
+    listen: ["tcp:%[4]s"]
+    hosts: [%[7]q]
+    upstream: unix:%[3]s/app.sock
+    idle: 10m
+    stop_timeout: 2s
+`, name, testImage, dir, addr, front, adminAddr, host))
+
+	if body, err := httpGet(addr, "/"); err != nil || !strings.Contains(body, "hello from "+name) {
+		t.Fatalf("relay before the swap: %q, %v", body, err)
+	}
+	if body, err := getHost(front, host, "/"); err != nil || !strings.Contains(body, "hello from "+name) {
+		t.Fatalf("front door before the swap: %q, %v", body, err)
+	}
+
+	swapForLink(t, secret.path, sock)
+
+	// The relay dials anew for every connection.
+	body, err := httpGetTimeout(addr, "/", 10*time.Second)
+	if strings.Contains(body, "HOST-SECRET") {
+		t.Errorf("relay: a client of the app reached the host socket through the link: %q", body)
+	} else if err == nil {
+		t.Errorf("relay after the swap: %q, want the connection refused", body)
+	}
+	d.waitLog(`"msg":"refusing unsafe upstream"&&"app":"`+name+`"&&"path":"`+sock+`"&&"reason":"symlink"`, 5*time.Second)
+
+	// The front door keeps pooled connections to the old socket: requests at once make it
+	// dial new ones.
+	var wg sync.WaitGroup
+	var leaked, refused atomic.Int64
+	for range 6 {
+		wg.Go(func() {
+			body, err := getHost(front, host, "/hold?d=300ms")
+			if strings.Contains(body, "HOST-SECRET") {
+				leaked.Add(1)
+			} else if err != nil {
+				refused.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	if n := leaked.Load(); n > 0 {
+		t.Errorf("front door: %d of 6 requests reached the host socket through the link", n)
+	}
+	if refused.Load() == 0 {
+		t.Errorf("front door: no request was refused; the test made no new dial")
+	}
+	if n := secret.conns.Load(); n > 0 {
+		t.Errorf("the host socket got %d connections from sact", n)
+	}
+	if n := metrics(t, adminAddr, "sact_connections_failed_total", `app="`+name+`"`, `reason="upstream_unsafe"`); n < 2 {
+		t.Errorf("sact_connections_failed_total{reason=upstream_unsafe} = %v, want the relay's and the front door's refusals counted", n)
+	}
+	if n := d.countLog(`"msg":"refusing unsafe upstream"&&"app":"` + name + `"`); n != 1 {
+		t.Errorf("%d log lines for one unsafe path, want 1 (once per cause)", n)
+	}
+
+	// The real engine's socket: a GET /version is harmless, and must not get its JSON.
+	if _, err := os.Stat("/var/run/docker.sock"); err == nil {
+		swapForLink(t, "/var/run/docker.sock", sock)
+		body, _ := httpGetTimeout(addr, "/version", 10*time.Second)
+		if strings.Contains(body, "ApiVersion") {
+			t.Errorf("relay: the Docker engine answered a client of the app: %q", body)
+		}
+	}
+}
+
+// A fresh start where the socket is a link from the beginning: the readiness poll must not
+// take the host socket for the app, and the start fails naming the path and the fix.
+func TestUnsafeUpstreamAtStart(t *testing.T) {
+	needDocker(t)
+	name := uniqueName(t, "unsafestart")
+	dir := appDir(t)
+	sock := filepath.Join(dir, "app.sock")
+	secret := newHostSecret(t)
+	if err := os.Symlink(secret.path, sock); err != nil {
+		t.Fatal(err)
+	}
+	addr := freeAddr(t)
+	d := startSact(t, fmt.Sprintf(`apps:
+  %[1]s:
+    image: %[2]s
+    volumes: ["%[3]s:/app/sockets"]
+    env: {NAME: %[1]s, LISTEN: "unix:/app/sockets/elsewhere.sock"}
+    listen: ["tcp:%[4]s"]
+    upstream: unix:%[3]s/app.sock
+    start_timeout: 3s
+    stop_timeout: 2s
+`, name, testImage, dir, addr))
+
+	body, err := httpGetTimeout(addr, "/", 20*time.Second)
+	if strings.Contains(body, "HOST-SECRET") {
+		t.Fatalf("the readiness poll took the host socket for the app, and a client reached it: %q", body)
+	}
+	if err == nil {
+		t.Errorf("request to an app whose upstream is a link: %q, want it refused", body)
+	}
+	rec := d.waitLog(`"msg":"app failed to start"&&"app":"`+name+`"`, 10*time.Second)
+	if msg, _ := rec["err"].(string); !strings.Contains(msg, sock) || !strings.Contains(msg, "symbolic link") || !strings.Contains(msg, "let the app create its socket") {
+		t.Errorf("start failure %q: want it to name %s, the link, and the fix", msg, sock)
+	}
+	if n := d.countLog(`"msg":"refusing unsafe upstream"&&"app":"` + name + `"&&"reason":"symlink"`); n != 1 {
+		t.Errorf("%d log lines for a readiness poll of 3s on one unsafe path, want 1", n)
+	}
+	if n := secret.conns.Load(); n > 0 {
+		t.Errorf("the host socket got %d connections from sact", n)
+	}
+}
