@@ -12,18 +12,17 @@
 //	GET  /metrics                Prometheus
 //	GET  /                       the dashboard
 //
-// Requests that change something must be POSTs and, over HTTP, carry the dashboard's
-// token in X-Sact-Token: a page from another site cannot forge them (CSRF). On the unix
-// socket the file's permissions are the guard.
+//	POST /login                  over HTTP: trade the token for a dashboard session
+//	POST /logout                 end the session
+//
+// Requests that change something must be POSTs. Over HTTP the Host is checked, changes
+// must not come from another site, and changes and logs need a credential (auth.go). On
+// the unix socket the file's permissions are the guard.
 package admin
 
 import (
 	"context"
-	"crypto/rand"
-	"crypto/subtle"
-	"encoding/hex"
 	"encoding/json"
-
 	"fmt"
 	"io"
 	"log/slog"
@@ -63,6 +62,22 @@ type Options struct {
 	Describe func(app string) Description
 	// Reload reads the config again and applies it; nil means sact cannot reload.
 	Reload func(ctx context.Context) (ReloadResult, error)
+
+	// Token is the credential that changes and logs over HTTP need, as "Authorization:
+	// Bearer TOKEN" or as basic auth's password; the dashboard's login trades it for a
+	// session. Default "": nothing over HTTP is authenticated, so only what is open
+	// (status and /metrics on loopback) is served.
+	Token string
+	// TokenFile is where the token is kept, for messages and the login page.
+	TokenFile string
+	// Listen is the admin.listen address; a Host equal to it is allowed.
+	Listen string
+	// Hosts are more names the dashboard is served on (admin.hosts): "name" (any port) or
+	// "name:port". Default none: only the listen address, the address a connection
+	// arrived on, and localhost, 127.0.0.1, [::1] with the listener's port.
+	Hosts []string
+	// Now is the clock that expires sessions. Default time.Now.
+	Now func() time.Time
 }
 
 // ReloadResult says what a reload changed.
@@ -105,17 +120,19 @@ type AppStatus struct {
 
 // Server is the admin HTTP handler.
 type Server struct {
-	opts  Options
-	token string
-	mux   *http.ServeMux
-	log   *slog.Logger
+	opts     Options
+	mux      *http.ServeMux
+	log      *slog.Logger
+	sessions *sessions
 }
 
 // New builds the handler and registers the apps' metrics in opts.Registry.
 func New(opts Options) *Server {
-	b := make([]byte, 16)
-	rand.Read(b)
-	s := &Server{opts: opts, token: hex.EncodeToString(b), mux: http.NewServeMux(), log: opts.Logger}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	s := &Server{opts: opts, mux: http.NewServeMux(), log: opts.Logger,
+		sessions: &sessions{now: opts.Now, m: make(map[string]time.Time)}}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
@@ -125,38 +142,24 @@ func New(opts Options) *Server {
 	}
 	s.mux.HandleFunc("GET /api/apps", s.list)
 	s.mux.HandleFunc("GET /api/apps/{name}", s.one)
-	s.mux.HandleFunc("POST /api/apps/{name}/start", s.guard(s.start))
-	s.mux.HandleFunc("POST /api/apps/{name}/stop", s.guard(s.stop))
-	s.mux.HandleFunc("POST /api/apps/{name}/pause", s.guard(func(w http.ResponseWriter, r *http.Request) { s.change(w, r, "pause", App.Pause) }))
+	s.mux.HandleFunc("POST /api/apps/{name}/start", s.start)
+	s.mux.HandleFunc("POST /api/apps/{name}/stop", s.stop)
+	s.mux.HandleFunc("POST /api/apps/{name}/pause", func(w http.ResponseWriter, r *http.Request) { s.change(w, r, "pause", App.Pause) })
 	s.mux.HandleFunc("GET /api/apps/{name}/logs", s.logs)
-	s.mux.HandleFunc("POST /api/reload", s.guard(s.reload))
+	s.mux.HandleFunc("POST /api/reload", s.reload)
+	s.mux.HandleFunc("POST /login", s.login)
+	s.mux.HandleFunc("POST /logout", s.logout)
 	s.mux.HandleFunc("GET /{$}", s.dashboard)
 	return s
 }
 
-// Handler serves the API; overHTTP requires the CSRF token on changes.
+// Handler serves the API: on the unix socket (overHTTP false) as it is, over HTTP behind
+// the checks of auth.go.
 func (s *Server) Handler(overHTTP bool) http.Handler {
 	if !overHTTP {
-		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			s.mux.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), localKey{}, true)))
-		})
+		return s.mux
 	}
-	return s.mux
-}
-
-type localKey struct{}
-
-// guard refuses a change over HTTP without the dashboard's token.
-func (s *Server) guard(h http.HandlerFunc) http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
-		if local, _ := r.Context().Value(localKey{}).(bool); !local {
-			if subtle.ConstantTimeCompare([]byte(r.Header.Get("X-Sact-Token")), []byte(s.token)) != 1 {
-				http.Error(w, "403 forbidden: missing or wrong X-Sact-Token (changes over HTTP need the dashboard's token)", http.StatusForbidden)
-				return
-			}
-		}
-		h(w, r)
-	}
+	return s.overHTTP(s.mux)
 }
 
 func (s *Server) find(name string) App {

@@ -67,11 +67,38 @@ type logser interface {
 	Logs(ctx context.Context, spec backend.Spec, tail int) (string, error)
 }
 
-// startAdmin serves the admin API on its unix socket (0660) and on admin.listen if set.
+// startAdmin serves the admin API on its unix socket (0660) and on admin.listen if set,
+// where changes and logs need the token of admin.token_file (made here when missing).
 // The returned stop closes them.
 func (d *daemon) startAdmin(ctx context.Context, cfg *config.Config) (func(), error) {
 	log, runDir, inherited := d.log, d.runDir, d.opts.Inherited
+	var token, tokenFile string
+	if cfg.Admin.Listen != "" {
+		// Changes and logs over HTTP need this token (admin.token_file); without a
+		// token file sact can trust, admin.listen is not served at all.
+		stateDir := runDir
+		if d.opts.StateFile != "" {
+			stateDir = filepath.Dir(d.opts.StateFile)
+		}
+		tokenFile = AdminTokenFile(cfg, stateDir)
+		if cfg.Admin.TokenFile == "" {
+			if err := os.MkdirAll(stateDir, 0o755); err != nil {
+				return nil, fmt.Errorf("admin API over HTTP: making the state directory %s for its token: %w", stateDir, err)
+			}
+		}
+		var created bool
+		var warn string
+		var err error
+		if token, created, warn, err = adminToken(tokenFile, cfg.Admin.Group); err != nil {
+			return nil, fmt.Errorf("admin API over HTTP (admin.listen): %w", err)
+		}
+		log.Info("admin token", "path", tokenFile, "created", created)
+		if warn != "" {
+			log.Warn("admin token file", "path", tokenFile, "reason", warn)
+		}
+	}
 	opts := admin.Options{
+		Token: token, TokenFile: tokenFile, Listen: cfg.Admin.Listen, Hosts: cfg.Admin.Hosts,
 		Logger: log,
 		Apps: func() []admin.App {
 			d.mu.Lock()
