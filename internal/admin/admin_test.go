@@ -247,3 +247,19 @@ func basic(user, pass string) string {
 	req.SetBasicAuth(user, pass)
 	return req.Header.Get("Authorization")
 }
+
+// BenchmarkHTTPGuard is what the checks cost a bearer-token request over HTTP.
+func BenchmarkHTTPGuard(b *testing.B) {
+	token := strings.Repeat("0f", 32)
+	web := &fakeApp{name: "web"}
+	s := New(Options{Apps: func() []App { return []App{web} }, Token: token, Hosts: []string{"dash.example.com"}})
+	req := request("GET", "dash.example.com", "/api/apps/web", "192.0.2.7:1", map[string]string{"Authorization": "Bearer " + token})
+	for _, over := range []bool{false, true} {
+		h := s.Handler(over)
+		b.Run(map[bool]string{false: "unix", true: "http"}[over], func(b *testing.B) {
+			for b.Loop() {
+				h.ServeHTTP(httptest.NewRecorder(), req)
+			}
+		})
+	}
+}
