@@ -590,6 +590,23 @@ func dialUpstream(lease *activator.Lease) (net.Conn, error) {
 	return lease.Dial(ctx)
 }
 
+// hangupPoll is how often a connection that waits for its app to start is checked for a
+// client that hung up, which then gives its max_waiting slot back.
+const hangupPoll = 100 * time.Millisecond
+
+// acquire gets a lease for client's connection, and gives up with proxy.ErrClientGone if
+// the client hangs up while the app starts. (A running app's lease comes before the
+// first poll: the watch costs a context and a timer.)
+func (s *server) acquire(client net.Conn, app *activator.App, w activator.Wake) (*activator.Lease, error) {
+	ctx, stop := proxy.WatchHangup(s.connsCtx, client, hangupPoll)
+	defer stop()
+	l, err := app.Acquire(ctx, w)
+	if err != nil && errors.Is(context.Cause(ctx), proxy.ErrClientGone) {
+		return nil, proxy.ErrClientGone
+	}
+	return l, err
+}
+
 // handle serves one client connection: get the app running, dial it, relay.
 func (s *server) handle(client net.Conn, app *activator.App, addr string) {
 	defer client.Close()
@@ -601,7 +618,12 @@ func (s *server) handle(client net.Conn, app *activator.App, addr string) {
 	var up net.Conn
 	for attempt := 1; ; attempt++ {
 		var err error
-		lease, err = app.Acquire(s.connsCtx, activator.Wake{Remote: remote, Listen: addr})
+		lease, err = s.acquire(client, app, activator.Wake{Remote: remote, Listen: addr})
+		if errors.Is(err, proxy.ErrClientGone) {
+			s.log.Info("client gone while waiting for start", "app", app.Name(), "listen", addr, "remote", remote, "reason", "client_gone")
+			s.failed(app.Name(), "client_gone", 1)
+			return
+		}
 		if err != nil {
 			s.log.Warn("connection refused", "app", app.Name(), "listen", addr, "remote", remote, "reason", err)
 			s.failed(app.Name(), activator.FailureReason(err), 1)
