@@ -35,6 +35,7 @@ import (
 
 	"github.com/sact-project/sact/internal/activator"
 	"github.com/sact-project/sact/internal/backend"
+	"github.com/sact-project/sact/internal/proxy"
 	"github.com/sact-project/sact/internal/upstream"
 )
 
@@ -414,7 +415,10 @@ func privateSocket(path string) bool {
 	return err == nil && fi.Mode().Type() == os.ModeSocket && fi.Mode().Perm()&0o007 == 0
 }
 
-type trustKey struct{}
+type (
+	trustKey struct{}
+	connKey  struct{}
+)
 
 // connContext decides once per connection whether its peer may set X-Forwarded-*.
 func (s *Server) connContext(ctx context.Context, c net.Conn) context.Context {
@@ -425,8 +429,22 @@ func (s *Server) connContext(ctx context.Context, c net.Conn) context.Context {
 	} else {
 		trusted = s.isTrusted(c.RemoteAddr().String())
 	}
-	return context.WithValue(ctx, trustKey{}, trusted)
+	return context.WithValue(context.WithValue(ctx, trustKey{}, trusted), connKey{}, c)
 }
+
+// watchClient ends ctx when the client of r hangs up: net/http notices that itself only
+// once the request's body has been read, and nobody reads a body while the app starts.
+func watchClient(ctx context.Context, r *http.Request) (context.Context, func()) {
+	c, _ := r.Context().Value(connKey{}).(net.Conn)
+	if c == nil {
+		return ctx, func() {}
+	}
+	return proxy.WatchHangup(ctx, c, hangupPoll)
+}
+
+// hangupPoll is how often a request that waits for its app to start checks that its
+// client is still there.
+const hangupPoll = 100 * time.Millisecond
 
 // trusts reports whether r's peer may set X-Forwarded-*: as connContext found, or, for
 // a connection it did not see (a server of the caller's own), by the peer's address.
@@ -587,10 +605,23 @@ func (s *Server) acquire(w http.ResponseWriter, r *http.Request, rt *route, cold
 		wake.Remote = "unix"
 	}
 	timeout := orDur(rt.StartTimeout, time.Minute) + 5*time.Second
-	if !cold || rt.WakingPage <= 0 || !isBrowser(r) {
+	if !cold {
 		ctx, cancel := context.WithTimeout(r.Context(), timeout)
 		defer cancel()
 		return rt.App.Acquire(ctx, wake)
+	}
+	wctx, stop := watchClient(r.Context(), r)
+	defer stop()
+	if rt.WakingPage <= 0 || !isBrowser(r) {
+		ctx, cancel := context.WithTimeout(wctx, timeout)
+		defer cancel()
+		l, err := rt.App.Acquire(ctx, wake)
+		if err != nil && errors.Is(context.Cause(wctx), proxy.ErrClientGone) {
+			s.failed(rt.name, "client_gone", 1)
+			s.log.Info("client gone while waiting for start", "app", rt.name, "host", r.Host, "path", r.URL.Path, "remote", r.RemoteAddr, "reason", "client_gone")
+			return nil, nil
+		}
+		return l, err
 	}
 	type result struct {
 		l   *activator.Lease
@@ -599,7 +630,7 @@ func (s *Server) acquire(w http.ResponseWriter, r *http.Request, rt *route, cold
 	got := make(chan result, 1)
 	// The request's context ends the wait when the client goes; cancel ends it once the
 	// page is sent. Neither ends the start, which the first Acquire set going.
-	ctx, cancel := context.WithTimeout(r.Context(), timeout)
+	ctx, cancel := context.WithTimeout(wctx, timeout)
 	defer cancel()
 	go func() {
 		l, err := rt.App.Acquire(ctx, wake)
@@ -610,7 +641,7 @@ func (s *Server) acquire(w http.ResponseWriter, r *http.Request, rt *route, cold
 	select {
 	case res := <-got:
 		return res.l, res.err
-	case <-r.Context().Done():
+	case <-wctx.Done():
 		s.failed(rt.name, "client_gone", 1)
 		s.log.Info("client gone while waiting for start", "app", rt.name, "host", r.Host, "path", r.URL.Path, "remote", r.RemoteAddr, "reason", "client_gone")
 	case <-t.C:

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -32,7 +33,10 @@ func slowFront(t *testing.T, delay time.Duration, route Route) (*httptest.Server
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(s)
+	// The front door's own http.Server (its ConnContext), on httptest's listener.
+	srv := httptest.NewUnstartedServer(s)
+	srv.Config = s.srv
+	srv.Start()
 	t.Cleanup(srv.Close)
 	return srv, act
 }
@@ -105,4 +109,19 @@ func TestClientGoneGivesItsSlotBack(t *testing.T) {
 			t.Logf("slot given back %s after the client hung up", took)
 		})
 	}
+}
+
+// TestGonePostGivesItsSlotBack: a client that sends a request with a body (which nobody
+// reads while the app starts) and hangs up stops waiting too.
+func TestGonePostGivesItsSlotBack(t *testing.T) {
+	srv, act := slowFront(t, 2*time.Second, Route{})
+	c, err := net.Dial("tcp", srv.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.WriteString(c, "POST /form HTTP/1.1\r\nHost: app.test\r\nContent-Length: 3\r\n\r\nabc")
+	waitWaiting(t, act, 1, time.Second)
+	c.Close()
+	took := waitWaiting(t, act, 0, 300*time.Millisecond)
+	t.Logf("slot given back %s after the client hung up", took)
 }
