@@ -36,6 +36,7 @@ type metrics struct {
 	reg    *prometheus.Registry
 	starts *prometheus.HistogramVec
 	failed *prometheus.CounterVec
+	broken *prometheus.GaugeVec
 }
 
 func newMetrics() *metrics {
@@ -44,9 +45,22 @@ func newMetrics() *metrics {
 			Name: "sact_connections_failed_total",
 			Help: "Connections and front-door requests that were not served, by reason (queue_full, start_failed, start_timeout, pool_full, upstream_unreachable, shutting_down, client_gone, ...).",
 		}, []string{"app", "reason"}),
+		broken: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "sact_app_broken",
+			Help: "1 while sact cannot serve the app at all (its handoff cannot be set up); it retries on its own.",
+		}, []string{"app"}),
 	}
-	m.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), m.starts, m.failed)
+	m.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), m.starts, m.failed, m.broken)
 	return m
+}
+
+// setBroken records whether app is broken; a repaired app's series goes away.
+func (m *metrics) setBroken(app string, broken bool) {
+	if broken {
+		m.broken.WithLabelValues(app).Set(1)
+	} else {
+		m.broken.DeleteLabelValues(app)
+	}
 }
 
 // fail counts n connections of app that were not served.
@@ -106,7 +120,7 @@ func (d *daemon) startAdmin(ctx context.Context, cfg *config.Config) (func(), er
 			names := slices.Sorted(maps.Keys(d.units))
 			apps := make([]admin.App, len(names))
 			for i, n := range names {
-				apps[i] = d.units[n].act
+				apps[i] = d.units[n].adminApp()
 			}
 			return apps
 		},

@@ -153,14 +153,9 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 		closeListeners(lns)
 	}
 	for _, app := range cfg.Apps {
-		u := d.newUnit(app, lns[app.Name], rts[runtimeKind(app)])
-		if app.Handoff {
-			if err := d.setUpHandoff(u); err != nil {
-				closeAll()
-				return err
-			}
-		}
-		d.units[app.Name] = u
+		// A handoff app's server is set up when it runs: if that fails, the app is
+		// broken and retried, and every other app serves.
+		d.units[app.Name] = d.newUnit(app, lns[app.Name], rts[runtimeKind(app)])
 	}
 	d.setDependencies()
 	routes, def, err := d.routes(cfg, d.units)

@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -133,10 +134,11 @@ func fileHash(path string) string {
 }
 
 // handoffSpec adds the shim to spec. The paths go into the hash: a container that mounts
-// other paths must be recreated.
+// other paths must be recreated. So does the way the directory is mounted: containers
+// made before it was read-only ("ro") are made anew.
 func handoffSpec(spec backend.Spec, binary, dir string) backend.Spec {
 	spec.Handoff = &backend.Handoff{Binary: binary, Dir: dir}
-	sum := sha256.Sum256([]byte(spec.Hash + "\x00" + binary + "\x00" + dir))
+	sum := sha256.Sum256([]byte(spec.Hash + "\x00" + binary + "\x00" + dir + "\x00ro"))
 	spec.Hash = hex.EncodeToString(sum[:8])
 	return spec
 }
@@ -150,69 +152,142 @@ type handoffApp struct {
 	// app's settings (activator.Refresh, for an app whose connections sact cannot see).
 	refresh atomic.Bool
 	// failed counts connections refused (metrics).
-	failed  func(app, reason string, n int)
-	lns     []net.Listener
-	pending []*os.File // duplicates of lns, only ever polled for readability
-	srv     *handoff.Server
-	log     *slog.Logger
-	probe   *sockdiag.Prober
+	failed func(app, reason string, n int)
+	// setBroken reports whether the app is broken (metrics); nil does nothing.
+	setBroken func(app string, broken bool)
+	lns       []net.Listener
+	pending   []*os.File // duplicates of lns, only ever polled for readability
+	dir       string
+	sockets   []handoff.Socket
+	opts      handoff.Options
+	// broken is why the handoff server cannot be set up, while it cannot; the app
+	// is then reported broken and nothing else of it runs.
+	broken atomic.Pointer[string]
+	log    *slog.Logger
+	probe  *sockdiag.Prober
+
+	mu  sync.Mutex
+	srv *handoff.Server
 }
 
-// newHandoffApp makes the app's handoff server in dir and its pending-connection watchers.
-func newHandoffApp(app *config.App, lns []net.Listener, dir string, rt backend.Runtime, spec func() backend.Spec, probe *sockdiag.Prober, log *slog.Logger) (*handoffApp, error) {
-	h := &handoffApp{lns: lns, log: log.With("app", app.Name), probe: probe}
+// newHandoffApp readies the app's handoff in dir. Its server is set up by run, where a
+// failure makes this one app broken (and retried), never the daemon.
+func newHandoffApp(app *config.App, lns []net.Listener, dir string, rt backend.Runtime, spec func() backend.Spec, probe *sockdiag.Prober, log *slog.Logger) *handoffApp {
+	h := &handoffApp{lns: lns, dir: dir, log: log.With("app", app.Name), probe: probe}
 	h.cfg.Store(app)
-	var sockets []handoff.Socket
-	for i, ln := range lns {
+	for _, ln := range lns {
 		if ln == nil {
-			return nil, fmt.Errorf("app %q: its listener on %s was lost in a reload", app.Name, app.Listen[i])
+			continue // lost in a reload: newServer says so
 		}
-		sc, ok := ln.(syscall.Conn)
-		if !ok {
+		if sc, ok := ln.(syscall.Conn); ok {
+			h.sockets = append(h.sockets, handoff.Socket{Name: app.Name, Conn: sc})
+		}
+	}
+	h.opts = handoff.Options{User: app.User, Logger: h.log}
+	if pr, ok := rt.(pider); ok {
+		// Only the container's first process may fetch the sockets. The Server caches
+		// its pid and asks the engine at most every 250ms, however many peers connect.
+		h.opts.Pid = func(ctx context.Context) (int, error) { return pr.Pid(ctx, spec()) }
+	}
+	return h
+}
+
+// newServer makes the app's handoff server.
+func (h *handoffApp) newServer() (*handoff.Server, error) {
+	app := h.conf()
+	for i, ln := range h.lns {
+		if ln == nil {
+			return nil, fmt.Errorf("its listener on %s was lost in a reload; reload again or restart sact", app.Listen[i])
+		}
+		if _, ok := ln.(syscall.Conn); !ok {
 			return nil, fmt.Errorf("listener %s cannot be handed off", ln.Addr())
 		}
-		sockets = append(sockets, handoff.Socket{Name: app.Name, Conn: sc})
 	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		h.close()
-		return nil, fmt.Errorf("making the app's handoff directory: %w", err)
-	}
-	authorize := func(p handoff.Peer) error {
-		pr, ok := rt.(pider)
-		if !ok {
-			return nil
-		}
-		// The engine records the container's pid a moment after its process runs, and
-		// the shim is quick: ask again for a while before refusing.
-		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-		defer cancel()
-		var pid int
-		for {
-			var err error
-			pid, err = pr.Pid(ctx, spec())
-			if err == nil && pid == p.PID {
-				return nil
+	return handoff.NewServer(filepath.Join(h.dir, backend.ShimSocket), h.sockets, h.opts)
+}
+
+// Backoff between attempts to set up a broken app's handoff server.
+const (
+	brokenRetryFirst = time.Second
+	brokenRetryMax   = 30 * time.Second
+)
+
+// listen sets up the app's handoff server, retrying with backoff while it fails: the app
+// is broken meanwhile (status, log, metric), and clients that queue up on its stopped
+// listeners are refused at once. It returns false if ctx ended first.
+func (h *handoffApp) listen(ctx context.Context) bool {
+	name := h.conf().Name
+	backoff := brokenRetryFirst
+	for {
+		srv, err := h.newServer()
+		if err == nil {
+			h.mu.Lock()
+			h.srv = srv
+			h.mu.Unlock()
+			if h.broken.Swap(nil) != nil {
+				h.log.Info("app's handoff repaired; serving it again")
 			}
-			if ctx.Err() != nil {
-				return fmt.Errorf("process %d is not app %s's first process (that is %d); only the app's own container may fetch its sockets", p.PID, app.Name, pid)
+			if h.setBroken != nil {
+				h.setBroken(name, false)
 			}
-			time.Sleep(10 * time.Millisecond)
+			return true
+		}
+		reason := "its handoff cannot be set up: " + err.Error()
+		h.broken.Store(&reason)
+		if h.setBroken != nil {
+			h.setBroken(name, true)
+		}
+		h.log.Error("app is broken; the other apps serve on", "reason", reason, "retry_in", backoff)
+		if !h.refuseFor(ctx, backoff) {
+			if h.setBroken != nil {
+				h.setBroken(name, false) // the app goes away: so does its series
+			}
+			return false
+		}
+		backoff = min(2*backoff, brokenRetryMax)
+	}
+}
+
+// refuseFor waits d, refusing at once the clients that queue up on the app's listeners
+// while it is stopped (a running app, adopted from an earlier sact, serves them
+// itself). It returns false if ctx ended.
+func (h *handoffApp) refuseFor(ctx context.Context, d time.Duration) bool {
+	wctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	select {
+	case <-h.act.Adopted():
+	case <-wctx.Done():
+		return ctx.Err() == nil
+	}
+	for wctx.Err() == nil {
+		if h.act.State() != activator.Stopped || slices.Contains(h.lns, nil) {
+			<-wctx.Done()
+			break
+		}
+		if _, err := h.waitPending(wctx); err != nil {
+			break
+		}
+		if n := h.rejectQueued(); n > 0 {
+			h.failed(h.conf().Name, "handoff_broken", n)
+			h.log.Warn("connections refused", "count", n, "reason", *h.broken.Load())
 		}
 	}
-	srv, err := handoff.NewServer(filepath.Join(dir, backend.ShimSocket), sockets, handoff.Options{
-		User: app.User, Authorize: authorize, Logger: log,
-	})
-	if err != nil {
-		h.close()
-		return nil, fmt.Errorf("app %q: setting up handoff: %w", app.Name, err)
+	return ctx.Err() == nil
+}
+
+// Broken returns why the app cannot be served, or "".
+func (h *handoffApp) Broken() string {
+	if r := h.broken.Load(); r != nil {
+		return *r
 	}
-	h.srv = srv
-	return h, nil
+	return ""
 }
 
 func (h *handoffApp) conf() *config.App { return h.cfg.Load() }
 
 func (h *handoffApp) close() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
 	if h.srv != nil {
 		h.srv.Close()
 	}
@@ -379,8 +454,11 @@ func (h *handoffApp) rejectQueued() int {
 // run is the app's life in handoff mode: wait for a client, start the app, watch its
 // sockets' activity while it runs, and again.
 func (h *handoffApp) run(ctx context.Context) {
-	go h.srv.Run(ctx)
 	defer h.close()
+	if !h.listen(ctx) {
+		return
+	}
+	go h.srv.Run(ctx)
 	backoff := time.Duration(0)
 	for {
 		wake := activator.Wake{Remote: "backlog"}

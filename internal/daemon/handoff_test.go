@@ -1,12 +1,22 @@
 package daemon
 
 import (
+	"context"
+	"errors"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
+	"github.com/sact-project/sact/internal/activator"
+	"github.com/sact-project/sact/internal/backend"
+	"github.com/sact-project/sact/internal/config"
 	"github.com/sact-project/sact/internal/listen"
 )
 
@@ -74,4 +84,114 @@ func TestReclaim(t *testing.T) {
 	if _, err := reclaim(os.Getpid(), missing); err == nil {
 		t.Errorf("reclaim found a socket nobody listens on")
 	}
+}
+
+// stoppedRuntime runs nothing: every app is stopped, and a start fails.
+type stoppedRuntime struct{}
+
+func (stoppedRuntime) Start(context.Context, backend.Spec) (*backend.Instance, error) {
+	return nil, errors.New("not in this test")
+}
+func (stoppedRuntime) Stop(context.Context, backend.Spec, time.Duration) error { return nil }
+func (stoppedRuntime) Running(context.Context, backend.Spec) (*backend.Instance, error) {
+	return nil, nil
+}
+
+// An app whose handoff cannot be set up is broken, alone: its clients are refused at
+// once, it is retried with backoff, and it serves again once the cause is gone.
+func TestHandoffBrokenRetried(t *testing.T) {
+	runDir := t.TempDir()
+	// The handoff directories' parent is a file: nothing can be made under it.
+	parent := filepath.Join(runDir, "handoff")
+	if err := os.WriteFile(parent, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	app := &config.App{Name: "app", Handoff: true, Listen: []listen.Addr{{Network: "tcp", Address: ln.Addr().String()}}}
+	var logs syncBuffer
+	log := slog.New(slog.NewJSONHandler(&logs, nil))
+	act := activator.New(stoppedRuntime{}, activator.Policy{Spec: backend.Spec{Name: "app"}}, activator.Options{Logger: log})
+	h := newHandoffApp(app, []net.Listener{ln}, filepath.Join(parent, "app"), stoppedRuntime{}, func() backend.Spec { return act.Policy().Spec }, nil, log)
+	h.act = act
+	var refused atomic.Int64
+	h.failed = func(app, reason string, n int) {
+		if reason == "handoff_broken" {
+			refused.Add(int64(n))
+		}
+	}
+	var brokenNow atomic.Bool
+	h.setBroken = func(_ string, b bool) { brokenNow.Store(b) }
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go act.Run(ctx)
+	done := make(chan bool, 1)
+	go func() { done <- h.listen(ctx) }()
+
+	for deadline := time.Now().Add(5 * time.Second); h.Broken() == "" && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if !strings.Contains(h.Broken(), "create handoff directory") || !brokenNow.Load() {
+		t.Fatalf("broken %q (metric %v), want why the directory cannot be made", h.Broken(), brokenNow.Load())
+	}
+	// A client is refused at once, not left in the backlog.
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetReadDeadline(time.Now().Add(2 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Errorf("client of a broken app: read %v, want the connection closed at once", err)
+	}
+	c.Close()
+
+	// The cause goes away: a retry (after 1s, then 2s) sets the server up.
+	time.Sleep(1500 * time.Millisecond)
+	os.Remove(parent)
+	os.Mkdir(parent, 0o700)
+	select {
+	case ok := <-done:
+		if !ok {
+			t.Fatal("listen gave up")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("not repaired 10s after the cause went away; log:\n%s", logs.String())
+	}
+	defer h.close()
+	if h.Broken() != "" || brokenNow.Load() {
+		t.Errorf("still broken after the repair: %q (metric %v)", h.Broken(), brokenNow.Load())
+	}
+	if refused.Load() != 1 {
+		t.Errorf("%d connections counted as refused, want 1", refused.Load())
+	}
+	out := logs.String()
+	for _, want := range []string{`"retry_in":1000000000`, `"retry_in":2000000000`, `"msg":"app's handoff repaired; serving it again"`, `"app":"app"`} {
+		if !strings.Contains(out, want) {
+			t.Errorf("log lacks %s:\n%s", want, out)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(parent, "app", backend.ShimSocket)); err != nil {
+		t.Errorf("handoff socket after the repair: %v", err)
+	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

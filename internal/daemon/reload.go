@@ -190,19 +190,8 @@ func (d *daemon) apply(ctx context.Context, cfg *config.Config) (admin.ReloadRes
 	if err != nil {
 		return fail(err)
 	}
-	// Handoff apps added under a new name get their handoff server now: it can fail.
-	for _, app := range cfg.Apps {
-		if plan[app.Name] == added && app.Handoff && !slices.ContainsFunc(takes, func(t take) bool { return t.to == app.Name }) {
-			if err := d.setUpHandoff(next[app.Name]); err != nil {
-				for _, a := range cfg.Apps {
-					if u := next[a.Name]; plan[a.Name] == added && u.handoff != nil {
-						u.handoff.close()
-					}
-				}
-				return fail(err)
-			}
-		}
-	}
+	// Handoff apps set up their handoff servers when they run: a failure there makes one
+	// app broken, never the reload.
 
 	// Commit: nothing below fails the reload.
 	for kind, rt := range rts {

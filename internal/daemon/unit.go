@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/sact-project/sact/internal/activator"
+	"github.com/sact-project/sact/internal/admin"
 	"github.com/sact-project/sact/internal/backend"
 	"github.com/sact-project/sact/internal/config"
 	"github.com/sact-project/sact/internal/front"
@@ -73,10 +74,14 @@ type unit struct {
 // newUnit makes the unit of app with its listeners; nothing runs until startUnit.
 func (d *daemon) newUnit(app *config.App, lns []net.Listener, rt backend.Runtime) *unit {
 	pol := d.policy(app)
-	return &unit{
+	u := &unit{
 		app: app, lns: lns, spec: pol.Spec, rt: rt, done: make(chan struct{}),
 		act: activator.New(rt, pol, activator.Options{Logger: d.log, Pool: d.pool, Observe: d.m.observe, Dial: d.dialUpstream}),
 	}
+	if app.Handoff {
+		d.setUpHandoff(u)
+	}
+	return u
 }
 
 // policy is app's activator policy, with the handoff entrypoint for a handoff app.
@@ -88,19 +93,45 @@ func (d *daemon) policy(app *config.App) activator.Policy {
 	return pol
 }
 
-// setUpHandoff makes a handoff unit's handoff server; its predecessor, if any, must have
-// closed its own.
-func (d *daemon) setUpHandoff(u *unit) error {
+// setUpHandoff readies a handoff unit's handoff, touching nothing yet: its server is set
+// up when the unit runs, after its predecessor, if any, closed its own. It cannot fail:
+// an app whose handoff cannot be set up is broken, alone.
+func (d *daemon) setUpHandoff(u *unit) {
 	act := u.act
-	h, err := newHandoffApp(u.app, u.lns, handoffDir(d.runDir, u.app), u.rt,
+	h := newHandoffApp(u.app, u.lns, handoffDir(d.runDir, u.app), u.rt,
 		func() backend.Spec { return act.Policy().Spec }, d.probe, d.log)
-	if err != nil {
-		return err
-	}
 	h.act = act
 	h.failed = d.m.fail
+	h.setBroken = d.m.setBroken
 	u.handoff = h
-	return nil
+}
+
+// adminApp is the unit's app as the admin API shows it: broken while its handoff cannot
+// be set up.
+func (u *unit) adminApp() admin.App {
+	if u.handoff != nil {
+		if reason := u.handoff.Broken(); reason != "" {
+			return brokenApp{App: u.act, reason: reason}
+		}
+	}
+	return u.act
+}
+
+// brokenApp is an app that sact cannot serve, for the admin API: its state is "broken",
+// its last error says why, and it cannot be started by hand.
+type brokenApp struct {
+	*activator.App
+	reason string
+}
+
+func (b brokenApp) Status() activator.Status {
+	st := b.App.Status()
+	st.State, st.LastError = activator.Broken, b.reason
+	return st
+}
+
+func (b brokenApp) Start(context.Context) error {
+	return fmt.Errorf("app %s is broken: %s; see sact's log, sact retries on its own", b.Name(), b.reason)
 }
 
 // prepareHandoff readies the shim binary and sock_diag the first time a config has a
@@ -144,13 +175,6 @@ func (d *daemon) startUnit(u *unit, after []<-chan struct{}) {
 			select {
 			case <-c:
 			case <-ctx.Done():
-				u.closeListeners()
-				return
-			}
-		}
-		if app.Handoff && u.handoff == nil {
-			if err := d.setUpHandoff(u); err != nil {
-				d.log.Error("app cannot serve after the reload; its listeners are closed", "app", app.Name, "reason", err)
 				u.closeListeners()
 				return
 			}

@@ -473,7 +473,9 @@ func (r *Runtime) create(ctx context.Context, spec backend.Spec) (string, error)
 		}
 		cfg.Entrypoint = []string{ShimPath}
 		cfg.Cmd = append([]string{"shim", "--"}, argv...)
-		hc.Binds = append(hc.Binds, h.Binary+":"+ShimPath+":ro", h.Dir+":"+ShimDir)
+		// Both read-only: a container that runs as root is root on its bind mounts, and
+		// connect(2) to the handoff socket needs no write access to the mount.
+		hc.Binds = append(hc.Binds, h.Binary+":"+ShimPath+":ro", h.Dir+":"+ShimDir+":ro")
 	}
 	hc.Memory = spec.Memory
 	if spec.CPUs > 0 {
