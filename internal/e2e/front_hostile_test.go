@@ -166,6 +166,18 @@ func adminApp(t *testing.T, d *daemon, name string) (waiting int, state string) 
 	return st.Waiting, st.State
 }
 
+// adminMetrics reads /metrics from the admin API over the daemon's unix socket.
+func adminMetrics(t *testing.T, d *daemon) string {
+	t.Helper()
+	resp, err := frontClient(filepath.Join(d.runDir, "admin.sock")).Get("http://sact/metrics")
+	if err != nil {
+		t.Fatalf("admin API: %v", err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
+}
+
 // awaitWaiting polls the app's waiting count until it is want, and returns how long that
 // took; ok is false if it was not within limit.
 func awaitWaiting(t *testing.T, d *daemon, name string, want int, limit time.Duration) (took time.Duration, got int, ok bool) {
@@ -186,7 +198,8 @@ func awaitWaiting(t *testing.T, d *daemon, name string, want int, limit time.Dur
 // TestGoneClientsGiveTheirSlotBack is issue 11 case 6: during a slow cold start (4s),
 // clients that go away must not keep holding the app's max_waiting (5) slots. Through the
 // front door, 25 browsers get the waking page and leave, then an API client is served;
-// through the relay, 25 clients connect and hang up, the waiting count drops to 0 within
+// 5 POSTs whose clients leave give their slots back too; through the relay, 25 clients
+// connect and hang up, the waiting count drops to 0 within
 // ~200 ms of each batch's hang-up, and a real client is served.
 func TestGoneClientsGiveTheirSlotBack(t *testing.T) {
 	needDocker(t)
@@ -232,6 +245,24 @@ func TestGoneClientsGiveTheirSlotBack(t *testing.T) {
 		t.Logf("25 browsers: %d waking pages, %d queue full, in %s; app %s", pages, full, time.Since(began).Round(time.Millisecond), state)
 		if pages != 25 {
 			t.Errorf("%d of 25 browsers got the waking page, %d got 503 queue full", pages, full)
+		}
+		// API clients that send a body, which nobody reads during the start, and leave.
+		var posts []net.Conn
+		for range 5 {
+			c := dialTCP(t, front)
+			fmt.Fprint(c, "POST /echo HTTP/1.1\r\nHost: slots.test\r\nContent-Length: 3\r\n\r\nabc")
+			posts = append(posts, c)
+		}
+		if took, got, ok := awaitWaiting(t, d, web, 5, 2*time.Second); !ok {
+			t.Fatalf("%d POSTs wait, want 5 (after %s)", got, took)
+		}
+		for _, c := range posts {
+			c.Close()
+		}
+		if took, got, ok := awaitWaiting(t, d, web, 0, 300*time.Millisecond); !ok {
+			t.Errorf("%d POSTs still wait %s after their clients hung up", got, took)
+		} else {
+			t.Logf("5 POSTs: waiting 5 -> 0 %s after the hang-ups", took.Round(time.Millisecond))
 		}
 		r := do(t, frontClient(front), "GET", "http://slots.test/", nil)
 		if r.status != 200 || !strings.Contains(r.body, "hello from "+web) {
@@ -281,6 +312,10 @@ func TestGoneClientsGiveTheirSlotBack(t *testing.T) {
 		}
 		if n := d.awaitCount(`"msg":"client gone while waiting for start"&&`+tcp+`&&"reason":"client_gone"`, 25); n != 25 {
 			t.Errorf("%d log lines for 25 clients gone while waiting, want one each", n)
+		}
+		metric := fmt.Sprintf(`sact_connections_failed_total{app=%q,reason="client_gone"} 25`, tcp)
+		if m := adminMetrics(t, d); !strings.Contains(m, metric+"\n") {
+			t.Errorf("metrics lack %s", metric)
 		}
 	})
 }
