@@ -10,6 +10,10 @@
 //	EXIT_CODE    print "exiting with code N" to stderr and exit with N at once
 //	NEVER_READY  never listen (a hung boot)
 //	TERM_DELAY   on SIGTERM keep serving this long before exiting (a slow shutdown)
+//	HANDOFF_FLOOD=N  instead of serving, connect N peers at once to the handoff socket
+//	             and print what they got (handoff.go; for `docker exec` of a second process)
+//	HANDOFF_PROBE=1  instead of serving, try to change the handoff directory and print how
+//	             each attempt failed
 //
 // Endpoints: / (name and pid), /pid, /bytes?n=N (N bytes), /slow?d=D&every=E (a byte every E
 // for D), /hold?d=D (answers after D), POST /echo (the body back), /headers (the request's
@@ -57,6 +61,9 @@ func duration(k string) time.Duration {
 }
 
 func run() error {
+	if ok, err := handoffMode(); ok {
+		return err
+	}
 	name := env("NAME", "testserver")
 	if c := os.Getenv("EXIT_CODE"); c != "" {
 		n, _ := strconv.Atoi(c)
