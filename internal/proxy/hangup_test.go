@@ -11,7 +11,7 @@ import (
 
 // pair returns both ends of a fresh TCP or unix stream connection: the accepted one
 // (the client as the relay sees it) and the dialled one (the client itself).
-func pair(t *testing.T, network string) (server, client net.Conn) {
+func pair(t testing.TB, network string) (server, client net.Conn) {
 	t.Helper()
 	addr := "127.0.0.1:0"
 	if network == "unix" {
@@ -106,4 +106,17 @@ func TestWatchHangup(t *testing.T) {
 			t.Error("a stopped watcher still reported the hang-up")
 		}
 	})
+}
+
+// BenchmarkWatchHangup is what the watch adds to a connection whose lease comes at once
+// (a running app): one context, one timer, stopped before it fires.
+func BenchmarkWatchHangup(b *testing.B) {
+	server, _ := pair(b, "tcp")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	b.ReportAllocs()
+	for b.Loop() {
+		_, stop := WatchHangup(ctx, server, 100*time.Millisecond)
+		stop()
+	}
 }
