@@ -303,9 +303,12 @@ func (d *daemon) routes(cfg *config.Config, units map[string]*unit) ([]front.Rou
 	var routes []front.Route
 	var def *front.Route
 	for _, app := range cfg.Apps {
-		robots, err := front.ReadRobots(app.Quiet.RobotsTxt)
+		robots, err := front.ReadRobots(app.Quiet.RobotsTxt, d.writableDirs())
 		if err != nil {
-			return nil, nil, fmt.Errorf("app %q: quiet.robots_txt: %w", app.Name, err)
+			// The app may have planted it (a link to a host file, a FIFO): it never keeps
+			// sact or another app from serving, and gets the default disallow-all.
+			d.log.Error("cannot use quiet.robots_txt; serving the default", "app", app.Name, "path", app.Quiet.RobotsTxt, "err", err)
+			robots = nil
 		}
 		uas := make([]string, len(app.Quiet.UserAgents))
 		for i, ua := range app.Quiet.UserAgents {

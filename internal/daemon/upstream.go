@@ -47,11 +47,15 @@ func (d *daemon) addWritable(cfg *config.Config) {
 	w.dirs.Store(&dirs)
 }
 
+// writableDirs returns the directories some app can write.
+func (d *daemon) writableDirs() []string {
+	if p := d.writable.dirs.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
 // dialUpstream is every app's dial of its upstream (readiness, relay, front door).
 func (d *daemon) dialUpstream(ctx context.Context, network, address string) (net.Conn, error) {
-	var dirs []string
-	if p := d.writable.dirs.Load(); p != nil {
-		dirs = *p
-	}
-	return upstream.Dial(ctx, network, address, dirs)
+	return upstream.Dial(ctx, network, address, d.writableDirs())
 }

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -213,4 +214,55 @@ func TestUnsafeUpstreamAtStart(t *testing.T) {
 	if n := secret.conns.Load(); n > 0 {
 		t.Errorf("the host socket got %d connections from sact", n)
 	}
+}
+
+// quiet.robots_txt in a directory the app writes, read by sact as root and served to
+// anyone while the app sleeps: a link to a host file must not be read, and a FIFO must not
+// hang sact's start (nor take the other apps down).
+func TestUnsafeRobotsTxt(t *testing.T) {
+	needDocker(t)
+	name, other := uniqueName(t, "robots"), uniqueName(t, "robotsother")
+	dir := appDir(t)
+	robots := filepath.Join(dir, "robots.txt")
+	if err := os.WriteFile(robots, []byte("User-agent: *\nDisallow: /private\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	secret := filepath.Join(t.TempDir(), "secret.txt")
+	os.WriteFile(secret, []byte("HOST-SECRET\n"), 0o600)
+	front := freeAddr(t)
+	d := startSact(t, fmt.Sprintf("http:\n  listen: [\"tcp:%s\"]\napps:", front)+
+		frontApp(name, fmt.Sprintf("[%q]", name+".test"), fmt.Sprintf("    volumes: [\"%s:/app/public\"]\n    quiet: {robots_txt: %q}\n", dir, robots), "")+
+		frontApp(other, fmt.Sprintf("[%q]", other+".test"), "", ""))
+	c := frontClient(front)
+	if r := do(t, c, "GET", "http://"+name+".test/robots.txt", nil); !strings.Contains(r.body, "Disallow: /private") {
+		t.Fatalf("the app's robots.txt while it sleeps: %d %q", r.status, r.body)
+	}
+
+	// The app swaps its file for a link; sact restarts (a reboot, an upgrade).
+	swapForLink(t, secret, robots)
+	d.stop()
+	d = startSactFile(t, d.config)
+	r := do(t, c, "GET", "http://"+name+".test/robots.txt", nil)
+	if strings.Contains(r.body, "HOST-SECRET") {
+		t.Fatalf("sact served a host file linked from the app's robots.txt: %q", r.body)
+	}
+	if !strings.Contains(r.body, "Disallow: /") {
+		t.Errorf("robots.txt after the link was refused: %d %q, want the default disallow-all", r.status, r.body)
+	}
+	d.waitLog(`"app":"`+name+`"&&robots_txt&&symbolic link`, 5*time.Second)
+	if r := do(t, c, "GET", "http://"+other+".test/.sact/status", nil); !strings.Contains(r.body, "dormant") {
+		t.Errorf("the other app after a bad robots_txt: %d %q", r.status, r.body)
+	}
+
+	// A FIFO: reading it would wait for a writer forever.
+	os.Remove(robots)
+	if err := syscall.Mkfifo(robots, 0o666); err != nil {
+		t.Fatal(err)
+	}
+	d.stop()
+	d = startSactFile(t, d.config) // fails if sact never gets to serving
+	if r := do(t, c, "GET", "http://"+other+".test/.sact/status", nil); !strings.Contains(r.body, "dormant") {
+		t.Errorf("the other app with a FIFO for robots_txt: %d %q", r.status, r.body)
+	}
+	d.waitLog(`"app":"`+name+`"&&robots_txt&&FIFO`, 5*time.Second)
 }

@@ -753,10 +753,12 @@ func oneLine(err error) string {
 	return s
 }
 
-// ReadRobots reads a robots.txt file for Quiet.
-func ReadRobots(path string) ([]byte, error) {
+// ReadRobots reads a robots.txt file for Quiet. It is read as root and served to anyone,
+// and it often lies in the app's own directory: writable names the host directories apps
+// can write, beneath which no link is followed (see upstream.ReadFile). At most 1 MiB.
+func ReadRobots(path string, writable []string) ([]byte, error) {
 	if path == "" {
 		return nil, nil
 	}
-	return os.ReadFile(path)
+	return upstream.ReadFile(path, writable, 1<<20)
 }

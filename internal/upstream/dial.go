@@ -22,9 +22,10 @@ const maxLinks = 40
 
 // Reasons an *UnsafePathError gives: a short fixed set, for logs.
 const (
-	ReasonSymlink     = "symlink"      // a component is a symbolic link
-	ReasonNotSocket   = "not a socket" // the final component is a file, directory, FIFO, ...
-	ReasonEscapes     = "escapes"      // leaves the writable directory, or crosses a mount
+	ReasonSymlink     = "symlink"            // a component is a symbolic link
+	ReasonNotSocket   = "not a socket"       // the final component is a file, directory, FIFO, ...
+	ReasonNotRegular  = "not a regular file" // for ReadFile: a FIFO, device, directory, ...
+	ReasonEscapes     = "escapes"            // leaves the writable directory, or crosses a mount
 	ReasonTooManyLink = "too many links"
 	ReasonRelative    = "not absolute"
 )
@@ -41,11 +42,16 @@ type UnsafePathError struct {
 	Dir string
 	// Reason is one of the Reason constants.
 	Reason string
-	// Kind is what was found at At when it is not a socket ("regular file", ...).
+	// Kind is what was found at At when it is not what was wanted ("regular file", ...).
 	Kind string
+	// File is set for a file sact reads (ReadFile), not an upstream it dials.
+	File bool
 }
 
 func (e *UnsafePathError) Error() string {
+	if e.File {
+		return e.fileError()
+	}
 	where := ""
 	if e.Dir != "" {
 		where = fmt.Sprintf(" in %s, which the app or a local user can write", e.Dir)
@@ -67,6 +73,22 @@ func (e *UnsafePathError) Error() string {
 		return fmt.Sprintf("unsafe upstream %s: not an absolute path; give the socket's absolute path", e.Path)
 	}
 	return fmt.Sprintf("unsafe upstream %s: %s: %s", e.Path, e.At, e.Reason)
+}
+
+func (e *UnsafePathError) fileError() string {
+	where := ""
+	if e.Dir != "" {
+		where = fmt.Sprintf(" in %s, which an app or a local user can write", e.Dir)
+	}
+	switch e.Reason {
+	case ReasonSymlink:
+		return fmt.Sprintf("unsafe file %s: %s is a symbolic link%s; sact follows no links there, so that nobody can point it at a host file: keep a regular file at %s, or give a path without links", e.Path, e.At, where, e.Path)
+	case ReasonNotRegular:
+		return fmt.Sprintf("unsafe file %s: %s is a %s, not a regular file%s; put a regular file there", e.Path, e.At, e.Kind, where)
+	case ReasonRelative:
+		return fmt.Sprintf("unsafe file %s: not an absolute path; give the file's absolute path", e.Path)
+	}
+	return fmt.Sprintf("unsafe file %s: %s %s%s; give the file's real path", e.Path, e.At, e.Reason, where)
 }
 
 // Dial connects to a "tcp" or "unix" upstream. A unix path goes through DialUnix with
@@ -105,22 +127,41 @@ func DialUnix(ctx context.Context, path string, writable []string) (net.Conn, er
 // OpenSocket returns an O_PATH descriptor of the socket at path, resolved as DialUnix
 // does. The caller closes it.
 func OpenSocket(path string, writable []string) (int, error) {
-	if !filepath.IsAbs(path) {
-		return -1, &UnsafePathError{Path: path, At: path, Reason: ReasonRelative}
-	}
-	dirfd, dir, rest, wdir, err := trustedPrefix(path, writable)
+	fd, st, wdir, err := openNoLinks(path, writable)
 	if err != nil {
 		return -1, err
 	}
+	if st.Mode&unix.S_IFMT != unix.S_IFSOCK {
+		unix.Close(fd)
+		ue := &UnsafePathError{Path: path, At: path, Reason: ReasonNotSocket, Kind: kindOf(st.Mode)}
+		if wdir != "" {
+			ue.Dir = filepath.Dir(path)
+		}
+		return -1, ue
+	}
+	return fd, nil
+}
+
+// openNoLinks returns an O_PATH descriptor of what is at path, resolved as the package
+// doc says, and its stat; a link there is an *UnsafePathError. wdir is the first
+// directory on the way an app can write, or "".
+func openNoLinks(path string, writable []string) (fd int, st unix.Stat_t, wdir string, err error) {
+	if !filepath.IsAbs(path) {
+		return -1, st, "", &UnsafePathError{Path: path, At: path, Reason: ReasonRelative}
+	}
+	dirfd, dir, rest, wdir, err := trustedPrefix(path, writable)
+	if err != nil {
+		return -1, st, "", err
+	}
 	defer unix.Close(dirfd)
-	fd, err := openBeneath(dirfd, rest)
+	fd, err = openBeneath(dirfd, rest)
 	switch {
 	case errors.Is(err, unix.ENOSYS), errors.Is(err, unix.EPERM):
 		// No openat2 (before Linux 5.6, or a seccomp filter refuses it): the same,
 		// one component at a time.
 		fd, err = walkBeneath(dirfd, dir, rest)
 		if err != nil {
-			return -1, classify(err, path, wdir)
+			return -1, st, wdir, classify(err, path, wdir)
 		}
 	case errors.Is(err, unix.ELOOP), errors.Is(err, unix.EXDEV):
 		// Which component? Walk to find it, for the message.
@@ -132,28 +173,23 @@ func OpenSocket(path string, writable []string) (int, error) {
 				werr = &UnsafePathError{At: filepath.Join(dir, rest), Reason: ReasonEscapes}
 			}
 		}
-		return -1, classify(werr, path, wdir)
+		return -1, st, wdir, classify(werr, path, wdir)
 	case err != nil:
-		return -1, opError(path, err)
+		return -1, st, wdir, opError(path, err)
 	}
-	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil {
 		unix.Close(fd)
-		return -1, opError(path, err)
+		return -1, st, wdir, opError(path, err)
 	}
-	if st.Mode&unix.S_IFMT != unix.S_IFSOCK {
+	if st.Mode&unix.S_IFMT == unix.S_IFLNK {
 		unix.Close(fd)
-		reason, kind := ReasonNotSocket, kindOf(st.Mode)
-		if st.Mode&unix.S_IFMT == unix.S_IFLNK {
-			reason, kind = ReasonSymlink, ""
-		}
-		ue := &UnsafePathError{Path: path, At: path, Reason: reason, Kind: kind}
+		ue := &UnsafePathError{Path: path, At: path, Reason: ReasonSymlink}
 		if wdir != "" {
 			ue.Dir = filepath.Dir(path)
 		}
-		return -1, ue
+		return -1, st, wdir, ue
 	}
-	return fd, nil
+	return fd, st, wdir, nil
 }
 
 // openat2 is replaceable by tests, to exercise the fallback for kernels without it.
@@ -383,6 +419,8 @@ func kindOf(mode uint32) string {
 		return "character device"
 	case unix.S_IFBLK:
 		return "block device"
+	case unix.S_IFSOCK:
+		return "socket"
 	}
 	return "non-socket file"
 }

@@ -336,3 +336,48 @@ func BenchmarkDialUnix(b *testing.B) {
 		})
 	}
 }
+
+func TestReadFile(t *testing.T) {
+	base := t.TempDir()
+	_, _, cases := layout(t, base)
+	app := filepath.Join(base, "app")
+	hostFile := filepath.Join(base, "host", "shadow")
+	os.WriteFile(hostFile, []byte("HOST-SECRET"), 0o600)
+	good := filepath.Join(app, "robots.txt")
+	os.WriteFile(good, []byte("Disallow: /"), 0o644)
+	if b, err := ReadFile(good, []string{app}, 100); err != nil || string(b) != "Disallow: /" {
+		t.Fatalf("regular file: %q, %v", b, err)
+	}
+	if _, err := ReadFile(good, nil, 5); err == nil {
+		t.Errorf("a file over max: no error")
+	}
+	if _, err := ReadFile(filepath.Join(app, "missing"), nil, 100); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("missing file: %v, want ErrNotExist", err)
+	}
+	os.Symlink(hostFile, filepath.Join(app, "link.txt"))
+	refused := map[string]string{
+		"link to a host file": filepath.Join(app, "link.txt"),
+		"symlinked dir":       filepath.Join(app, "sockets", "shadow"),
+		"fifo":                cases["fifo"],
+		"directory":           cases["directory"],
+		"socket":              filepath.Join(app, "app.sock"),
+	}
+	for name, path := range refused {
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			b, err := ReadFile(path, []string{app}, 100)
+			var ue *UnsafePathError
+			if !errors.As(err, &ue) || !ue.File {
+				t.Errorf("%s: %q, %v; want an *UnsafePathError", name, b, err)
+			} else {
+				t.Logf("%s: %v", name, err)
+			}
+		}()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%s: ReadFile blocked", name)
+		}
+	}
+}
