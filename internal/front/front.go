@@ -483,6 +483,12 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		plain(w, http.StatusMethodNotAllowed, "405 method not allowed: CONNECT; this is a reverse proxy for the apps it serves\n")
 		return
 	}
+	if r.URL.Path != "" && r.URL.Path[0] != '/' {
+		// Asterisk-form (net/http answers OPTIONS * itself) and the HTTP/2 preface
+		// (PRI *): no path for the router to match, nothing an app should be sent.
+		plain(w, http.StatusBadRequest, "400 bad request: the request target is not a path\n")
+		return
+	}
 	rg := s.routes.Load()
 	rt := rg.table.lookup(r.Host, r.URL.Path)
 	if rt == nil {

@@ -278,6 +278,27 @@ func TestOddRequests(t *testing.T) {
 			wantA:  []string{"Connection: Upgrade\r\n", "Upgrade: websocket\r\n"},
 		},
 		{
+			name:   "OPTIONS * is answered by net/http itself",
+			raw:    "OPTIONS * HTTP/1.1\r\nHost: a.test\r\n\r\n",
+			status: 200,
+		},
+		{
+			name:   "an HTTP/2 preface without TLS reaches no app",
+			raw:    "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+			status: 400,
+		},
+		{
+			name:   "asterisk-form for anything but OPTIONS",
+			raw:    "GET * HTTP/1.1\r\nHost: a.test\r\n\r\n",
+			status: 400,
+		},
+		{
+			name:   "absolute-form with no path gets /",
+			raw:    "GET http://a.test HTTP/1.1\r\nHost: b.test\r\n\r\n",
+			status: 200,
+			wantA:  []string{"GET / HTTP/1.1\r\n", "Host: a.test\r\n"},
+		},
+		{
 			name:   "CONNECT is not proxied",
 			raw:    "CONNECT a.test:443 HTTP/1.1\r\nHost: a.test:443\r\n\r\n",
 			status: 405,
