@@ -382,7 +382,9 @@ func (s *Server) rewrite(rt *route, pr *httputil.ProxyRequest) {
 // read as the client's address or scheme, beyond the X-Forwarded-For, -Proto and -Host
 // that rewrite sets itself: from a peer that is not a trusted proxy they are lies.
 var forgeable = []string{"X-Real-Ip", "Client-Ip", "True-Client-Ip", "X-Client-Ip",
-	"X-Cluster-Client-Ip", "Front-End-Https", "X-Url-Scheme"}
+	"X-Cluster-Client-Ip", "Front-End-Https", "X-Url-Scheme",
+	// Set by a rewriting proxy, believed by some frameworks (Symfony, IIS) as the URL.
+	"X-Original-Url", "X-Rewrite-Url"}
 
 // dropForged removes, from an untrusted peer's request, the forwarding headers it may not
 // set: every X-Forwarded-* but the three rewrite sets, the forgeable ones, and every

@@ -314,10 +314,11 @@ func TestOddRequests(t *testing.T) {
 			name: "forwarding headers from an untrusted client are replaced or dropped",
 			raw: "GET /f HTTP/1.1\r\nHost: a.test\r\nX-Forwarded-For: 6.6.6.6\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: evil.test\r\n" +
 				"X-Forwarded-Ssl: on\r\nX-Forwarded-Port: 443\r\nX-Forwarded-Scheme: https\r\nForwarded: for=6.6.6.6;proto=https\r\n" +
-				"X-Real-Ip: 6.6.6.6\r\nClient-Ip: 6.6.6.6\r\nTrue-Client-Ip: 6.6.6.6\r\nFront-End-Https: on\r\nX-Url-Scheme: https\r\n\r\n",
+				"X-Real-Ip: 6.6.6.6\r\nClient-Ip: 6.6.6.6\r\nTrue-Client-Ip: 6.6.6.6\r\nFront-End-Https: on\r\nX-Url-Scheme: https\r\n" +
+				"X-Original-Url: /admin\r\nX-Rewrite-Url: /admin\r\n\r\n",
 			status: 200,
 			wantA:  []string{"X-Forwarded-For: 127.0.0.1\r\n", "X-Forwarded-Proto: http\r\n", "X-Forwarded-Host: a.test\r\n"},
-			lackA:  []string{"6.6.6.6", "https", "evil", "Ssl", "443", "Front-End", "X-Url"},
+			lackA:  []string{"6.6.6.6", "https", "evil", "Ssl", "443", "Front-End", "X-Url", "/admin"},
 		},
 	}
 	for _, tt := range tests {
