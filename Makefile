@@ -7,6 +7,21 @@ GO ?= go
 build:
 	CGO_ENABLED=0 $(GO) build -o sact ./cmd/sact
 
+# The Debian package, $(DIST)/sact_VERSION_amd64.deb (packaging/nfpm.yaml): nfpm is built from
+# the Go module proxy into .cache/, at the version pinned here.
+NFPM_VERSION = v2.48.0
+NFPM = .cache/nfpm-$(NFPM_VERSION)/nfpm
+# A Debian version: the latest tag (v1.2.3 -> 1.2.3), or 0.0.0 plus the commit's date and hash.
+SACT_VERSION ?= $(shell v=$$(git describe --tags --abbrev=0 2>/dev/null) && echo $${v\#v} || git log -1 --format='0.0.0~git%cd.%h' --date=format:%Y%m%d 2>/dev/null || echo 0.0.0)
+DIST ?= dist
+deb: $(NFPM)
+	mkdir -p $(DIST)
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags='-s -w' -o $(DIST)/sact ./cmd/sact
+	sed 's|@DIST@|$(DIST)|' packaging/nfpm.yaml >$(DIST)/nfpm.yaml
+	SACT_VERSION='$(SACT_VERSION)' $(NFPM) package --config $(DIST)/nfpm.yaml --packager deb --target $(DIST)/
+$(NFPM):
+	GOBIN=$(CURDIR)/$(dir $(NFPM)) $(GO) install github.com/goreleaser/nfpm/v2/cmd/nfpm@$(NFPM_VERSION)
+
 vet:
 	gofmt -l . | (! grep .) || (echo "gofmt needed on the files above" && false)
 	$(GO) vet ./...
