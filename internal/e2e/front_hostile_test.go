@@ -242,7 +242,7 @@ func TestGoneClientsGiveTheirSlotBack(t *testing.T) {
 			t.Logf("batch %d: waiting 0 %s after the waking pages", batch+1, took.Round(time.Millisecond))
 		}
 		_, state := adminApp(t, d, web)
-		t.Logf("25 browsers: %d waking pages, %d queue full, in %s; app %s", pages, full, time.Since(began).Round(time.Millisecond), state)
+		t.Logf("RELIABILITY front door, max_waiting 5: 25 browsers got %d waking pages, %d queue full, in %s; app still %s", pages, full, time.Since(began).Round(time.Millisecond), state)
 		if pages != 25 {
 			t.Errorf("%d of 25 browsers got the waking page, %d got 503 queue full", pages, full)
 		}
@@ -262,7 +262,7 @@ func TestGoneClientsGiveTheirSlotBack(t *testing.T) {
 		if took, got, ok := awaitWaiting(t, d, web, 0, 300*time.Millisecond); !ok {
 			t.Errorf("%d POSTs still wait %s after their clients hung up", got, took)
 		} else {
-			t.Logf("5 POSTs: waiting 5 -> 0 %s after the hang-ups", took.Round(time.Millisecond))
+			t.Logf("RELIABILITY front door: 5 POSTs whose clients left: waiting 5 -> 0 %s after the hang-ups", took.Round(time.Millisecond))
 		}
 		r := do(t, frontClient(front), "GET", "http://slots.test/", nil)
 		if r.status != 200 || !strings.Contains(r.body, "hello from "+web) {
@@ -295,7 +295,7 @@ func TestGoneClientsGiveTheirSlotBack(t *testing.T) {
 			t.Errorf("slots given back up to %s after the hang-ups, want about 200 ms", worst)
 		}
 		_, state := adminApp(t, d, tcp)
-		t.Logf("25 hang-ups in %s; app %s", time.Since(began).Round(time.Millisecond), state)
+		t.Logf("RELIABILITY relay, max_waiting 5: 25 clients hung up in %s, each batch's 5 slots back within %s; app still %s", time.Since(began).Round(time.Millisecond), worst.Round(time.Millisecond), state)
 		if state == "running" {
 			t.Log("the start ended before the real client came: the test proves less than it should")
 		}
