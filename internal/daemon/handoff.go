@@ -46,12 +46,17 @@ type pider interface {
 // as their entrypoint. A copy, not the binary itself: its path stays the same across
 // upgrades and test runs, so containers need not be recreated, and a running container
 // keeps the file it started with when the copy is replaced.
+//
+// dir is root's, 0711: a plain process that runs as its own user: reaches the shim and
+// its socket through this directory's path (a container, through its mounts), but nobody
+// may list or change it. Each app's socket in it is 0600 and that app's uid's, and the
+// Server lets in only the app's first process.
 func prepareShim(dir string) (string, error) {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	if err := os.MkdirAll(dir, 0o711); err != nil {
 		return "", fmt.Errorf("making the handoff directory: %w", err)
 	}
-	if err := os.Chmod(dir, 0o700); err != nil {
-		return "", fmt.Errorf("making the handoff directory private: %w", err)
+	if err := os.Chmod(dir, 0o711); err != nil {
+		return "", fmt.Errorf("restricting the handoff directory: %w", err)
 	}
 	self, err := os.Executable()
 	if err != nil {

@@ -401,3 +401,48 @@ func TestHandoffPeerFlood(t *testing.T) {
 		t.Errorf("the handoff app after a docker restart: %v", err)
 	}
 }
+
+// A plain process in handoff mode that runs as its own user: reaches the shim and its
+// socket through the host's paths (there is no mount), so the handoff directories must
+// let it through while only the socket is its own.
+func TestHandoffProcessAsUser(t *testing.T) {
+	dir := t.TempDir()
+	for d := dir; d != "/tmp" && d != "/"; d = filepath.Dir(d) {
+		os.Chmod(d, 0o755)
+	}
+	bin := filepath.Join(dir, "testserver")
+	if out, err := exec.Command("go", "build", "-o", bin, "../testimage/testserver").CombinedOutput(); err != nil {
+		t.Fatalf("building the test server: %v: %s", err, out)
+	}
+	addr := freeAddr(t)
+	d := startSact(t, fmt.Sprintf(`apps:
+  hprocuser:
+    command: [%q]
+    user: "65534:65534"
+    env: {NAME: hprocuser}
+    listen: ["tcp:%s"]
+    handoff: true
+`, bin, addr))
+	// Like /run/sact (systemd's RuntimeDirectory=, 0755); the harness makes its own 0700.
+	os.Chmod(d.runDir, 0o755)
+	if body, err := httpGetTimeout(addr, "/", 20*time.Second); err != nil || !strings.Contains(body, "hello from hprocuser") {
+		t.Fatalf("process app as user 65534 in handoff mode: %q, %v", body, err)
+	}
+	sock := filepath.Join(d.runDir, "handoff", "hprocuser", "handoff.sock")
+	fi, err := os.Lstat(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := fi.Sys().(*syscall.Stat_t); st.Uid != 65534 || fi.Mode().Perm() != 0o600 {
+		t.Errorf("handoff socket: owner %d, mode %v; want 65534, 0600", st.Uid, fi.Mode().Perm())
+	}
+	for _, p := range []string{filepath.Join(d.runDir, "handoff"), filepath.Dir(sock)} {
+		fi, err := os.Lstat(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st := fi.Sys().(*syscall.Stat_t); st.Uid != 0 || fi.Mode().Perm()&0o022 != 0 || fi.Mode().Perm()&0o004 != 0 {
+			t.Errorf("%s: owner %d, mode %v; want root's, writable and listable by root alone", p, st.Uid, fi.Mode().Perm())
+		}
+	}
+}

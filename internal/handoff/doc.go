@@ -80,8 +80,9 @@
 // as they are accepted. So a container that floods its handoff socket costs sact a few
 // goroutines and a few engine calls a second, and only delays its own handoffs.
 //
-// Keep the directory's parent (say /run/sact/handoff) 0700 root: otherwise a host user
-// who happens to have the container's uid could reach the socket.
+// The directory's parent (say /run/sact/handoff) is root's and 0711, so that a plain
+// process running as its own user reaches its socket by the host path: a host user who
+// happens to have the container's uid may then connect, and is refused by the pid check.
 //
 // # Which app servers take inherited sockets
 //
