@@ -7,7 +7,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -101,6 +100,47 @@ func RackUnicorn(ctx context.Context) (string, error) {
 // buildRack debootstraps a Debian root with ruby and unicorn, adds the app and imports it
 // as ref.
 func buildRack(ctx context.Context, cli *client.Client, ref string, files map[string][]byte) error {
+	addApp := func(root string) error {
+		app := filepath.Join(root, "app")
+		for _, d := range []string{app, filepath.Join(app, "tmp"), filepath.Join(app, "tmp", "sockets"), filepath.Join(app, "tmp", "pids")} {
+			if err := os.MkdirAll(d, 0o755); err != nil {
+				return err
+			}
+		}
+		for name, b := range files {
+			if err := os.WriteFile(filepath.Join(app, name), b, 0o644); err != nil {
+				return err
+			}
+		}
+		for _, d := range []string{"tmp", "tmp/sockets", "tmp/pids"} {
+			p := filepath.Join(app, d)
+			if err := os.Chown(p, rackUID, rackUID); err != nil {
+				return err
+			}
+			if err := os.Chmod(p, 0o777); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	return debootstrapImage(ctx, cli, ref, debootstrapSpec{
+		variant: rackVariant, packages: rackPackages, prepare: addApp,
+		message: "sact Rack/unicorn example, built offline from Debian " + rackSuite + " packages",
+		changes: []string{`WORKDIR /app`, `CMD ["unicorn","-c","unicorn.rb"]`},
+	})
+}
+
+// debootstrapSpec is what debootstrapImage builds: a Debian rackSuite root of variant
+// with packages, changed by prepare, imported with message and Dockerfile changes.
+type debootstrapSpec struct {
+	variant, packages string
+	prepare           func(root string) error
+	message           string
+	changes           []string
+}
+
+// debootstrapImage debootstraps a Debian root as spec says and imports it as ref.
+func debootstrapImage(ctx context.Context, cli *client.Client, ref string, spec debootstrapSpec) error {
 	debootstrap, err := exec.LookPath("debootstrap")
 	if err != nil {
 		for _, d := range []string{"/usr/sbin", "/sbin"} {
@@ -111,20 +151,20 @@ func buildRack(ctx context.Context, cli *client.Client, ref string, files map[st
 		}
 	}
 	if err != nil {
-		return errors.New("debootstrap is not installed: install it (`apt-get install debootstrap`), or build the image from examples/rack-unicorn/Dockerfile where a registry is reachable")
+		return fmt.Errorf("debootstrap is not installed: install it (`sudo scripts/install-deps`, or `apt-get install debootstrap`), or build image %s from a Dockerfile where a registry is reachable", ref)
 	}
 	if os.Geteuid() != 0 {
-		return fmt.Errorf("debootstrap needs root (this process runs as uid %d): run as root, or build the image from examples/rack-unicorn/Dockerfile and tag it %s", os.Geteuid(), ref)
+		return fmt.Errorf("debootstrap needs root (this process runs as uid %d): run as root, or build the image from a Dockerfile and tag it %s", os.Geteuid(), ref)
 	}
 	mirror := debianMirror()
 
-	tmp, err := os.MkdirTemp("", "sact-rack-unicorn-")
+	tmp, err := os.MkdirTemp("", "sact-debootstrap-")
 	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(tmp)
 	root := filepath.Join(tmp, "rootfs")
-	cmd := exec.CommandContext(ctx, debootstrap, "--variant="+rackVariant, "--include="+rackPackages, rackSuite, root, mirror)
+	cmd := exec.CommandContext(ctx, debootstrap, "--variant="+spec.variant, "--include="+spec.packages, rackSuite, root, mirror)
 	cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("debootstrap %s from %s: %v: %s", rackSuite, mirror, err, tail(out, 4000))
@@ -137,24 +177,8 @@ func buildRack(ctx context.Context, cli *client.Client, ref string, files map[st
 			os.RemoveAll(m)
 		}
 	}
-
-	app := filepath.Join(root, "app")
-	for _, d := range []string{app, filepath.Join(app, "tmp"), filepath.Join(app, "tmp", "sockets"), filepath.Join(app, "tmp", "pids")} {
-		if err := os.MkdirAll(d, 0o755); err != nil {
-			return err
-		}
-	}
-	for name, b := range files {
-		if err := os.WriteFile(filepath.Join(app, name), b, 0o644); err != nil {
-			return err
-		}
-	}
-	for _, d := range []string{"tmp", "tmp/sockets", "tmp/pids"} {
-		p := filepath.Join(app, d)
-		if err := os.Chown(p, rackUID, rackUID); err != nil {
-			return err
-		}
-		if err := os.Chmod(p, 0o777); err != nil {
+	if spec.prepare != nil {
+		if err := spec.prepare(root); err != nil {
 			return err
 		}
 	}
@@ -171,20 +195,18 @@ func buildRack(ctx context.Context, cli *client.Client, ref string, files map[st
 		return fmt.Errorf("tar: %w", err)
 	}
 	rc, importErr := cli.ImageImport(ctx, client.ImageImportSource{Source: stdout, SourceName: "-"}, ref,
-		client.ImageImportOptions{
-			Message: "sact Rack/unicorn example, built offline from Debian " + rackSuite + " packages",
-			Changes: []string{`WORKDIR /app`, `CMD ["unicorn","-c","unicorn.rb"]`},
-		})
+		client.ImageImportOptions{Message: spec.message, Changes: spec.changes})
 	if importErr == nil {
 		_, importErr = io.Copy(io.Discard, rc)
 		rc.Close()
 	}
 	io.Copy(io.Discard, stdout) // let tar finish if the import stopped reading
-	if err := tarCmd.Wait(); err != nil {
-		return fmt.Errorf("tar: %v: %s", err, tarErr.String())
-	}
-	if importErr != nil {
+	tarDone := tarCmd.Wait()
+	if importErr != nil { // the cause, when tar only lost its reader
 		return fmt.Errorf("importing: %w", importErr)
+	}
+	if tarDone != nil {
+		return fmt.Errorf("tar: %v: %s", tarDone, tarErr.String())
 	}
 	return nil
 }
