@@ -413,7 +413,7 @@ func privateSocket(path string) bool {
 	if path == "" || path[0] == '@' {
 		return false
 	}
-	fi, err := os.Stat(path)
+	fi, err := os.Lstat(path) // a link planted in the socket's place is not the socket
 	return err == nil && fi.Mode().Type() == os.ModeSocket && fi.Mode().Perm()&0o007 == 0
 }
 
