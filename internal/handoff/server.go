@@ -574,14 +574,22 @@ type pidCache struct {
 	pid     int
 	err     error
 	at      time.Time     // when the last lookup began; zero before the first
+	gap     time.Duration // the least time from at to the next lookup
+	zeroGap time.Duration // the gap after an answer of 0: short at first, see match
 	pending chan struct{} // closed when the lookup in flight ends; nil if none
 }
+
+// firstZeroGap is the wait after a first answer of 0: the shim of a container that has
+// just started connects before the engine has recorded its pid, and every such wait adds
+// to a cold start. It doubles with each further 0, up to every, so a peer that connects
+// while the container does not run costs no more lookups than any other.
+const firstZeroGap = 10 * time.Millisecond
 
 // match returns nil if pid is the container's first process: at once if the cache says
 // so, else after a lookup that began after the peer connected (shared with the other
 // peers waiting, and at most one per c.every). A fresh answer naming another process
 // refuses the peer without another lookup; "not running yet" (0) or an error is asked
-// again until ctx ends.
+// again until ctx ends, soon at first (firstZeroGap).
 func (c *pidCache) match(ctx context.Context, pid int, connected time.Time) error {
 	for {
 		c.mu.Lock()
@@ -603,7 +611,7 @@ func (c *pidCache) match(ctx context.Context, pid int, connected time.Time) erro
 				return c.timedOut(pid)
 			}
 		}
-		if wait := time.Until(c.at.Add(c.every)); wait > 0 {
+		if wait := time.Until(c.at.Add(c.gap)); wait > 0 {
 			c.mu.Unlock()
 			t := time.NewTimer(wait)
 			select {
@@ -620,6 +628,12 @@ func (c *pidCache) match(ctx context.Context, pid int, connected time.Time) erro
 		got, err := c.lookup(ctx)
 		c.mu.Lock()
 		c.pid, c.err, c.pending = got, err, nil
+		if err != nil || got == 0 {
+			c.zeroGap = min(max(2*c.zeroGap, firstZeroGap), c.every)
+			c.gap = c.zeroGap
+		} else {
+			c.zeroGap, c.gap = 0, c.every
+		}
 		c.mu.Unlock()
 		close(ch)
 	}
