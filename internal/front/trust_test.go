@@ -92,3 +92,29 @@ func TestUnixPeerTrust(t *testing.T) {
 		})
 	}
 }
+
+// TestPrivateSocketIsTheFileItself: a link in the socket's place, even to a private
+// socket, does not make the front door's socket private.
+func TestPrivateSocketIsTheFileItself(t *testing.T) {
+	dir := t.TempDir()
+	private := filepath.Join(dir, "private.sock")
+	ln, err := net.Listen("unix", private)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	os.Chmod(private, 0o600)
+	if !privateSocket(private) {
+		t.Fatal("a 0600 socket is not private")
+	}
+	link := filepath.Join(dir, "front.sock")
+	if err := os.Symlink(private, link); err != nil {
+		t.Fatal(err)
+	}
+	if privateSocket(link) {
+		t.Error("a link to a private socket counts as a private socket")
+	}
+	if privateSocket("@abstract") || privateSocket(filepath.Join(dir, "missing.sock")) {
+		t.Error("an abstract or missing socket counts as private")
+	}
+}
