@@ -206,8 +206,21 @@ func TestHandoffClobberedDirectory(t *testing.T) {
 		}
 		// Retried with backoff: 1s, 2s, ...
 		d.waitLog(`"msg":"app is broken; the other apps serve on"&&"retry_in":"2s"`, 5*time.Second)
-		if out, err := exec.Command(sactBin, "start", "-run-dir", d.runDir, "-c", d.config, broken).CombinedOutput(); err == nil {
-			t.Errorf("sact start of a broken app succeeded: %s", out)
+		if out, err := exec.Command(sactBin, "start", "-run-dir", d.runDir, "-c", d.config, broken).CombinedOutput(); err == nil || !strings.Contains(string(out), "is broken") {
+			t.Errorf("sact start of a broken app: %v: %s; want it refused, saying why", err, out)
+		}
+		out, err := exec.Command(sactBin, "status", "-run-dir", d.runDir, "-c", d.config).CombinedOutput()
+		if err != nil {
+			t.Fatalf("sact status: %v: %s", err, out)
+		}
+		for _, line := range strings.Split(string(out), "\n") {
+			if f := strings.Fields(line); len(f) > 1 && f[0] == broken && f[1] != "broken" {
+				t.Errorf("sact status shows the broken app as %q:\n%s", f[1], out)
+			}
+		}
+		t.Logf("sact status:\n%s", out)
+		if !strings.Contains(string(out), broken+"  broken") {
+			t.Errorf("sact status does not show the app broken:\n%s", out)
 		}
 	})
 }
