@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -265,4 +266,52 @@ func TestUnsafeRobotsTxt(t *testing.T) {
 		t.Errorf("the other app with a FIFO for robots_txt: %d %q", r.status, r.body)
 	}
 	d.waitLog(`"app":"`+name+`"&&robots_txt&&FIFO`, 5*time.Second)
+}
+
+// An image is the app's, and the app is hostile: sact.* labels baked into it must not
+// declare an app. Docker copies an image's labels into every container made from it, so
+// without care an image could have sact serve, on a port it names, an upstream it names:
+// here a host socket standing in for /var/run/docker.sock.
+func TestImageLabelsDeclareNoApp(t *testing.T) {
+	needDocker(t)
+	name := uniqueName(t, "imglabel")
+	_, value, _ := strings.Cut(labelSelector, "=")
+	secret := newHostSecret(t)
+	evil := freeAddr(t)
+	img := "sact-e2e-" + name + ":latest"
+	build := exec.Command("docker", "build", "-q", "-t", img, "-")
+	build.Env = append(os.Environ(), "DOCKER_BUILDKIT=0")
+	build.Stdin = strings.NewReader(fmt.Sprintf("FROM %s\nLABEL sact.enable=%q sact.name=%q sact.listen=%q sact.upstream=%q\n",
+		testImage, value, "evil-"+name, "tcp:"+evil, "unix:"+secret.path))
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("docker build: %v: %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("docker", "rmi", "-f", img).Run() })
+	noApp := func(when string) {
+		t.Helper()
+		if body, err := httpGetTimeout(evil, "/", 5*time.Second); err == nil || strings.Contains(body, "HOST-SECRET") {
+			t.Errorf("%s: the image's labels declared an app on %s: %q, %v", when, evil, body, err)
+		}
+	}
+
+	// Made from the image elsewhere (docker create, as compose does), without labels of
+	// its own.
+	made := uniqueName(t, "imglabelmade")
+	docker(t, "create", "--name", "sact-"+made, img)
+	addr := freeAddr(t)
+	d := startSact(t, "apps:"+strings.Replace(appConfig(name, addr, ""), testImage, img, 1))
+	noApp("a container made from the image")
+	docker(t, "rm", "-f", "sact-"+made)
+
+	// Made by sact for an app of sact.yaml: sact-NAME carries the image's labels too, and
+	// a reload looks for labelled containers again.
+	if body, err := httpGet(addr, "/"); err != nil || !strings.Contains(body, "hello from "+name) {
+		t.Fatalf("the app of the labelled image: %q, %v", body, err)
+	}
+	d.cmd.Process.Signal(syscall.SIGHUP)
+	d.waitLog(`"msg":"config reloaded"`, 10*time.Second)
+	noApp("sact's own container of the image")
+	if n := secret.conns.Load(); n > 0 {
+		t.Errorf("the host socket got %d connections from sact", n)
+	}
 }

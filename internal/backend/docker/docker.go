@@ -615,7 +615,9 @@ type Labelled struct {
 }
 
 // LabelledContainers lists the containers, created or running, that carry the label
-// selector ("sact.enable=true").
+// selector ("sact.enable=true") themselves, with their own labels: sact.* labels that came
+// with the image do not count (see ownLabels), and containers sact made for its own apps
+// are none.
 func LabelledContainers(ctx context.Context, selector string) ([]Labelled, error) {
 	cli, err := client.New(client.FromEnv, client.WithAPIVersionNegotiation())
 	if err != nil {
@@ -626,13 +628,51 @@ func LabelledContainers(ctx context.Context, selector string) ([]Labelled, error
 	if err != nil {
 		return nil, fmt.Errorf("listing containers labelled %s: %w", selector, err)
 	}
+	key, value, _ := strings.Cut(selector, "=")
+	images := make(map[string]map[string]string) // image ID -> its labels
 	var out []Labelled
 	for _, c := range res.Items {
+		if _, ok := c.Labels[LabelApp]; ok {
+			continue // made by sact for an app of its own
+		}
+		il, ok := images[c.ImageID]
+		if !ok {
+			ins, err := cli.ImageInspect(ctx, c.ImageID)
+			switch {
+			case cerrdefs.IsNotFound(err):
+			case err != nil:
+				return nil, fmt.Errorf("inspecting the image of labelled container %s: %w", c.ID, err)
+			case ins.Config != nil:
+				il = ins.Config.Labels
+			}
+			images[c.ImageID] = il
+		}
+		labels := ownLabels(c.Labels, il)
+		if v, ok := labels[key]; !ok || v != value && value != "" {
+			continue // the selector came with the image
+		}
 		name := c.ID
 		if len(c.Names) > 0 {
 			name = strings.TrimPrefix(c.Names[0], "/")
 		}
-		out = append(out, Labelled{Name: name, Labels: c.Labels})
+		out = append(out, Labelled{Name: name, Labels: labels})
 	}
 	return out, nil
+}
+
+// ownLabels returns the labels of a container less the sact.* labels it got from its
+// image. Docker copies an image's labels into every container made from it, and an image
+// is the app's, which is not trusted: only whoever made the container (with the engine's
+// socket, so root) may declare it an app and say where sact sends its clients. A label
+// set on the container to the image's own value is dropped too; the two cannot be told
+// apart.
+func ownLabels(container, image map[string]string) map[string]string {
+	out := make(map[string]string, len(container))
+	for k, v := range container {
+		if iv, ok := image[k]; ok && iv == v && strings.HasPrefix(k, "sact.") {
+			continue
+		}
+		out[k] = v
+	}
+	return out
 }
