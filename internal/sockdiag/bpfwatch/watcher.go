@@ -63,6 +63,7 @@ type Watcher struct {
 	mono0 uint64
 
 	mu     sync.Mutex
+	byKey  map[string]*watched
 	free   []uint32
 	next   uint32
 	max    uint32
@@ -324,13 +325,19 @@ func (a Activity) Open(network string) int {
 
 // Handle is one watched listener.
 type Handle struct {
-	w       *Watcher
+	w    *Watcher
+	l    *watched
+	once sync.Once
+}
+
+// watched is a listener's slot, shared by the handles of its address.
+type watched struct {
 	network string
 	slot    uint32
 	gen     uint32
 	key     [][]byte // the first is the listener's own; others are alternative forms
 	keys    *ebpf.Map
-	once    sync.Once
+	refs    int
 }
 
 // Watch starts counting for the listener at addr, what its Addr method returns: a
@@ -338,15 +345,19 @@ type Handle struct {
 // of its port and family), or a *net.UnixAddr bound to a path or an abstract name
 // ("@name"). A path is matched as clients write it (see the package documentation), so
 // give it as the clients do: absolute.
+//
+// Watching an address already watched returns another handle on the same counters
+// (as when a reload hands a listener from an app's old incarnation to its new one);
+// they count from the first Watch, and until the last handle is closed.
 func (w *Watcher) Watch(addr net.Addr) (*Handle, error) {
-	h := &Handle{w: w}
+	l := &watched{refs: 1}
 	switch a := addr.(type) {
 	case *net.TCPAddr:
 		ap := a.AddrPort()
 		if ap.Port() == 0 {
 			return nil, fmt.Errorf("watch %v: not the address of a bound TCP listener", a)
 		}
-		h.network, h.keys, h.key = "tcp", w.tcpKeys, tcpKeys(ap)
+		l.network, l.keys, l.key = "tcp", w.tcpKeys, tcpKeys(ap)
 	case *net.UnixAddr:
 		if a.Net != "unix" || a.Name == "" {
 			return nil, fmt.Errorf("watch %s %q: not the address of a unix stream listener", a.Net, a.Name)
@@ -358,7 +369,7 @@ func (w *Watcher) Watch(addr net.Addr) (*Handle, error) {
 		if err != nil {
 			return nil, err
 		}
-		h.network, h.keys, h.key = "unix", w.unixKeys, [][]byte{k}
+		l.network, l.keys, l.key = "unix", w.unixKeys, [][]byte{k}
 	default:
 		return nil, fmt.Errorf("watch %T %v: want the address of a TCP or unix listener", addr, addr)
 	}
@@ -367,47 +378,54 @@ func (w *Watcher) Watch(addr net.Addr) (*Handle, error) {
 	if w.closed {
 		return nil, errors.New("watch: the watcher is closed")
 	}
+	id := l.network + "\x00" + string(l.key[0])
+	if have, ok := w.byKey[id]; ok {
+		have.refs++
+		return &Handle{w: w, l: have}, nil
+	}
 	switch {
 	case len(w.free) > 0:
-		h.slot = w.free[len(w.free)-1]
+		l.slot = w.free[len(w.free)-1]
 		w.free = w.free[:len(w.free)-1]
 	case w.next < w.max:
-		h.slot = w.next
+		l.slot = w.next
 		w.next++
 	default:
 		return nil, fmt.Errorf("watch %v: already watching %d listeners, the most it can", addr, w.max)
 	}
 	w.gen++
-	h.gen = w.gen
+	l.gen = w.gen
 	var ctr [ctrSize]byte
-	binary.NativeEndian.PutUint64(ctr[ctrGen:], uint64(h.gen))
-	if err := w.counters.Put(h.slot, ctr[:]); err != nil {
-		w.free = append(w.free, h.slot)
+	binary.NativeEndian.PutUint64(ctr[ctrGen:], uint64(l.gen))
+	if err := w.counters.Put(l.slot, ctr[:]); err != nil {
+		w.free = append(w.free, l.slot)
 		return nil, fmt.Errorf("watch %v: %w", addr, err)
 	}
 	var v [slotValSize]byte
-	binary.NativeEndian.PutUint32(v[0:], h.slot)
-	binary.NativeEndian.PutUint32(v[4:], h.gen)
-	for i, k := range h.key {
-		err := h.keys.Update(k, v[:], ebpf.UpdateNoExist)
+	binary.NativeEndian.PutUint32(v[0:], l.slot)
+	binary.NativeEndian.PutUint32(v[4:], l.gen)
+	for i := 0; i < len(l.key); i++ {
+		err := l.keys.Update(l.key[i], v[:], ebpf.UpdateNoExist)
 		if err == nil {
 			continue
 		}
 		if i > 0 && errors.Is(err, ebpf.ErrKeyExist) {
 			// Another listener's own form (say 0.0.0.0 beside a v6-only ::).
-			h.key = slices.Delete(h.key, i, i+1)
+			l.key = slices.Delete(l.key, i, i+1)
+			i--
 			continue
 		}
-		for _, k := range h.key[:i] {
-			h.keys.Delete(k)
+		for _, k := range l.key[:i] {
+			l.keys.Delete(k)
 		}
-		w.free = append(w.free, h.slot)
-		if errors.Is(err, ebpf.ErrKeyExist) {
-			return nil, fmt.Errorf("watch %v: already watched", addr)
-		}
+		w.free = append(w.free, l.slot)
 		return nil, fmt.Errorf("watch %v: %w", addr, err)
 	}
-	return h, nil
+	if w.byKey == nil {
+		w.byKey = make(map[string]*watched)
+	}
+	w.byKey[id] = l
+	return &Handle{w: w, l: l}, nil
 }
 
 // tcpKeys are the map keys of a TCP listener: the accepted connection's family and
@@ -450,15 +468,15 @@ func unixKey(name string) ([]byte, error) {
 }
 
 // Network is "tcp" or "unix".
-func (h *Handle) Network() string { return h.network }
+func (h *Handle) Network() string { return h.l.network }
 
 // Activity reads the listener's counters: a map lookup, about a microsecond.
 func (h *Handle) Activity() (Activity, error) {
 	var b [ctrSize]byte
-	if err := h.w.counters.Lookup(h.slot, b[:]); err != nil {
+	if err := h.w.counters.Lookup(h.l.slot, b[:]); err != nil {
 		return Activity{}, fmt.Errorf("reading the counters: %w", err)
 	}
-	if binary.NativeEndian.Uint64(b[ctrGen:]) != uint64(h.gen) {
+	if binary.NativeEndian.Uint64(b[ctrGen:]) != uint64(h.l.gen) {
 		return Activity{}, errors.New("reading the counters: the listener is no longer watched")
 	}
 	a := Activity{
@@ -491,27 +509,30 @@ func (h *Handle) OpenConns() int {
 	if err != nil {
 		return -1
 	}
-	return a.Open(h.network)
+	return a.Open(h.l.network)
 }
 
-// Close stops counting for the listener; its slot may be reused. Connections it
-// counted that are still open count nowhere after that. Safe to call twice.
+// Close stops counting for the listener once no other handle on it is open; its slot
+// may then be reused, and connections it counted that are still open count nowhere.
+// Safe to call twice.
 func (h *Handle) Close() error {
 	var err error
 	h.once.Do(func() {
-		h.w.mu.Lock()
-		defer h.w.mu.Unlock()
-		if h.w.closed {
+		w, l := h.w, h.l
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		if l.refs--; l.refs > 0 || w.closed {
 			return
 		}
-		for _, k := range h.key {
-			if derr := h.keys.Delete(k); derr != nil && err == nil {
+		delete(w.byKey, l.network+"\x00"+string(l.key[0]))
+		for _, k := range l.key {
+			if derr := l.keys.Delete(k); derr != nil && err == nil {
 				err = derr
 			}
 		}
 		var ctr [ctrSize]byte // gen 0: the programs skip the slot until reused
-		h.w.counters.Put(h.slot, ctr[:])
-		h.w.free = append(h.w.free, h.slot)
+		w.counters.Put(l.slot, ctr[:])
+		w.free = append(w.free, l.slot)
 	})
 	return err
 }

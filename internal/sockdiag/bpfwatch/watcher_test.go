@@ -465,8 +465,19 @@ func TestSlotReuse(t *testing.T) {
 	if a := activity(t, h2); a != (Activity{}) {
 		t.Errorf("the old listener's connection counted for the new one: %+v", a)
 	}
-	if _, err := w.Watch(other.Addr()); err == nil {
-		t.Error("watching the same address twice")
+	// A second handle on the same address shares its counters, and keeps them when
+	// the first is closed.
+	h3 := watch(t, w, other.Addr())
+	serve(t, other, func(c net.Conn) { c.Close() })
+	c, err := net.Dial("tcp", other.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	eventually(t, h3, "1 connect", func(a Activity) bool { return a.Connects == 1 })
+	h2.Close()
+	if a := activity(t, h3); a.Connects != 1 {
+		t.Errorf("after the first handle's Close, the second reads %+v", a)
 	}
 }
 
