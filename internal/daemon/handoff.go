@@ -163,7 +163,6 @@ type handoffApp struct {
 	lns       []net.Listener
 	pending   []*os.File // duplicates of lns, only ever polled for readability
 	dir       string
-	sockets   []handoff.Socket
 	opts      handoff.Options
 	// broken is why the handoff server cannot be set up, while it cannot; the app
 	// is then reported broken and nothing else of it runs.
@@ -180,14 +179,6 @@ type handoffApp struct {
 func newHandoffApp(app *config.App, lns []net.Listener, dir string, rt backend.Runtime, spec func() backend.Spec, probe *sockdiag.Prober, log *slog.Logger) *handoffApp {
 	h := &handoffApp{lns: lns, dir: dir, log: log.With("app", app.Name), probe: probe}
 	h.cfg.Store(app)
-	for _, ln := range lns {
-		if ln == nil {
-			continue // lost in a reload: newServer says so
-		}
-		if sc, ok := ln.(syscall.Conn); ok {
-			h.sockets = append(h.sockets, handoff.Socket{Name: app.Name, Conn: sc})
-		}
-	}
 	h.opts = handoff.Options{User: app.User, Logger: h.log}
 	if pr, ok := rt.(pider); ok {
 		// Only the container's first process may fetch the sockets. The Server caches
@@ -197,18 +188,22 @@ func newHandoffApp(app *config.App, lns []net.Listener, dir string, rt backend.R
 	return h
 }
 
-// newServer makes the app's handoff server.
+// newServer makes the app's handoff server. Its listeners are read only now: those a
+// reload moves to this app from another are filled in when the reload commits.
 func (h *handoffApp) newServer() (*handoff.Server, error) {
 	app := h.conf()
+	var sockets []handoff.Socket
 	for i, ln := range h.lns {
 		if ln == nil {
 			return nil, fmt.Errorf("its listener on %s was lost in a reload; reload again or restart sact", app.Listen[i])
 		}
-		if _, ok := ln.(syscall.Conn); !ok {
+		sc, ok := ln.(syscall.Conn)
+		if !ok {
 			return nil, fmt.Errorf("listener %s cannot be handed off", ln.Addr())
 		}
+		sockets = append(sockets, handoff.Socket{Name: app.Name, Conn: sc})
 	}
-	return handoff.NewServer(filepath.Join(h.dir, backend.ShimSocket), h.sockets, h.opts)
+	return handoff.NewServer(filepath.Join(h.dir, backend.ShimSocket), sockets, h.opts)
 }
 
 // Backoff between attempts to set up a broken app's handoff server.
