@@ -246,7 +246,7 @@ func New(rt backend.Runtime, policy Policy, opts Options) *App {
 	a.log = a.log.With("app", policy.Spec.Name)
 	if a.dial == nil {
 		a.dial = func(ctx context.Context, network, address string) (net.Conn, error) {
-			return upstream.Dial(ctx, network, address, a.pol().Spec.BindSources())
+			return upstream.Dial(ctx, network, address, upstream.NewDirs(a.pol().Spec.BindSources()))
 		}
 	}
 	if a.backoff <= 0 {

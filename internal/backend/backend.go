@@ -20,6 +20,7 @@ package backend
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 )
@@ -87,23 +88,38 @@ type Spec struct {
 	Hash string
 }
 
-// BindSources returns the host directories bound into the app, which it may write (a
-// container running as root writes there as host root): the sources of its
-// "/host:/container" volumes, :ro ones included (another app may bind them writable), and
-// its handoff directory. Named volumes have no host path here; package upstream counts the
-// engine's data root as writable instead.
+// BindSources returns the host directories bound into the app writable, which it may
+// write (a container running as root writes there as host root): the sources of its
+// "/host:/container" volumes but the ":ro" ones, and its handoff directory. Named volumes
+// have no host path here; a HostDirs runtime knows it, and package upstream counts the
+// engine's data root as writable anyway.
 func (s Spec) BindSources() []string {
 	var dirs []string
 	for _, v := range s.Volumes {
-		src, _, _ := strings.Cut(v, ":")
-		if strings.HasPrefix(src, "/") {
-			dirs = append(dirs, src)
+		parts := strings.Split(v, ":")
+		if !strings.HasPrefix(parts[0], "/") {
+			continue
 		}
+		if len(parts) > 2 && slices.Contains(strings.Split(parts[2], ","), "ro") {
+			continue // read-only: another app that binds it writable names it
+		}
+		dirs = append(dirs, parts[0])
 	}
 	if s.Handoff != nil && s.Handoff.Dir != "" {
 		dirs = append(dirs, s.Handoff.Dir)
 	}
 	return dirs
+}
+
+// HostDirs is implemented by runtimes that know which host directories containers can
+// write: every container's, not only the apps' (each is hostile, and one may share a
+// directory with an app). A unix upstream beneath one of them is opened without
+// following links (package upstream).
+type HostDirs interface {
+	// WritableDirs returns the host sources of the read-write mounts, bind or volume, of
+	// every container the runtime has seen. It is called on every dial: it must be
+	// quick, and safe for concurrent use.
+	WritableDirs() []string
 }
 
 // Handoff is where a runtime finds what the shim needs, as host paths.

@@ -7,10 +7,10 @@ import (
 
 func TestBindSources(t *testing.T) {
 	s := Spec{
-		Volumes: []string{"/apps/x/tmp:/app/tmp", "/srv/ro:/data:ro", "named:/cache", "/var/run/docker.sock:/var/run/docker.sock"},
+		Volumes: []string{"/apps/x/tmp:/app/tmp", "/srv/ro:/data:ro", "/srv/roz:/z:z,ro", "/srv/rw:/rw:rw", "named:/cache", "/var/run/docker.sock:/var/run/docker.sock"},
 		Handoff: &Handoff{Dir: "/run/sact/handoff/x"},
 	}
-	want := []string{"/apps/x/tmp", "/srv/ro", "/var/run/docker.sock", "/run/sact/handoff/x"}
+	want := []string{"/apps/x/tmp", "/srv/rw", "/var/run/docker.sock", "/run/sact/handoff/x"}
 	if got := s.BindSources(); !slices.Equal(got, want) {
 		t.Errorf("BindSources() = %q, want %q", got, want)
 	}

@@ -102,7 +102,7 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 	if err := d.prepareHandoff(cfg); err != nil {
 		return err
 	}
-	d.addWritable(cfg)
+	d.addWritable(cfg, rts)
 	defer func() {
 		if d.probe != nil {
 			d.probe.Close()

@@ -98,7 +98,7 @@ func (d *daemon) apply(ctx context.Context, cfg *config.Config) (admin.ReloadRes
 	if err := d.prepareHandoff(cfg); err != nil {
 		return res, err
 	}
-	d.addWritable(cfg)
+	d.addWritable(cfg, rts)
 	plan := make(map[string]change)
 	for _, app := range cfg.Apps {
 		u := old[app.Name]

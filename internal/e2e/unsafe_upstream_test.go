@@ -315,3 +315,66 @@ func TestImageLabelsDeclareNoApp(t *testing.T) {
 		t.Errorf("the host socket got %d connections from sact", n)
 	}
 }
+
+// A container made elsewhere (container:, as compose makes it) binds a root-owned 0755
+// directory, which its root user writes as host root: sact.yaml does not name that
+// volume, the engine does. A link the app makes of a directory on the way to its socket
+// must not be followed.
+func TestUnsafeUpstreamContainerMadeElsewhere(t *testing.T) {
+	needDocker(t)
+	// Not under /tmp: everything there is beneath a world-writable directory anyway.
+	base, err := os.MkdirTemp("/run", "sact-e2e-")
+	if err != nil {
+		t.Skipf("needs a root-owned directory outside /tmp: %v", err)
+	}
+	t.Cleanup(func() { os.RemoveAll(base) })
+	os.Chmod(base, 0o755)
+	vol, hostDir := filepath.Join(base, "vol"), filepath.Join(base, "host")
+	for _, d := range []string{vol, filepath.Join(vol, "sub"), hostDir} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The host socket has the name the app's upstream ends in.
+	ln, err := net.Listen("unix", filepath.Join(hostDir, "app.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var reached atomic.Int64
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		reached.Add(1)
+		fmt.Fprintln(w, "HOST-SECRET")
+	})}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+
+	name := uniqueName(t, "unsafemade")
+	docker(t, "create", "--name", "sact-"+name, "-v", vol+":/app/sockets",
+		"-e", "NAME="+name, "-e", "LISTEN=unix:/app/sockets/sub/app.sock", testImage)
+	addr := freeAddr(t)
+	d := startSact(t, fmt.Sprintf(`apps:
+  %[1]s:
+    container: sact-%[1]s
+    listen: ["tcp:%[2]s"]
+    upstream: unix:%[3]s/sub/app.sock
+    stop_timeout: 2s
+`, name, addr, vol))
+	if body, err := httpGet(addr, "/"); err != nil || !strings.Contains(body, "hello from "+name) {
+		t.Fatalf("before the swap: %q, %v", body, err)
+	}
+	// The app moves its directory away and puts a link to the host's in its place.
+	if err := os.Rename(filepath.Join(vol, "sub"), filepath.Join(vol, "sub.old")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(hostDir, filepath.Join(vol, "sub")); err != nil {
+		t.Fatal(err)
+	}
+	body, err := httpGetTimeout(addr, "/", 10*time.Second)
+	if strings.Contains(body, "HOST-SECRET") || reached.Load() > 0 {
+		t.Fatalf("a client of the app reached the host socket through a link in the container's volume: %q", body)
+	}
+	if err == nil {
+		t.Errorf("after the swap: %q, want the connection refused", body)
+	}
+	d.waitLog(`"msg":"refusing unsafe upstream"&&"app":"`+name+`"&&"reason":"symlink"&&"at":"`+filepath.Join(vol, "sub")+`"`, 5*time.Second)
+}

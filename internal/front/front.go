@@ -764,7 +764,7 @@ func oneLine(err error) string {
 // ReadRobots reads a robots.txt file for Quiet. It is read as root and served to anyone,
 // and it often lies in the app's own directory: writable names the host directories apps
 // can write, beneath which no link is followed (see upstream.ReadFile). At most 1 MiB.
-func ReadRobots(path string, writable []string) ([]byte, error) {
+func ReadRobots(path string, writable *upstream.Dirs) ([]byte, error) {
 	if path == "" {
 		return nil, nil
 	}

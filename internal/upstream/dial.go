@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -93,7 +94,7 @@ func (e *UnsafePathError) fileError() string {
 
 // Dial connects to a "tcp" or "unix" upstream. A unix path goes through DialUnix with
 // writable; anything else is a plain net.Dialer dial.
-func Dial(ctx context.Context, network, address string, writable []string) (net.Conn, error) {
+func Dial(ctx context.Context, network, address string, writable *Dirs) (net.Conn, error) {
 	if network == "unix" {
 		return DialUnix(ctx, address, writable)
 	}
@@ -103,10 +104,10 @@ func Dial(ctx context.Context, network, address string, writable []string) (net.
 
 // DialUnix connects to the unix stream socket at path without following a link that an app
 // or a local user could have planted: writable are host directories apps can write (their
-// volumes' host sources), in addition to what the file system's owners and modes and
-// EngineRoots say. See the package doc for the rule. An unsafe path is an
+// volumes' host sources; nil: none but EngineRoots), in addition to what the file
+// system's owners and modes say. See the package doc for the rule. An unsafe path is an
 // *UnsafePathError; a missing or refusing socket is the usual *net.OpError.
-func DialUnix(ctx context.Context, path string, writable []string) (net.Conn, error) {
+func DialUnix(ctx context.Context, path string, writable *Dirs) (net.Conn, error) {
 	fd, err := OpenSocket(path, writable)
 	if err != nil {
 		return nil, err
@@ -126,7 +127,7 @@ func DialUnix(ctx context.Context, path string, writable []string) (net.Conn, er
 
 // OpenSocket returns an O_PATH descriptor of the socket at path, resolved as DialUnix
 // does. The caller closes it.
-func OpenSocket(path string, writable []string) (int, error) {
+func OpenSocket(path string, writable *Dirs) (int, error) {
 	fd, st, wdir, err := openNoLinks(path, writable)
 	if err != nil {
 		return -1, err
@@ -145,7 +146,7 @@ func OpenSocket(path string, writable []string) (int, error) {
 // openNoLinks returns an O_PATH descriptor of what is at path, resolved as the package
 // doc says, and its stat; a link there is an *UnsafePathError. wdir is the first
 // directory on the way an app can write, or "".
-func openNoLinks(path string, writable []string) (fd int, st unix.Stat_t, wdir string, err error) {
+func openNoLinks(path string, writable *Dirs) (fd int, st unix.Stat_t, wdir string, err error) {
 	if !filepath.IsAbs(path) {
 		return -1, st, "", &UnsafePathError{Path: path, At: path, Reason: ReasonRelative}
 	}
@@ -268,8 +269,11 @@ func classify(err error, path, wdir string) error {
 // trustedPrefix opens the trusted prefix of path (see the package doc) and returns it with
 // its name, the rest of the path beneath it, and the first directory on the way that an
 // app can write ("" if none is: then the prefix is the final component's directory).
-func trustedPrefix(orig string, writable []string) (dirfd int, dir, rest, wdir string, err error) {
-	roots := rootsOf(writable)
+func trustedPrefix(orig string, writable *Dirs) (dirfd int, dir, rest, wdir string, err error) {
+	roots := writable
+	if roots == nil {
+		roots = NewDirs()
+	}
 	links := 0
 	path := filepath.Clean(orig)
 restart:
@@ -342,38 +346,48 @@ func readlink(fd int) (string, error) {
 	}
 }
 
-// roots are the directories apps can write, as given and by identity (a bind source
-// named through a link is the same directory).
-type roots struct {
+// Dirs are host directories apps can write, by name and by identity (a bind source named
+// through a link is the same directory). Make them once with NewDirs for many dials: each
+// is looked at (stat) then, not on every dial. The zero value and nil hold EngineRoots
+// only.
+type Dirs struct {
 	paths []string
 	ids   []fileID
 }
 
 type fileID struct{ dev, ino uint64 }
 
-func rootsOf(writable []string) roots {
-	var r roots
-	for _, list := range [][]string{writable, EngineRoots} {
+// NewDirs returns the absolute paths of lists, and EngineRoots.
+func NewDirs(lists ...[]string) *Dirs {
+	d := &Dirs{}
+	for _, list := range append(lists, EngineRoots) {
 		for _, p := range list {
 			if !filepath.IsAbs(p) {
 				continue
 			}
-			r.paths = append(r.paths, filepath.Clean(p))
+			p = filepath.Clean(p)
+			if slices.Contains(d.paths, p) {
+				continue
+			}
+			d.paths = append(d.paths, p)
 			var st unix.Stat_t
 			if unix.Stat(p, &st) == nil {
-				r.ids = append(r.ids, fileID{st.Dev, st.Ino})
+				d.ids = append(d.ids, fileID{st.Dev, st.Ino})
 			}
 		}
 	}
-	return r
+	return d
 }
+
+// Len is how many directories d holds, EngineRoots included.
+func (d *Dirs) Len() int { return len(d.paths) }
 
 // euid is sact's own user: its directories are as trusted as root's.
 var euid = uint32(os.Geteuid())
 
 // writable reports whether an app or a local user may change the entries of directory fd,
 // named dir (its real path: the links on the way are resolved).
-func (r roots) writable(fd int, dir string) (bool, error) {
+func (r *Dirs) writable(fd int, dir string) (bool, error) {
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil {
 		return false, err

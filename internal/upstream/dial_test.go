@@ -44,9 +44,13 @@ func serve(t *testing.T, path, name string) *server {
 
 // read dials path and returns what the server said.
 func read(path string, writable []string) (string, error) {
+	var dirs *Dirs
+	if writable != nil {
+		dirs = NewDirs(writable)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	c, err := DialUnix(ctx, path, writable)
+	c, err := DialUnix(ctx, path, dirs)
 	if err != nil {
 		return "", err
 	}
@@ -317,8 +321,9 @@ func BenchmarkDialUnix(b *testing.B) {
 	}()
 	ctx := context.Background()
 	var d net.Dialer
+	dirs := NewDirs([]string{dir})
 	for name, dial := range map[string]func() (net.Conn, error){
-		"checked": func() (net.Conn, error) { return DialUnix(ctx, path, []string{dir}) },
+		"checked": func() (net.Conn, error) { return DialUnix(ctx, path, dirs) },
 		"plain":   func() (net.Conn, error) { return d.DialContext(ctx, "unix", path) },
 	} {
 		b.Run(name, func(b *testing.B) {
@@ -345,7 +350,7 @@ func TestReadFile(t *testing.T) {
 	os.WriteFile(hostFile, []byte("HOST-SECRET"), 0o600)
 	good := filepath.Join(app, "robots.txt")
 	os.WriteFile(good, []byte("Disallow: /"), 0o644)
-	if b, err := ReadFile(good, []string{app}, 100); err != nil || string(b) != "Disallow: /" {
+	if b, err := ReadFile(good, NewDirs([]string{app}), 100); err != nil || string(b) != "Disallow: /" {
 		t.Fatalf("regular file: %q, %v", b, err)
 	}
 	if _, err := ReadFile(good, nil, 5); err == nil {
@@ -366,7 +371,7 @@ func TestReadFile(t *testing.T) {
 		done := make(chan struct{})
 		go func() {
 			defer close(done)
-			b, err := ReadFile(path, []string{app}, 100)
+			b, err := ReadFile(path, NewDirs([]string{app}), 100)
 			var ue *UnsafePathError
 			if !errors.As(err, &ue) || !ue.File {
 				t.Errorf("%s: %q, %v; want an *UnsafePathError", name, b, err)

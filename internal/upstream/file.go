@@ -19,7 +19,7 @@ import (
 // never opened at all unless it is a regular file: a FIFO would block sact, a device node
 // made by a root container would be the host's disk. An unsafe path is an
 // *UnsafePathError with File set; others are *fs.PathError.
-func ReadFile(path string, writable []string, max int64) ([]byte, error) {
+func ReadFile(path string, writable *Dirs, max int64) ([]byte, error) {
 	fd, st, wdir, err := openNoLinks(path, writable)
 	if err != nil {
 		var ue *UnsafePathError

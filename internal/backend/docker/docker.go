@@ -23,6 +23,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	cerrdefs "github.com/containerd/errdefs"
@@ -61,6 +62,10 @@ type Runtime struct {
 	known map[string]made // by container name
 	since time.Time       // resume point of the event stream
 	live  chan struct{}   // closed once the event stream is first up
+
+	// writable are the host sources of every container's read-write mounts, for
+	// WritableDirs: listed at New, added to on each create event; never shrunk.
+	writable atomic.Pointer[[]string]
 }
 
 type made struct{ id, hash string }
@@ -98,13 +103,53 @@ func New(ctx context.Context, opts Options) (*Runtime, error) {
 	if n <= 0 {
 		n = 20
 	}
-	return &Runtime{
+	r := &Runtime{
 		cli: cli, log: log, logLines: n,
 		watches: make(map[string]*watch),
 		known:   make(map[string]made),
 		since:   time.Now().Add(-time.Second),
 		live:    make(chan struct{}),
-	}, nil
+	}
+	if res, err := cli.ContainerList(pctx, client.ContainerListOptions{All: true}); err != nil {
+		log.Warn("cannot list the containers' mounts; only the apps' volumes count as written by containers", "reason", err)
+	} else {
+		for _, c := range res.Items {
+			r.addMounts(c.Mounts)
+		}
+	}
+	return r, nil
+}
+
+// WritableDirs returns the host sources of the read-write mounts of every container on
+// the engine (backend.HostDirs).
+func (r *Runtime) WritableDirs() []string {
+	if p := r.writable.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// addMounts adds the sources of ms that their container can write.
+func (r *Runtime) addMounts(ms []container.MountPoint) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var dirs []string
+	if p := r.writable.Load(); p != nil {
+		dirs = *p
+	}
+	grown := false
+	for _, m := range ms {
+		if m.RW && strings.HasPrefix(m.Source, "/") && !slices.Contains(dirs, m.Source) {
+			if !grown {
+				dirs = slices.Clone(dirs)
+				grown = true
+			}
+			dirs = append(dirs, m.Source)
+		}
+	}
+	if grown {
+		r.writable.Store(&dirs)
+	}
 }
 
 // ContainerName is the name of the container sact creates for app.
@@ -146,7 +191,7 @@ func (r *Runtime) follow(ctx context.Context, since time.Time, first *bool) erro
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	f := make(client.Filters).Add("type", "container").
-		Add("event", string(events.ActionDie), string(events.ActionDestroy))
+		Add("event", string(events.ActionDie), string(events.ActionDestroy), string(events.ActionCreate))
 	res := r.cli.Events(ctx, client.EventsListOptions{
 		Since:   strconv.FormatInt(since.Unix(), 10),
 		Filters: f,
@@ -179,6 +224,18 @@ func (r *Runtime) handle(ctx context.Context, m events.Message) {
 	if t.After(r.since) {
 		// Seconds granularity on resume: the replay overlaps, which watches tolerate.
 		r.since = t
+	}
+	if m.Action == events.ActionCreate {
+		// A container's mounts are fixed at create: note those it can write.
+		r.mu.Unlock()
+		go func() {
+			ictx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			defer cancel()
+			if ins, err := r.cli.ContainerInspect(ictx, m.Actor.ID, client.ContainerInspectOptions{}); err == nil {
+				r.addMounts(ins.Container.Mounts)
+			}
+		}()
+		return
 	}
 	if m.Action == events.ActionDestroy {
 		for name, k := range r.known {
