@@ -9,12 +9,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
 	"runtime/debug"
 	"sort"
-	"strings"
 	"syscall"
 	"time"
 
@@ -40,17 +40,18 @@ var commands map[string]command
 func init() {
 	// Filled here rather than in the declaration because help refers to the map itself.
 	commands = map[string]command{
-		"serve":  {"serve [-c FILE]   run the daemon", serve},
-		"check":  {"check [-c FILE]   validate the config; errors name file:line", check},
-		"demo":   {"demo              build a tiny image offline, serve it, show a cold start and an idle stop", demo},
-		"help":   {"help              show this help", help},
-		"shim":   {"shim -- CMD...    (inside a container) receive the listening sockets, then exec CMD", shim},
-		"status": {"status [-c FILE]  table of apps: state, since, open connections, last activity, cold starts", status},
-		"start":  {"start NAME        start an app and wait until it is ready", appCommand("start", "POST", "start")},
-		"stop":   {"stop NAME         stop an app, closing its connections", appCommand("stop", "POST", "stop")},
-		"pause":  {"pause NAME        freeze a running app; the next connection thaws it", appCommand("pause", "POST", "pause")},
-		"logs":   {"logs [-n N] NAME  the app's last log lines", appCommand("logs", "GET", "logs")},
-		"reload": {"reload [-c FILE]  re-read the config: apps added, changed, removed; open connections kept", reload},
+		"serve":   {"serve [-c FILE]   run the daemon", serve},
+		"check":   {"check [-c FILE]   validate the config; errors name file:line", check},
+		"demo":    {"demo              build a tiny image offline, serve it, show a cold start and an idle stop", demo},
+		"help":    {"help              show this help", help},
+		"shim":    {"shim -- CMD...    (inside a container) receive the listening sockets, then exec CMD", shim},
+		"status":  {"status [-c FILE]  table of apps: state, since, open connections, last activity, cold starts", status},
+		"start":   {"start NAME        start an app and wait until it is ready", appCommand("start", "POST", "start")},
+		"stop":    {"stop NAME         stop an app, closing its connections", appCommand("stop", "POST", "stop")},
+		"pause":   {"pause NAME        freeze a running app; the next connection thaws it", appCommand("pause", "POST", "pause")},
+		"logs":    {"logs [-n N] NAME  the app's last log lines", appCommand("logs", "GET", "logs")},
+		"reload":  {"reload [-c FILE]  re-read the config: apps added, changed, removed; open connections kept", reload},
+		"restart": {"restart           (without systemd) start sact anew on the same sockets: nothing refused, running apps adopted", restart},
 	}
 }
 
@@ -66,6 +67,9 @@ func (e errUsage) Error() string { return e.msg }
 
 // Run runs sact with args (without the program name) and returns the exit code.
 func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if toJournal() && stderr == os.Stderr {
+		stderr = &errPrefixer{w: stderr}
+	}
 	e := &env{stdout: stdout, stderr: stderr}
 	if len(args) == 0 {
 		help(ctx, e, nil)
@@ -211,19 +215,21 @@ func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
 		return nil, errUsage{fmt.Sprintf("-log-level %q: use debug, info, warn or error", level)}
 	}
 	o := &slog.HandlerOptions{Level: lv, ReplaceAttr: readableDurations}
-	switch strings.ToLower(format) {
+	switch logFormat(format) {
 	case "text":
 		return slog.New(slog.NewTextHandler(w, o)), nil
 	case "json":
 		return slog.New(slog.NewJSONHandler(w, o)), nil
+	case "journal":
+		return slog.New(newJournalHandler(w, o)), nil
 	}
-	return nil, errUsage{fmt.Sprintf("-log-format %q: use text or json", format)}
+	return nil, errUsage{fmt.Sprintf("-log-format %q: use text, json or journal", format)}
 }
 
 func serve(ctx context.Context, e *env, args []string) error {
 	fs := newFlags(e, "serve")
 	path := configFlag(fs)
-	format := fs.String("log-format", "text", "log format: text or json")
+	format := fs.String("log-format", "", "log format: text (logfmt), json (for log shippers), or journal (logfmt without a timestamp, with syslog priorities); default journal when stderr is systemd's journal (JOURNAL_STREAM), else text")
 	level := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	runDir := fs.String("run-dir", envOr("SACT_RUN_DIR", "/run/sact"), "directory for sact's runtime state (handoff sockets); $SACT_RUN_DIR")
 	labels := labelsFlag(fs)
@@ -231,9 +237,18 @@ func serve(ctx context.Context, e *env, args []string) error {
 	if err := parse(fs, args); err != nil {
 		return err
 	}
+	handedOver := takeHandover() // before anything takes the sockets
 	log, err := newLogger(e.stderr, *format, *level)
 	if err != nil {
 		return err
+	}
+	// Absolute, since handoff mounts paths in it into containers; made if missing (after a
+	// reboot /run is empty) with a mode that lets nginx reach the sockets in it.
+	if *runDir, err = filepath.Abs(*runDir); err != nil {
+		return fmt.Errorf("-run-dir: %w", err)
+	}
+	if err := os.MkdirAll(*runDir, 0o755); err != nil {
+		return fmt.Errorf("making the run dir: %w; give -run-dir a directory sact may create", err)
 	}
 	cfg, err := config.Load(*path)
 	if err != nil {
@@ -267,6 +282,30 @@ func serve(ctx context.Context, e *env, args []string) error {
 	}
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	// SIGUSR2 (sact restart): hand the sockets over to a new sact, then exit as on SIGTERM.
+	ctx, exitForNew := context.WithCancel(ctx)
+	defer exitForNew()
+	usr2 := make(chan os.Signal, 1)
+	signal.Notify(usr2, syscall.SIGUSR2)
+	defer signal.Stop(usr2)
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-usr2:
+			}
+			if err := handOver(log); err != nil {
+				log.Error("cannot restart; this sact keeps serving", "reason", err)
+				continue
+			}
+			log.Info("new sact serves; this one stops accepting and exits once its connections end")
+			listen.KeepSocketFiles()
+			exitForNew()
+			return
+		}
+	}()
+	defer removePidFile(*runDir)
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
@@ -284,6 +323,14 @@ func serve(ctx context.Context, e *env, args []string) error {
 		StateFile: filepath.Join(*stateDir, "activity.json"),
 		Inherited: listen.FromSystemd(), Notify: true,
 		Load: load, Reload: reload,
+		Ready: func(map[string][]net.Addr) {
+			if err := writePidFile(*runDir); err != nil {
+				log.Warn("cannot write the pid file; sact restart will not find this sact", "path", filepath.Join(*runDir, pidFileName), "reason", err)
+			}
+			if handedOver != nil {
+				handedOver()
+			}
+		},
 	})
 }
 

@@ -300,12 +300,19 @@ echo total $(wc -l </tmp/codes) ok $(grep -c '^200$' /tmp/codes); cat /tmp/error
 		t.Errorf("the journal does not show a watchdog timeout")
 	}
 
-	// The journal has the app's lines.
+	// The journal has the app's lines, as logfmt without a timestamp of their own, at
+	// their priority.
 	j := h.journal()
-	for _, want := range []string{"starting app", "app ready"} {
-		if !strings.Contains(j, want) || !strings.Contains(j, app) {
-			t.Errorf("journalctl -u sact lacks %q for app %s:\n%s", want, app, j)
+	for _, want := range []string{`msg="starting app" app=` + app, `msg="app ready" app=` + app} {
+		if !strings.Contains(j, want) {
+			t.Errorf("journalctl -u sact lacks %q:\n%s", want, j)
 		}
+	}
+	if strings.Contains(j, "time=") {
+		t.Errorf("journal lines carry a timestamp of their own:\n%s", j)
+	}
+	if errs, _ := h.exec("journalctl", "-u", "sact", "-p", "err", "--no-pager", "-o", "cat"); !strings.Contains(errs, "no_such_key") || strings.Contains(errs, "app ready") {
+		t.Errorf("journalctl -p err: want the refused reload and no info lines:\n%s", errs)
 	}
 
 	// Removal: sact and its sockets stop, the app's container is left running.

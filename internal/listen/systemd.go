@@ -35,6 +35,7 @@ func FromSystemd() *Inherited {
 		if strings.HasPrefix(name, "LISTEN_FD_") { // go-systemd's name when none was given
 			name = ""
 		}
+		hold(ln)
 		in.socks = append(in.socks, inheritedSock{name: name, ln: ln})
 	}
 	return in
