@@ -43,7 +43,7 @@ func init() {
 		"serve":   {"serve [-c FILE]   run the daemon", serve},
 		"check":   {"check [-c FILE]   validate the config; errors name file:line", check},
 		"demo":    {"demo              build a tiny image offline, serve it, show a cold start and an idle stop", demo},
-		"help":    {"help              show this help", help},
+		"help":    {"help [COMMAND]    show this help, or one command's", help},
 		"shim":    {"shim -- CMD...    (inside a container) receive the listening sockets, then exec CMD", shim},
 		"status":  {"status [-c FILE]  table of apps: state, since, open connections, last activity, cold starts", status},
 		"start":   {"start NAME        start an app and wait until it is ready", appCommand("start", "POST", "start")},
@@ -58,6 +58,7 @@ func init() {
 // env is what a subcommand may touch of the outside world.
 type env struct {
 	stdout, stderr io.Writer
+	helpOnly       bool // sact help COMMAND: -h prints only the flags
 }
 
 // errUsage makes Run exit 2 after the message is printed.
@@ -116,7 +117,10 @@ type exitCode int
 
 func (c exitCode) Error() string { return fmt.Sprintf("exit code %d", int(c)) }
 
-func help(_ context.Context, e *env, _ []string) error {
+func help(ctx context.Context, e *env, args []string) error {
+	if len(args) > 0 {
+		return commandHelp(ctx, e, args[0])
+	}
 	names := make([]string, 0, len(commands))
 	for n := range commands {
 		names = append(names, n)
@@ -126,12 +130,14 @@ func help(_ context.Context, e *env, _ []string) error {
 	for _, n := range names {
 		fmt.Fprintf(e.stdout, "  sact %s\n", commands[n].usage)
 	}
+	fmt.Fprintln(e.stdout, "\n`sact help COMMAND` describes one command and its flags.")
 	return nil
 }
 
 func newFlags(e *env, name string) *flag.FlagSet {
 	fs := flag.NewFlagSet("sact "+name, flag.ContinueOnError)
 	fs.SetOutput(e.stderr)
+	fs.Usage = flagsUsage(e, fs, name)
 	return fs
 }
 

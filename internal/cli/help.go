@@ -1,0 +1,81 @@
+package cli
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"strings"
+)
+
+// details are what `sact help COMMAND` says beyond the one-line usage and the flags.
+var details = map[string]string{
+	"serve": `Runs the daemon: binds every app's listen: addresses (or takes them from systemd,
+LISTEN_FDS, matched by FileDescriptorName= or address), starts an app on its first
+connection and stops it after idle:. Signals: SIGHUP reloads the config (as sact reload),
+SIGUSR2 restarts on the same sockets (as sact restart), SIGTERM or SIGINT stops accepting,
+lets open connections finish (10 s) and exits, leaving the apps running for the next sact
+to adopt. Under systemd it sends READY once every listener is bound and pings the watchdog.
+Files: -c (default /etc/sact/sact.yaml), -run-dir (sact.pid, admin.sock, handoff
+directories; made 0755 if missing), -state-dir (apps' last activity, the admin token).`,
+	"restart": `Without systemd: the running sact (found by sact.pid in -run-dir) starts its own
+binary again with the same arguments and passes it every listening socket, as nginx
+upgrades its binary. The new sact adopts the running apps; once it serves, the old one stops
+accepting, lets its open connections finish and exits. No connection is refused. If the new
+sact fails, the old one keeps serving and logs why. Under systemd, use
+"systemctl restart sact": sact.socket and sact-app@NAME.socket hold the sockets.`,
+	"reload": `Asks the running sact to read the config and the container labels again and apply
+the difference while serving: unchanged apps keep their sockets, connections and
+containers. A config with any problem is refused with the problems listed, and the running
+config stays; the exit code is then 1 (so "systemctl reload sact" fails visibly).`,
+	"check": `Validates the config as sact serve would read it, without starting anything. Every
+problem is listed as file:line: key: what is wrong and how to fix it; the exit code is 1 if
+there is any.`,
+}
+
+// commandHelp prints the usage, the details and the flags of one command.
+func commandHelp(ctx context.Context, e *env, name string) error {
+	cmd, ok := commands[name]
+	if !ok {
+		return errUsage{fmt.Sprintf("unknown command %q; run `sact help` for the list", name)}
+	}
+	syntax, what := splitUsage(cmd.usage)
+	fmt.Fprintf(e.stdout, "usage: sact %s\n\n%s\n", syntax, what)
+	if d := details[name]; d != "" {
+		fmt.Fprintf(e.stdout, "\n%s\n", d)
+	}
+	switch name {
+	case "help", "shim": // no flags; shim would run
+		return nil
+	}
+	// The command prints its flags on -h, through newFlags's Usage, to stderr: here stdout.
+	err := cmd.run(ctx, &env{stdout: e.stdout, stderr: e.stdout, helpOnly: true}, []string{"-h"})
+	if err == flag.ErrHelp {
+		return nil
+	}
+	return err
+}
+
+// flagsUsage prints a command's flags for -h.
+func flagsUsage(e *env, fs *flag.FlagSet, name string) func() {
+	return func() {
+		out := fs.Output()
+		if !e.helpOnly {
+			syntax, _ := splitUsage(commands[name].usage)
+			fmt.Fprintf(out, "usage: sact %s\n", syntax)
+		}
+		has := false
+		fs.VisitAll(func(*flag.Flag) { has = true })
+		if has {
+			fmt.Fprintln(out, "\nflags:")
+			fs.PrintDefaults()
+		}
+	}
+}
+
+// splitUsage splits a usage line, "restart           what it does", in two.
+func splitUsage(u string) (syntax, what string) {
+	if i := strings.Index(u, "  "); i >= 0 {
+		return u[:i], strings.TrimSpace(u[i:])
+	}
+	return u, ""
+}

@@ -1,0 +1,32 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"strings"
+	"testing"
+)
+
+// Every command has `sact help COMMAND`: its syntax, what it does, and its flags, on
+// stdout, exit 0; shim's is printed without running it.
+func TestHelpPerCommand(t *testing.T) {
+	for name, cmd := range commands {
+		t.Run(name, func(t *testing.T) {
+			var out, errOut bytes.Buffer
+			if code := Run(context.Background(), []string{"help", name}, &out, &errOut); code != 0 {
+				t.Fatalf("exit %d: %s", code, errOut.String())
+			}
+			syntax, what := splitUsage(cmd.usage)
+			if !strings.HasPrefix(out.String(), "usage: sact "+syntax+"\n\n"+what) {
+				t.Errorf("help %s:\n%s", name, out.String())
+			}
+			if strings.Contains(cmd.usage, "[-c FILE]") && !strings.Contains(out.String(), "\nflags:\n  -c string") {
+				t.Errorf("help %s does not list its flags:\n%s", name, out.String())
+			}
+		})
+	}
+	var out, errOut bytes.Buffer
+	if code := Run(context.Background(), []string{"help", "nope"}, &out, &errOut); code != 2 || !strings.Contains(errOut.String(), `unknown command "nope"`) {
+		t.Errorf("help of an unknown command: exit %d, %q", code, errOut.String())
+	}
+}
