@@ -28,6 +28,7 @@ const (
 	ReasonNotRegular  = "not a regular file" // for ReadFile: a FIFO, device, directory, ...
 	ReasonEscapes     = "escapes"            // leaves the writable directory, or crosses a mount
 	ReasonTooManyLink = "too many links"
+	ReasonHardLink    = "hard link" // beneath a writable directory, a second name of a file
 	ReasonRelative    = "not absolute"
 )
 
@@ -68,6 +69,8 @@ func (e *UnsafePathError) Error() string {
 		return fmt.Sprintf("unsafe upstream %s: %s is a %s, not a socket%s; sact connects only to a socket: let the app listen at that path, or set upstream: to where it listens", e.Path, e.At, e.Kind, where)
 	case ReasonEscapes:
 		return fmt.Sprintf("unsafe upstream %s: %s leads out of the directory it is in or crosses a mount point; set upstream: to the socket's real path", e.Path, e.At)
+	case ReasonHardLink:
+		return fmt.Sprintf("unsafe upstream %s: %s is a socket with %s; sact connects only to a socket the app made there: let the app create its socket at that path itself", e.Path, e.At, "more than one name (a hard link)"+where)
 	case ReasonTooManyLink:
 		return fmt.Sprintf("unsafe upstream %s: more than %d symbolic links on the way; set upstream: to the socket's real path", e.Path, maxLinks)
 	case ReasonRelative:
@@ -86,6 +89,8 @@ func (e *UnsafePathError) fileError() string {
 		return fmt.Sprintf("unsafe file %s: %s is a symbolic link%s; sact follows no links there, so that nobody can point it at a host file: keep a regular file at %s, or give a path without links", e.Path, e.At, where, e.Path)
 	case ReasonNotRegular:
 		return fmt.Sprintf("unsafe file %s: %s is a %s, not a regular file%s; put a regular file there", e.Path, e.At, e.Kind, where)
+	case ReasonHardLink:
+		return fmt.Sprintf("unsafe file %s: %s has more than one name (a hard link)%s; put a file of its own there", e.Path, e.At, where)
 	case ReasonRelative:
 		return fmt.Sprintf("unsafe file %s: not an absolute path; give the file's absolute path", e.Path)
 	}
@@ -132,15 +137,23 @@ func OpenSocket(path string, writable *Dirs) (int, error) {
 	if err != nil {
 		return -1, err
 	}
-	if st.Mode&unix.S_IFMT != unix.S_IFSOCK {
-		unix.Close(fd)
-		ue := &UnsafePathError{Path: path, At: path, Reason: ReasonNotSocket, Kind: kindOf(st.Mode)}
-		if wdir != "" {
-			ue.Dir = filepath.Dir(path)
-		}
-		return -1, ue
+	reason := ""
+	switch {
+	case st.Mode&unix.S_IFMT != unix.S_IFSOCK:
+		reason = ReasonNotSocket
+	case st.Nlink > 1 && wdir != "":
+		// A socket made there has one name. A second one is a hard link to a socket
+		// elsewhere (possible for a local user where fs.protected_hardlinks is 0).
+		reason = ReasonHardLink
+	default:
+		return fd, nil
 	}
-	return fd, nil
+	unix.Close(fd)
+	ue := &UnsafePathError{Path: path, At: path, Reason: reason, Kind: kindOf(st.Mode)}
+	if wdir != "" {
+		ue.Dir = filepath.Dir(path)
+	}
+	return -1, ue
 }
 
 // openNoLinks returns an O_PATH descriptor of what is at path, resolved as the package

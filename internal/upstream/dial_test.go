@@ -101,6 +101,11 @@ func layout(t *testing.T, base string) (honest string, secret *server, cases map
 	d := filepath.Join(app, "dir.sock")
 	mkdir(t, d, 0o755)
 	cases["directory"] = d
+	hard := filepath.Join(app, "hard.sock")
+	if err := os.Link(secret.path, hard); err != nil {
+		t.Fatal(err)
+	}
+	cases["hard link"] = hard
 	fifo := filepath.Join(app, "fifo.sock")
 	if err := unix.Mkfifo(fifo, 0o644); err != nil {
 		t.Fatal(err)
@@ -156,7 +161,7 @@ func TestDialUnixReasons(t *testing.T) {
 	want := map[string]string{
 		"final symlink": ReasonSymlink, "symlinked intermediate": ReasonSymlink,
 		"symlink to parent (..)": ReasonSymlink, "regular file": ReasonNotSocket,
-		"directory": ReasonNotSocket, "fifo": ReasonNotSocket,
+		"directory": ReasonNotSocket, "fifo": ReasonNotSocket, "hard link": ReasonHardLink,
 	}
 	for name, reason := range want {
 		_, err := read(cases[name], nil)
@@ -360,7 +365,9 @@ func TestReadFile(t *testing.T) {
 		t.Errorf("missing file: %v, want ErrNotExist", err)
 	}
 	os.Symlink(hostFile, filepath.Join(app, "link.txt"))
+	os.Link(hostFile, filepath.Join(app, "hard.txt"))
 	refused := map[string]string{
+		"hard link":           filepath.Join(app, "hard.txt"),
 		"link to a host file": filepath.Join(app, "link.txt"),
 		"symlinked dir":       filepath.Join(app, "sockets", "shadow"),
 		"fifo":                cases["fifo"],

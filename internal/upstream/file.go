@@ -38,8 +38,15 @@ func ReadFile(path string, writable *Dirs, max int64) ([]byte, error) {
 		return nil, &fs.PathError{Op: "open", Path: path, Err: err}
 	}
 	defer unix.Close(fd)
-	if st.Mode&unix.S_IFMT != unix.S_IFREG {
-		ue := &UnsafePathError{Path: path, At: path, Reason: ReasonNotRegular, Kind: kindOf(st.Mode), File: true}
+	reason := ""
+	switch {
+	case st.Mode&unix.S_IFMT != unix.S_IFREG:
+		reason = ReasonNotRegular
+	case st.Nlink > 1 && wdir != "":
+		reason = ReasonHardLink // a second name of a file elsewhere, /etc/shadow say
+	}
+	if reason != "" {
+		ue := &UnsafePathError{Path: path, At: path, Reason: reason, Kind: kindOf(st.Mode), File: true}
 		if wdir != "" {
 			ue.Dir = filepath.Dir(path)
 		}
