@@ -107,6 +107,9 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 		if d.probe != nil {
 			d.probe.Close()
 		}
+		if d.counters != nil {
+			d.counters.Close()
+		}
 	}()
 	// Handoff apps that still run from an earlier sact hold its listening sockets: take
 	// them back rather than bind new ones, which their addresses would refuse.

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"debug/elf"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -28,6 +29,7 @@ import (
 	"github.com/sact-project/sact/internal/handoff"
 	"github.com/sact-project/sact/internal/listen"
 	"github.com/sact-project/sact/internal/sockdiag"
+	"github.com/sact-project/sact/internal/sockdiag/bpfwatch"
 )
 
 // Handoff mode: the app's listeners are passed into it, and sact never accepts on them.
@@ -169,6 +171,12 @@ type handoffApp struct {
 	broken atomic.Pointer[string]
 	log    *slog.Logger
 	probe  *sockdiag.Prober
+	// counters are the kernel's counts of every connection and byte on the listeners
+	// (bpfwatch), or nil where the kernel does not allow them: sock_diag alone then.
+	counters *bpfwatch.Watcher
+	// open and accepted are the app's connections as the kernel counts them, for its
+	// status: open now (while it runs), and accepted since sact started.
+	open, accepted atomic.Int64
 
 	mu  sync.Mutex
 	srv *handoff.Server
@@ -537,6 +545,20 @@ func (h *handoffApp) watch(ctx context.Context, live context.Context) {
 		addrs[i] = ln.Addr()
 	}
 	prev := make([]sockdiag.Activity, len(addrs))
+	marks, cpu := h.watchCounters(ctx, addrs)
+	defer func() {
+		for _, m := range marks {
+			if m != nil {
+				m.Close()
+			}
+		}
+		h.open.Store(0)
+	}()
+	prevMarks := make([]bpfwatch.Activity, len(marks))
+	var prevCPU time.Duration
+	if cpu != nil {
+		prevCPU, _ = cpu.Read()
+	}
 	last := time.Now()
 	t := time.NewTicker(every)
 	defer t.Stop()
@@ -557,7 +579,7 @@ func (h *handoffApp) watch(ctx context.Context, live context.Context) {
 			h.act.Touch()
 			continue
 		}
-		busy := 0
+		busy, open, unseen := 0, 0, false
 		for i, a := range acts {
 			p := prev[i]
 			if a.Queued > 0 || a.Pending > 0 || a.ConnSet != p.ConnSet ||
@@ -568,6 +590,37 @@ func (h *handoffApp) watch(ctx context.Context, live context.Context) {
 			}
 			busy += a.Open + a.Queued + int(min(a.Pending, 1))
 			prev[i] = a
+			// The programs' counts: a connection or a byte since the last look, however
+			// short-lived, is activity.
+			if m := marks[i]; m != nil {
+				c, err := m.Activity()
+				if err != nil {
+					h.act.Touch()
+					continue
+				}
+				pc := prevMarks[i]
+				if c != pc {
+					h.act.Touch()
+					h.accepted.Add(int64(c.Connects - pc.Connects))
+				}
+				prevMarks[i] = c
+				if m.Network() == "tcp" {
+					open += c.Open("tcp")
+					continue
+				}
+			}
+			// Bytes on this listener's open connections cannot be seen (unix, or no
+			// programs): the container's CPU time says whether the app works on them.
+			open += a.Open
+			unseen = unseen || a.Open > 0
+		}
+		h.open.Store(int64(open))
+		if cpu != nil {
+			used, err := cpu.Read()
+			if err == nil && unseen && used-prevCPU >= cpuBusy {
+				h.act.Touch()
+			}
+			prevCPU = used
 		}
 		if busy == 0 && h.refresh.CompareAndSwap(true, false) {
 			h.log.Info("restarting app with its new settings", "reason", "config changed; no connection is open")
@@ -581,6 +634,45 @@ func (h *handoffApp) watch(ctx context.Context, live context.Context) {
 		}
 		last = now
 	}
+}
+
+// cpuBusy is the CPU time per sampling period that counts as an app working on a
+// connection whose bytes cannot be seen: an idle app uses next to none (0 µs a second
+// for unicorn and the test server), a request 450 µs or more.
+const cpuBusy = 200 * time.Microsecond
+
+// watchCounters starts the programs' counts for the app's listeners (nil where they
+// cannot count: no programs, or unix without connect_unix), and finds the container's
+// CPU time, the backup signal for open connections whose bytes cannot be seen.
+func (h *handoffApp) watchCounters(ctx context.Context, addrs []net.Addr) ([]*bpfwatch.Handle, *bpfwatch.CPU) {
+	marks := make([]*bpfwatch.Handle, len(addrs))
+	if h.counters != nil {
+		for i, a := range addrs {
+			m, err := h.counters.Watch(a)
+			if err != nil {
+				if !errors.Is(err, bpfwatch.ErrUnixUnsupported) {
+					h.log.Warn("cannot count the listener's connections in the kernel; judging it from sock_diag alone", "listen", a.String(), "reason", err)
+				}
+				continue
+			}
+			marks[i] = m
+		}
+	}
+	var cpu *bpfwatch.CPU
+	if h.opts.Pid != nil {
+		pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		if pid, err := h.opts.Pid(pctx); err == nil {
+			cpu, _ = bpfwatch.CgroupCPU(pid)
+		}
+	}
+	return marks, cpu
+}
+
+// counts is the app's connections as the kernel counts them: open now, and accepted
+// since sact started (zero where the programs do not count).
+func (h *handoffApp) counts() (open, accepted int) {
+	return int(h.open.Load()), int(h.accepted.Load())
 }
 
 // reclaim takes back the listening sockets of a handoff app that still runs from an

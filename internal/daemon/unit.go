@@ -20,6 +20,7 @@ import (
 	"github.com/sact-project/sact/internal/config"
 	"github.com/sact-project/sact/internal/front"
 	"github.com/sact-project/sact/internal/sockdiag"
+	"github.com/sact-project/sact/internal/sockdiag/bpfwatch"
 )
 
 // daemon is one running sact: its apps (units), which a reload adds, changes and removes,
@@ -54,6 +55,10 @@ type daemon struct {
 	httpLns []net.Listener
 
 	writable writableDirs // host directories some app can write: never link through them
+
+	// counters count handoff apps' connections and bytes in the kernel; nil where
+	// it does not allow it (then sock_diag alone judges them, as sact said at start).
+	counters *bpfwatch.Watcher
 }
 
 // unit is one app: its config, its activator, its listeners and, in handoff mode, what
@@ -103,6 +108,7 @@ func (d *daemon) setUpHandoff(u *unit) {
 	h.act = act
 	h.failed = d.m.fail
 	h.setBroken = d.m.setBroken
+	h.counters = d.counters
 	u.handoff = h
 }
 
@@ -113,8 +119,24 @@ func (u *unit) adminApp() admin.App {
 		if reason := u.handoff.Broken(); reason != "" {
 			return brokenApp{App: u.act, reason: reason}
 		}
+		return handoffView{App: u.act, h: u.handoff}
 	}
 	return u.act
+}
+
+// handoffView is a handoff app for the admin API: its connections, which the app
+// accepts itself, as the kernel counts them.
+type handoffView struct {
+	*activator.App
+	h *handoffApp
+}
+
+func (v handoffView) Status() activator.Status {
+	st := v.App.Status()
+	open, accepted := v.h.counts()
+	st.Open += open
+	st.Accepted += accepted
+	return st
 }
 
 // brokenApp is an app that sact cannot serve, for the admin API: its state is "broken",
@@ -149,6 +171,18 @@ func (d *daemon) prepareHandoff(cfg *config.Config) error {
 		return fmt.Errorf("opening sock_diag to watch handed-off sockets: %w", err)
 	}
 	d.shim, d.probe = shim, probe
+	d.counters, err = bpfwatch.Open(bpfwatch.Options{Dir: d.runDir})
+	switch {
+	case err != nil:
+		d.log.Warn("cannot count handoff apps' connections in the kernel; judging them from sock_diag snapshots", "reason", err,
+			"risk", "a connection that opens and closes between two looks is missed, so a busy app may be stopped",
+			"fix", "run sact as root on Linux 5.7 or later with BTF (6.7 for unix sockets)")
+	case d.counters.UnixErr() != nil:
+		d.log.Warn("cannot count connections to handoff apps' unix sockets in the kernel; judging them from sock_diag snapshots and CPU time", "reason", d.counters.UnixErr(),
+			"fix", "Linux 6.7 or later with BTF")
+	default:
+		d.log.Info("counting handoff apps' connections in the kernel (eBPF)")
+	}
 	return nil
 }
 
