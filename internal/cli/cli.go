@@ -324,10 +324,14 @@ func serve(ctx context.Context, e *env, args []string) error {
 			}
 		}
 	}()
+	inherited := listen.FromSystemd
+	if handedOver != nil {
+		inherited = listen.FromHandover
+	}
 	return daemon.Run(ctx, cfg, daemon.Options{
 		Logger: log, Runtimes: runtimes(log), RunDir: *runDir,
 		StateFile: filepath.Join(*stateDir, "activity.json"),
-		Inherited: listen.FromSystemd(), Notify: true,
+		Inherited: inherited(), Notify: true,
 		Load: load, Reload: reload,
 		Ready: func(map[string][]net.Addr) {
 			if err := writePidFile(*runDir); err != nil {

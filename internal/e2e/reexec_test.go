@@ -21,9 +21,25 @@ import (
 // sockets, which adopts the running app, and exits once its connections end. Clients loop
 // on a TCP and a unix listener throughout, and a slow download runs across it: nothing is
 // refused, and the download completes. The run dir is relative (made absolute at start)
-// and missing at start (made 0755).
+// and missing at start (made 0755): in handoff mode, its paths are mounted into the app's
+// container.
 func TestRestartWithoutSystemd(t *testing.T) {
 	needDocker(t)
+	t.Run("proxied", func(t *testing.T) {
+		testRestart(t, `    env: {NAME: %[1]s, LISTEN: "tcp:0.0.0.0:8080"}
+    port: 8080
+`)
+	})
+	t.Run("handoff", func(t *testing.T) {
+		testRestart(t, `    env: {NAME: %[1]s}
+    user: "1001"
+    network: none
+    handoff: true
+`)
+	})
+}
+
+func testRestart(t *testing.T, mode string) {
 	name := uniqueName(t, "reexec")
 	base := t.TempDir()
 	runDir := filepath.Join(base, "run") // missing: sact makes it
@@ -31,9 +47,7 @@ func TestRestartWithoutSystemd(t *testing.T) {
 	config := writeConfig(t, fmt.Sprintf(`apps:
   %[1]s:
     image: %[2]s
-    env: {NAME: %[1]s, LISTEN: "tcp:0.0.0.0:8080"}
-    listen: ["tcp:%[3]s", "unix:%[4]s"]
-    port: 8080
+`+mode+`    listen: ["tcp:%[3]s", "unix:%[4]s"]
     idle: 5m
     stop_timeout: 3s
 `, name, testImage, tcp, sock))
@@ -184,5 +198,19 @@ func TestRestartWithoutSystemd(t *testing.T) {
 	}
 	if !strings.Contains(logText(), "adopted running app") {
 		t.Errorf("the new sact did not log adopting the app")
+	}
+	// And it starts the app anew, after a stop: nothing the old sact left (or removed as
+	// it exited) is in the way.
+	if out, err := exec.Command(sactBin, "stop", name, "-c", config, "-run-dir", runDir).CombinedOutput(); err != nil {
+		t.Fatalf("sact stop after the restart: %v: %s", err, out)
+	}
+	if _, err := httpGet(tcp, "/"); err != nil {
+		t.Errorf("a cold start by the new sact: %v", err)
+	}
+	if err := getUnix(); err != nil {
+		t.Errorf("a cold start by the new sact, on the unix listener: %v", err)
+	}
+	if strings.Contains(logText(), "no app claims") {
+		t.Errorf("the new sact warns about sockets it was passed")
 	}
 }

@@ -14,6 +14,7 @@ import (
 type Inherited struct {
 	mu    sync.Mutex
 	socks []inheritedSock
+	quiet bool // from a handover: see FromHandover
 }
 
 type inheritedSock struct {
@@ -38,6 +39,16 @@ func FromSystemd() *Inherited {
 		hold(ln)
 		in.socks = append(in.socks, inheritedSock{name: name, ln: ln})
 	}
+	return in
+}
+
+// FromHandover takes the sockets an older sact passed (sact restart), like FromSystemd.
+// That older sact passes every socket it holds, including those of handoff apps, which the
+// new sact takes back from the apps' containers instead: Rest closes the unclaimed ones
+// without naming them for a warning.
+func FromHandover() *Inherited {
+	in := FromSystemd()
+	in.quiet = true
 	return in
 }
 
@@ -67,7 +78,9 @@ func (in *Inherited) Rest() []string {
 	defer in.mu.Unlock()
 	var out []string
 	for _, s := range in.socks {
-		out = append(out, s.ln.Addr().String())
+		if !in.quiet {
+			out = append(out, s.ln.Addr().String())
+		}
 		s.ln.Close()
 	}
 	in.socks = nil
