@@ -164,6 +164,18 @@ func waitFor(d time.Duration, cond func() bool) bool {
 func TestSystemdDeb(t *testing.T) {
 	image := needSystemdImage(t)
 	deb := buildDeb(t)
+
+	// Where systemd does not run (an image build, a chroot), the package installs too: the
+	// units are enabled for the next boot, nothing is started.
+	plain := uniqueName(t, "nosystemd")
+	t.Cleanup(func() { exec.Command("docker", "rm", "-f", plain).Run() })
+	docker(t, "create", "--name", plain, image, "sh", "-c",
+		"dpkg -i /var/tmp/sact.deb && getent group sact && test -L /etc/systemd/system/sockets.target.wants/sact.socket && dpkg -r sact")
+	docker(t, "cp", deb, plain+":/var/tmp/sact.deb")
+	if out, err := exec.Command("docker", "start", "-a", plain).CombinedOutput(); err != nil {
+		t.Errorf("installing without systemd running: %v\n%s", err, out)
+	}
+
 	began := time.Now()
 	h := bootSystemd(t, image)
 
@@ -313,6 +325,20 @@ echo total $(wc -l </tmp/codes) ok $(grep -c '^200$' /tmp/codes); cat /tmp/error
 	}
 	if errs, _ := h.exec("journalctl", "-u", "sact", "-p", "err", "--no-pager", "-o", "cat"); !strings.Contains(errs, "no_such_key") || strings.Contains(errs, "app ready") {
 		t.Errorf("journalctl -p err: want the refused reload and no info lines:\n%s", errs)
+	}
+
+	// An upgrade (the same package again): the config is kept, a running sact restarts on
+	// the new binary and adopts the app.
+	pid = h.mainPID()
+	h.sh("dpkg -i /var/tmp/sact.deb")
+	if got := h.sh("cat /etc/sact/sact.yaml"); got != config("") {
+		t.Errorf("the upgrade changed the config:\n%s", got)
+	}
+	if p := h.mainPID(); p == pid || p == 0 || h.active("sact.service") != "active" {
+		t.Errorf("after the upgrade sact's pid is %d (was %d), %s; want restarted", p, pid, h.active("sact.service"))
+	}
+	if body := h.sh(curl); !strings.Contains(body, app) {
+		t.Errorf("after the upgrade the app answered %q", body)
 	}
 
 	// Removal: sact and its sockets stop, the app's container is left running.
