@@ -309,7 +309,7 @@ var (
 	descPool  = prometheus.NewDesc("sact_pool", "The pool: running apps, max_running, starts waiting for a slot and for a start token.", []string{"what"}, nil)
 )
 
-var states = []activator.State{activator.Stopped, activator.Starting, activator.Running, activator.Stopping, activator.Pausing, activator.Paused, activator.Waking}
+var states = []activator.State{activator.Stopped, activator.Starting, activator.Running, activator.Stopping, activator.Pausing, activator.Paused, activator.Waking, activator.Broken}
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descState, descCold, descFail, descOpen, descConns, descRef, descWait, descStops, descLast, descPool} {

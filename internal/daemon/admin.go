@@ -43,7 +43,7 @@ func newMetrics() *metrics {
 	m := &metrics{reg: prometheus.NewRegistry(), starts: admin.StartHistogram(),
 		failed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sact_connections_failed_total",
-			Help: "Connections and front-door requests that were not served, by reason (queue_full, start_failed, start_timeout, pool_full, upstream_unreachable, shutting_down, client_gone, ...).",
+			Help: "Connections and front-door requests that were not served, by reason (queue_full, start_failed, start_timeout, pool_full, upstream_unreachable, upstream_error, upstream_unsafe, max_in_flight, app_exited, shutting_down, client_gone, bad_request, handoff_broken).",
 		}, []string{"app", "reason"}),
 		broken: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "sact_app_broken",
@@ -173,7 +173,11 @@ func (d *daemon) startAdmin(ctx context.Context, cfg *config.Config) (func(), er
 
 	var servers []*http.Server
 	serve := func(ln net.Listener, overHTTP bool) {
-		hs := &http.Server{Handler: srv.Handler(overHTTP), ReadHeaderTimeout: 10 * time.Second}
+		// admin.listen may be reachable by local users (and, on a public address, by
+		// anyone): the same limits as the front door's, so that nobody can hold it
+		// with slow or huge requests.
+		hs := &http.Server{Handler: srv.Handler(overHTTP), ReadHeaderTimeout: 10 * time.Second,
+			ReadTimeout: time.Minute, IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 64 << 10}
 		servers = append(servers, hs)
 		go func() {
 			if err := hs.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
