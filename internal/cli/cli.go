@@ -232,6 +232,26 @@ func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
 	return nil, errUsage{fmt.Sprintf("-log-format %q: use text, json or journal", format)}
 }
 
+// trustedConfigFile refuses a config that a user other than root (or sact's own) may
+// change: whoever writes sact.yaml runs commands and containers as root.
+func trustedConfigFile(path string) error {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil // config.Load says what is wrong with it
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return nil
+	}
+	if st.Uid != 0 && int(st.Uid) != os.Geteuid() {
+		return fmt.Errorf("%s belongs to uid %d: whoever may write the config runs commands and containers as root; chown root %s", path, st.Uid, path)
+	}
+	if fi.Mode().Perm()&0o002 != 0 {
+		return fmt.Errorf("%s is writable by every user (mode %#o): whoever may write the config runs commands and containers as root; chmod o-w %s", path, fi.Mode().Perm(), path)
+	}
+	return nil
+}
+
 func serve(ctx context.Context, e *env, args []string) error {
 	fs := newFlags(e, "serve")
 	path := configFlag(fs)
@@ -246,6 +266,12 @@ func serve(ctx context.Context, e *env, args []string) error {
 	handedOver := takeHandover() // before anything takes the sockets
 	log, err := newLogger(e.stderr, *format, *level)
 	if err != nil {
+		return err
+	}
+	// A unix socket exists with the umask's mode between bind and the chmod that follows:
+	// never one that lets other users connect (and be trusted) in that moment.
+	syscall.Umask(syscall.Umask(0o022) | 0o022)
+	if err := trustedConfigFile(*path); err != nil {
 		return err
 	}
 	// Absolute, since handoff mounts paths in it into containers; made if missing (after a
