@@ -305,6 +305,10 @@ func (d *decoder) upstream(path string, n *yaml.Node) backend.Addr {
 // as root.
 var dirWritable = func(dir string) error { return unix.Access(dir, unix.W_OK) }
 
+// stat and lstat are the only looks at the host's files while checking paths; tests
+// replace them so that their outcome does not depend on what exists on the machine.
+var stat, lstat = os.Stat, os.Lstat
+
 // checkSocket checks that sact can create the unix socket sock: its directory exists and
 // is writable, and nothing but a stale socket is in its way.
 func (d *decoder) checkSocket(path string, n *yaml.Node, sock string) {
@@ -312,7 +316,7 @@ func (d *decoder) checkSocket(path string, n *yaml.Node, sock string) {
 	if !d.checkDir(path, n, dir, true, "create it (mkdir -p "+dir+") or choose another path") {
 		return
 	}
-	if fi, err := os.Lstat(sock); err == nil && fi.Mode().Type() != fs.ModeSocket {
+	if fi, err := lstat(sock); err == nil && fi.Mode().Type() != fs.ModeSocket {
 		d.errorf(n, path, "%s exists and is not a socket; move it away or choose another path", sock)
 	}
 }
@@ -320,7 +324,7 @@ func (d *decoder) checkSocket(path string, n *yaml.Node, sock string) {
 // checkDir checks that dir exists (and is writable, if writable). fix says how to make it
 // exist.
 func (d *decoder) checkDir(path string, n *yaml.Node, dir string, writable bool, fix string) bool {
-	fi, err := os.Stat(dir)
+	fi, err := stat(dir)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
 		d.errorf(n, path, "directory %s does not exist; %s", dir, fix)

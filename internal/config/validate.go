@@ -259,6 +259,21 @@ func (p *parser) checkAddresses() {
 		}
 	}
 
+	// A listening socket in a directory a container can write: the container could
+	// replace it, or hold a live socket at its path so that the next sact cannot bind.
+	for _, c := range claims {
+		if c.addr.Network != "unix" {
+			continue
+		}
+		for _, s := range p.apps {
+			for _, b := range writableBinds(s.Volumes) {
+				if within(c.addr.Address, b.src) {
+					c.report("%s is inside %s's volume %s (volumes[%d]), which its container can write: it could replace the socket or keep sact from binding it; put sact's sockets in a directory only root can write, like /run/sact", c.addr, s.Name, b.src, b.index)
+				}
+			}
+		}
+	}
+
 	for _, s := range p.apps {
 		if s.Upstream.IsZero() {
 			continue
@@ -275,6 +290,35 @@ func (p *parser) checkAddresses() {
 			}
 		}
 	}
+}
+
+// bind is a volume's host directory and its index in volumes.
+type bind struct {
+	index int
+	src   string
+}
+
+// writableBinds returns the host directories of volumes ("/host:/container[:opts]") that
+// the container may write; named volumes and :ro binds are left out.
+func writableBinds(volumes []string) []bind {
+	var out []bind
+	for i, v := range volumes {
+		parts := strings.Split(v, ":")
+		if len(parts) < 2 || !filepath.IsAbs(parts[0]) {
+			continue
+		}
+		if len(parts) > 2 && slices.Contains(strings.Split(parts[2], ","), "ro") {
+			continue
+		}
+		out = append(out, bind{i, filepath.Clean(parts[0])})
+	}
+	return out
+}
+
+// within reports whether path is dir or beneath it.
+func within(path, dir string) bool {
+	path = filepath.Clean(path)
+	return path == dir || strings.HasPrefix(path, dir+string(filepath.Separator)) || dir == "/"
 }
 
 func (c claim) describe() string {
