@@ -177,6 +177,11 @@ type handoffApp struct {
 	// open and accepted are the app's connections as the kernel counts them, for its
 	// status: open now (while it runs), and accepted since sact started.
 	open, accepted atomic.Int64
+	exact          atomic.Bool
+	// marks are the programs' counters of each listener (nil where they do not
+	// count), from the start of run; prevMarks what the watch read last.
+	marks     []*bpfwatch.Handle
+	prevMarks []bpfwatch.Activity
 
 	mu  sync.Mutex
 	srv *handoff.Server
@@ -467,6 +472,18 @@ func (h *handoffApp) run(ctx context.Context) {
 		return
 	}
 	go h.srv.Run(ctx)
+	// Count from now, stopped or not: a connection that wakes the app is counted from
+	// its handshake, as the kernel sees no connection made before its listener was
+	// watched.
+	h.marks = h.watchListeners()
+	h.prevMarks = make([]bpfwatch.Activity, len(h.marks))
+	defer func() {
+		for _, m := range h.marks {
+			if m != nil {
+				m.Close()
+			}
+		}
+	}()
 	backoff := time.Duration(0)
 	for {
 		wake := activator.Wake{Remote: "backlog"}
@@ -545,16 +562,8 @@ func (h *handoffApp) watch(ctx context.Context, live context.Context) {
 		addrs[i] = ln.Addr()
 	}
 	prev := make([]sockdiag.Activity, len(addrs))
-	marks, cpu := h.watchCounters(ctx, addrs)
-	defer func() {
-		for _, m := range marks {
-			if m != nil {
-				m.Close()
-			}
-		}
-		h.open.Store(0)
-	}()
-	prevMarks := make([]bpfwatch.Activity, len(marks))
+	marks, prevMarks, cpu := h.marks, h.prevMarks, h.cpuTime(ctx)
+	defer h.open.Store(0)
 	var prevCPU time.Duration
 	if cpu != nil {
 		prevCPU, _ = cpu.Read()
@@ -641,38 +650,58 @@ func (h *handoffApp) watch(ctx context.Context, live context.Context) {
 // for unicorn and the test server), a request 450 µs or more.
 const cpuBusy = 200 * time.Microsecond
 
-// watchCounters starts the programs' counts for the app's listeners (nil where they
-// cannot count: no programs, or unix without connect_unix), and finds the container's
-// CPU time, the backup signal for open connections whose bytes cannot be seen.
-func (h *handoffApp) watchCounters(ctx context.Context, addrs []net.Addr) ([]*bpfwatch.Handle, *bpfwatch.CPU) {
-	marks := make([]*bpfwatch.Handle, len(addrs))
-	if h.counters != nil {
-		for i, a := range addrs {
-			m, err := h.counters.Watch(a)
-			if err != nil {
-				if !errors.Is(err, bpfwatch.ErrUnixUnsupported) {
-					h.log.Warn("cannot count the listener's connections in the kernel; judging it from sock_diag alone", "listen", a.String(), "reason", err)
-				}
-				continue
+// watchListeners starts the programs' counts for the app's listeners (nil where they
+// cannot count: no programs, or unix without connect_unix).
+func (h *handoffApp) watchListeners() []*bpfwatch.Handle {
+	marks := make([]*bpfwatch.Handle, len(h.lns))
+	if h.counters == nil {
+		return marks
+	}
+	all := true
+	for i, ln := range h.lns {
+		if ln == nil {
+			all = false
+			continue
+		}
+		m, err := h.counters.Watch(ln.Addr())
+		if err != nil {
+			all = false
+			if !errors.Is(err, bpfwatch.ErrUnixUnsupported) {
+				h.log.Warn("cannot count the listener's connections in the kernel; judging it from sock_diag alone", "listen", ln.Addr().String(), "reason", err)
 			}
-			marks[i] = m
+			continue
 		}
+		marks[i] = m
 	}
-	var cpu *bpfwatch.CPU
-	if h.opts.Pid != nil {
-		pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		defer cancel()
-		if pid, err := h.opts.Pid(pctx); err == nil {
-			cpu, _ = bpfwatch.CgroupCPU(pid)
-		}
+	h.exact.Store(all)
+	return marks
+}
+
+// cpuTime finds the container's CPU time, the backup signal for open connections
+// whose bytes cannot be seen, or nil.
+func (h *handoffApp) cpuTime(ctx context.Context) *bpfwatch.CPU {
+	if h.opts.Pid == nil {
+		return nil
 	}
-	return marks, cpu
+	pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	pid, err := h.opts.Pid(pctx)
+	if err != nil {
+		return nil
+	}
+	cpu, err := bpfwatch.CgroupCPU(pid)
+	if err != nil {
+		h.log.Debug("cannot read the app's CPU time", "reason", err)
+		return nil
+	}
+	return cpu
 }
 
 // counts is the app's connections as the kernel counts them: open now, and accepted
-// since sact started (zero where the programs do not count).
-func (h *handoffApp) counts() (open, accepted int) {
-	return int(h.open.Load()), int(h.accepted.Load())
+// since sact started; exact when the programs count on every listener (zero where they
+// do not count).
+func (h *handoffApp) counts() (open, accepted int, exact bool) {
+	return int(h.open.Load()), int(h.accepted.Load()), h.exact.Load()
 }
 
 // reclaim takes back the listening sockets of a handoff app that still runs from an

@@ -133,9 +133,14 @@ type handoffView struct {
 
 func (v handoffView) Status() activator.Status {
 	st := v.App.Status()
-	open, accepted := v.h.counts()
-	st.Open += open
-	st.Accepted += accepted
+	open, accepted, exact := v.h.counts()
+	if exact {
+		// Every connection, the ones that woke the app (its leases) included.
+		st.Open, st.Accepted = open, accepted
+	} else {
+		st.Open += open
+		st.Accepted += accepted
+	}
 	return st
 }
 
