@@ -369,12 +369,14 @@ func (h *handoffApp) waitPending(ctx context.Context) (int, error) {
 			}
 		})
 	}
+	pending := h.pending // not h.pending in wake: the deferred closePending resets it
 	wake := func() {
-		for _, f := range h.pending {
+		for _, f := range pending {
 			f.SetReadDeadline(time.Now())
 		}
 	}
-	stop := context.AfterFunc(ctx, wake)
+	woke := make(chan struct{})
+	stop := context.AfterFunc(ctx, func() { wake(); close(woke) })
 	var i int
 	var err error
 	select {
@@ -382,7 +384,9 @@ func (h *handoffApp) waitPending(ctx context.Context) (int, error) {
 	case <-ctx.Done():
 		err = ctx.Err()
 	}
-	stop()
+	if !stop() {
+		<-woke // it runs: the files must outlive it
+	}
 	wake()
 	wg.Wait()
 	return i, err
