@@ -179,9 +179,11 @@ type handoffApp struct {
 	open, accepted atomic.Int64
 	exact          atomic.Bool
 	// marks are the programs' counters of each listener (nil where they do not
-	// count), from the start of run; prevMarks what the watch read last.
+	// count), from startUnit on; prevMarks what the watch read last; tried which
+	// listeners watchListeners tried.
 	marks     []*bpfwatch.Handle
 	prevMarks []bpfwatch.Activity
+	tried     []bool
 
 	mu  sync.Mutex
 	srv *handoff.Server
@@ -476,18 +478,8 @@ func (h *handoffApp) run(ctx context.Context) {
 		return
 	}
 	go h.srv.Run(ctx)
-	// Count from now, stopped or not: a connection that wakes the app is counted from
-	// its handshake, as the kernel sees no connection made before its listener was
-	// watched.
-	h.marks = h.watchListeners()
-	h.prevMarks = make([]bpfwatch.Activity, len(h.marks))
-	defer func() {
-		for _, m := range h.marks {
-			if m != nil {
-				m.Close()
-			}
-		}
-	}()
+	h.watchListeners() // those a reload moved in since startUnit
+	defer h.closeMarks()
 	backoff := time.Duration(0)
 	for {
 		wake := activator.Wake{Remote: "backlog"}
@@ -654,31 +646,46 @@ func (h *handoffApp) watch(ctx context.Context, live context.Context) {
 // for unicorn and the test server), a request 450 µs or more.
 const cpuBusy = 200 * time.Microsecond
 
-// watchListeners starts the programs' counts for the app's listeners (nil where they
-// cannot count: no programs, or unix without connect_unix).
-func (h *handoffApp) watchListeners() []*bpfwatch.Handle {
-	marks := make([]*bpfwatch.Handle, len(h.lns))
+// watchListeners starts the programs' counts for the app's listeners, before the app
+// runs or sact serves: a connection that wakes the app is then counted from its
+// handshake (the kernel counts no connection made before its listener was watched).
+// Where they cannot count (no programs, or unix without connect_unix) the mark stays
+// nil. Called again, it tries only the listeners it has not tried (those a reload
+// moved in later). Not concurrently with itself, watch or closeMarks.
+func (h *handoffApp) watchListeners() {
+	if h.marks == nil {
+		h.marks = make([]*bpfwatch.Handle, len(h.lns))
+		h.prevMarks = make([]bpfwatch.Activity, len(h.lns))
+		h.tried = make([]bool, len(h.lns))
+	}
 	if h.counters == nil {
-		return marks
+		return
 	}
 	all := true
 	for i, ln := range h.lns {
-		if ln == nil {
-			all = false
-			continue
-		}
-		m, err := h.counters.Watch(ln.Addr())
-		if err != nil {
-			all = false
-			if !errors.Is(err, bpfwatch.ErrUnixUnsupported) {
+		if ln != nil && !h.tried[i] {
+			h.tried[i] = true
+			m, err := h.counters.Watch(ln.Addr())
+			if err == nil {
+				h.marks[i] = m
+			} else if !errors.Is(err, bpfwatch.ErrUnixUnsupported) {
 				h.log.Warn("cannot count the listener's connections in the kernel; judging it from sock_diag alone", "listen", ln.Addr().String(), "reason", err)
 			}
-			continue
 		}
-		marks[i] = m
+		all = all && h.marks[i] != nil
 	}
 	h.exact.Store(all)
-	return marks
+}
+
+// closeMarks ends the programs' counts for the app's listeners.
+func (h *handoffApp) closeMarks() {
+	for i, m := range h.marks {
+		if m != nil {
+			m.Close()
+			h.marks[i] = nil
+		}
+	}
+	h.exact.Store(false)
 }
 
 // cpuTime finds the container's CPU time, the backup signal for open connections

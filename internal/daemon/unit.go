@@ -206,6 +206,9 @@ func (d *daemon) startUnit(u *unit, after []<-chan struct{}) {
 	watchCtx, stopWatch := context.WithCancel(ctx)
 	u.cancel, u.stopWatch = cancel, stopWatch
 	app := u.app
+	if u.handoff != nil {
+		u.handoff.watchListeners() // now, not when its goroutine gets to it: clients come as sact serves
+	}
 	d.apps.Add(1)
 	go func() {
 		defer d.apps.Done()
@@ -214,6 +217,9 @@ func (d *daemon) startUnit(u *unit, after []<-chan struct{}) {
 			select {
 			case <-c:
 			case <-ctx.Done():
+				if u.handoff != nil {
+					u.handoff.closeMarks()
+				}
 				u.closeListeners()
 				return
 			}
