@@ -71,8 +71,9 @@ func buildDeb(t *testing.T) string {
 }
 
 // bootSystemd runs image with systemd as PID 1, in the way this engine allows (no
-// --privileged), and waits until it has booted. The container is removed after the test.
-func bootSystemd(t *testing.T, image string) *systemdHost {
+// --privileged), with the host's directory shared at the same path, and waits until it
+// has booted. The container is removed after the test.
+func bootSystemd(t *testing.T, image string, shared string) *systemdHost {
 	t.Helper()
 	h := &systemdHost{t: t, name: uniqueName(t, "systemd")}
 	t.Cleanup(func() { exec.Command("docker", "rm", "-f", h.name).Run() })
@@ -80,7 +81,7 @@ func bootSystemd(t *testing.T, image string) *systemdHost {
 		"--cap-add", "SYS_ADMIN", "--security-opt", "seccomp=unconfined",
 		"--tmpfs", "/run", "--tmpfs", "/run/lock", "--tmpfs", "/tmp",
 		"-v", "/sys/fs/cgroup:/sys/fs/cgroup:ro", "-e", "container=docker",
-		"-v", "/var/run/docker.sock:/run/docker.sock", image)
+		"-v", "/var/run/docker.sock:/run/docker.sock", "-v", shared+":"+shared, image)
 	start := time.Now()
 	for {
 		out, _ := h.exec("systemctl", "is-system-running")
@@ -177,7 +178,28 @@ func TestSystemdDeb(t *testing.T) {
 	}
 
 	began := time.Now()
-	h := bootSystemd(t, image)
+	// An app's mounted directory, and the sockets in it, are at the same path for the host's
+	// engine (which resolves the app's volumes), for sact in the systemd host (which dials
+	// the app's unix upstream there) and for this test (which connects to the front socket).
+	//
+	// Not under /tmp: sact dials an upstream beneath the first directory others can write
+	// without crossing a mount point, and in the systemd host the shared directory is one.
+	shared, err := os.MkdirTemp("/run", "sact-e2e-systemd-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(shared) })
+	os.Chmod(shared, 0o755)
+	sockets := filepath.Join(shared, "sockets")
+	os.Mkdir(sockets, 0o777)
+	os.Chmod(sockets, 0o777)
+	front := filepath.Join(shared, "front.sock")
+	h := bootSystemd(t, image, shared)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("journalctl -u sact:\n%s", h.journal())
+		}
+	})
 
 	// Install: the group, the enabled socket; sact itself does not run yet.
 	docker(t, "cp", deb, h.name+":/var/tmp/sact.deb")
@@ -197,7 +219,7 @@ func TestSystemdDeb(t *testing.T) {
 	h.sh("sact check -c /etc/sact/sact.yaml") // the packaged example is valid where it lands
 
 	// The app, its socket held by systemd, and a watchdog short enough for the test.
-	app := uniqueName(t, "sdapp")
+	app, unixApp := uniqueName(t, "sdapp"), uniqueName(t, "sdunix")
 	config := func(extra string) string {
 		return fmt.Sprintf(`admin:
   group: sact
@@ -209,11 +231,23 @@ apps:
     port: 8080
     idle: 5m
     stop_timeout: 3s
-%[3]s`, app, testImage, extra)
+  %[4]s:
+    image: %[2]s
+    user: "1001"
+    volumes: ["%[5]s:/app/sockets"]
+    env: {NAME: %[4]s, LISTEN: "unix:/app/sockets/app.sock"}
+    listen: ["unix:%[6]s"]
+    upstream: unix:%[5]s/app.sock
+    idle: 5m
+    stop_timeout: 3s
+%[3]s`, app, testImage, extra, unixApp, sockets, front)
 	}
 	h.write("/etc/sact/sact.yaml", config(""))
 	h.write("/etc/systemd/system/sact.service.d/watchdog.conf", "[Service]\nWatchdogSec=3s\n")
-	h.sh("systemctl daemon-reload && systemctl enable --now sact-app@" + app + ".socket")
+	// The unix app's socket is outside /run/sact: a copy of the template unit, as the
+	// template's comment says.
+	h.sh(fmt.Sprintf(`sed -e 's|^ListenStream=.*|ListenStream=%s|' -e 's|%%i|%s|g' /lib/systemd/system/sact-app@.socket >/etc/systemd/system/sact-%s.socket`, front, unixApp, unixApp))
+	h.sh("systemctl daemon-reload && systemctl enable --now sact-app@" + app + ".socket sact-" + unixApp + ".socket")
 	if s := h.active("sact.service"); s == "active" {
 		t.Fatalf("sact runs before any connection")
 	}
@@ -229,11 +263,16 @@ apps:
 	if s := h.active("sact.service"); s != "active" {
 		t.Fatalf("sact.service is %s after the first request", s)
 	}
-	if st := h.sh("systemctl show -p Type -p StatusText --value sact.service"); !strings.Contains(st, "notify") || !strings.Contains(st, "serving 1 apps") {
+	if st := h.sh("systemctl show -p Type -p StatusText --value sact.service"); !strings.Contains(st, "notify") || !strings.Contains(st, "serving 2 apps") {
 		t.Errorf("sact.service: %q; want Type=notify and the READY status", st)
 	}
 	if s := containerState(t, app); s != "running" {
 		t.Fatalf("app container is %q after the first request", s)
+	}
+	// From the host, through the shared directory: the systemd host's sact relays to the
+	// app's own socket in its mounted directory.
+	if body, err := httpGet(front, "/"); err != nil || !strings.Contains(body, unixApp) {
+		t.Errorf("from the host to %s: %q, %v; want the app %s over its unix upstream", front, body, err, unixApp)
 	}
 
 	// Reload: a second app appears; a broken config fails the reload and changes nothing.
@@ -273,16 +312,21 @@ apps:
 	// Restart under a client loop: nothing refused, the running app adopted.
 	before := docker(t, "inspect", "-f", "{{.Id}} {{.State.StartedAt}}", "sact-"+app)
 	pid := h.mainPID()
+	hostLoop := clientLoop(t, front, 2, 20*time.Millisecond) // from the host, through the shared socket
 	loopOut := h.sh(`rm -f /tmp/codes /tmp/stop
 ( while [ ! -e /tmp/stop ]; do ` + curl + ` -o /dev/null -w '%{http_code}\n' >>/tmp/codes 2>>/tmp/errors; done ) &
 sleep 1; systemctl restart sact; sleep 1; systemctl restart sact; sleep 1
 touch /tmp/stop; wait
 echo total $(wc -l </tmp/codes) ok $(grep -c '^200$' /tmp/codes); cat /tmp/errors`)
+	hostOK, hostFailed := hostLoop.stop()
 	var total, ok int
 	fmt.Sscanf(loopOut, "total %d ok %d", &total, &ok)
-	t.Logf("RELIABILITY systemctl restart sact twice under a client loop: %d of %d requests served", ok, total)
+	t.Logf("RELIABILITY systemctl restart sact twice under client loops: %d of %d requests served (curl in the systemd host), %d of %d (from the host through the shared unix socket)", ok, total, hostOK, hostOK+hostFailed)
 	if total < 10 || ok != total {
 		t.Errorf("across restarts: %d of %d requests served; want all:\n%s", ok, total, loopOut)
+	}
+	if hostOK < 10 || hostFailed != 0 {
+		t.Errorf("across restarts, from the host: %d served, %d failed; want none failed", hostOK, hostFailed)
 	}
 	if p := h.mainPID(); p == pid || p == 0 {
 		t.Errorf("sact's pid %d -> %d: not restarted", pid, p)
