@@ -643,8 +643,9 @@ func (h *handoffApp) watch(ctx context.Context, live context.Context) {
 
 // cpuBusy is the CPU time per sampling period that counts as an app working on a
 // connection whose bytes cannot be seen: an idle app uses next to none (0 µs a second
-// for unicorn and the test server), a request 450 µs or more.
-const cpuBusy = 200 * time.Microsecond
+// for unicorn and the test server, measured), a request on a kept-alive connection
+// 220-400 µs, on a new one 450 µs or more.
+const cpuBusy = 50 * time.Microsecond
 
 // watchListeners starts the programs' counts for the app's listeners, before the app
 // runs or sact serves: a connection that wakes the app is then counted from its

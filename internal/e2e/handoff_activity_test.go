@@ -47,9 +47,32 @@ func shortRequest(network, addr string) error {
 // the time a stop takes to be logged). Over TCP and over a unix socket, with a new
 // connection per request that the client closes (issue 12: on sock_diag alone the app
 // was stopped every 5 s), and with one kept-alive connection that then stays open and
-// silent, as in nginx's pool: that must not keep the app forever.
+// silent, as in nginx's pool: that must not keep the app forever. The same in proxy
+// mode, where sact relays every byte.
 func TestHandoffBusyAppIsKept(t *testing.T) {
 	needDocker(t)
+	for _, handoff := range []bool{true, false} {
+		t.Run(map[bool]string{true: "handoff", false: "proxy"}[handoff], func(t *testing.T) {
+			t.Parallel()
+			testBusyAppIsKept(t, handoff)
+		})
+	}
+}
+
+// proxyConfig is an app of the test image that sact relays to, on TCP and unix.
+func proxyConfig(name, tcp, unixPath string) string {
+	return fmt.Sprintf(`
+  %[1]s:
+    image: %[2]s
+    env: {NAME: %[1]s, LISTEN: "tcp:0.0.0.0:8080"}
+    listen: ["tcp:%[3]s", "unix:%[4]s"]
+    port: 8080
+    idle: 2s
+    stop_timeout: 2s
+`, name, testImage, tcp, unixPath)
+}
+
+func testBusyAppIsKept(t *testing.T, handoff bool) {
 	const idle, every, span = 5 * time.Second, 1500 * time.Millisecond, 30 * time.Second
 	period := min(max(idle/10, 100*time.Millisecond), time.Second)
 	type tcase struct {
@@ -71,7 +94,11 @@ func TestHandoffBusyAppIsKept(t *testing.T) {
 			if network == "unix" {
 				tc.addr = sock
 			}
-			cfg += strings.TrimPrefix(handoffConfig(tc.app, tcp, sock, ""), "apps:\n")
+			if handoff {
+				cfg += strings.TrimPrefix(handoffConfig(tc.app, tcp, sock, ""), "apps:\n")
+			} else {
+				cfg += strings.TrimPrefix(proxyConfig(tc.app, tcp, sock), "\n")
+			}
 			cases = append(cases, tc)
 		}
 	}
@@ -148,6 +175,9 @@ func TestHandoffBusyAppIsKept(t *testing.T) {
 			t.Logf("%s: stopping %v after the last request", tc.label, took)
 			if limit := idle + period + time.Second; took > limit {
 				t.Errorf("%s: stopping %v after the last request, want within %v (idle + one sampling period + 1s to log it)", tc.label, took, limit)
+			}
+			if took < idle-100*time.Millisecond {
+				t.Errorf("%s: stopping %v after the last request, want idle (%v) at least", tc.label, took, idle)
 			}
 		})
 	}
