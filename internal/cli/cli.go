@@ -14,6 +14,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime/debug"
+	"slices"
 	"sort"
 	"syscall"
 	"time"
@@ -25,6 +26,7 @@ import (
 	"github.com/sact-project/sact/internal/daemon"
 	"github.com/sact-project/sact/internal/handoff"
 	"github.com/sact-project/sact/internal/listen"
+	"github.com/sact-project/sact/internal/sockdiag/bpfwatch"
 )
 
 // DefaultConfig is where sact looks for its config when -c is not given.
@@ -181,7 +183,23 @@ func check(ctx context.Context, e *env, args []string) error {
 		fmt.Fprintf(e.stderr, "note: apps declared by container labels were not checked: %v\n", err)
 	}
 	fmt.Fprintf(e.stdout, "%s: ok, %d apps (%d from container labels)\n", *path, len(cfg.Apps), labelled)
+	if slices.ContainsFunc(cfg.Apps, func(a *config.App) bool { return a.Handoff }) {
+		checkCounters(e)
+	}
 	return nil
+}
+
+// checkCounters says how sact, run as this user here, will judge handoff apps idle: from
+// the kernel's count of every connection (eBPF), or from sock_diag snapshots.
+func checkCounters(e *env) {
+	switch err := bpfwatch.Check(bpfwatch.Options{}); {
+	case err == nil:
+		fmt.Fprintln(e.stdout, "handoff: every connection and byte of handoff apps is counted in the kernel (eBPF)")
+	case errors.Is(err, bpfwatch.ErrUnixUnsupported):
+		fmt.Fprintf(e.stdout, "note: connections to handoff apps' unix sockets cannot be counted in the kernel here (%v); they will be judged from sock_diag snapshots and CPU time (Linux 6.7 or later counts them)\n", err)
+	default:
+		fmt.Fprintf(e.stdout, "note: handoff apps will be judged idle from sock_diag snapshots, which miss connections that open and close between two looks, so a busy app may be stopped: %v; sact counts every connection when it runs as root on Linux 5.7 or later with BTF\n", err)
+	}
 }
 
 // addLabelApps adds the apps that containers declare with labels (sact.enable=true). A

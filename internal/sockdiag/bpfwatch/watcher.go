@@ -542,3 +542,19 @@ func monoNow() uint64 {
 	unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
 	return uint64(ts.Nano())
 }
+
+// Check reports whether Open would succeed here, for `sact check`: it opens a Watcher
+// and closes it at once. The error is Open's, or wraps ErrUnixUnsupported when only
+// unix listeners cannot be watched.
+func Check(opts Options) error {
+	w, err := Open(opts)
+	if err != nil {
+		return err
+	}
+	uerr := w.UnixErr()
+	w.Close()
+	if uerr != nil {
+		return fmt.Errorf("%w: %v", ErrUnixUnsupported, uerr)
+	}
+	return nil
+}

@@ -840,3 +840,19 @@ func TestCgroupCPU(t *testing.T) {
 		t.Errorf("the cgroup used %v while its process spun for 100 ms", d)
 	}
 }
+
+func TestCheck(t *testing.T) {
+	if err := Check(Options{refuse: unix.EPERM}); !errors.Is(err, unix.EPERM) {
+		t.Errorf("Check with BPF refused = %v", err)
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	err := Check(Options{Dir: t.TempDir(), NoUnix: true})
+	if !errors.Is(err, ErrUnixUnsupported) {
+		t.Errorf("Check without unix = %v, want ErrUnixUnsupported", err)
+	}
+	if err := Check(Options{Dir: t.TempDir()}); err != nil && !errors.Is(err, ErrUnixUnsupported) {
+		t.Errorf("Check as root = %v", err)
+	}
+}
