@@ -35,8 +35,10 @@ import (
 // Handoff mode: the app's listeners are passed into it, and sact never accepts on them.
 // While the app is stopped, sact waits for a listener to become readable (a client in the
 // backlog), starts the app and steps aside; the client waits in the kernel until the app
-// accepts it. While the app runs, sact asks the kernel (sock_diag) about the listeners'
-// connections to keep the idle clock.
+// accepts it. While the app runs, sact reads the kernel's count of every connection and
+// byte on the listeners (bpfwatch, where the kernel allows it) and asks it (sock_diag)
+// about the connections still open, to keep the idle clock; for open connections whose
+// bytes it cannot see (unix) the container's CPU time tells whether the app works.
 
 // pider is implemented by runtimes that can tell the host pid of an app's first process,
 // which is the only process let in to fetch the sockets.

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -230,4 +231,96 @@ func handoffStatus(t *testing.T, d *daemon, app string) appStatus {
 	}
 	t.Errorf("sact status shows no app %s: %s", app, out)
 	return appStatus{}
+}
+
+// The issue's own setup: the Rack/unicorn example behind real nginx (its keep-alive
+// upstream pool), handed off and relayed, over a unix socket and over TCP. A request
+// every 1.5 s for 30 s with idle: 5s gives one cold start, and the app stops within idle
+// plus one sampling period of the last request (issue 12: 5-9 cold starts in 30 s).
+func TestUnicornBehindNginxIsKept(t *testing.T) {
+	image := needRack(t)
+	needTool(t, "nginx")
+	const idle, every, span = 5 * time.Second, 1500 * time.Millisecond, 30 * time.Second
+	period := min(max(idle/10, 100*time.Millisecond), time.Second)
+	for _, mode := range []string{"handoff", "proxy"} {
+		t.Run(mode, func(t *testing.T) {
+			t.Parallel()
+			dir := t.TempDir()
+			type tcase struct{ network, app, listen, server string }
+			var cases []tcase
+			cfg := "apps:\n"
+			for _, network := range []string{"unix", "tcp"} {
+				tc := tcase{network: network, app: uniqueName(t, "rackbusy")}
+				if network == "unix" {
+					sock := filepath.Join(dir, tc.app+".sock")
+					tc.listen, tc.server = fmt.Sprintf("{address: %q, mode: \"0666\"}", "unix:"+sock), "unix:"+sock
+				} else {
+					addr := freeAddr(t)
+					tc.listen, tc.server = fmt.Sprintf("%q", "tcp:"+addr), addr
+				}
+				if mode == "handoff" {
+					cfg += fmt.Sprintf(`  %[1]s:
+    image: %[2]s
+    user: "1001"
+    network: none
+    handoff: true
+    listen: [%[3]s]
+    idle: %[4]v
+    stop_timeout: 5s
+`, tc.app, image, tc.listen, idle)
+				} else {
+					tmp := filepath.Join(dir, tc.app)
+					for _, sub := range []string{"sockets", "pids"} {
+						os.MkdirAll(filepath.Join(tmp, sub), 0o777)
+						os.Chmod(filepath.Join(tmp, sub), 0o777)
+					}
+					cfg += fmt.Sprintf(`  %[1]s:
+    image: %[2]s
+    user: "1001"
+    volumes: ["%[5]s:/app/tmp"]
+    env: {SOCKET_FILE: /app/tmp/sockets/unicorn.sock}
+    listen: [%[3]s]
+    upstream: unix:%[5]s/sockets/unicorn.sock
+    idle: %[4]v
+    stop_timeout: 5s
+`, tc.app, image, tc.listen, idle, tmp)
+				}
+				cases = append(cases, tc)
+			}
+			d := startSact(t, cfg)
+			var wg sync.WaitGroup
+			for _, tc := range cases {
+				front := startNginxTo(t, tc.server)
+				wg.Go(func() {
+					var last time.Time
+					for start := time.Now(); time.Since(start) < span; time.Sleep(every) {
+						body, err := httpGet(front, "/")
+						if err != nil || !strings.Contains(body, "Simple app for test") {
+							t.Errorf("%s: request through nginx: %q, %v", tc.network, body, err)
+							return
+						}
+						last = time.Now()
+					}
+					if n := d.countLog(`"msg":"app ready"&&` + tc.app); n != 1 {
+						t.Errorf("%s: %d cold starts in %v of a request every %v (idle %v), want 1", tc.network, n, span, every, idle)
+					}
+					stops := `"msg":"stopping app"&&"reason":"idle"&&` + tc.app
+					before := d.countLog(stops)
+					for d.countLog(stops) == before && time.Since(last) < idle+15*time.Second {
+						time.Sleep(20 * time.Millisecond)
+					}
+					took := time.Since(last)
+					if d.countLog(stops) == before {
+						t.Errorf("%s: not stopped %v after the last request, with nginx's pool open", tc.network, took)
+						return
+					}
+					t.Logf("%s: stopping %v after the last request", tc.network, took)
+					if limit := idle + period + time.Second; took > limit || took < idle-100*time.Millisecond {
+						t.Errorf("%s: stopping %v after the last request, want between %v and %v", tc.network, took, idle, limit)
+					}
+				})
+			}
+			wg.Wait()
+		})
+	}
 }

@@ -14,6 +14,13 @@ import (
 // upstream pool included), and returns its address.
 func startNginx(t *testing.T, upstreamSock string) string {
 	t.Helper()
+	return startNginxTo(t, "unix:"+upstreamSock)
+}
+
+// startNginxTo is startNginx for an upstream server of nginx's syntax: "unix:PATH" or
+// "HOST:PORT".
+func startNginxTo(t *testing.T, server string) string {
+	t.Helper()
 	bin := needTool(t, "nginx")
 	dir := t.TempDir()
 	addr := freeAddr(t)
@@ -30,7 +37,7 @@ http {
   uwsgi_temp_path %[1]s;
   scgi_temp_path %[1]s;
   upstream app_sact {
-    server unix:%[2]s;
+    server %[2]s;
     keepalive 8;
   }
   server {
@@ -47,7 +54,7 @@ http {
     }
   }
 }
-`, dir, upstreamSock, addr)
+`, dir, server, addr)
 	path := filepath.Join(dir, "nginx.conf")
 	os.WriteFile(path, []byte(conf), 0o644)
 	cmd := exec.Command(bin, "-p", dir, "-c", path)
