@@ -330,8 +330,27 @@ func serve(ctx context.Context, e *env, args []string) error {
 		// little memory and measurably less CPU per proxied request (BENCHMARKS.md).
 		debug.SetGCPercent(400)
 	}
-	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
+	// SIGTERM or SIGINT: stop. Under systemd, the sockets sact bound itself go into its
+	// file descriptor store first, so that `systemctl restart sact` refuses nothing on them.
+	ctx, stop := context.WithCancel(ctx)
 	defer stop()
+	term := make(chan os.Signal, 1)
+	signal.Notify(term, syscall.SIGTERM, syscall.SIGINT)
+	defer signal.Stop(term)
+	go func() {
+		select {
+		case <-term:
+		case <-ctx.Done():
+			return
+		}
+		if n, err := listen.StoreInSystemd(); err != nil {
+			log.Warn("cannot keep the listening sockets in systemd across the restart; connections are refused until sact is back", "reason", err, "hint", "set FileDescriptorStoreMax= in sact.service")
+		} else if n > 0 {
+			listen.KeepSocketFiles() // the stored unix sockets keep their paths
+			log.Info("listening sockets kept in systemd's file descriptor store", "count", n)
+		}
+		stop()
+	}()
 	// SIGUSR2 (sact restart): hand the sockets over to a new sact, then exit as on SIGTERM.
 	ctx, exitForNew := context.WithCancel(ctx)
 	defer exitForNew()

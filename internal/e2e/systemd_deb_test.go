@@ -244,10 +244,9 @@ apps:
 	}
 	h.write("/etc/sact/sact.yaml", config(""))
 	h.write("/etc/systemd/system/sact.service.d/watchdog.conf", "[Service]\nWatchdogSec=3s\n")
-	// The unix app's socket is outside /run/sact: a copy of the template unit, as the
-	// template's comment says.
-	h.sh(fmt.Sprintf(`sed -e 's|^ListenStream=.*|ListenStream=%s|' -e 's|%%i|%s|g' /lib/systemd/system/sact-app@.socket >/etc/systemd/system/sact-%s.socket`, front, unixApp, unixApp))
-	h.sh("systemctl daemon-reload && systemctl enable --now sact-app@" + app + ".socket sact-" + unixApp + ".socket")
+	// The unix app's socket has no .socket unit: sact binds it, and keeps it in systemd's
+	// file descriptor store across restarts.
+	h.sh("systemctl daemon-reload && systemctl enable --now sact-app@" + app + ".socket")
 	if s := h.active("sact.service"); s == "active" {
 		t.Fatalf("sact runs before any connection")
 	}
@@ -306,8 +305,10 @@ apps:
 	if body := h.sh(curl); !strings.Contains(body, app) {
 		t.Errorf("after a refused reload the app answered %q", body)
 	}
+	// The added app is removed by the restart below, not by a reload: the old sact keeps
+	// its socket in systemd's store as it stops, and the new one, which has no such app,
+	// must free it.
 	h.write("/etc/sact/sact.yaml", config(""))
-	h.sh("systemctl reload sact")
 
 	// Restart under a client loop: nothing refused, the running app adopted.
 	before := docker(t, "inspect", "-f", "{{.Id}} {{.State.StartedAt}}", "sact-"+app)
@@ -334,8 +335,13 @@ echo total $(wc -l </tmp/codes) ok $(grep -c '^200$' /tmp/codes); cat /tmp/error
 	if after := docker(t, "inspect", "-f", "{{.Id}} {{.State.StartedAt}}", "sact-"+app); after != before {
 		t.Errorf("the app's container changed across the restart: %s -> %s; want it adopted", before, after)
 	}
-	if j := h.journal(); !strings.Contains(j, "adopted running app") {
-		t.Errorf("the journal does not show the app adopted:\n%s", j)
+	if j := h.journal(); !strings.Contains(j, "adopted running app") || !strings.Contains(j, "kept in systemd's file descriptor store") {
+		t.Errorf("the journal does not show the app adopted and the sockets kept in systemd:\n%s", j)
+	}
+	// The app removed across the restart keeps no socket in systemd: its address refuses
+	// at once.
+	if out, err := h.exec("curl", "-sS", "--max-time", "5", "http://127.0.0.1:9001/"); err == nil || !strings.Contains(out, "curl: (7)") { // 7: cannot connect; 28 would be a wait
+		t.Errorf("the removed app's address after restarts: %v %s; want the connection refused", err, out)
 	}
 
 	// The watchdog: a sact that stops answering is killed and started again.

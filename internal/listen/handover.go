@@ -10,25 +10,31 @@ import (
 )
 
 // The listening sockets this process holds (bound by Listen, or passed by systemd), so
-// that a restart of sact without systemd (sact restart, SIGUSR2) can pass them to the new
-// sact, as nginx does when it upgrades its binary: the new process serves on the very
-// sockets clients queue on, and none is refused. Weak pointers: a listener closed and
-// dropped by a reload is forgotten.
+// that a restart of sact can pass them on: without systemd to the new sact (sact restart,
+// SIGUSR2), as nginx does when it upgrades its binary; under systemd into its file
+// descriptor store (StoreInSystemd). Either way the new process serves on the very sockets
+// clients queue on, and none is refused. Weak pointers: a listener closed and dropped by a
+// reload is forgotten.
 var held struct {
 	mu   sync.Mutex
-	tcp  []weak.Pointer[net.TCPListener]
-	unix []weak.Pointer[net.UnixListener]
+	tcp  []ref[net.TCPListener]
+	unix []ref[net.UnixListener]
+}
+
+type ref[T any] struct {
+	p           weak.Pointer[T]
+	fromSystemd bool // passed by systemd, which holds it already
 }
 
 // hold records ln as one of this process's listening sockets.
-func hold(ln net.Listener) {
+func hold(ln net.Listener, fromSystemd bool) {
 	held.mu.Lock()
 	defer held.mu.Unlock()
 	switch l := ln.(type) {
 	case *net.TCPListener:
-		held.tcp = append(held.tcp, weak.Make(l))
+		held.tcp = append(held.tcp, ref[net.TCPListener]{weak.Make(l), fromSystemd})
 	case *net.UnixListener:
-		held.unix = append(held.unix, weak.Make(l))
+		held.unix = append(held.unix, ref[net.UnixListener]{weak.Make(l), fromSystemd})
 	}
 }
 
@@ -42,38 +48,41 @@ type filer interface {
 // to take (LISTEN_FDS): it finds its own by address. Closed listeners are left out. The
 // caller closes the files.
 func Files() ([]*os.File, error) {
+	files, _, err := heldFiles(true)
+	return files, err
+}
+
+// heldFiles returns copies of the open listeners held, with their addresses; those
+// systemd passed only if withSystemd.
+func heldFiles(withSystemd bool) ([]*os.File, []net.Addr, error) {
 	held.mu.Lock()
 	defer held.mu.Unlock()
 	var files []*os.File
-	add := func(l filer) error {
-		f, err := l.File()
-		if err != nil {
-			if isClosed(err) {
-				return nil
+	var addrs []net.Addr
+	var err error
+	add := func(l filer, fromSystemd bool) {
+		if err != nil || (fromSystemd && !withSystemd) {
+			return
+		}
+		f, e := l.File()
+		if e != nil {
+			if !errors.Is(e, net.ErrClosed) {
+				err = fmt.Errorf("passing on the socket %s: %w", l.Addr(), e)
 			}
-			return fmt.Errorf("passing on the socket %s: %w", l.Addr(), err)
+			return
 		}
 		files = append(files, f)
-		return nil
+		addrs = append(addrs, l.Addr())
 	}
-	var err error
-	held.tcp = live(held.tcp, func(l *net.TCPListener) {
-		if err == nil {
-			err = add(l)
-		}
-	})
-	held.unix = live(held.unix, func(l *net.UnixListener) {
-		if err == nil {
-			err = add(l)
-		}
-	})
+	held.tcp = live(held.tcp, func(l *net.TCPListener, sd bool) { add(l, sd) })
+	held.unix = live(held.unix, func(l *net.UnixListener, sd bool) { add(l, sd) })
 	if err != nil {
 		for _, f := range files {
 			f.Close()
 		}
-		return nil, err
+		return nil, nil, err
 	}
-	return files, nil
+	return files, addrs, nil
 }
 
 // KeepSocketFiles makes closing the unix listeners this process holds leave their socket
@@ -82,19 +91,17 @@ func Files() ([]*os.File, error) {
 func KeepSocketFiles() {
 	held.mu.Lock()
 	defer held.mu.Unlock()
-	held.unix = live(held.unix, func(l *net.UnixListener) { l.SetUnlinkOnClose(false) })
+	held.unix = live(held.unix, func(l *net.UnixListener, _ bool) { l.SetUnlinkOnClose(false) })
 }
 
 // live calls f on each listener still referenced and returns those.
-func live[T any](ps []weak.Pointer[T], f func(*T)) []weak.Pointer[T] {
-	out := ps[:0]
-	for _, p := range ps {
-		if l := p.Value(); l != nil {
-			f(l)
-			out = append(out, p)
+func live[T any](rs []ref[T], f func(*T, bool)) []ref[T] {
+	out := rs[:0]
+	for _, r := range rs {
+		if l := r.p.Value(); l != nil {
+			f(l, r.fromSystemd)
+			out = append(out, r)
 		}
 	}
 	return out
 }
-
-func isClosed(err error) bool { return errors.Is(err, net.ErrClosed) }

@@ -30,7 +30,7 @@ func Listen(ctx context.Context, a Addr) (net.Listener, error) {
 			}
 			return nil, fmt.Errorf("listening on %s: %w%s", a, err, hint)
 		}
-		hold(ln)
+		hold(ln, false)
 		return ln, nil
 	}
 	if err := removeStale(ctx, a.Address); err != nil {
@@ -44,7 +44,7 @@ func Listen(ctx context.Context, a Addr) (net.Listener, error) {
 		ln.Close()
 		return nil, fmt.Errorf("listening on %s: %w", a, err)
 	}
-	hold(ln)
+	hold(ln, false)
 	return ln, nil
 }
 

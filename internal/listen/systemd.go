@@ -36,7 +36,7 @@ func FromSystemd() *Inherited {
 		if strings.HasPrefix(name, "LISTEN_FD_") { // go-systemd's name when none was given
 			name = ""
 		}
-		hold(ln)
+		hold(ln, true)
 		in.socks = append(in.socks, inheritedSock{name: name, ln: ln})
 	}
 	return in
@@ -70,6 +70,7 @@ func (in *Inherited) Take(a Addr, name string) net.Listener {
 }
 
 // Rest closes the sockets nobody claimed and returns their addresses, for a warning.
+// Those sact itself stored in systemd (StoreInSystemd) are removed from the store instead.
 func (in *Inherited) Rest() []string {
 	if in == nil {
 		return nil
@@ -78,7 +79,10 @@ func (in *Inherited) Rest() []string {
 	defer in.mu.Unlock()
 	var out []string
 	for _, s := range in.socks {
-		if !in.quiet {
+		if strings.HasPrefix(s.name, storedPrefix) {
+			// sact stored it as it stopped, and its app is gone: free the address.
+			forgetStored(s.name)
+		} else if !in.quiet {
 			out = append(out, s.ln.Addr().String())
 		}
 		s.ln.Close()
