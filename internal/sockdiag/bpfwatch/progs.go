@@ -22,6 +22,7 @@ const (
 	opsLocalIP6   = 48
 	opsLocalPort  = 68 // host byte order
 	opsFullsock   = 72
+	opsCbFlags    = 84 // bpf_sock_ops_cb_flags
 	opsBytesRecv  = 168
 	opsBytesAcked = 176
 	opsSk         = 184
@@ -145,9 +146,11 @@ func sockOpsProgram(listeners, counters, conns int) asm.Instructions {
 
 		asm.LoadMem(asm.R7, asm.R0, 0, asm.Word).WithSymbol("found"), // slot
 		asm.LoadMem(asm.R8, asm.R0, 4, asm.Word),                     // gen
-		// Ask for the callbacks that show the connection's bytes and its end.
+		// Ask for the callbacks that show the connection's bytes and its end, on top
+		// of any another program asked for (the helper sets the flags, it does not add).
+		asm.LoadMem(asm.R2, asm.R6, opsCbFlags, asm.Word),
+		asm.Or.Imm(asm.R2, callbacks),
 		asm.Mov.Reg(asm.R1, asm.R6),
-		asm.Mov.Imm(asm.R2, callbacks),
 		asm.FnSockOpsCbFlagsSet.Call(),
 		// Its state: which slot it counts in, and its counters as last seen (zero: the
 		// bytes it brought with its handshake count too).

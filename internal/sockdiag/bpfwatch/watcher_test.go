@@ -19,7 +19,9 @@ import (
 	"unsafe"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/btf"
+	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 )
 
@@ -762,6 +764,7 @@ func TestContextLayout(t *testing.T) {
 		"op": opsOp, "args": opsArgs, "family": opsFamily, "local_ip4": opsLocalIP4,
 		"local_ip6": opsLocalIP6, "local_port": opsLocalPort, "is_fullsock": opsFullsock,
 		"bytes_received": opsBytesRecv, "bytes_acked": opsBytesAcked, "sk": opsSk,
+		"bpf_sock_ops_cb_flags": opsCbFlags,
 	}
 	// Anonymous unions (args/reply, and each __bpf_md_ptr) hold the named members.
 	var walk func(members []btf.Member, base uint32)
@@ -854,5 +857,80 @@ func TestCheck(t *testing.T) {
 	}
 	if err := Check(Options{Dir: t.TempDir()}); err != nil && !errors.Is(err, ErrUnixUnsupported) {
 		t.Errorf("Check as root = %v", err)
+	}
+}
+
+// The callbacks another sock_ops program asked for on a watched connection are kept:
+// the programs add theirs (bpf_sock_ops_cb_flags_set replaces the set).
+func TestOtherProgramsCallbacksKept(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	ln := listenTCP(t, "127.0.0.1:0")
+	port := ln.Addr().(*net.TCPAddr).Port
+	seen, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer seen.Close()
+	// Another program, attached first: asks for RTO callbacks on connections to port,
+	// and records the flags it finds at their state changes.
+	other, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.SockOps, License: "GPL", Instructions: asm.Instructions{
+		asm.Mov.Reg(asm.R6, asm.R1),
+		asm.LoadMem(asm.R2, asm.R6, opsLocalPort, asm.Word),
+		asm.JNE.Imm(asm.R2, int32(port), "allow"),
+		asm.LoadMem(asm.R2, asm.R6, opsOp, asm.Word),
+		asm.JEq.Imm(asm.R2, opStateCB, "state"),
+		asm.JNE.Imm(asm.R2, opPassiveEstablished, "allow"),
+		asm.Mov.Reg(asm.R1, asm.R6),
+		asm.Mov.Imm(asm.R2, 1), // BPF_SOCK_OPS_RTO_CB_FLAG
+		asm.FnSockOpsCbFlagsSet.Call(),
+		asm.Ja.Label("allow"),
+		asm.LoadMem(asm.R7, asm.R6, opsCbFlags, asm.Word).WithSymbol("state"),
+		asm.StoreImm(asm.RFP, -4, 0, asm.Word),
+		asm.LoadMapPtr(asm.R1, seen.FD()),
+		asm.Mov.Reg(asm.R2, asm.RFP),
+		asm.Add.Imm(asm.R2, -4),
+		asm.FnMapLookupElem.Call(),
+		asm.JEq.Imm(asm.R0, 0, "allow"),
+		asm.StoreMem(asm.R0, 0, asm.R7, asm.Word),
+		asm.Mov.Imm(asm.R0, 1).WithSymbol("allow"),
+		asm.Return(),
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	root, _, err := cgroupRoot(t.TempDir(), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cg, err := os.Open(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cg.Close()
+	l, err := link.AttachRawLink(link.RawLinkOptions{Target: int(cg.Fd()), Program: other, Attach: ebpf.AttachCGroupSockOps})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+
+	w := open(t, Options{})
+	h := watch(t, w, ln.Addr())
+	serve(t, ln, func(c net.Conn) { answer(c); c.Close() })
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	roundTrip(t, c)
+	c.Close()
+	eventually(t, h, "the close", func(a Activity) bool { return a.Closes == 1 })
+	var flags uint32
+	if err := seen.Lookup(uint32(0), &flags); err != nil {
+		t.Fatal(err)
+	}
+	if flags&1 == 0 || flags&callbacks != callbacks {
+		t.Errorf("callback flags %#x at a state change, want the other program's 0x1 and ours %#x", flags, callbacks)
 	}
 }
