@@ -104,6 +104,46 @@ func TestMeasureCost(t *testing.T) {
 		runs[0]/total, runNs[0]/total, runs[1]/total, runNs[1]/total)
 }
 
+// TestMeasureUnixCost is the connect_unix program's own run time per connect(2) of a
+// unix socket, watched or not (kernel stats). Run with BPFWATCH_MEASURE=1 -v.
+func TestMeasureUnixCost(t *testing.T) {
+	if os.Getenv("BPFWATCH_MEASURE") == "" {
+		t.Skip("set BPFWATCH_MEASURE=1 to measure")
+	}
+	w := open(t, Options{})
+	if w.UnixErr() != nil {
+		t.Skip(w.UnixErr())
+	}
+	stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stats.Close()
+	dir := t.TempDir()
+	watched := listenUnix(t, dir+"/watched.sock")
+	other := listenUnix(t, dir+"/a-longer-name-for-the-socket-that-nobody-watches.sock")
+	watch(t, w, watched.Addr())
+	for _, ln := range []net.Listener{watched, other} {
+		serve(t, ln, func(c net.Conn) { c.Close() })
+	}
+	p := w.progs[len(w.progs)-1]
+	const n = 5000
+	for _, ln := range []net.Listener{other, watched} {
+		st0, _ := p.Stats()
+		start := time.Now()
+		for range n {
+			c, err := net.Dial("unix", ln.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.Close()
+		}
+		took := time.Since(start) / n
+		st1, _ := p.Stats()
+		t.Logf("%s: %d ns of program per connect, %v per connection in all", ln.Addr(), uint64(st1.Runtime-st0.Runtime)/(st1.RunCount-st0.RunCount), took)
+	}
+}
+
 // bulk sends size bytes from a server on ln to a client and returns the throughput.
 func bulk(tb testing.TB, ln net.Listener, size int) float64 {
 	c, err := net.Dial("tcp", ln.Addr().String())

@@ -92,5 +92,9 @@
 // (9 runs, client and server sides on loopback) that nobody watches, and 2.3 µs (19
 // runs) for a short connection to a watched listener, against 60-80 µs for the
 // connection itself (dial, request, response, close); the difference in wall time is
-// within the noise of a shared machine. Reading a handle's counters takes 0.8 µs.
+// within the noise of a shared machine. The connect_unix program takes 0.25 µs per unix
+// connect(2) of the host, watched or not (TestMeasureUnixCost), against 12-16 µs for a
+// connect and close. A 256 MiB download over loopback ran at 3766 MiB/s watched, 3879
+// not (TestMeasureBulk: the program runs on every ACK and every segment sent). Reading
+// a handle's counters takes 0.8 µs (BenchmarkActivity).
 package bpfwatch
