@@ -21,29 +21,23 @@ type CPU struct {
 
 // CgroupCPU finds the cgroup of process pid (for a container, its first process's)
 // from /proc/PID/cgroup: the cgroup v1 cpuacct hierarchy's if there is one, else the
-// cgroup2 one. The cgroup is found once; a container stays in its cgroup for life.
+// cgroup2 one. The cgroup is found once; a container stays in its cgroup for life. A
+// process in the calling process's own cgroup, or in the root, has no CPU time of its
+// own to read (a plain process app that sact runs, say): that is an error.
 func CgroupCPU(pid int) (*CPU, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
+	v1, haveV1, v2, haveV2, err := cgroupsOf(strconv.Itoa(pid))
 	if err != nil {
 		return nil, fmt.Errorf("finding the cgroup of process %d: %w", pid, err)
 	}
-	var v1, v2 string
-	var haveV1, haveV2 bool
-	for line := range strings.Lines(string(b)) {
-		// hierarchy-ID:controllers:path
-		f := strings.SplitN(strings.TrimSpace(line), ":", 3)
-		if len(f) != 3 {
-			continue
-		}
-		if f[0] == "0" && f[1] == "" {
-			v2, haveV2 = f[2], true
-			continue
-		}
-		for c := range strings.SplitSeq(f[1], ",") {
-			if c == "cpuacct" {
-				v1, haveV1 = f[2], true
-			}
-		}
+	s1, _, s2, _, err := cgroupsOf("self")
+	if err != nil {
+		return nil, fmt.Errorf("finding sact's own cgroup: %w", err)
+	}
+	if haveV1 && (v1 == "/" || v1 == s1) {
+		return nil, fmt.Errorf("process %d has no cpuacct cgroup of its own (it is in %s, as sact is)", pid, v1)
+	}
+	if !haveV1 && haveV2 && (v2 == "/" || v2 == s2) {
+		return nil, fmt.Errorf("process %d has no cgroup of its own (it is in %s, as sact is)", pid, v2)
 	}
 	mounts, err := os.ReadFile("/proc/self/mountinfo")
 	if err != nil {
@@ -60,6 +54,32 @@ func CgroupCPU(pid int) (*CPU, error) {
 		}
 	}
 	return nil, fmt.Errorf("process %d is in no cgroup that accounts CPU time (no cpuacct v1 hierarchy or cgroup2 mounted)", pid)
+}
+
+// cgroupsOf reads /proc/PROC/cgroup: the process's cgroup in the v1 cpuacct hierarchy
+// and in the v2 one.
+func cgroupsOf(proc string) (v1 string, haveV1 bool, v2 string, haveV2 bool, err error) {
+	b, err := os.ReadFile("/proc/" + proc + "/cgroup")
+	if err != nil {
+		return "", false, "", false, err
+	}
+	for line := range strings.Lines(string(b)) {
+		// hierarchy-ID:controllers:path
+		f := strings.SplitN(strings.TrimSpace(line), ":", 3)
+		if len(f) != 3 {
+			continue
+		}
+		if f[0] == "0" && f[1] == "" {
+			v2, haveV2 = f[2], true
+			continue
+		}
+		for c := range strings.SplitSeq(f[1], ",") {
+			if c == "cpuacct" {
+				v1, haveV1 = f[2], true
+			}
+		}
+	}
+	return v1, haveV1, v2, haveV2, nil
 }
 
 func checkCPU(c *CPU) (*CPU, error) {

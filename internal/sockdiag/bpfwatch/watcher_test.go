@@ -842,6 +842,11 @@ func TestCgroupCPU(t *testing.T) {
 	if d := after - before; d < 80*time.Millisecond || d > 2*time.Second {
 		t.Errorf("the cgroup used %v while its process spun for 100 ms", d)
 	}
+	// A process in sact's own cgroup (a plain process app) has no CPU time of its own:
+	// the cgroup's would be sact's, or the whole host's.
+	if c, err := CgroupCPU(os.Getpid()); err == nil {
+		t.Errorf("CgroupCPU of a process in the caller's cgroup reads %s", c.Path())
+	}
 }
 
 func TestCheck(t *testing.T) {
