@@ -87,7 +87,8 @@ type Server struct {
 	path      string
 	dir       string
 	ln        *net.UnixListener
-	files     []int // our duplicates of the listening sockets
+	sockFile  os.FileInfo // the socket file ln made, removed by Close if still there
+	files     []int       // our duplicates of the listening sockets
 	names     []string
 	uid       int       // the container's uid, or -1 when it is sact's own
 	pids      *pidCache // nil without Options.Pid
@@ -263,6 +264,10 @@ func (s *Server) bind(gid int) error {
 		ln.Close()
 		return err
 	}
+	// Close removes the file only while it is this socket: a newer sact (sact restart)
+	// may have bound its own at the same path before this one exits.
+	ln.SetUnlinkOnClose(false)
+	s.sockFile, _ = os.Lstat(s.path)
 	s.ln = ln
 	return nil
 }
@@ -465,9 +470,12 @@ func (s *Server) Close() error {
 		return nil
 	}
 	s.closed = true
-	err := s.ln.Close() // a listener made by ListenUnix unlinks its file
+	err := s.ln.Close()
 	if errors.Is(err, net.ErrClosed) {
 		err = nil
+	}
+	if now, e := os.Lstat(s.path); e == nil && s.sockFile != nil && os.SameFile(now, s.sockFile) {
+		os.Remove(s.path)
 	}
 	if !s.running {
 		s.closeFiles() // else Run does, once its peers are done
