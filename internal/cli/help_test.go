@@ -30,3 +30,21 @@ func TestHelpPerCommand(t *testing.T) {
 		t.Errorf("help of an unknown command: exit %d, %q", code, errOut.String())
 	}
 }
+
+// Under systemd, sact restart says to use systemctl instead of signalling a sact that
+// would refuse to re-execute itself.
+func TestRestartUnderSystemd(t *testing.T) {
+	dir := t.TempDir()
+	t.Setenv("NOTIFY_SOCKET", "/nonexistent")
+	if err := writePidFile(dir); err != nil {
+		t.Fatal(err)
+	}
+	var out, errOut bytes.Buffer
+	code := Run(context.Background(), []string{"restart", "-run-dir", dir}, &out, &errOut)
+	if code != 1 || !strings.Contains(errOut.String(), "systemctl restart sact") {
+		t.Errorf("sact restart under systemd: exit %d, %q; want 1 and the systemctl command", code, errOut.String())
+	}
+	if pid, err := readPid(dir + "/" + pidFileName); err != nil || pid <= 0 {
+		t.Errorf("readPid of a systemd pid file: %d, %v", pid, err)
+	}
+}

@@ -122,11 +122,19 @@ func handoverEnv(env []string) []string {
 	return out
 }
 
-// writePidFile records that this sact serves from runDir.
+// underSystemd is the pid file's second line when systemd runs this sact.
+const underSystemd = "systemd"
+
+// writePidFile records that this sact serves from runDir: its pid, and on a second line
+// "systemd" if systemd runs it (sact restart then says to use systemctl).
 func writePidFile(runDir string) error {
 	p := filepath.Join(runDir, pidFileName)
 	tmp := p + ".tmp" + strconv.Itoa(os.Getpid())
-	if err := os.WriteFile(tmp, []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644); err != nil {
+	content := strconv.Itoa(os.Getpid()) + "\n"
+	if os.Getenv("NOTIFY_SOCKET") != "" {
+		content += underSystemd + "\n"
+	}
+	if err := os.WriteFile(tmp, []byte(content), 0o644); err != nil {
 		return err
 	}
 	return os.Rename(tmp, p)
@@ -145,7 +153,8 @@ func readPid(path string) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	first, _, _ := strings.Cut(string(b), "\n")
+	pid, err := strconv.Atoi(strings.TrimSpace(first))
 	if err != nil || pid <= 0 {
 		return 0, fmt.Errorf("%s holds no pid: %q", path, b)
 	}
@@ -165,6 +174,9 @@ func restart(ctx context.Context, e *env, args []string) error {
 	old, err := readPid(path)
 	if err != nil {
 		return fmt.Errorf("no running sact found: %w (under systemd, use `systemctl restart sact`)", err)
+	}
+	if b, _ := os.ReadFile(path); strings.Contains(string(b), "\n"+underSystemd+"\n") {
+		return fmt.Errorf("sact (pid %d) runs under systemd: use `systemctl restart sact`, which refuses no connection either (sact.socket and the fd store hold the sockets)", old)
 	}
 	if err := syscall.Kill(old, syscall.SIGUSR2); err != nil {
 		return fmt.Errorf("signalling sact (pid %d from %s): %w", old, path, err)

@@ -310,6 +310,11 @@ apps:
 	// must free it.
 	h.write("/etc/sact/sact.yaml", config(""))
 
+	// sact restart is for hosts without systemd; here it points at systemctl.
+	if out, err := h.exec("sact", "restart"); err == nil || !strings.Contains(out, "systemctl restart sact") {
+		t.Errorf("sact restart under systemd: %v %s; want a failure pointing at systemctl", err, out)
+	}
+
 	// Restart under a client loop: nothing refused, the running app adopted.
 	before := docker(t, "inspect", "-f", "{{.Id}} {{.State.StartedAt}}", "sact-"+app)
 	pid := h.mainPID()
