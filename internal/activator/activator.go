@@ -210,6 +210,7 @@ type App struct {
 	lastStartTook time.Duration
 	stopReason    string
 	stopAsked     bool // the last stop was sact's (idle, manual, ...), not the app's exit
+	stopKilled    bool // the last exit was a signal from outside (docker stop, kill, restart)
 	refused       int
 	refusedLogged time.Time
 	// unsafe is the last unsafe upstream logged (an *upstream.UnsafePathError's text),
@@ -530,6 +531,7 @@ func (a *App) start(wokeBy []any) {
 		a.since = a.failedAt
 		a.stopReason = "start failed"
 		a.stopAsked = false
+		a.stopKilled = false
 		a.releaseHolds()
 		a.log.Error("app failed to start", "duration", took, "err", err, "waiting", a.waiting)
 		close(a.done)
@@ -648,6 +650,7 @@ func (a *App) watchExit(inst *backend.Instance, live context.Context) {
 		a.log.Warn("app exited", "reason", e.Reason, "code", e.Code, "container", inst.ID, "logs", e.Logs)
 		a.stopReason = e.Reason
 		a.stopAsked = false
+		a.stopKilled = e.Killed
 		a.countStop(e.Reason)
 		a.enterStopped()
 	case <-live.Done():
@@ -755,6 +758,7 @@ func (a *App) beginStop(reason string, idleFor time.Duration) {
 		}
 		a.stopReason = reason
 		a.stopAsked = true
+		a.stopKilled = false
 		a.countStop(reason)
 		a.enterStopped()
 		close(a.done)
@@ -842,8 +846,11 @@ type Status struct {
 	// StopAsked is whether sact stopped it last time (idle, manual, evicted, config
 	// changed...) rather than it exiting or failing on its own.
 	StopAsked bool
-	LastError string
-	Refused   int
+	// StopKilled is whether its last exit came from a signal sent from outside sact
+	// (docker stop, kill or restart): not a failure of the app's own.
+	StopKilled bool
+	LastError  string
+	Refused    int
 	// Pins counts the running dependents that keep this app.
 	Pins int
 	// Totals since sact started: failed starts, connections (leases) served, and stops
@@ -869,7 +876,7 @@ func (a *App) Status() Status {
 	s := Status{
 		Name: a.Name(), State: a.state, Since: a.since, Open: len(a.conns), Waiting: a.waiting,
 		LastActivity: last, ColdStarts: a.coldStarts, LastStart: a.lastStart,
-		LastStartTook: a.lastStartTook, StopReason: a.stopReason, StopAsked: a.stopAsked, Refused: a.refused,
+		LastStartTook: a.lastStartTook, StopReason: a.stopReason, StopAsked: a.stopAsked, StopKilled: a.stopKilled, Refused: a.refused,
 		Pins: a.pins, StartFailures: a.startFailures, Accepted: a.accepted,
 		Stops: maps.Clone(a.stops),
 	}

@@ -166,6 +166,10 @@ type Exit struct {
 	Code int
 	// Reason is a short word: "exited", "oom-killed", "removed", "killed".
 	Reason string
+	// Killed says the app was signalled from outside (docker stop, kill or restart; a
+	// SIGTERM, SIGINT or SIGHUP of a process): it did not fail by itself, whenever it
+	// happened. sact's own stops may set it too; the activator knows those as its own.
+	Killed bool
 	// Logs holds the app's last log lines, for the log line that reports a failed start.
 	Logs string
 }

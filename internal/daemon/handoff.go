@@ -535,7 +535,7 @@ func (h *handoffApp) run(ctx context.Context) {
 		// An app that exits soon after its start, with clients still queued, would be
 		// started again at once by them: refuse them and pause, as after a failed start.
 		st := h.act.Status()
-		if !st.StopAsked && time.Since(began) < 10*time.Second {
+		if !st.StopAsked && !st.StopKilled && time.Since(began) < 10*time.Second {
 			backoff = min(max(2*backoff, time.Second), 16*time.Second)
 			n := h.rejectQueued()
 			h.failed(h.conf().Name, "app_exited", n)

@@ -76,6 +76,7 @@ type watch struct {
 	started time.Time // events before this belong to an earlier incarnation
 	exited  chan backend.Exit
 	once    sync.Once
+	killed  bool // a kill event came first: docker stop, kill or restart (guarded by Runtime.mu)
 }
 
 func (w *watch) deliver(e backend.Exit) {
@@ -191,7 +192,7 @@ func (r *Runtime) follow(ctx context.Context, since time.Time, first *bool) erro
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	f := make(client.Filters).Add("type", "container").
-		Add("event", string(events.ActionDie), string(events.ActionDestroy), string(events.ActionCreate))
+		Add("event", string(events.ActionDie), string(events.ActionDestroy), string(events.ActionCreate), string(events.ActionKill))
 	res := r.cli.Events(ctx, client.EventsListOptions{
 		Since:   strconv.FormatInt(since.Unix(), 10),
 		Filters: f,
@@ -249,7 +250,15 @@ func (r *Runtime) handle(ctx context.Context, m events.Message) {
 		r.mu.Unlock()
 		return
 	}
+	if m.Action == events.ActionKill {
+		// Someone sent the container a signal through the engine (sact's own stops too,
+		// which the activator knows as its own): the die that follows is no crash.
+		w.killed = true
+		r.mu.Unlock()
+		return
+	}
 	delete(r.watches, m.Actor.ID)
+	killed := w.killed
 	r.mu.Unlock()
 
 	code := -1
@@ -261,7 +270,7 @@ func (r *Runtime) handle(ctx context.Context, m events.Message) {
 		reason = "removed"
 	}
 	go func() {
-		e := backend.Exit{Code: code, Reason: reason}
+		e := backend.Exit{Code: code, Reason: reason, Killed: killed}
 		ictx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer cancel()
 		if reason == "exited" {

@@ -112,6 +112,9 @@ func (r *Runtime) Start(ctx context.Context, spec backend.Spec) (*backend.Instan
 		e := backend.Exit{Code: cmd.ProcessState.ExitCode(), Reason: "exited", Logs: out.String()}
 		if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
 			e.Reason = "killed by " + ws.Signal().String()
+			// Signals someone sends (kill(1), systemctl), not crashes (SIGSEGV) nor the
+			// OOM killer's SIGKILL.
+			e.Killed = ws.Signal() == syscall.SIGTERM || ws.Signal() == syscall.SIGINT || ws.Signal() == syscall.SIGHUP
 		} else if err != nil && e.Code < 0 {
 			e.Reason = err.Error()
 		}
