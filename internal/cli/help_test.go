@@ -48,3 +48,17 @@ func TestRestartUnderSystemd(t *testing.T) {
 		t.Errorf("readPid of a systemd pid file: %d, %v", pid, err)
 	}
 }
+
+// A stale pid file naming another process is not signalled.
+func TestRestartStalePidFile(t *testing.T) {
+	dir := t.TempDir()
+	t.Setenv("NOTIFY_SOCKET", "")
+	if err := writePidFile(dir); err != nil { // this test binary: not `sact serve`
+		t.Fatal(err)
+	}
+	var out, errOut bytes.Buffer
+	code := Run(context.Background(), []string{"restart", "-run-dir", dir}, &out, &errOut)
+	if code != 1 || !strings.Contains(errOut.String(), "is not a running `sact serve`") {
+		t.Errorf("sact restart with a stale pid file: exit %d, %q", code, errOut.String())
+	}
+}

@@ -178,6 +178,11 @@ func restart(ctx context.Context, e *env, args []string) error {
 	if b, _ := os.ReadFile(path); strings.Contains(string(b), "\n"+underSystemd+"\n") {
 		return fmt.Errorf("sact (pid %d) runs under systemd: use `systemctl restart sact`, which refuses no connection either (sact.socket and the fd store hold the sockets)", old)
 	}
+	// A stale pid file may name a process that is not sact (the pid reused after a crash):
+	// SIGUSR2 would kill it.
+	if !isSactServe(old) {
+		return fmt.Errorf("pid %d in %s is not a running `sact serve` (a stale pid file?); start sact, or remove the file", old, path)
+	}
 	if err := syscall.Kill(old, syscall.SIGUSR2); err != nil {
 		return fmt.Errorf("signalling sact (pid %d from %s): %w", old, path, err)
 	}
@@ -203,4 +208,14 @@ func restart(ctx context.Context, e *env, args []string) error {
 		}
 	}
 	return fmt.Errorf("no new sact served within %v; the old one (pid %d) keeps serving, and its log says why", *timeout, old)
+}
+
+// isSactServe reports whether pid runs `sact serve`, from its command line.
+func isSactServe(pid int) bool {
+	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "cmdline"))
+	if err != nil {
+		return false
+	}
+	args := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
+	return len(args) >= 2 && strings.HasPrefix(filepath.Base(args[0]), "sact") && args[1] == "serve"
 }
