@@ -561,3 +561,37 @@ func BenchmarkRelayPingPong(b *testing.B) {
 		}
 	}
 }
+
+// TestIdlePipesAreBounded: after a burst that needed many pipes at once, the relay keeps
+// at most idlePipes of them, whatever the garbage collector does (a sync.Pool kept a
+// burst's pipes until collections an idle daemon may not run).
+func TestIdlePipesAreBounded(t *testing.T) {
+	fds := func() int {
+		ents, err := os.ReadDir("/proc/self/fd")
+		if err != nil {
+			t.Skip(err)
+		}
+		return len(ents)
+	}
+	before := fds()
+	var held []*pipe
+	for range 40 {
+		p := getPipe()
+		if p == nil {
+			t.Fatal("no pipe")
+		}
+		held = append(held, p)
+	}
+	for _, p := range held {
+		putPipe(p)
+	}
+	if after := fds(); after > before+2*idlePipes {
+		t.Errorf("%d fds after returning 40 pipes (%d before); want at most %d more", after, before, 2*idlePipes)
+	}
+	for range idlePipes { // leave the pool as other tests found it: empty
+		if p := getPipe(); p != nil {
+			p.held = 1
+			putPipe(p)
+		}
+	}
+}

@@ -5,7 +5,6 @@ import (
 	"net"
 	"os"
 	"runtime"
-	"sync"
 	"sync/atomic"
 	"syscall"
 
@@ -161,14 +160,21 @@ type pipe struct {
 	cleanup runtime.Cleanup
 }
 
-// pipes holds empty pipes for reuse: making one costs two fds and three system calls.
-// The pool drops what it holds at garbage collections; a cleanup closes the fds of a
-// dropped pipe.
-var pipes sync.Pool
+// pipes holds empty pipes for reuse: making one costs two fds and three system calls. It
+// is bounded (idlePipes), not a sync.Pool: a sync.Pool keeps what a burst left until
+// garbage collections that an idle daemon may not run for minutes, so the fds a daemon
+// holds after its connections closed would depend on the collector.
+var pipes = make(chan *pipe, idlePipes)
+
+// idlePipes is how many empty pipes are kept: a pipe is held only while a chunk crosses
+// it, so a few serve many connections.
+const idlePipes = 8
 
 func getPipe() *pipe {
-	if p, ok := pipes.Get().(*pipe); ok {
+	select {
+	case p := <-pipes:
 		return p
+	default:
 	}
 	var fds [2]int
 	if err := pipe2Call(fds[:], unix.O_CLOEXEC|unix.O_NONBLOCK); err != nil {
@@ -194,8 +200,11 @@ func getPipe() *pipe {
 // after an error belong to a dead connection and must never reach another.
 func putPipe(p *pipe) {
 	if p.held == 0 {
-		pipes.Put(p)
-		return
+		select {
+		case pipes <- p:
+			return
+		default: // enough kept already
+		}
 	}
 	p.cleanup.Stop()
 	closePipe([2]int{p.r, p.w})
