@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -14,7 +13,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -242,31 +240,7 @@ func getJSON(t *testing.T, d *daemon, path string, out any) {
 // labels hold every one of labels.
 func socketMetric(t *testing.T, d *daemon, name string, labels ...string) float64 {
 	t.Helper()
-	resp, err := adminClient(d).Get("http://sact/metrics")
-	if err != nil {
-		t.Fatalf("reading metrics: %v", err)
-	}
-	defer resp.Body.Close()
-	var sum float64
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-lines:
-	for sc.Scan() {
-		line := sc.Text()
-		if !strings.HasPrefix(line, name+" ") && !strings.HasPrefix(line, name+"{") {
-			continue
-		}
-		for _, l := range labels {
-			if !strings.Contains(line, l) {
-				continue lines
-			}
-		}
-		f := strings.Fields(line)
-		if v, err := strconv.ParseFloat(f[len(f)-1], 64); err == nil {
-			sum += v
-		}
-	}
-	return sum
+	return metricsFrom(t, adminClient(d), "http://sact/metrics", name, labels...)
 }
 
 // countingEngine relays the Docker engine's API and counts the requests to inspect one

@@ -30,7 +30,13 @@ func long(t *testing.T) {
 // name whose labels contain every one of labels (like `app="x"`).
 func metrics(t *testing.T, adminAddr, name string, labels ...string) float64 {
 	t.Helper()
-	resp, err := http.Get("http://" + adminAddr + "/metrics")
+	return metricsFrom(t, http.DefaultClient, "http://"+adminAddr+"/metrics", name, labels...)
+}
+
+// metricsFrom is metrics for any client and URL (the admin socket's, say).
+func metricsFrom(t *testing.T, c *http.Client, url, name string, labels ...string) float64 {
+	t.Helper()
+	resp, err := c.Get(url)
 	if err != nil {
 		t.Fatalf("reading metrics: %v", err)
 	}
