@@ -28,6 +28,7 @@ var appKeys = map[string]func(d *decoder, path string, n *yaml.Node, a *App){
 	"cmd":        func(d *decoder, p string, n *yaml.Node, a *App) { a.Cmd = d.argv(p, n) },
 	"entrypoint": func(d *decoder, p string, n *yaml.Node, a *App) { a.Entrypoint = d.argv(p, n) },
 	"env":        func(d *decoder, p string, n *yaml.Node, a *App) { a.Env = d.stringMap(p, n, checkEnvKey) },
+	"env_file":   func(d *decoder, p string, n *yaml.Node, a *App) { a.envFile = d.envFile(p, n) },
 	"volumes":    func(d *decoder, p string, n *yaml.Node, a *App) { a.Volumes = d.stringList(p, n, checkVolume) },
 	"user":       func(d *decoder, p string, n *yaml.Node, a *App) { a.User = d.str(p, n) },
 	"network":    func(d *decoder, p string, n *yaml.Node, a *App) { a.Network = d.str(p, n) },

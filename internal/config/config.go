@@ -17,7 +17,10 @@ import (
 // Config is a whole, validated config file with every default filled in.
 type Config struct {
 	// File is the path the config was read from.
-	File  string
+	File string
+	// Files are the other files it was made from, sorted: those that include: brought
+	// in, and the apps' env_file files. Whoever may write one of them runs what sact runs.
+	Files []string
 	Admin Admin
 	Pool  Pool
 	HTTP  HTTP
@@ -122,7 +125,9 @@ var DefaultQuietUserAgents = []string{
 type App struct {
 	// Name is the app's key under apps:; containers are named "sact-"+Name.
 	Name string
-	// Line is the line of the app's key in the file, for messages.
+	// File is the included file (include:) the app is defined in; "" for the main file.
+	File string
+	// Line is the line of the app's key in its file, for messages.
 	Line int
 
 	// Image to create the app's container from. Default: none.
@@ -133,8 +138,12 @@ type App struct {
 	// Cmd and Entrypoint replace the image's. Default nil: the image's.
 	Cmd        []string
 	Entrypoint []string
-	// Env is the app's environment. Default none.
+	// Env is the app's environment: defaults.env, under the variables of the app's
+	// env_file, under the app's own env; the three are merged, key by key. Default none.
 	Env map[string]string
+	// envFile are the variables of the app's env_file: a dotenv file, read at load time,
+	// relative to the config file that names it (key env_file). Default none.
+	envFile map[string]string
 	// Volumes in docker's -v syntax: "/host:/container[:ro]" or "name:/container". Default
 	// none.
 	Volumes []string
@@ -236,7 +245,7 @@ func Parse(path string, data []byte) (*Config, error) {
 	p := &parser{d: decoder{file: path}}
 	cfg := p.parse(data)
 	if len(p.d.errs) > 0 {
-		return nil, p.d.errs.sorted()
+		return nil, p.d.errs.sorted(path)
 	}
 	return cfg, nil
 }

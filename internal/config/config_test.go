@@ -185,8 +185,8 @@ apps:
 		got[a.Name] = summary{a.Image, a.Upstream.String(), a.Command, a.Env, a.Memory, a.Port, a.Idle}
 	}
 	want := map[string]summary{
-		// env replaced whole; port not inherited next to its own upstream
-		"own": {Image: "own:1", Upstream: "tcp:127.0.0.1:9000", Env: map[string]string{"B": "2"}, Memory: 64 << 20, Idle: 5 * time.Minute},
+		// env merged with defaults.env (issue 14); port not inherited next to its own upstream
+		"own": {Image: "own:1", Upstream: "tcp:127.0.0.1:9000", Env: map[string]string{"A": "1", "B": "2"}, Memory: 64 << 20, Idle: 5 * time.Minute},
 		// no image next to its own command, no memory for a process; port on loopback
 		"proc":  {Upstream: "tcp:127.0.0.1:8080", Command: []string{"./run"}, Env: map[string]string{"A": "1"}, Port: 8080, Idle: time.Hour},
 		"plain": {Image: "base:1", Env: map[string]string{"A": "1"}, Memory: 64 << 20, Port: 8080, Idle: 5 * time.Minute},

@@ -18,6 +18,19 @@ type decoder struct {
 	// mute drops problems. It is set while values inherited from defaults: are decoded
 	// again for each app: their problems were reported once, under defaults.
 	mute bool
+	// nodeFile names the file of every node read from an included file (include:), so
+	// that a problem found there, even by the checks across apps, names that file.
+	nodeFile map[*yaml.Node]string
+	// read are the env_file files read.
+	read []string
+}
+
+// fileOf returns the file that n was read from.
+func (d *decoder) fileOf(n *yaml.Node) string {
+	if f, ok := d.nodeFile[n]; ok {
+		return f
+	}
+	return d.file
 }
 
 // errorf records a problem with the setting at path, located at n (which may be nil).
@@ -25,7 +38,7 @@ func (d *decoder) errorf(n *yaml.Node, path, format string, args ...any) {
 	if d.mute {
 		return
 	}
-	e := &Error{File: d.file, Path: path, Msg: fmt.Sprintf(format, args...)}
+	e := &Error{File: d.fileOf(n), Path: path, Msg: fmt.Sprintf(format, args...)}
 	if n != nil {
 		e.Line, e.Column = n.Line, n.Column
 	}

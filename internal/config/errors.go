@@ -48,11 +48,12 @@ func (es Errors) Error() string {
 	return strings.Join(lines, "\n")
 }
 
-// sorted sorts es by position, keeping the order problems were found in on one line, and
+// sorted sorts es by file (the main file, whose problems come first, then included files
+// by name) and position, keeping the order problems were found in on one line, and
 // drops exact repeats (a value inherited from defaults can trip the same check twice).
-func (es Errors) sorted() Errors {
+func (es Errors) sorted(main string) Errors {
 	slices.SortStableFunc(es, func(a, b *Error) int {
-		return cmp.Or(cmp.Compare(a.Line, b.Line), cmp.Compare(a.Column, b.Column))
+		return cmp.Or(compareFiles(a.File, b.File, main), cmp.Compare(a.Line, b.Line), cmp.Compare(a.Column, b.Column))
 	})
 	seen := make(map[Error]bool, len(es))
 	return slices.DeleteFunc(es, func(e *Error) bool {
@@ -60,4 +61,17 @@ func (es Errors) sorted() Errors {
 		seen[*e] = true
 		return dup
 	})
+}
+
+// compareFiles orders main before every other file, and the others by name.
+func compareFiles(a, b, main string) int {
+	switch {
+	case a == b:
+		return 0
+	case a == main:
+		return -1
+	case b == main:
+		return 1
+	}
+	return cmp.Compare(a, b)
 }

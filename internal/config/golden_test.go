@@ -199,7 +199,7 @@ func writeStruct(b *bytes.Buffer, v reflect.Value, indent, hash string) {
 		b.WriteString("\n" + indent + "  " + strconv.Quote(name) + ": ")
 	}
 	for i := range v.NumField() {
-		if v.Field(i).IsZero() {
+		if v.Field(i).IsZero() || !v.Type().Field(i).IsExported() {
 			continue
 		}
 		field(v.Type().Field(i).Name)

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -130,7 +131,7 @@ func (cfg *Config) clash(app *App, container string) *Error {
 	}
 	for _, o := range cfg.Apps {
 		if o.Name == app.Name {
-			return e("an app named %s exists already (line %d of %s, or another container); set the label %s to another name", app.Name, o.Line, cfg.File, LabelName)
+			return e("an app named %s exists already (line %d of %s, or another container); set the label %s to another name", app.Name, o.Line, cmp.Or(o.File, cfg.File), LabelName)
 		}
 		for _, a := range app.Listen {
 			for _, b := range o.Listen {

@@ -26,6 +26,8 @@ type parser struct {
 	apps     []*appSrc
 	// Where some settings are, for messages about clashes; zero pairs if not set.
 	adminSocket, adminListen, http, httpListen, httpDefault pair
+	// appKey is where each app is named, for an app defined in two files.
+	appKey map[string]*yaml.Node
 }
 
 // appSrc is an app with the settings that make it up, own and inherited, kept for
@@ -44,7 +46,7 @@ type setting struct {
 
 func (s *appSrc) has(key string) bool { _, ok := s.set[key]; return ok }
 
-var topKeys = []string{"admin", "apps", "defaults", "http", "pool"}
+var topKeys = []string{"admin", "apps", "defaults", "http", "include", "pool"}
 
 func (p *parser) parse(data []byte) *Config {
 	root := p.document(data)
@@ -62,7 +64,10 @@ func (p *parser) parse(data []byte) *Config {
 			sections[kv.key] = kv
 			continue
 		}
-		msg := "unknown key; the top level has admin, defaults, pool, http and apps"
+		if strings.HasPrefix(kv.key, "x-") {
+			continue // compose's convention: a place for anchors, ignored
+		}
+		msg := "unknown key; the top level has admin, defaults, pool, http, include and apps (and x- keys, ignored)"
 		switch s := suggest(kv.key, topKeys); {
 		case s != "":
 			msg = "unknown key; did you mean " + strconv.Quote(s) + "?"
@@ -86,11 +91,32 @@ func (p *parser) parse(data []byte) *Config {
 	if kv, ok := sections["http"]; ok {
 		p.decodeHTTP(kv)
 	}
+	var includes []included
+	if kv, ok := sections["include"]; ok {
+		includes = p.decodeInclude(kv)
+	}
+	hasApps := false
 	if kv, ok := sections["apps"]; ok {
 		p.decodeApps(kv)
-	} else {
+		hasApps = true
+	}
+	for _, inc := range includes {
+		if inc.apps.k != nil {
+			p.decodeApps(inc.apps)
+			hasApps = true
+		}
+	}
+	switch {
+	case !hasApps && len(includes) > 0:
+		p.d.errorf(nil, "", "no apps: in this file nor in the %d included file(s); add an apps: section with at least one app", len(includes))
+	case !hasApps && sections["include"].k != nil:
+		p.d.errorf(sections["include"].k, "include", "no apps; the patterns match no file, and this file has no apps: section")
+	case !hasApps:
 		p.d.errorf(nil, "", "no apps; add an apps: section with at least one app")
 	}
+	p.cfg.Files = append(p.cfg.Files, p.d.read...)
+	slices.Sort(p.cfg.Files)
+	p.cfg.Files = slices.Compact(p.cfg.Files)
 	slices.SortFunc(p.apps, func(a, b *appSrc) int { return strings.Compare(a.Name, b.Name) })
 	for _, s := range p.apps {
 		p.cfg.Apps = append(p.cfg.Apps, s.App)
@@ -322,16 +348,27 @@ func (p *parser) decodeApps(section pair) {
 	if ok && len(apps) == 0 {
 		p.d.errorf(section.k, "apps", "no apps; add at least one, like web: {image: nginx, listen: [\"tcp:127.0.0.1:8080\"], port: 80}")
 	}
+	if p.appKey == nil {
+		p.appKey = make(map[string]*yaml.Node)
+	}
 	for _, kv := range apps {
 		path := join("apps", kv.key)
 		if err := checkAppName(kv.key); err != nil {
 			p.d.errorf(kv.k, path, "%v", err)
 		}
+		if first, dup := p.appKey[kv.key]; dup {
+			p.d.errorf(kv.k, path, "the app is defined twice, here and at %s; rename or remove one", p.d.where(first))
+			continue
+		}
+		p.appKey[kv.key] = kv.k
 		own, ok := p.d.mapping(path, kv.v)
 		if !ok {
 			continue
 		}
 		s := &appSrc{App: &App{Name: kv.key, Line: kv.k.Line}, key: kv.k, set: make(map[string]setting)}
+		if f := p.d.fileOf(kv.k); f != p.d.file {
+			s.File = f
+		}
 		for _, o := range own {
 			if appKeys[o.key] == nil {
 				p.d.unknownKey(join(path, o.key), o, appKeyNames)
@@ -353,7 +390,38 @@ func (p *parser) decodeApps(section pair) {
 			}
 		}
 		p.d.mute = false
+		p.mergeEnv(s)
 		p.apps = append(p.apps, s)
+	}
+}
+
+// mergeEnv makes the app's environment: defaults.env, then the app's env_file over it,
+// then the app's own env over both. (Before include: and env_file:, an app's env
+// replaced defaults.env entirely, which lost RACK_ENV and the like.)
+func (p *parser) mergeEnv(s *appSrc) {
+	if !applies("env", s.kind()) {
+		return
+	}
+	merged := make(map[string]string)
+	if st, ok := s.set["env"]; ok && !st.inherited {
+		for _, kv := range p.defaults {
+			if kv.key == "env" {
+				var scratch App
+				p.d.mute = true // reported under defaults already
+				appKeys["env"](&p.d, "defaults.env", kv.v, &scratch)
+				p.d.mute = false
+				maps.Copy(merged, scratch.Env)
+			}
+		}
+		maps.Copy(merged, s.envFile)
+		maps.Copy(merged, s.Env)
+	} else {
+		maps.Copy(merged, s.Env) // defaults.env, inherited
+		maps.Copy(merged, s.envFile)
+	}
+	s.Env = nil
+	if len(merged) > 0 {
+		s.Env = merged
 	}
 }
 
@@ -382,7 +450,7 @@ func applies(key, kind string) bool {
 		// A plain process runs as root unless told otherwise: user: is how to stop that.
 		return !slices.Contains(imageOnly, key) || key == "user"
 	case "container":
-		return !slices.Contains(imageOnly, key) && key != "env" && key != "dir"
+		return !slices.Contains(imageOnly, key) && key != "env" && key != "env_file" && key != "dir"
 	case "image":
 		return key != "dir"
 	}
@@ -392,8 +460,8 @@ func applies(key, kind string) bool {
 // inherit adds to s the settings of defaults: that s does not set itself and that apply
 // to it:
 //
-//   - a map setting (env, labels) set by the app replaces the default's entirely; the two
-//     are not merged, so that what an app gets can be read in one place;
+//   - labels set by the app replace the default's entirely; env is merged instead
+//     (mergeEnv): the app's keys win over its env_file's, which win over defaults.env;
 //   - image, container and command are one choice: an app that sets any of them inherits
 //     none, and likewise for upstream and port;
 //   - settings that do not apply to the app's kind (memory for a command, dir for an

@@ -210,6 +210,7 @@ type claim struct {
 	addr listen.Addr
 	what string // "apps.web.listen[0]"
 	line int    // 0 for a default
+	file string // its file, when the config has include:; "" otherwise
 	// report reports a problem with the claim.
 	report func(format string, args ...any)
 }
@@ -225,6 +226,9 @@ func (p *parser) checkAddresses() {
 		c := claim{addr: a, what: what, report: report}
 		if n != nil {
 			c.line = n.Line
+			if len(p.cfg.Files) > 0 {
+				c.file = p.d.fileOf(n) // with include:, "line 8" could be in any file
+			}
 		}
 		claims = append(claims, c)
 	}
@@ -324,6 +328,9 @@ func within(path, dir string) bool {
 func (c claim) describe() string {
 	if c.line == 0 {
 		return c.what + " (its default)"
+	}
+	if c.file != "" {
+		return fmt.Sprintf("%s (%s:%d)", c.what, c.file, c.line)
 	}
 	return fmt.Sprintf("%s (line %d)", c.what, c.line)
 }
