@@ -304,6 +304,9 @@ func serve(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return configError(e, err)
 	}
+	if err := trustedConfigFiles(cfg); err != nil {
+		return err
+	}
 	if n, err := addLabelApps(ctx, cfg, *labels); err != nil {
 		var errs config.Errors
 		if errors.As(err, &errs) {
@@ -318,6 +321,9 @@ func serve(ctx context.Context, e *env, args []string) error {
 	load := func(ctx context.Context) (*config.Config, error) {
 		cfg, err := config.Load(*path)
 		if err != nil {
+			return nil, err
+		}
+		if err := trustedConfigFiles(cfg); err != nil {
 			return nil, err
 		}
 		if _, err := addLabelApps(ctx, cfg, *labels); err != nil {
