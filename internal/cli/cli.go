@@ -340,12 +340,25 @@ func serve(ctx context.Context, e *env, args []string) error {
 	// file descriptor store first, so that `systemctl restart sact` refuses nothing on them.
 	ctx, stop := context.WithCancel(ctx)
 	defer stop()
+	// The watchdog's SIGABRT (sact stopped answering) stores them too, then crashes with
+	// the goroutine dump as Go does on SIGABRT.
 	term := make(chan os.Signal, 1)
 	signal.Notify(term, syscall.SIGTERM, syscall.SIGINT)
 	defer signal.Stop(term)
+	abort := make(chan os.Signal, 1)
+	if os.Getenv("NOTIFY_SOCKET") != "" {
+		signal.Notify(abort, syscall.SIGABRT)
+	}
 	go func() {
 		select {
 		case <-term:
+		case <-abort:
+			if n, err := listen.StoreInSystemd(); err == nil && n > 0 {
+				log.Error("watchdog: sact did not answer in time; its listening sockets are kept in systemd for the next sact", "count", n)
+			}
+			signal.Reset(syscall.SIGABRT)
+			syscall.Kill(os.Getpid(), syscall.SIGABRT)
+			return
 		case <-ctx.Done():
 			return
 		}

@@ -243,7 +243,7 @@ apps:
 %[3]s`, app, testImage, extra, unixApp, sockets, front)
 	}
 	h.write("/etc/sact/sact.yaml", config(""))
-	h.write("/etc/systemd/system/sact.service.d/watchdog.conf", "[Service]\nWatchdogSec=3s\n")
+	h.write("/etc/systemd/system/sact.service.d/watchdog.conf", "[Service]\nWatchdogSec=5s\n")
 	// The unix app's socket has no .socket unit: sact binds it, and keeps it in systemd's
 	// file descriptor store across restarts.
 	h.sh("systemctl daemon-reload && systemctl enable --now sact-app@" + app + ".socket")
@@ -310,6 +310,33 @@ apps:
 	// must free it.
 	h.write("/etc/sact/sact.yaml", config(""))
 
+	// The watchdog: a sact that stops answering is killed and started again. The unix
+	// app's socket, bound by this sact, is put in systemd's store as the watchdog aborts it.
+	pid := h.mainPID()
+	t1 := time.Now()
+	hostLoop := clientLoop(t, front, 2, 20*time.Millisecond)
+	h.sh("kill -STOP " + strconv.Itoa(pid))
+	if !waitFor(60*time.Second, func() bool {
+		p := h.mainPID()
+		return p != 0 && p != pid && h.active("sact.service") == "active"
+	}) {
+		t.Fatalf("sact (pid %d) stopped with SIGSTOP was not restarted by the watchdog:\n%s", pid, h.journal())
+	}
+	time.Sleep(500 * time.Millisecond)
+	hostOK, hostFailed := hostLoop.stop()
+	t.Logf("RELIABILITY watchdog (WatchdogSec=5s): a stopped sact replaced in %v; %d of %d requests through the shared socket served", time.Since(t1).Round(time.Millisecond), hostOK, hostOK+hostFailed)
+	// A request that the hung sact had accepted dies with it (at most one per client);
+	// every other waits in the socket systemd keeps, and is served by the next sact.
+	if hostFailed > 2 || hostOK < 10 {
+		t.Errorf("across the watchdog's restart, from the host: %d served, %d failed; want at most the 2 in flight lost", hostOK, hostFailed)
+	}
+	if body := h.sh(curl); !strings.Contains(body, app) {
+		t.Errorf("after the watchdog restart the app answered %q", body)
+	}
+	if all, _ := h.exec("journalctl", "--no-pager", "-o", "cat"); !strings.Contains(all, "Watchdog timeout") {
+		t.Errorf("the journal does not show a watchdog timeout")
+	}
+
 	// sact restart is for hosts without systemd; here it points at systemctl.
 	if out, err := h.exec("sact", "restart"); err == nil || !strings.Contains(out, "systemctl restart sact") {
 		t.Errorf("sact restart under systemd: %v %s; want a failure pointing at systemctl", err, out)
@@ -317,14 +344,14 @@ apps:
 
 	// Restart under a client loop: nothing refused, the running app adopted.
 	before := docker(t, "inspect", "-f", "{{.Id}} {{.State.StartedAt}}", "sact-"+app)
-	pid := h.mainPID()
-	hostLoop := clientLoop(t, front, 2, 20*time.Millisecond) // from the host, through the shared socket
+	pid = h.mainPID()
+	hostLoop = clientLoop(t, front, 2, 20*time.Millisecond) // from the host, through the shared socket
 	loopOut := h.sh(`rm -f /tmp/codes /tmp/stop
 ( while [ ! -e /tmp/stop ]; do ` + curl + ` -o /dev/null -w '%{http_code}\n' >>/tmp/codes 2>>/tmp/errors; done ) &
 sleep 1; systemctl restart sact; sleep 1; systemctl restart sact; sleep 1
 touch /tmp/stop; wait
 echo total $(wc -l </tmp/codes) ok $(grep -c '^200$' /tmp/codes); cat /tmp/errors`)
-	hostOK, hostFailed := hostLoop.stop()
+	hostOK, hostFailed = hostLoop.stop()
 	var total, ok int
 	fmt.Sscanf(loopOut, "total %d ok %d", &total, &ok)
 	t.Logf("RELIABILITY systemctl restart sact twice under client loops: %d of %d requests served (curl in the systemd host), %d of %d (from the host through the shared unix socket)", ok, total, hostOK, hostOK+hostFailed)
@@ -340,31 +367,13 @@ echo total $(wc -l </tmp/codes) ok $(grep -c '^200$' /tmp/codes); cat /tmp/error
 	if after := docker(t, "inspect", "-f", "{{.Id}} {{.State.StartedAt}}", "sact-"+app); after != before {
 		t.Errorf("the app's container changed across the restart: %s -> %s; want it adopted", before, after)
 	}
-	if j := h.journal(); !strings.Contains(j, "adopted running app") || !strings.Contains(j, "kept in systemd's file descriptor store") {
+	if j := h.journal(); !strings.Contains(j, "adopted running app") || !strings.Contains(j, "kept in systemd") {
 		t.Errorf("the journal does not show the app adopted and the sockets kept in systemd:\n%s", j)
 	}
 	// The app removed across the restart keeps no socket in systemd: its address refuses
 	// at once.
 	if out, err := h.exec("curl", "-sS", "--max-time", "5", "http://127.0.0.1:9001/"); err == nil || !strings.Contains(out, "curl: (7)") { // 7: cannot connect; 28 would be a wait
 		t.Errorf("the removed app's address after restarts: %v %s; want the connection refused", err, out)
-	}
-
-	// The watchdog: a sact that stops answering is killed and started again.
-	pid = h.mainPID()
-	t1 := time.Now()
-	h.sh("kill -STOP " + strconv.Itoa(pid))
-	if !waitFor(60*time.Second, func() bool {
-		p := h.mainPID()
-		return p != 0 && p != pid && h.active("sact.service") == "active"
-	}) {
-		t.Fatalf("sact (pid %d) stopped with SIGSTOP was not restarted by the watchdog:\n%s", pid, h.journal())
-	}
-	t.Logf("RELIABILITY watchdog (WatchdogSec=3s): a stopped sact replaced in %v", time.Since(t1).Round(time.Millisecond))
-	if body := h.sh(curl); !strings.Contains(body, app) {
-		t.Errorf("after the watchdog restart the app answered %q", body)
-	}
-	if all, _ := h.exec("journalctl", "--no-pager", "-o", "cat"); !strings.Contains(all, "Watchdog timeout") {
-		t.Errorf("the journal does not show a watchdog timeout")
 	}
 
 	// The journal has the app's lines, as logfmt without a timestamp of their own, at
