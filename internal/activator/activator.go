@@ -152,6 +152,12 @@ type Options struct {
 	// Observe, if set, is told of every start ("start", "start_failed") and how long it
 	// took, for metrics. It is called with the app's lock held: it must be quick.
 	Observe func(app, event string, took time.Duration)
+	// Open, if set, counts the app's open connections that hold no lease: those of a
+	// handoff app, which accepts them itself, as the kernel counts them. They keep the
+	// app from being evicted, paused or refreshed like leases do (issue 12). It is
+	// called with the app's lock held: it must be quick and must not call the App. Nil
+	// counts none.
+	Open func() int
 }
 
 // Wake describes what caused a start, for the log.
@@ -174,7 +180,8 @@ type App struct {
 	adopted  chan struct{} // closed once Run has looked for an already running instance
 	pool     *Pool
 	observer func(app, event string, took time.Duration)
-	deps     []*App // started before this app, kept while it runs
+	unseen   func() int // Options.Open, or nil
+	deps     []*App     // started before this app, kept while it runs
 
 	// ctx is Run's context: starts and stops derive from it, so shutdown aborts them.
 	ctx context.Context
@@ -238,6 +245,7 @@ func New(rt backend.Runtime, policy Policy, opts Options) *App {
 		conns:    make(map[*Lease]struct{}),
 		pool:     opts.Pool,
 		observer: opts.Observe,
+		unseen:   opts.Open,
 		stops:    make(map[string]int),
 	}
 	if a.log == nil {
@@ -310,7 +318,7 @@ func (a *App) Refresh() {
 // refreshIfIdle stops the app for a pending Refresh if nothing holds it. Called with a.mu
 // held.
 func (a *App) refreshIfIdle() {
-	if !a.refresh || a.closed || len(a.conns) > 0 || a.pins > 0 {
+	if !a.refresh || a.closed || a.open() > 0 || a.pins > 0 {
 		return
 	}
 	switch a.state {
@@ -696,7 +704,7 @@ func (a *App) checkIdle() {
 		return
 	}
 	now := time.Now()
-	if a.pol().KeepWhileOpen && len(a.conns) > 0 || a.pins > 0 || a.keepRunning(now) {
+	if a.pol().KeepWhileOpen && a.open() > 0 || a.pins > 0 || a.keepRunning(now) {
 		a.armIdle(a.idleCheckAfter())
 		return
 	}
@@ -707,7 +715,15 @@ func (a *App) checkIdle() {
 			a.armIdle(a.pol().PauseAfter - quiet)
 			return
 		}
-		if _, ok := a.rt.(backend.Pauser); ok {
+		if a.unseenOpen() > 0 {
+			// Connections sact cannot close (the app accepted them itself): a request on
+			// one would stall in the frozen app, and nothing would thaw it (issue 12).
+			// Look again a pause_after later; idle still stops it.
+			if rest := a.pol().Idle - quiet; rest > a.pol().PauseAfter {
+				a.armIdle(a.pol().PauseAfter)
+				return
+			}
+		} else if _, ok := a.rt.(backend.Pauser); ok {
 			a.beginPause("idle", quiet)
 			return
 		}
@@ -874,7 +890,7 @@ func (a *App) Status() Status {
 	defer a.mu.Unlock()
 	last := a.lastActivity()
 	s := Status{
-		Name: a.Name(), State: a.state, Since: a.since, Open: len(a.conns), Waiting: a.waiting,
+		Name: a.Name(), State: a.state, Since: a.since, Open: a.open(), Waiting: a.waiting,
 		LastActivity: last, ColdStarts: a.coldStarts, LastStart: a.lastStart,
 		LastStartTook: a.lastStartTook, StopReason: a.stopReason, StopAsked: a.stopAsked, StopKilled: a.stopKilled, Refused: a.refused,
 		Pins: a.pins, StartFailures: a.startFailures, Accepted: a.accepted,
@@ -903,6 +919,18 @@ func (a *App) lastActivity() time.Time {
 		}
 	}
 	return last
+}
+
+// open counts the app's open connections: its leases and those it cannot see (Options.Open).
+// Called with a.mu held.
+func (a *App) open() int { return len(a.conns) + a.unseenOpen() }
+
+// unseenOpen is Options.Open's count, or 0. Called with a.mu held.
+func (a *App) unseenOpen() int {
+	if a.unseen == nil || a.inst == nil {
+		return 0
+	}
+	return max(a.unseen(), 0)
 }
 
 // newLease registers a connection on the running incarnation. Called with a.mu held.

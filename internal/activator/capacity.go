@@ -146,7 +146,7 @@ func (a *App) unpin() {
 func (a *App) evictable() (ok, paused bool, last time.Time) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if a.state != Running && a.state != Paused || len(a.conns) > 0 || a.pins > 0 || a.keepRunning(time.Now()) {
+	if a.state != Running && a.state != Paused || a.open() > 0 || a.pins > 0 || a.keepRunning(time.Now()) {
 		return false, false, time.Time{}
 	}
 	return true, a.state == Paused, a.lastActivity()
@@ -160,7 +160,7 @@ func (a *App) evict() bool {
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if a.state != Running && a.state != Paused || len(a.conns) > 0 || a.pins > 0 {
+	if a.state != Running && a.state != Paused || a.open() > 0 || a.pins > 0 {
 		return false
 	}
 	a.beginStop("evicted", time.Since(last))

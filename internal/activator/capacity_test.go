@@ -5,6 +5,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -353,6 +354,96 @@ func TestMemoryBudget(t *testing.T) {
 		}
 		if st := pool.Status(); st.MemoryUsed > 1<<30 {
 			t.Errorf("memory used %d MiB over the 1024 MiB budget", st.MemoryUsed>>20)
+		}
+	})
+}
+
+// TestUnseenOpenConnections: connections an app accepted itself (handoff), counted by
+// Options.Open, make it busy as leases do: never evicted, paused or refreshed while one
+// is open, and shown in the status (issue 12).
+func TestUnseenOpenConnections(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		rt := &hostRuntime{paused: map[string]bool{}}
+		pool := NewPool(1, 1)
+		var open atomic.Int64
+		ctx, cancel := context.WithCancel(context.Background())
+		var wg sync.WaitGroup
+		defer func() { cancel(); wg.Wait() }()
+		newApp := func(name string, p Policy, o func() int) *App {
+			p.Spec.Name = name
+			a := New(rt, p, Options{Dial: readyDial, Pool: pool, Open: o})
+			wg.Go(func() { a.Run(ctx) })
+			return a
+		}
+		busy := newApp("handoff", Policy{Idle: time.Hour, PauseAfter: 10 * time.Second}, func() int { return int(open.Load()) })
+		other := newApp("other", Policy{Idle: time.Hour}, nil)
+
+		use(t, busy).Release() // the wake; then the app accepts by itself
+		open.Store(1)
+		if st := busy.Status(); st.Open != 1 {
+			t.Errorf("status shows %d open connections, want the 1 the kernel counts", st.Open)
+		}
+		time.Sleep(time.Minute) // far past pause_after
+		if st := busy.Status().State; st != Running || rt.isPaused("handoff") {
+			t.Fatalf("with a connection open: %v, want running, never paused", st)
+		}
+
+		got := make(chan error, 1)
+		go func() { got <- other.startWith(context.Background(), Wake{}) }()
+		time.Sleep(5 * time.Second)
+		select {
+		case err := <-got:
+			t.Fatalf("the other app started (err %v) over max_running 1 while the handoff app had an open connection", err)
+		default:
+		}
+		if st := busy.Status(); st.State != Running {
+			t.Fatalf("busy handoff app: %v (%s), want running", st.State, st.StopReason)
+		}
+		busy.Refresh()
+		if st := busy.Status().State; st != Running {
+			t.Fatalf("refreshed with a connection open: %v", st)
+		}
+
+		open.Store(0) // the connection ends: evicted for the waiting start
+		if err := <-got; err != nil {
+			t.Fatal(err)
+		}
+		if st := busy.Status(); st.State != Stopped || st.StopReason != "evicted" && st.StopReason != "config changed" {
+			t.Errorf("after its connection ended: %v (%s), want stopped to make room", st.State, st.StopReason)
+		}
+	})
+}
+
+// TestUnseenOpenPausesAfterClose: a handoff app whose connection ends is paused a
+// pause_after later, and idle stops it even while a connection stays open.
+func TestUnseenOpenPausesAfterClose(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		rt := &hostRuntime{paused: map[string]bool{}}
+		var open atomic.Int64
+		ctx, cancel := context.WithCancel(context.Background())
+		var wg sync.WaitGroup
+		defer func() { cancel(); wg.Wait() }()
+		a := New(rt, Policy{Spec: backend.Spec{Name: "web"}, Idle: time.Minute, PauseAfter: 10 * time.Second},
+			Options{Dial: readyDial, Open: func() int { return int(open.Load()) }})
+		wg.Go(func() { a.Run(ctx) })
+		use(t, a).Release()
+		open.Store(1)
+		time.Sleep(30 * time.Second)
+		if st := a.State(); st != Running {
+			t.Fatalf("open connection: %v, want running", st)
+		}
+		open.Store(0)
+		a.Touch() // the watch sees it close
+		time.Sleep(11 * time.Second)
+		if st := a.State(); st != Paused {
+			t.Fatalf("a pause_after after the connection ended: %v, want paused", st)
+		}
+
+		use(t, a).Release()
+		open.Store(1) // silent, open for good: idle still stops the app
+		time.Sleep(61 * time.Second)
+		if st := a.Status(); st.State != Stopped || st.StopReason != "idle" {
+			t.Fatalf("a silent connection past idle: %v (%s), want stopped for idle", st.State, st.StopReason)
 		}
 	})
 }
