@@ -132,6 +132,9 @@ func status(ctx context.Context, e *env, args []string) error {
 }
 
 func ago(now, t time.Time) string {
+	if t.IsZero() {
+		return "-" // never: not 106751 days ago
+	}
 	d := now.Sub(t)
 	switch {
 	case d < time.Minute:
