@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -50,6 +51,18 @@ func (f adminFlags) client() (*http.Client, string, error) {
 	return c, sock, nil
 }
 
+// unreachableError is a request that found no sact at the admin socket.
+type unreachableError struct {
+	sock string
+	err  error
+}
+
+func (e *unreachableError) Error() string {
+	return fmt.Sprintf("cannot reach sact at %s: %v; is `sact serve` running, and may you use its socket?", e.sock, e.err)
+}
+
+func (e *unreachableError) Unwrap() error { return e.err }
+
 // call does one API request and decodes a JSON answer into out (if not nil).
 func call(ctx context.Context, f adminFlags, method, path string, out any) error {
 	c, sock, err := f.client()
@@ -62,7 +75,7 @@ func call(ctx context.Context, f adminFlags, method, path string, out any) error
 	}
 	resp, err := c.Do(req)
 	if err != nil {
-		return fmt.Errorf("cannot reach sact at %s: %w; is `sact serve` running, and may you use its socket?", sock, err)
+		return &unreachableError{sock: sock, err: err}
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(resp.Body)
@@ -194,6 +207,15 @@ func reload(ctx context.Context, e *env, args []string) error {
 	}
 	var res admin.ReloadResult
 	if err := call(ctx, af, "POST", "/api/reload", &res); err != nil {
+		var unreachable *unreachableError
+		if errors.As(err, &unreachable) {
+			// Say what is wrong with the file, if anything, rather than only that sact
+			// was not found.
+			if _, cerr := config.Load(*af.config); cerr != nil {
+				return fmt.Errorf("%w\n(and %v)", cerr, err)
+			}
+			return err
+		}
 		return fmt.Errorf("%w\nthe running config was kept", err)
 	}
 	list := func(names []string) string {

@@ -503,8 +503,35 @@ func AdminSocketOf(path string) (string, error) {
 			Socket string `yaml:"socket"`
 		} `yaml:"admin"`
 	}
-	if yaml.Unmarshal(data, &doc) != nil || doc.Admin.Socket == "" {
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		// A file broken elsewhere still names its socket: find it line by line.
+		return adminSocketByLines(string(data)), nil
+	}
+	if doc.Admin.Socket == "" {
 		return DefaultAdminSocket, nil
 	}
 	return doc.Admin.Socket, nil
+}
+
+// adminSocketByLines finds `socket:` under a top-level `admin:` without parsing YAML, for a
+// file whose YAML is broken.
+func adminSocketByLines(text string) string {
+	in := false
+	for _, line := range strings.Split(text, "\n") {
+		trimmed := strings.TrimSpace(line)
+		if trimmed == "" || strings.HasPrefix(trimmed, "#") {
+			continue
+		}
+		if line[0] != ' ' && line[0] != '\t' {
+			in = strings.HasPrefix(trimmed, "admin:")
+			continue
+		}
+		if v, ok := strings.CutPrefix(trimmed, "socket:"); in && ok {
+			v, _, _ = strings.Cut(v, " #")
+			if v = strings.Trim(strings.TrimSpace(v), `"'`); v != "" {
+				return v
+			}
+		}
+	}
+	return DefaultAdminSocket
 }

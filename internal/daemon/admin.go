@@ -167,7 +167,14 @@ func (d *daemon) startAdmin(ctx context.Context, cfg *config.Config) (func(), er
 		},
 	}
 	if d.opts.Load != nil {
-		opts.Reload = d.reload
+		opts.Reload = func(ctx context.Context) (admin.ReloadResult, error) {
+			res, err := d.reload(ctx)
+			if err != nil {
+				// The CLI shows the reason too; the log is where the operator looks later.
+				d.log.Error("config not reloaded; the old config keeps running", "cause", "admin API", "reason", err)
+			}
+			return res, err
+		}
 	}
 	srv := admin.New(opts)
 
