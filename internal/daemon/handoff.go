@@ -186,9 +186,14 @@ type handoffApp struct {
 	marks     []*bpfwatch.Handle
 	prevMarks []bpfwatch.Activity
 	tried     []bool
+	// retiring is set when a reload takes the app out while it runs: its connections
+	// drain with the watch still counting them, and it is never started again.
+	retiring atomic.Bool
 
 	mu  sync.Mutex
 	srv *handoff.Server
+	// srvCtx is what srv runs under, for a server made anew (setUser).
+	srvCtx context.Context
 }
 
 // newHandoffApp readies the app's handoff in dir. Its server is set up by run, where a
@@ -205,7 +210,7 @@ func newHandoffApp(app *config.App, lns []net.Listener, dir string, rt backend.R
 	return h
 }
 
-// newServer makes the app's handoff server. Its listeners are read only now: those a
+// newServer makes the app's handoff server. Called with h.mu held. Its listeners are read only now: those a
 // reload moves to this app from another are filled in when the reload commits.
 func (h *handoffApp) newServer() (*handoff.Server, error) {
 	app := h.conf()
@@ -236,11 +241,14 @@ func (h *handoffApp) listen(ctx context.Context) bool {
 	name := h.conf().Name
 	backoff := brokenRetryFirst
 	for {
+		h.mu.Lock()
 		srv, err := h.newServer()
 		if err == nil {
-			h.mu.Lock()
-			h.srv = srv
-			h.mu.Unlock()
+			h.srv, h.srvCtx = srv, ctx
+			go srv.Run(ctx)
+		}
+		h.mu.Unlock()
+		if err == nil {
 			if h.broken.Swap(nil) != nil {
 				h.log.Info("app's handoff repaired; serving it again")
 			}
@@ -301,6 +309,45 @@ func (h *handoffApp) Broken() string {
 }
 
 func (h *handoffApp) conf() *config.App { return h.cfg.Load() }
+
+// setUser hands the handoff socket to the app's new user: after a reload changed
+// `user:`, the app restarts as that uid, and a socket that is the old uid's (0600)
+// would refuse its shim until sact restarted (issue 12). A new server binds at the same
+// path, then the old one closes; a container still running as the old user has its
+// sockets already.
+func (h *handoffApp) setUser(user string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.opts.User == user {
+		return
+	}
+	h.opts.User = user
+	if h.srv == nil || h.srvCtx.Err() != nil {
+		return // not served yet: listen makes the server for the new user
+	}
+	srv, err := h.newServer()
+	if err != nil {
+		h.log.Error("cannot hand the handoff socket to the app's new user; the app cannot get its sockets until the next reload or a restart of sact",
+			"user", user, "path", filepath.Join(h.dir, backend.ShimSocket), "reason", err)
+		return
+	}
+	h.srv.Close()
+	h.srv = srv
+	go srv.Run(h.srvCtx)
+	h.log.Info("handoff socket handed to the app's new user", "user", user)
+}
+
+// retire marks the app as taken out by a reload and reports whether it runs, so that
+// its connections must drain before it is stopped: the watch goes on counting them,
+// and the app is not started again.
+func (h *handoffApp) retire() bool {
+	h.retiring.Store(true)
+	switch h.act.State() {
+	case activator.Running, activator.Starting, activator.Waking:
+		return true
+	}
+	return false
+}
 
 func (h *handoffApp) close() {
 	h.mu.Lock()
@@ -479,13 +526,17 @@ func (h *handoffApp) run(ctx context.Context) {
 	if !h.listen(ctx) {
 		return
 	}
-	go h.srv.Run(ctx)
 	h.watchListeners() // those a reload moved in since startUnit
 	defer h.closeMarks()
 	backoff := time.Duration(0)
 	for {
 		wake := activator.Wake{Remote: "backlog"}
-		switch state := h.settled(ctx); state {
+		state := h.settled(ctx)
+		if h.retiring.Load() && state != activator.Running {
+			<-ctx.Done() // taken out by a reload: drained, it is stopped, never started
+			return
+		}
+		switch state {
 		case activator.Running:
 			// Adopted, or running already: watch it.
 		case activator.Paused:
@@ -569,13 +620,17 @@ func (h *handoffApp) watch(ctx context.Context, live context.Context) {
 	last := time.Now()
 	t := time.NewTicker(every)
 	defer t.Stop()
-	for {
-		select {
-		case <-live.Done():
-			return
-		case <-ctx.Done():
-			return
-		case <-t.C:
+	for first := true; ; first = false {
+		// The first look is at once: the open count keeps the app from being evicted
+		// or paused (activator.Options.Open) from its first connection on.
+		if !first {
+			select {
+			case <-live.Done():
+				return
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
 		}
 		now := time.Now()
 		acts, err := h.probe.Probe(ctx, addrs...)
@@ -760,7 +815,7 @@ func reclaim(pid int, addrs []listen.Addr) ([]net.Listener, error) {
 			continue
 		}
 		f := os.NewFile(uintptr(fd), addrs[i].String())
-		ln, err := net.FileListener(f)
+		ln, err := keepStatusFlags(fd, func() (net.Listener, error) { return net.FileListener(f) })
 		f.Close()
 		if err != nil {
 			closeAll()
@@ -775,6 +830,47 @@ func reclaim(pid int, addrs []listen.Addr) ([]net.Listener, error) {
 		}
 	}
 	return found, nil
+}
+
+// keepStatusFlags runs mk, which makes a listener from a duplicate of fd, and puts the
+// socket's blocking mode back as it was. A duplicate shares the open file description,
+// file status flags included, with every other: net.FileListener's O_NONBLOCK on a
+// socket that a running app holds made an app that accepts in blocking mode get EAGAIN
+// (issue 12). sact never accepts on a handoff app's listener: it polls it, duplicates
+// it and reads its address, none of which needs O_NONBLOCK (pendingWatcher sets it
+// while the app is stopped, d.accept before a relayed app's accept loop).
+func keepStatusFlags(fd int, mk func() (net.Listener, error)) (net.Listener, error) {
+	flags, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0)
+	if err != nil {
+		return nil, fmt.Errorf("reading the socket's flags: %w", err)
+	}
+	ln, err := mk()
+	if err != nil || flags&unix.O_NONBLOCK != 0 {
+		return ln, err
+	}
+	if err := unix.SetNonblock(fd, false); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("putting the socket back in blocking mode: %w", err)
+	}
+	return ln, nil
+}
+
+// setNonblock puts ln's socket in non-blocking mode, which Go's accept needs: a socket
+// that was a handoff app's may be blocking (keepStatusFlags).
+func setNonblock(ln net.Listener) error {
+	sc, ok := ln.(syscall.Conn)
+	if !ok {
+		return nil
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) { serr = unix.SetNonblock(int(fd), true) }); err != nil {
+		return err
+	}
+	return serr
 }
 
 // matchListener returns the index in addrs of the listening stream socket fd, or -1.

@@ -11,8 +11,11 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/sact-project/sact/internal/activator"
 	"github.com/sact-project/sact/internal/backend"
@@ -194,4 +197,87 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// TestTakeBackKeepsBlockingMode: taking a running app's sockets back (reclaim, after a
+// restart of sact) or moving one to another unit (a reload) leaves the socket's blocking
+// mode as the app set it. The file status flags are the open file description's, shared
+// by every duplicate: net.FileListener's O_NONBLOCK made an app that accepts in blocking
+// mode get EAGAIN (issue 12).
+func TestTakeBackKeepsBlockingMode(t *testing.T) {
+	for _, network := range []string{"tcp", "unix"} {
+		t.Run(network, func(t *testing.T) {
+			addr := "127.0.0.1:0"
+			if network == "unix" {
+				addr = filepath.Join(t.TempDir(), "s.sock")
+			}
+			ln, err := net.Listen(network, addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			addr = ln.Addr().String()
+			if ul, ok := ln.(*net.UnixListener); ok {
+				ul.SetUnlinkOnClose(false)
+			}
+			// The app's descriptor, in blocking mode as the shim leaves it; sact's own is
+			// gone, as after a restart.
+			var app int
+			rc, _ := ln.(syscall.Conn).SyscallConn()
+			rc.Control(func(fd uintptr) { app, err = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0) })
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer unix.Close(app)
+			if err := unix.SetNonblock(app, false); err != nil {
+				t.Fatal(err)
+			}
+			ln.Close()
+
+			// appAccepts checks that the app's blocking accept(2) waits for a client
+			// rather than failing with EAGAIN.
+			appAccepts := func(when string) {
+				t.Helper()
+				if fl, _ := unix.FcntlInt(uintptr(app), unix.F_GETFL, 0); fl&unix.O_NONBLOCK != 0 {
+					t.Errorf("%s: the app's socket is non-blocking", when)
+				}
+				got := make(chan error, 1)
+				go func() {
+					c, _, err := unix.Accept4(app, unix.SOCK_CLOEXEC)
+					if err == nil {
+						unix.Close(c)
+					}
+					got <- err
+				}()
+				time.Sleep(50 * time.Millisecond)
+				c, err := net.Dial(network, addr)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer c.Close()
+				select {
+				case err := <-got:
+					if err != nil {
+						t.Errorf("%s: the app's blocking accept: %v", when, err)
+					}
+				case <-time.After(5 * time.Second):
+					t.Fatalf("%s: the app's accept got no client", when)
+				}
+			}
+
+			lns, err := reclaim(os.Getpid(), []listen.Addr{{Network: network, Address: addr}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			appAccepts("after reclaim")
+			moved, err := moveListener(lns[0])
+			if err != nil {
+				t.Fatal(err)
+			}
+			if ul, ok := moved.(*net.UnixListener); ok {
+				ul.SetUnlinkOnClose(false)
+			}
+			defer moved.Close()
+			appAccepts("after a move")
+		})
+	}
 }

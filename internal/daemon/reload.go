@@ -26,7 +26,9 @@ import (
 //     timeouts) apply at once, and if what it runs changed (image, env, command...), it is
 //     restarted with the new settings once its last connection ends;
 //   - an added app is bound and served; a removed app's listeners close, its open
-//     connections get the drain timeout, then it is stopped;
+//     connections get the drain timeout, then it is stopped (a running handoff app's
+//     connections, which the app accepted itself, as the kernel counts them; its
+//     listeners close after the drain);
 //   - an app whose kind changed (container/process, handoff or not, or the addresses of
 //     a handoff app) is replaced: removed, then added, with its listening sockets kept
 //     open in between, so clients wait in the backlog instead of being refused.
@@ -53,8 +55,8 @@ func (d *daemon) reload(ctx context.Context) (admin.ReloadResult, error) {
 		return admin.ReloadResult{}, errors.New("this sact cannot reload: it was started without a config file")
 	}
 	if d.opts.Notify {
-		notify(ctx, d.log, fmt.Sprintf("RELOADING=1\nMONOTONIC_USEC=%d", monotonicUsec()))
-		defer notify(ctx, d.log, "READY=1")
+		notify(d.log, fmt.Sprintf("RELOADING=1\nMONOTONIC_USEC=%d", monotonicUsec()))
+		defer notify(d.log, "READY=1")
 	}
 	began := time.Now()
 	cfg, err := d.opts.Load(ctx)
@@ -277,8 +279,12 @@ func (d *daemon) update(u *unit, app *config.App, lns []net.Listener) {
 	u.act.SetPolicy(pol)
 	u.spec = pol.Spec
 	if u.handoff != nil {
-		// Same addresses, same sockets: only the settings change.
+		// Same addresses, same sockets: only the settings change, and the handoff
+		// socket's owner with the user the app runs as.
 		u.handoff.cfg.Store(app)
+		if u.app.User != app.User {
+			u.handoff.setUser(app.User)
+		}
 	} else {
 		for _, ln := range u.lns {
 			if ln != nil && !slices.Contains(lns, ln) {

@@ -79,10 +79,17 @@ type unit struct {
 // newUnit makes the unit of app with its listeners; nothing runs until startUnit.
 func (d *daemon) newUnit(app *config.App, lns []net.Listener, rt backend.Runtime) *unit {
 	pol := d.policy(app)
-	u := &unit{
-		app: app, lns: lns, spec: pol.Spec, rt: rt, done: make(chan struct{}),
-		act: activator.New(rt, pol, activator.Options{Logger: d.log, Pool: d.pool, Observe: d.m.observe, Dial: d.dialUpstream}),
+	u := &unit{app: app, lns: lns, spec: pol.Spec, rt: rt, done: make(chan struct{})}
+	opts := activator.Options{Logger: d.log, Pool: d.pool, Observe: d.m.observe, Dial: d.dialUpstream}
+	if app.Handoff {
+		// The app accepts its connections itself: the kernel's count of those open keeps
+		// it from being evicted or paused while it serves (issue 12).
+		opts.Open = func() int {
+			open, _, _ := u.handoff.counts()
+			return open
+		}
 	}
+	u.act = activator.New(rt, pol, opts)
 	if app.Handoff {
 		d.setUpHandoff(u)
 	}
@@ -124,8 +131,8 @@ func (u *unit) adminApp() admin.App {
 	return u.act
 }
 
-// handoffView is a handoff app for the admin API: its connections, which the app
-// accepts itself, as the kernel counts them.
+// handoffView is a handoff app for the admin API: the connections it accepted itself,
+// as the kernel counts them (its open ones are in the activator's own count).
 type handoffView struct {
 	*activator.App
 	h *handoffApp
@@ -133,12 +140,9 @@ type handoffView struct {
 
 func (v handoffView) Status() activator.Status {
 	st := v.App.Status()
-	open, accepted, exact := v.h.counts()
-	if exact {
-		// Every connection, the ones that woke the app (its leases) included.
-		st.Open, st.Accepted = open, accepted
+	if _, accepted, exact := v.h.counts(); exact {
+		st.Accepted = accepted // every connection, the ones that woke the app included
 	} else {
-		st.Open += open
 		st.Accepted += accepted
 	}
 	return st
@@ -248,6 +252,9 @@ func (d *daemon) accept(ln net.Listener, act *activator.App, addr string) {
 	if ln == nil {
 		return // lost in a reload (logged there)
 	}
+	if err := setNonblock(ln); err != nil {
+		d.log.Warn("cannot put a listener in non-blocking mode; accepting on it anyway", "listen", addr, "err", err)
+	}
 	d.srv.accepting.Go(func() { d.srv.accept(ln, act, addr) })
 }
 
@@ -261,13 +268,20 @@ func (u *unit) closeListeners() {
 }
 
 // retire takes a unit out after a reload removed or replaced it: its listeners close at
-// once (but those a successor took), its open connections get the drain timeout to end,
-// then the app is stopped and its goroutines end. The returned channel is closed when all
+// once (but those a successor took; a running handoff app's after its drain), its open
+// connections get the drain timeout to end, then the app is stopped and its goroutines
+// end. The returned channel is closed when all
 // that is done.
 func (d *daemon) retire(u *unit, reason string) <-chan struct{} {
-	u.closeListeners()
-	if u.stopWatch != nil {
-		u.stopWatch() // a handoff app must not start again on its way out
+	// A running handoff app holds its sockets and accepts by itself: its listeners stay
+	// (a unix one's path is how the kernel's count finds its connections) and its watch
+	// counts its open connections until they drain (issue 12: they were cut at once).
+	drainHandoff := u.handoff != nil && u.stopWatch != nil && u.handoff.retire()
+	if !drainHandoff {
+		u.closeListeners()
+		if u.stopWatch != nil {
+			u.stopWatch() // a handoff app must not start again on its way out
+		}
 	}
 	gone := make(chan struct{})
 	d.retiring.Add(1)
@@ -278,6 +292,10 @@ func (d *daemon) retire(u *unit, reason string) <-chan struct{} {
 		deadline := time.Now().Add(d.drain)
 		for u.act.Status().Open > 0 && time.Now().Before(deadline) && d.appsCtx.Err() == nil {
 			time.Sleep(50 * time.Millisecond)
+		}
+		if drainHandoff {
+			u.stopWatch()
+			u.closeListeners()
 		}
 		if d.appsCtx.Err() == nil {
 			ctx, cancel := context.WithTimeout(d.appsCtx, u.app.StopTimeout+10*time.Second)
@@ -339,7 +357,14 @@ func moveListener(ln net.Listener) (net.Listener, error) {
 		return nil, err
 	}
 	defer f.Close()
-	moved, err := net.FileListener(f)
+	rc, err := f.SyscallConn() // not f.Fd(): it would make the socket blocking
+	if err != nil {
+		return nil, err
+	}
+	fd := -1
+	rc.Control(func(raw uintptr) { fd = int(raw) })
+	// A running handoff app shares the socket's blocking mode: keep it.
+	moved, err := keepStatusFlags(fd, func() (net.Listener, error) { return net.FileListener(f) })
 	if err != nil {
 		return nil, err
 	}
