@@ -224,8 +224,27 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 	if opts.Ready != nil {
 		opts.Ready(addrs)
 	}
+	// The watchdog's pings go through this loop: one that hangs (a stuck reload, a
+	// deadlock) stops them, and systemd restarts sact.
+	pings := make(chan chan struct{})
+	wctx, stopWatchdog := context.WithCancel(ctx)
+	var watching sync.WaitGroup
 	if opts.Notify {
-		notify(ctx, log, fmt.Sprintf("READY=1\nSTATUS=serving %d apps", len(cfg.Apps)))
+		notify(log, fmt.Sprintf("READY=1\nSTATUS=serving %d apps", len(cfg.Apps)))
+		if every := watchdogEvery(); every > 0 {
+			watching.Go(func() {
+				watchdog(wctx, log, every, func(ctx context.Context) error {
+					reply := make(chan struct{})
+					select {
+					case pings <- reply:
+					case <-ctx.Done():
+						return fmt.Errorf("the daemon's loop does not answer: %w", ctx.Err())
+					}
+					<-reply
+					return nil
+				})
+			})
+		}
 	}
 
 	for done := false; !done; {
@@ -234,11 +253,15 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 			done = true
 		case <-opts.Reload:
 			d.reloadAndLog(ctx, "SIGHUP")
+		case reply := <-pings:
+			close(reply)
 		}
 	}
+	stopWatchdog()
+	watching.Wait()
 	log.Info("shutting down", "drain_timeout", d.drain)
 	if opts.Notify {
-		notify(ctx, log, "STOPPING=1")
+		notify(log, "STOPPING=1")
 	}
 	d.reloading.Lock() // no reload may start now; none runs
 	units := d.snapshot()

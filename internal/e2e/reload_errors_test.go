@@ -2,9 +2,12 @@ package e2e
 
 import (
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -48,4 +51,51 @@ func TestReloadOfABrokenFileSaysWhy(t *testing.T) {
 		t.Errorf("reload of the repaired file: %v\n%s", err, out)
 	}
 	d.waitLog(`"msg":"config reloaded"`, 5*time.Second)
+}
+
+// TestWatchdogPingsDoNotMultiplyWithReloads: sact pings systemd's watchdog at half
+// WatchdogSec, from one goroutine that only pings while the daemon's loop answers; each
+// reload used to start one more free-running pinger (issue 13).
+func TestWatchdogPingsDoNotMultiplyWithReloads(t *testing.T) {
+	needDocker(t)
+	notifySock := filepath.Join(t.TempDir(), "notify.sock")
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: notifySock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	var pings atomic.Int64
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			n, err := conn.Read(buf)
+			if err != nil {
+				return
+			}
+			if strings.Contains(string(buf[:n]), "WATCHDOG=1") {
+				pings.Add(1)
+			}
+		}
+	}()
+	path := writeConfig(t, "apps:"+appConfig(uniqueName(t, "wdog"), freeAddr(t), ""))
+	d := startSactFileEnv(t, path, "NOTIFY_SOCKET="+notifySock, "WATCHDOG_USEC=400000") // a ping every 200 ms
+	rate := func() int64 {
+		before := pings.Load()
+		time.Sleep(2 * time.Second)
+		return pings.Load() - before
+	}
+	first := rate()
+	for range 5 {
+		d.cmd.Process.Signal(syscall.SIGHUP)
+		time.Sleep(100 * time.Millisecond)
+	}
+	d.awaitCount(`"msg":"config reloaded"`, 5)
+	after := rate()
+	t.Logf("watchdog pings in 2 s: %d before 5 reloads, %d after", first, after)
+	if first < 5 || first > 15 {
+		t.Errorf("%d pings in 2 s at WatchdogSec=400ms, want about 10", first)
+	}
+	if after > first+3 {
+		t.Errorf("%d pings in 2 s after 5 reloads, %d before: each reload added a pinger", after, first)
+	}
 }
