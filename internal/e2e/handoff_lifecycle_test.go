@@ -130,8 +130,9 @@ func TestHandoffPauseKeepsOpenConnection(t *testing.T) {
 // about 20 ms).
 func TestReloadHandoffDrains(t *testing.T) {
 	needDocker(t)
-	for _, how := range []string{"removed", "replaced"} {
-		t.Run(how, func(t *testing.T) {
+	for _, tc := range []struct{ how, network string }{{"removed", "tcp"}, {"removed", "unix"}, {"replaced", "tcp"}} {
+		how := tc.how
+		t.Run(how+"/"+tc.network, func(t *testing.T) {
 			name, other := uniqueName(t, "hdrain"), uniqueName(t, "hdrainx")
 			tcp, sock, otherAddr := freeAddr(t), filepath.Join(t.TempDir(), "app.sock"), freeAddr(t)
 			rest := appConfig(other, otherAddr, "")
@@ -140,8 +141,9 @@ func TestReloadHandoffDrains(t *testing.T) {
 				t.Fatal(err)
 			}
 			streamed := make(chan error, 1)
+			addr := map[string]string{"tcp": tcp, "unix": sock}[tc.network]
 			go func() {
-				body, err := httpGetTimeout(tcp, "/slow?d=3s&every=100ms", 30*time.Second)
+				body, err := httpGetTimeout(addr, "/slow?d=3s&every=100ms", 30*time.Second)
 				if err == nil && !strings.HasSuffix(body, "done\n") {
 					err = fmt.Errorf("stream cut: %d bytes %q", len(body), body)
 				}
