@@ -377,7 +377,8 @@ func (a *App) Run(ctx context.Context) error {
 	a.wg.Wait()
 
 	a.mu.Lock()
-	stop := a.pol().StopOnExit && a.state == Running
+	wasPaused := a.state == Paused
+	stop := a.pol().StopOnExit && (a.state == Running || wasPaused)
 	if stop {
 		a.killLive()
 		a.state = Stopping
@@ -386,6 +387,9 @@ func (a *App) Run(ctx context.Context) error {
 	if stop {
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), a.pol().StopTimeout+10*time.Second)
 		defer cancel()
+		if p, ok := a.rt.(backend.Pauser); ok && wasPaused {
+			p.Unpause(sctx, a.pol().Spec) // a frozen process cannot act on SIGTERM
+		}
 		if err := a.rt.Stop(sctx, a.pol().Spec, a.pol().StopTimeout); err != nil {
 			return fmt.Errorf("stopping app %q on exit: %w", a.Name(), err)
 		}
