@@ -68,10 +68,13 @@ func TestHandoffBusyAppIsNotEvicted(t *testing.T) {
 	}()
 	d.waitLog(`"msg":"app ready"&&`+one, 20*time.Second)
 	time.Sleep(1500 * time.Millisecond) // a sampling period or so: the kernel's count is read
+	asked := time.Now()
 	body, err := httpGetTimeout(tcp2, "/", 60*time.Second)
 	if err != nil || !strings.Contains(body, "hello from "+two) {
 		t.Errorf("second app under max_running 1: %q, %v", body, err)
 	}
+	t.Logf("RELIABILITY handoff app busy under max_running 1: the other app's request waited %v for the busy app's %v request, sent %v before it (cold start included), to end",
+		time.Since(asked).Round(time.Millisecond), hold, asked.Sub(began).Round(time.Millisecond))
 	if err := <-held; err != nil {
 		t.Errorf("the busy app's request, %v after it began: %v", time.Since(began).Round(time.Millisecond), err)
 	}
@@ -157,13 +160,17 @@ func TestReloadHandoffDrains(t *testing.T) {
 			if err := os.WriteFile(d.config, []byte(v2), 0o644); err != nil {
 				t.Fatal(err)
 			}
+			reloaded := time.Now()
 			if out, err := sactCLI(t, d, "reload"); err != nil {
 				t.Fatalf("sact reload: %v\n%s", err, out)
 			}
 			if err := <-streamed; err != nil {
 				t.Errorf("stream open across the reload: %v", err)
 			}
+			ended := time.Since(reloaded)
 			d.waitLog(`"msg":"app retired"&&`+name, 15*time.Second)
+			t.Logf("RELIABILITY reload, handoff app %s (%s): its stream ended %v after the reload, the app retired %v after it", how, tc.network,
+				ended.Round(time.Millisecond), time.Since(reloaded).Round(time.Millisecond))
 			if how == "replaced" {
 				if body, err := httpGet(tcp, "/"); err != nil || !strings.Contains(body, "hello from "+name) {
 					t.Errorf("the replacement: %q, %v", body, err)
