@@ -286,6 +286,10 @@ func (a *App) Pause(ctx context.Context) error {
 		}
 		return fmt.Errorf("app %q is %s, not running", a.Name(), st)
 	}
+	if n := a.unseenOpen(); n > 0 {
+		a.mu.Unlock()
+		return fmt.Errorf("app %q has %d open connections that it accepted itself (handoff) and that sact cannot close: frozen, they would hang; pause it when they have ended, or stop it", a.Name(), n)
+	}
 	a.beginPause("manual", time.Since(a.lastActivity()))
 	done := a.done
 	a.mu.Unlock()

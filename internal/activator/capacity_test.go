@@ -432,6 +432,9 @@ func TestUnseenOpenPausesAfterClose(t *testing.T) {
 		if st := a.State(); st != Running {
 			t.Fatalf("open connection: %v, want running", st)
 		}
+		if err := a.Pause(context.Background()); err == nil || !strings.Contains(err.Error(), "1 open connections") {
+			t.Errorf("a pause by hand with a connection open: %v, want refused", err)
+		}
 		open.Store(0)
 		a.Touch() // the watch sees it close
 		time.Sleep(11 * time.Second)
