@@ -186,6 +186,9 @@ type handoffApp struct {
 	marks     []*bpfwatch.Handle
 	prevMarks []bpfwatch.Activity
 	tried     []bool
+	// addrs are the listeners' addresses as watchListeners found them, for the watch
+	// of a listener that a reload has moved to another unit meanwhile.
+	addrs []net.Addr
 	// retiring is set when a reload takes the app out while it runs: its connections
 	// drain with the watch still counting them, and it is never started again.
 	retiring atomic.Bool
@@ -608,7 +611,13 @@ func (h *handoffApp) watch(ctx context.Context, live context.Context) {
 	every := min(max(h.conf().Idle/10, 100*time.Millisecond), time.Second)
 	addrs := make([]net.Addr, len(h.lns))
 	for i, ln := range h.lns {
-		addrs[i] = ln.Addr()
+		if ln != nil {
+			addrs[i] = ln.Addr()
+		} else {
+			// Moved to the unit replacing this one while this one drains: the same
+			// socket, at the address it had.
+			addrs[i] = h.addrs[i]
+		}
 	}
 	prev := make([]sockdiag.Activity, len(addrs))
 	marks, prevMarks, cpu := h.marks, h.prevMarks, h.cpuTime(ctx)
@@ -715,6 +724,12 @@ func (h *handoffApp) watchListeners() {
 		h.marks = make([]*bpfwatch.Handle, len(h.lns))
 		h.prevMarks = make([]bpfwatch.Activity, len(h.lns))
 		h.tried = make([]bool, len(h.lns))
+		h.addrs = make([]net.Addr, len(h.lns))
+	}
+	for i, ln := range h.lns {
+		if ln != nil && h.addrs[i] == nil {
+			h.addrs[i] = ln.Addr()
+		}
 	}
 	if h.counters == nil {
 		return
