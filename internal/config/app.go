@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"go.yaml.in/yaml/v3"
 	"golang.org/x/sys/unix"
@@ -59,6 +60,27 @@ var appKeys = map[string]func(d *decoder, path string, n *yaml.Node, a *App){
 	"waking_page":   func(d *decoder, p string, n *yaml.Node, a *App) { a.WakingPage = d.duration(p, n) },
 	"max_in_flight": func(d *decoder, p string, n *yaml.Node, a *App) { a.MaxInFlight = d.atLeast(p, n, 1) },
 	"quiet":         func(d *decoder, p string, n *yaml.Node, a *App) { a.Quiet, a.quietSet = d.quiet(p, n), true },
+	"restart_file":  func(d *decoder, p string, n *yaml.Node, a *App) { a.RestartFile, a.Restarted = d.restartFile(p, n) },
+}
+
+// restartFile decodes restart_file: a path whose directory exists, and the file's time.
+func (d *decoder) restartFile(path string, n *yaml.Node) (string, time.Time) {
+	s := d.str(path, n)
+	if s == "" {
+		return "", time.Time{}
+	}
+	if !filepath.IsAbs(s) {
+		s = filepath.Join(filepath.Dir(d.fileOf(n)), s)
+	}
+	s = filepath.Clean(s)
+	if !d.checkDir(path, n, filepath.Dir(s), false, "create it (Passenger apps have tmp/), or fix the path") {
+		return "", time.Time{}
+	}
+	if fi, err := stat(s); err == nil && fi.IsDir() {
+		d.errorf(n, path, "%s is a directory; name a file in it, like %s", s, filepath.Join(s, "restart.txt"))
+		return "", time.Time{}
+	}
+	return s, RestartFileTime(s)
 }
 
 var quietKeys = []string{"favicon", "robots_txt", "status", "user_agents"}

@@ -216,6 +216,16 @@ type App struct {
 	// MaxInFlight is how many front-door requests the app may have at once (key
 	// max_in_flight); more get 503. Default 256.
 	MaxInFlight int
+	// RestartFile is a file whose touch restarts the app at its next request, in a new
+	// container, as Passenger does with tmp/restart.txt (key restart_file): sact watches
+	// its directory (inotify). An absolute path, or relative to the config file that
+	// names it; its directory must exist, the file need not. Default "": none.
+	RestartFile string
+	// Restarted is RestartFile's modification time when the config was read (zero if
+	// the file is absent). It is part of Spec().Hash, so a touch since the container was
+	// made recreates it, also across restarts of sact; a watcher updates it on a touch.
+	Restarted time.Time
+
 	// Quiet are the front door's answers while the app sleeps. See Quiet.
 	Quiet    Quiet
 	quietSet bool
@@ -295,6 +305,8 @@ type hashed struct {
 	Port       int               `json:"port,omitempty"`
 	Upstream   string            `json:"upstream,omitempty"`
 	Handoff    bool              `json:"handoff,omitempty"`
+	// Restarted is the restart file's time: touching it recreates the container.
+	Restarted string `json:"restarted,omitempty"`
 }
 
 // hash is the first 16 hex digits of the sha256 of the app's hashed settings. JSON writes
@@ -304,7 +316,7 @@ func (a *App) hash() string {
 		Image: a.Image, Container: a.Container, Cmd: a.Cmd, Entrypoint: a.Entrypoint,
 		Env: a.Env, Volumes: a.Volumes, User: a.User, Network: a.Network, Memory: a.Memory,
 		CPUs: a.CPUs, Labels: a.Labels, Command: a.Command, Dir: a.Dir, Port: a.Port,
-		Upstream: a.Upstream.String(), Handoff: a.Handoff,
+		Upstream: a.Upstream.String(), Handoff: a.Handoff, Restarted: a.restarted(),
 	})
 	if err != nil {
 		panic("config: hashing app settings: " + err.Error()) // cannot happen: plain data
@@ -322,4 +334,22 @@ func (a *App) Windows() []Window {
 		}
 	}
 	return ws
+}
+
+// restarted is Restarted for the hash: "" when zero, so that apps without a restart file
+// keep their hash.
+func (a *App) restarted() string {
+	if a.Restarted.IsZero() {
+		return ""
+	}
+	return a.Restarted.UTC().Format(time.RFC3339Nano)
+}
+
+// RestartFileTime returns the modification time of path, zero if it does not exist.
+func RestartFileTime(path string) time.Time {
+	fi, err := stat(path)
+	if err != nil {
+		return time.Time{}
+	}
+	return fi.ModTime()
 }

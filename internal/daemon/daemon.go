@@ -189,6 +189,10 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 		defer func() { stopSaving(); saving.Wait() }()
 		saving.Go(func() { keepActivity(saveCtx, opts.StateFile, d.acts, log) })
 	}
+	var restarting sync.WaitGroup // touches of restart_file (issue 14)
+	rctx, stopRestarting := context.WithCancel(ctx)
+	defer func() { stopRestarting(); restarting.Wait() }()
+	restarting.Go(func() { d.watchRestartFiles(rctx) })
 	addrs := make(map[string][]net.Addr)
 	for _, app := range cfg.Apps {
 		u := d.units[app.Name]

@@ -1,0 +1,67 @@
+package e2e
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+// Touching an app's restart_file, as a Passenger deploy touches tmp/restart.txt, gives a
+// new container at the next request; the config is not reloaded for it, and an app whose
+// file is untouched keeps its container (issue 14).
+func TestRestartFileRecreatesContainer(t *testing.T) {
+	needDocker(t)
+	name, other := uniqueName(t, "restartf"), uniqueName(t, "restartg")
+	addr, otherAddr := freeAddr(t), freeAddr(t)
+	tmp := filepath.Join(t.TempDir(), "tmp")
+	if err := os.MkdirAll(tmp, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	restart := filepath.Join(tmp, "restart.txt")
+	otherRestart := filepath.Join(tmp, "other.txt")
+	d := startSact(t, "apps:"+appConfig(name, addr, "")+"    idle: 1h\n    restart_file: "+restart+"\n"+
+		appConfig(other, otherAddr, "")+"    idle: 1h\n    restart_file: "+otherRestart+"\n")
+	for _, a := range []string{addr, otherAddr} {
+		if _, err := httpGet(a, "/"); err != nil {
+			t.Fatalf("cold request: %v", err)
+		}
+	}
+	id1, other1 := docker(t, "inspect", "-f", "{{.Id}}", "sact-"+name), docker(t, "inspect", "-f", "{{.Id}}", "sact-"+other)
+
+	// The file did not exist: creating it is a touch.
+	if err := os.WriteFile(restart, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d.waitLog(`"msg":"restart file touched`+`&&`+name, 5*time.Second)
+	d.waitLog(`"msg":"stopped app"&&`+name, 20*time.Second)
+	if _, err := httpGet(addr, "/"); err != nil {
+		t.Fatalf("request after the touch: %v", err)
+	}
+	id2 := docker(t, "inspect", "-f", "{{.Id}}", "sact-"+name)
+	if id2 == id1 {
+		t.Fatalf("same container %.12s after restart.txt was created", id1)
+	}
+
+	// Touching it again (only its times change) restarts it again.
+	later := time.Now().Add(time.Second)
+	if err := os.Chtimes(restart, later, later); err != nil {
+		t.Fatal(err)
+	}
+	if n := d.awaitCount(`"msg":"restart file touched`+`&&`+name, 2); n != 2 {
+		t.Fatalf("%d restarts logged after the second touch, want 2", n)
+	}
+	d.awaitCount(`"msg":"stopped app"&&`+name, 2)
+	if _, err := httpGet(addr, "/"); err != nil {
+		t.Fatalf("request after the second touch: %v", err)
+	}
+	if id3 := docker(t, "inspect", "-f", "{{.Id}}", "sact-"+name); id3 == id2 || id3 == id1 {
+		t.Fatalf("container %.12s not new after the second touch", id3)
+	}
+	if id := docker(t, "inspect", "-f", "{{.Id}}", "sact-"+other); id != other1 {
+		t.Errorf("the other app's container changed though its restart file was never touched")
+	}
+	if n := d.countLog(`"msg":"config reloaded"`); n != 0 {
+		t.Errorf("a touch reloaded the config (%d times)", n)
+	}
+}
