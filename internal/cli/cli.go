@@ -54,6 +54,7 @@ func init() {
 		"logs":    {"logs [-n N] NAME  the app's last log lines", appCommand("logs", "GET", "logs")},
 		"reload":  {"reload [-c FILE]  re-read the config: apps added, changed, removed; open connections kept", reload},
 		"restart": {"restart           (without systemd) start sact anew on the same sockets: nothing refused, running apps adopted", restart},
+		"import":  {"import [-o DIR] NGINX_CONF  sact config, Dockerfiles and nginx sites for the Passenger apps of an nginx config", importCmd},
 	}
 }
 

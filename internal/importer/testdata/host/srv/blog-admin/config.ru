@@ -1,0 +1,1 @@
+require "./app"; run Admin

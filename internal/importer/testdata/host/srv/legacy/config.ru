@@ -1,0 +1,2 @@
+require ::File.expand_path("../config/environment",  __FILE__)
+run Legacy::Application

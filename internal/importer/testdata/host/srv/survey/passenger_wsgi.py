@@ -1,0 +1,1 @@
+def application(env, start): start("200 OK", []); return [b"survey"]
