@@ -682,7 +682,10 @@ func (h *handoffApp) watch(ctx context.Context, live context.Context) {
 			}
 			// Bytes on this listener's open connections cannot be seen (unix, or no
 			// programs): the container's CPU time says whether the app works on them.
-			open += a.Open
+			// A connection still in the backlog is open too: the app is about to accept
+			// it (the one that woke it, at the first look), and must not be paused or
+			// evicted under it.
+			open += a.Open + a.Queued
 			unseen = unseen || a.Open > 0
 		}
 		h.open.Store(int64(open))
