@@ -20,6 +20,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -899,6 +900,12 @@ func matchListener(fd int, addrs []listen.Addr) int {
 	if v, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE); err != nil || v != unix.SOCK_STREAM {
 		return -1
 	}
+	// A socket of the container's own network namespace can carry the same address (a
+	// unix path in its own mount namespace, 127.0.0.1 on its own loopback): only sact's
+	// own namespace's sockets are the app's listeners.
+	if c, err := netnsCookie(fd); err == nil && c != ownNetns() {
+		return -1
+	}
 	sa, err := unix.Getsockname(fd)
 	if err != nil {
 		return -1
@@ -921,6 +928,28 @@ func matchListener(fd int, addrs []listen.Addr) int {
 	}
 	return -1
 }
+
+// netnsCookie is the cookie of the network namespace a socket belongs to (Linux 5.14).
+func netnsCookie(fd int) (uint64, error) {
+	var v uint64
+	n := uint32(unsafe.Sizeof(v))
+	_, _, e := unix.Syscall6(unix.SYS_GETSOCKOPT, uintptr(fd), unix.SOL_SOCKET, unix.SO_NETNS_COOKIE, uintptr(unsafe.Pointer(&v)), uintptr(unsafe.Pointer(&n)), 0)
+	if e != 0 {
+		return 0, e
+	}
+	return v, nil
+}
+
+// ownNetns is the cookie of sact's own network namespace, or 0 if the kernel has none.
+var ownNetns = sync.OnceValue(func() uint64 {
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return 0
+	}
+	defer unix.Close(fd)
+	c, _ := netnsCookie(fd)
+	return c
+})
 
 // sameTCP reports whether the configured host:port is bound as got.
 func sameTCP(configured string, got netip.AddrPort) bool {
