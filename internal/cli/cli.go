@@ -175,6 +175,9 @@ func check(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return configError(e, err)
 	}
+	if err := trustedConfigFile(*path); err != nil {
+		return err // sact serve would refuse it
+	}
 	labelled, err := addLabelApps(ctx, cfg, *labels)
 	if err != nil {
 		var errs config.Errors
