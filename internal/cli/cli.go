@@ -55,6 +55,7 @@ func init() {
 		"reload":  {"reload [-c FILE]  re-read the config: apps added, changed, removed; open connections kept", reload},
 		"restart": {"restart           (without systemd) start sact anew on the same sockets: nothing refused, running apps adopted", restart},
 		"import":  {"import [-o DIR] NGINX_CONF  sact config, Dockerfiles and nginx sites for the Passenger apps of an nginx config", importCmd},
+		"build":   {"build [--base IMAGE=OTHER]... [NAME...]  build the images of the apps sact import wrote next to the config (-c)", build},
 	}
 }
 
@@ -168,6 +169,7 @@ func check(ctx context.Context, e *env, args []string) error {
 	fs := newFlags(e, "check")
 	path := configFlag(fs)
 	labels := labelsFlag(fs)
+	deep := fs.Bool("deep", false, "also ask the engine whether each image exists, each user exists in it and each port is exposed")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -177,6 +179,11 @@ func check(ctx context.Context, e *env, args []string) error {
 	}
 	if err := trustedConfigFile(*path); err != nil {
 		return err // sact serve would refuse it
+	}
+	if *deep {
+		if err := deepCheck(ctx, e, cfg); err != nil {
+			return err
+		}
 	}
 	labelled, err := addLabelApps(ctx, cfg, *labels)
 	if err != nil {

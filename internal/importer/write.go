@@ -306,15 +306,16 @@ func (res *Result) dockerfile(a *App) (string, string) {
 	w := func(f string, args ...any) { fmt.Fprintf(&b, f, args...) }
 	w("# The image of %s: %s and the dependencies of %s. The code is mounted from the host\n", a.Name, a.base(), a.Dir)
 	w("# at the same path (see apps.d/%s.yaml): rebuild with `sact build %s` when the lockfile changes.\n", a.Name, a.Name)
+	// Not under /sact: sact mounts its handoff shim there.
 	w("ARG BASE=%s\nFROM ${BASE}\n", a.base())
 	switch a.Type {
 	case "node":
-		w("WORKDIR /sact/deps\nCOPY package*.json ./\nRUN npm ci --omit=dev || npm install --omit=dev\n")
-		w("ENV NODE_PATH=/sact/deps/node_modules PORT=%d NODE_ENV=%s\n", nodePort, a.Env["NODE_ENV"])
+		w("WORKDIR /opt/sact-import/deps\nCOPY package*.json ./\nRUN npm ci --omit=dev || npm install --omit=dev\n")
+		w("ENV NODE_PATH=/opt/sact-import/deps/node_modules PORT=%d NODE_ENV=%s\n", nodePort, a.Env["NODE_ENV"])
 		w("WORKDIR %s\nEXPOSE %d\nCMD [\"node\", %q]\n", a.Dir, nodePort, a.StartupFile)
 		return b.String(), "*\n!package.json\n!package-lock.json\n"
 	case "python":
-		w("WORKDIR /sact/deps\nCOPY requirements.txt* ./\nRUN if [ -f requirements.txt ]; then pip install -r requirements.txt; fi && pip install gunicorn\n")
+		w("WORKDIR /opt/sact-import/deps\nCOPY requirements.txt* ./\nRUN if [ -f requirements.txt ]; then pip install -r requirements.txt; fi && pip install gunicorn\n")
 		w("WORKDIR %s\nEXPOSE %d\nCMD [\"gunicorn\", \"-b\", \"0.0.0.0:%d\", \"passenger_wsgi:application\"]\n", a.Dir, wsgiPort, wsgiPort)
 		return b.String(), "*\n!requirements.txt\n"
 	}
@@ -323,7 +324,7 @@ func (res *Result) dockerfile(a *App) (string, string) {
 	// .bundle/config (capistrano's points at shared/bundle, gems built for the host's
 	// Ruby) is not read.
 	w("ENV BUNDLE_APP_CONFIG=/usr/local/bundle/config BUNDLE_WITHOUT=development:test RACK_ENV=%s\n", env)
-	w("WORKDIR /sact/bundle\n")
+	w("WORKDIR /opt/sact-import/bundle\n")
 	if a.Lockfile {
 		w("COPY Gemfile Gemfile.lock ./\n")
 	} else {
