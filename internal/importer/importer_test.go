@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 
@@ -268,5 +269,50 @@ func TestNginxAcceptsSites(t *testing.T) {
 	}
 	if n < 6 {
 		t.Errorf("only %d sites tested", n)
+	}
+}
+
+// TestNginxDump: the output of nginx -T reads like the files it lists, includes and
+// lines included; a config that includes itself is an error, not a hang.
+func TestNginxDump(t *testing.T) {
+	dir := t.TempDir()
+	app := filepath.Join(dir, "app")
+	os.MkdirAll(filepath.Join(app, "public"), 0o755)
+	os.WriteFile(filepath.Join(app, "config.ru"), []byte("run App\n"), 0o644)
+	dump := "nginx: the configuration file /etc/nginx/nginx.conf syntax is ok\n" +
+		"nginx: configuration file /etc/nginx/nginx.conf test is successful\n" +
+		"# configuration file /etc/nginx/nginx.conf:\n" +
+		"events {}\nhttp {\n  include /etc/nginx/sites-enabled/*;\n}\n\n" +
+		"# configuration file /etc/nginx/sites-enabled/app:\n" +
+		"server {\n  server_name app.example;\n  root " + app + "/public;\n  passenger_enabled on;\n}\n"
+	path := filepath.Join(dir, "dump.txt")
+	os.WriteFile(path, []byte(dump), 0o644)
+	res, err := Import(path, Options{SocketDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Apps) != 1 || res.Apps[0].At.String() != "/etc/nginx/sites-enabled/app:4" {
+		t.Fatalf("apps %v; want app at /etc/nginx/sites-enabled/app:4", res.Apps)
+	}
+
+	loop := filepath.Join(dir, "loop.conf")
+	os.WriteFile(loop, []byte("http {\n  include loop.conf;\n}\n"), 0o644)
+	if _, err := Import(loop, Options{}); err == nil || !strings.Contains(err.Error(), "nested more than") {
+		t.Errorf("a config including itself: %v, want an error saying so", err)
+	}
+	// Files that include every file of their directory: 4 files, 16 levels.
+	fan := filepath.Join(dir, "fan")
+	os.MkdirAll(fan, 0o755)
+	for i := range 4 {
+		os.WriteFile(filepath.Join(fan, strconv.Itoa(i)+".conf"), []byte("include "+fan+"/*.conf;\n"), 0o644)
+	}
+	main := filepath.Join(dir, "fan.conf")
+	os.WriteFile(main, []byte("http {\n  include "+fan+"/*.conf;\n}\n"), 0o644)
+	began := time.Now()
+	if _, err := Import(main, Options{}); err == nil || !strings.Contains(err.Error(), "files read") {
+		t.Errorf("includes multiplying: %v, want an error saying so", err)
+	}
+	if took := time.Since(began); took > 10*time.Second {
+		t.Errorf("includes multiplying took %v to refuse", took)
 	}
 }

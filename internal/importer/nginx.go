@@ -16,6 +16,10 @@ import (
 // that nests deeper than this includes itself.
 const maxIncludeDepth = 16
 
+// maxFiles bounds the files one import reads: includes of globs that include each other
+// would otherwise multiply at every level.
+const maxFiles = 10000
+
 // value is one directive's arguments, unquoted, and where it was written.
 type value struct {
 	args []string
@@ -138,6 +142,9 @@ func (r *reader) parse(path string) ([]ngx.IDirective, error) {
 			r.root = filepath.Dir(path)
 			data = r.virtual[path]
 		}
+	}
+	if len(r.files) >= maxFiles {
+		return nil, fmt.Errorf("%s: more than %d files read; do includes include each other?", path, maxFiles)
 	}
 	r.files = append(r.files, path)
 	// The parser accepts a stray "}" at the end; nginx does not.
