@@ -70,12 +70,31 @@ func (a *App) startDeps(ctx context.Context) error {
 	a.mu.Lock()
 	deps := a.deps
 	a.mu.Unlock()
-	for i, d := range deps {
+	if len(deps) == 0 {
+		return nil
+	}
+	unpin := func() {
+		for _, d := range deps {
+			d.unpin()
+		}
+	}
+	// Pinned, a running dependency cannot be evicted while the slots are reserved.
+	for _, d := range deps {
 		d.pin()
+	}
+	if a.pool != nil {
+		// The slots of this app and of every dependency that does not run are taken
+		// together, or none: see Pool.reserve.
+		owned, err := a.pool.reserve(ctx, a, a.allDeps())
+		if err != nil {
+			unpin()
+			return err
+		}
+		defer a.pool.unreserve(owned)
+	}
+	for _, d := range deps {
 		if err := d.Start(ctx); err != nil {
-			for _, p := range deps[:i+1] {
-				p.unpin()
-			}
+			unpin()
 			return fmt.Errorf("starting dependency %q: %w", d.Name(), err)
 		}
 	}
@@ -91,6 +110,34 @@ func (a *App) startDeps(ctx context.Context) error {
 	a.pinned = deps
 	a.mu.Unlock()
 	return nil
+}
+
+// allDeps returns the app's dependencies, transitively, each once, nearest first.
+func (a *App) allDeps() []*App {
+	seen := map[*App]bool{a: true}
+	var all []*App
+	for next := []*App{a}; len(next) > 0; {
+		o := next[0]
+		next = next[1:]
+		o.mu.Lock()
+		deps := o.deps
+		o.mu.Unlock()
+		for _, d := range deps {
+			if !seen[d] {
+				seen[d] = true
+				all = append(all, d)
+				next = append(next, d)
+			}
+		}
+	}
+	return all
+}
+
+// leaving reports whether the app is stopping: its slot is about to be freed.
+func (a *App) leaving() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.state == Stopping
 }
 
 // releaseHolds gives back what the incarnation held: its pool slot and its pins on its

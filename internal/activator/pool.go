@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 )
@@ -28,10 +29,13 @@ type Pool struct {
 
 	mu      sync.Mutex
 	running map[*App]bool // apps holding a slot: starting, running, paused or stopping
-	queue   []*slotWaiter // starts waiting for a slot, in arrival order
-	waiting int           // starts waiting for a slot
-	queued  int           // starts waiting for a start token
-	evicted int
+	// reserved are the slots a dependent's start took for dependencies that have not
+	// begun their own start yet (a subset of running); see reserve.
+	reserved map[*App]bool
+	queue    []*slotWaiter // starts waiting for a slot, in arrival order
+	waiting  int           // starts waiting for a slot
+	queued   int           // starts waiting for a start token
+	evicted  int
 }
 
 // NewPool returns a pool; maxRunning 0 means unlimited, startConcurrency 0 means 1.
@@ -40,6 +44,7 @@ func NewPool(maxRunning, startConcurrency int) *Pool {
 		maxRunning: maxRunning,
 		starts:     make(chan struct{}, max(startConcurrency, 1)),
 		running:    make(map[*App]bool),
+		reserved:   make(map[*App]bool),
 	}
 }
 
@@ -69,12 +74,38 @@ func (p *Pool) Status() PoolStatus {
 		MemoryUsed: p.memUsed(), MemoryBudget: p.memBudget}
 }
 
-// fits reports whether a, which holds no slot, may take one now. Called with p.mu held.
-func (p *Pool) fits(a *App) bool {
-	if p.maxRunning > 0 && len(p.running) >= p.maxRunning {
+// missing returns the apps of apps that hold no slot. Called with p.mu held.
+func (p *Pool) missing(apps []*App) []*App {
+	var m []*App
+	for _, a := range apps {
+		if !p.running[a] {
+			m = append(m, a)
+		}
+	}
+	return m
+}
+
+// fits reports whether apps, which hold no slot, may all take one now. Called with p.mu
+// held.
+func (p *Pool) fits(apps []*App) bool {
+	if p.maxRunning > 0 && len(p.running)+len(apps) > p.maxRunning {
 		return false
 	}
-	return p.memBudget <= 0 || p.memUsed()+appMemory(a) <= p.memBudget
+	return p.memBudget <= 0 || p.memUsed()+sumMemory(apps) <= p.memBudget
+}
+
+// neverFits reports whether apps could not run together even in an empty pool. Called
+// with p.mu held.
+func (p *Pool) neverFits(apps []*App) bool {
+	return p.maxRunning > 0 && len(apps) > p.maxRunning || p.memBudget > 0 && sumMemory(apps) > p.memBudget
+}
+
+func sumMemory(apps []*App) int64 {
+	var sum int64
+	for _, a := range apps {
+		sum += appMemory(a)
+	}
+	return sum
 }
 
 // memUsed is the sum of the memory limits of the apps holding a slot. Called with p.mu
@@ -101,7 +132,7 @@ func (p *Pool) limits() string {
 // start token. The caller calls done() when the start is over, and p.release(a) when the
 // app stops.
 func (p *Pool) admit(ctx context.Context, a *App) (done func(), err error) {
-	if err := p.slot(ctx, a); err != nil {
+	if _, err := p.reserve(ctx, a, nil); err != nil {
 		return nil, err
 	}
 	p.mu.Lock()
@@ -121,16 +152,30 @@ func (p *Pool) admit(ctx context.Context, a *App) (done func(), err error) {
 	}
 }
 
-func (p *Pool) slot(ctx context.Context, a *App) error {
+// reserve takes the slots of a and of every app in deps (its dependencies, transitively)
+// that holds none, all at once, evicting idle apps if need be; or it waits, holding none,
+// in arrival order. Taking them one by one deadlocked: two web+db pairs under
+// max_running 2 each held a db's slot and waited for the other's (issue 13). It returns
+// the dependencies it reserved; their own starts claim the slots, and the caller passes
+// the list to unreserve once the dependencies are started, to free any that never were.
+func (p *Pool) reserve(ctx context.Context, a *App, deps []*App) ([]*App, error) {
+	apps := append([]*App{a}, deps...)
+	w := &slotWaiter{app: a, apps: apps, granted: make(chan struct{})}
 	p.mu.Lock()
-	if p.running[a] || p.fits(a) {
-		p.running[a] = true
+	delete(p.reserved, a) // a dependent reserved it: a's own start claims it
+	need := p.missing(apps)
+	if len(need) == 0 || p.fits(need) && len(p.queue) == 0 {
+		p.grant(w, need)
 		p.mu.Unlock()
-		return nil
+		return w.owned, nil
 	}
-	// Slots are handed out in arrival order: a freed slot goes to the first waiter, so
+	if p.neverFits(need) {
+		p.mu.Unlock()
+		return nil, fmt.Errorf("%w: %s needs %d running apps (%d MiB of memory limits) at once, more than the pool allows (%s); raise the limit or drop a dependency",
+			ErrPoolFull, chain(apps), len(need), sumMemory(need)>>20, p.limits())
+	}
+	// Slots are handed out in arrival order: freed slots go to the first waiter, so
 	// that no start starves behind later ones.
-	w := &slotWaiter{app: a, granted: make(chan struct{})}
 	p.queue = append(p.queue, w)
 	p.waiting++
 	p.mu.Unlock()
@@ -142,23 +187,44 @@ func (p *Pool) slot(ctx context.Context, a *App) error {
 	for {
 		p.mu.Lock()
 		// The first few waiters (as many as may start at once) make room; the others
-		// wait their turn rather than stop more apps than are needed.
-		head := slices.Index(p.queue, w) < cap(p.starts)
+		// wait their turn rather than stop more apps than are needed. A waiter makes
+		// room for itself and for those ahead of it.
+		i := slices.Index(p.queue, w)
+		head := i >= 0 && i < cap(p.starts)
+		var slots int
+		var mem int64
+		if head {
+			ahead := make(map[*App]bool)
+			for _, q := range p.queue[:i+1] {
+				for _, x := range p.missing(q.apps) {
+					ahead[x] = true
+				}
+			}
+			slots = len(p.running) + len(ahead) - p.maxRunning
+			if p.maxRunning <= 0 {
+				slots = 0
+			}
+			mem = p.memUsed() - p.memBudget
+			for x := range ahead {
+				mem += appMemory(x)
+			}
+			if p.memBudget <= 0 {
+				mem = 0
+			}
+		}
 		others := make([]*App, 0, len(p.running))
 		for o := range p.running {
-			others = append(others, o)
+			if !slices.Contains(apps, o) {
+				others = append(others, o)
+			}
 		}
 		p.mu.Unlock()
 		if head {
-			if v := victim(others, a); v != nil && v.evict() {
-				p.mu.Lock()
-				p.evicted++
-				p.mu.Unlock()
-			}
+			p.makeRoom(others, slots, mem)
 		}
 		select {
 		case <-w.granted:
-			return nil
+			return w.owned, nil
 		case <-ctx.Done():
 			p.mu.Lock()
 			if i := slices.Index(p.queue, w); i >= 0 {
@@ -166,17 +232,81 @@ func (p *Pool) slot(ctx context.Context, a *App) error {
 				p.mu.Unlock()
 			} else {
 				p.mu.Unlock()
+				p.unreserve(w.owned)
 				p.release(a) // granted just now: pass it on
 			}
-			return fmt.Errorf("%w (%s): %w", ErrPoolFull, p.limits(), ctx.Err())
+			return nil, fmt.Errorf("%w (%s): %w", ErrPoolFull, p.limits(), ctx.Err())
 		case <-time.After(time.Second):
 			// Look again: an app busy a moment ago may be idle now.
 		}
 	}
 }
 
+// makeRoom evicts idle apps among others until slots more slots and mem more bytes will
+// be free, counting those that are stopping already.
+func (p *Pool) makeRoom(others []*App, slots int, mem int64) {
+	if slots <= 0 && mem <= 0 {
+		return
+	}
+	for _, o := range others {
+		if o.leaving() {
+			slots--
+			mem -= appMemory(o)
+		}
+	}
+	for slots > 0 || mem > 0 {
+		v := victim(others, nil)
+		if v == nil {
+			return
+		}
+		others = slices.DeleteFunc(others, func(o *App) bool { return o == v })
+		if v.evict() {
+			p.mu.Lock()
+			p.evicted++
+			p.mu.Unlock()
+			slots--
+			mem -= appMemory(v)
+		}
+	}
+}
+
+// grant gives w the slots of need. Called with p.mu held.
+func (p *Pool) grant(w *slotWaiter, need []*App) {
+	for _, x := range need {
+		p.running[x] = true
+		if x != w.app {
+			p.reserved[x] = true
+			w.owned = append(w.owned, x)
+		}
+	}
+}
+
+// unreserve frees the slots of owned (from reserve) that no start has claimed: the
+// dependent's start failed before it started them.
+func (p *Pool) unreserve(owned []*App) {
+	for _, x := range owned {
+		p.mu.Lock()
+		left := p.reserved[x]
+		p.mu.Unlock()
+		if left {
+			p.release(x)
+		}
+	}
+}
+
+// chain names a and its dependencies for an error: "web -> db -> cache".
+func chain(apps []*App) string {
+	names := make([]string, len(apps))
+	for i, a := range apps {
+		names[i] = a.Name()
+	}
+	return strings.Join(names, " -> ")
+}
+
 type slotWaiter struct {
 	app     *App
+	apps    []*App // app and its dependencies: the slots it waits for, those it holds not
+	owned   []*App // the dependencies' slots granted to it (reserved)
 	granted chan struct{}
 }
 
@@ -185,6 +315,7 @@ type slotWaiter struct {
 func (p *Pool) markRunning(a *App) {
 	p.mu.Lock()
 	p.running[a] = true
+	delete(p.reserved, a)
 	p.mu.Unlock()
 }
 
@@ -196,12 +327,17 @@ func (p *Pool) release(a *App) {
 		return
 	}
 	delete(p.running, a)
+	delete(p.reserved, a)
 	// In arrival order, as many as now fit: one slot under max_running, maybe several
 	// small apps in the memory a large one left.
-	for len(p.queue) > 0 && p.fits(p.queue[0].app) {
+	for len(p.queue) > 0 {
 		w := p.queue[0]
+		need := p.missing(w.apps)
+		if !p.fits(need) {
+			break
+		}
 		p.queue = p.queue[1:]
-		p.running[w.app] = true
+		p.grant(w, need)
 		close(w.granted)
 	}
 }
