@@ -25,6 +25,7 @@ func (p *parser) validate() {
 	}
 	p.checkDependencies()
 	p.checkMemoryBudget()
+	p.checkChains()
 	p.checkAddresses()
 	p.checkHosts()
 	p.checkDefaultApp()
@@ -42,6 +43,67 @@ func (p *parser) checkMemoryBudget() {
 			p.errAt(s, "memory", -1, "%d MiB is more than pool.memory_budget (%d MiB): the app could never start; lower it or raise the budget", s.Memory>>20, budget>>20)
 		}
 	}
+}
+
+// checkChains: an app runs only with its dependencies, transitively, so the pool must hold
+// them all at once; a chain longer than pool.max_running, or whose memory limits add up
+// to more than pool.memory_budget, could never start (issue 13).
+func (p *parser) checkChains() {
+	limit, budget := p.cfg.Pool.MaxRunning, p.cfg.Pool.MemoryBudget
+	if limit <= 0 && budget <= 0 {
+		return
+	}
+	byName := make(map[string]*appSrc, len(p.apps))
+	for _, s := range p.apps {
+		byName[s.Name] = s
+	}
+	for _, s := range p.apps {
+		if len(s.DependsOn) == 0 {
+			continue
+		}
+		// The apps that must run with s, each once (a cycle, reported already, ends).
+		seen := map[string]bool{s.Name: true}
+		var mem int64
+		for next := []*appSrc{s}; len(next) > 0; next = next[1:] {
+			mem += next[0].Memory
+			for _, d := range next[0].DependsOn {
+				if dep := byName[d]; dep != nil && !seen[d] {
+					seen[d] = true
+					next = append(next, dep)
+				}
+			}
+		}
+		if len(seen) == 1 {
+			continue
+		}
+		if limit > 0 && len(seen) > limit {
+			p.errAt(s, "depends_on", -1, "%s needs %d running apps, more than pool.max_running (%d); raise max_running or drop a dependency", chainOf(s, byName, nil), len(seen), limit)
+		}
+		if budget > 0 && mem > budget {
+			p.errAt(s, "depends_on", -1, "%s needs %d MiB of memory limits running at once, more than pool.memory_budget (%d MiB); raise the budget, lower a memory limit or drop a dependency", chainOf(s, byName, nil), mem>>20, budget>>20)
+		}
+	}
+}
+
+// chainOf names s and its dependencies: "web -> db -> cache", "web -> (db, cache)".
+func chainOf(s *appSrc, byName map[string]*appSrc, path []string) string {
+	if slices.Contains(path, s.Name) {
+		return s.Name // a cycle, reported already
+	}
+	path = append(path, s.Name)
+	var deps []string
+	for _, d := range s.DependsOn {
+		if dep := byName[d]; dep != nil {
+			deps = append(deps, chainOf(dep, byName, path))
+		}
+	}
+	switch len(deps) {
+	case 0:
+		return s.Name
+	case 1:
+		return s.Name + " -> " + deps[0]
+	}
+	return s.Name + " -> (" + strings.Join(deps, ", ") + ")"
 }
 
 // errAt reports a problem with the app's setting key, its i-th item if i >= 0, or the app
