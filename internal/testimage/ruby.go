@@ -4,6 +4,7 @@ package testimage
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -133,6 +134,7 @@ func buildRack(ctx context.Context, cli *client.Client, ref string, files map[st
 // debootstrapSpec is what debootstrapImage builds: a Debian rackSuite root of variant
 // with packages, changed by prepare, imported with message and Dockerfile changes.
 type debootstrapSpec struct {
+	suite             string // "" for rackSuite
 	variant, packages string
 	prepare           func(root string) error
 	message           string
@@ -164,10 +166,11 @@ func debootstrapImage(ctx context.Context, cli *client.Client, ref string, spec 
 	}
 	defer os.RemoveAll(tmp)
 	root := filepath.Join(tmp, "rootfs")
-	cmd := exec.CommandContext(ctx, debootstrap, "--variant="+spec.variant, "--include="+spec.packages, rackSuite, root, mirror)
+	suite := cmp.Or(spec.suite, rackSuite)
+	cmd := exec.CommandContext(ctx, debootstrap, "--variant="+spec.variant, "--include="+spec.packages, suite, root, mirror)
 	cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
 	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("debootstrap %s from %s: %v: %s", rackSuite, mirror, err, tail(out, 4000))
+		return fmt.Errorf("debootstrap %s from %s: %v: %s", suite, mirror, err, tail(out, 4000))
 	}
 
 	// Drop what the image does not need.

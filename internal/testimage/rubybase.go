@@ -19,14 +19,21 @@ const RubyBaseRepo = "sact-ruby-base"
 
 const rubyBasePackages = "ruby,ruby-rack,unicorn,bundler"
 
-// RubyBase returns an image that stands for ruby:3.1 where no registry is reachable
-// (issue 14's `sact build --base ruby:3.1=IMAGE`): Debian bookworm's Ruby 3.1 with
-// bundler, rack and unicorn installed as system gems, no app. Built like RackUnicorn
+// RubySuites are the Debian suites RubyBase builds, by the Ruby each has.
+var RubySuites = map[string]string{"2.7": "bullseye", "3.1": "bookworm", "3.3": "trixie"}
+
+// RubyBase returns an image that stands for ruby:VERSION where no registry is reachable
+// (issue 14's `sact build --base ruby:3.1=IMAGE`): the Debian suite of RubySuites with its
+// Ruby, bundler, rack and unicorn installed as system gems, no app. Built like RackUnicorn
 // (debootstrap, root, the Debian mirror apt uses) and cached by a hash of its packages.
-func RubyBase(ctx context.Context) (string, error) {
+func RubyBase(ctx context.Context, version string) (string, error) {
+	suite, ok := RubySuites[version]
+	if !ok {
+		return "", fmt.Errorf("no Debian suite here has Ruby %s; use one of 2.7, 3.1, 3.3", version)
+	}
 	h := sha256.New()
-	fmt.Fprintf(h, "version 1\nsuite %s\nvariant %s\npackages %s\n", rackSuite, rackVariant, rubyBasePackages)
-	ref := RubyBaseRepo + ":" + hex.EncodeToString(h.Sum(nil)[:6])
+	fmt.Fprintf(h, "version 1\nsuite %s\nvariant %s\npackages %s\n", suite, rackVariant, rubyBasePackages)
+	ref := RubyBaseRepo + ":" + version + "-" + hex.EncodeToString(h.Sum(nil)[:6])
 	cli, err := client.New(client.FromEnv, client.WithAPIVersionNegotiation())
 	if err != nil {
 		return "", fmt.Errorf("making a Docker client: %w", err)
@@ -43,7 +50,7 @@ func RubyBase(ctx context.Context) (string, error) {
 	if ok, err := exists(); ok || err != nil {
 		return ref, err
 	}
-	unlock, err := lockFile(ctx, filepath.Join(os.TempDir(), "sact-ruby-base.lock"))
+	unlock, err := lockFile(ctx, filepath.Join(os.TempDir(), "sact-ruby-base-"+suite+".lock"))
 	if err != nil {
 		return "", err
 	}
@@ -52,8 +59,8 @@ func RubyBase(ctx context.Context) (string, error) {
 		return ref, err
 	}
 	err = debootstrapImage(ctx, cli, ref, debootstrapSpec{
-		variant: rackVariant, packages: rubyBasePackages,
-		message: "sact offline Ruby base (Debian " + rackSuite + "'s Ruby 3.1, bundler, rack, unicorn)",
+		suite: suite, variant: rackVariant, packages: rubyBasePackages,
+		message: "sact offline Ruby base (Debian " + suite + "'s Ruby " + version + ", bundler, rack, unicorn)",
 		changes: []string{`CMD ["irb"]`},
 	})
 	if err != nil {
