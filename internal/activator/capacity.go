@@ -85,12 +85,12 @@ func (a *App) startDeps(ctx context.Context) error {
 	if a.pool != nil {
 		// The slots of this app and of every dependency that does not run are taken
 		// together, or none: see Pool.reserve.
-		owned, err := a.pool.reserve(ctx, a, a.allDeps())
+		r, err := a.pool.reserve(ctx, a, a.allDeps())
 		if err != nil {
 			unpin()
 			return err
 		}
-		defer a.pool.unreserve(owned)
+		defer a.pool.unreserve(r)
 	}
 	for _, d := range deps {
 		if err := d.Start(ctx); err != nil {

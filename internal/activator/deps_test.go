@@ -2,6 +2,7 @@ package activator
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -232,11 +233,55 @@ func TestDependsOnCannotFit(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), "max_running 1") {
 			t.Fatalf("web -> db under max_running 1: %v, want an error naming max_running 1", err)
 		}
+		t.Logf("refused: %v", err)
+		if r := FailureReason(err); r != "pool_full" {
+			t.Errorf("failure reason %q, want pool_full", r)
+		}
 		if took := time.Since(began); took > time.Second {
 			t.Errorf("took %v to fail, want at once", took)
 		}
 		if st := pool.Status(); st.Running != 0 {
 			t.Errorf("pool %+v after the failed start, want nothing held", st)
+		}
+	})
+}
+
+// TestDependsOnDependencyStoppingDuringReserve: web1's db1 is still stopping (its
+// dependent just stopped) when web1 is asked for again, so web1's reservation counts db1
+// as holding its slot. When db1 then starts again it needs a slot of its own, while web2
+// waits for two: db1 must not queue behind web2, whose room only web1 could give back.
+func TestDependsOnDependencyStoppingDuringReserve(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		rt := &hostRuntime{startTime: 500 * time.Millisecond}
+		pool := NewPool(2, 2)
+		apps := depHost(t, rt, pool, Policy{Idle: time.Hour, StartTimeout: 10 * time.Second},
+			map[string][]string{"web1": {"db1"}, "web2": {"db2"}}, "web1", "db1", "web2", "db2")
+		use(t, apps["web1"]).Release()
+		if err := apps["web1"].Stop(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		if st := apps["db1"].State(); st != Stopping {
+			t.Fatalf("db1 is %v after its dependent stopped, want stopping", st)
+		}
+		errs := make(chan error, 2)
+		for _, n := range []string{"web1", "web2"} {
+			go func() {
+				ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+				defer cancel()
+				l, err := apps[n].Acquire(ctx, Wake{})
+				if err == nil {
+					l.Release()
+				} else {
+					err = fmt.Errorf("%s: %w", n, err)
+				}
+				errs <- err
+			}()
+			synctest.Wait()
+		}
+		for range 2 {
+			if err := <-errs; err != nil {
+				t.Errorf("not served within 60s: %v (pool %+v, history %v)", err, pool.Status(), rt.history())
+			}
 		}
 	})
 }

@@ -32,10 +32,14 @@ type Pool struct {
 	// reserved are the slots a dependent's start took for dependencies that have not
 	// begun their own start yet (a subset of running); see reserve.
 	reserved map[*App]bool
-	queue    []*slotWaiter // starts waiting for a slot, in arrival order
-	waiting  int           // starts waiting for a slot
-	queued   int           // starts waiting for a start token
-	evicted  int
+	// first counts, for each app, the starts holding their slots that wait for it as a
+	// dependency: its own start goes before the queue, which would otherwise wait for
+	// the slots those starts hold.
+	first   map[*App]int
+	queue   []*slotWaiter // starts waiting for a slot, in arrival order
+	waiting int           // starts waiting for a slot
+	queued  int           // starts waiting for a start token
+	evicted int
 }
 
 // NewPool returns a pool; maxRunning 0 means unlimited, startConcurrency 0 means 1.
@@ -45,6 +49,7 @@ func NewPool(maxRunning, startConcurrency int) *Pool {
 		starts:     make(chan struct{}, max(startConcurrency, 1)),
 		running:    make(map[*App]bool),
 		reserved:   make(map[*App]bool),
+		first:      make(map[*App]int),
 	}
 }
 
@@ -155,28 +160,39 @@ func (p *Pool) admit(ctx context.Context, a *App) (done func(), err error) {
 // reserve takes the slots of a and of every app in deps (its dependencies, transitively)
 // that holds none, all at once, evicting idle apps if need be; or it waits, holding none,
 // in arrival order. Taking them one by one deadlocked: two web+db pairs under
-// max_running 2 each held a db's slot and waited for the other's (issue 13). It returns
-// the dependencies it reserved; their own starts claim the slots, and the caller passes
-// the list to unreserve once the dependencies are started, to free any that never were.
-func (p *Pool) reserve(ctx context.Context, a *App, deps []*App) ([]*App, error) {
+// max_running 2 each held a db's slot and waited for the other's (issue 13). The
+// dependencies' own starts claim their slots; the caller passes the reservation to
+// unreserve once the dependencies are started, to free any that never were.
+func (p *Pool) reserve(ctx context.Context, a *App, deps []*App) (*slotWaiter, error) {
 	apps := append([]*App{a}, deps...)
 	w := &slotWaiter{app: a, apps: apps, granted: make(chan struct{})}
 	p.mu.Lock()
 	delete(p.reserved, a) // a dependent reserved it: a's own start claims it
 	need := p.missing(apps)
-	if len(need) == 0 || p.fits(need) && len(p.queue) == 0 {
+	first := p.first[a] > 0
+	if len(need) == 0 || p.fits(need) && (len(p.queue) == 0 || first) {
 		p.grant(w, need)
 		p.mu.Unlock()
-		return w.owned, nil
+		return w, nil
 	}
 	if p.neverFits(need) {
 		p.mu.Unlock()
-		return nil, fmt.Errorf("%w: %s needs %d running apps (%d MiB of memory limits) at once, more than the pool allows (%s); raise the limit or drop a dependency",
-			ErrPoolFull, chain(apps), len(need), sumMemory(need)>>20, p.limits())
+		what := fmt.Sprintf("%d running apps", len(need))
+		if p.memBudget > 0 {
+			what += fmt.Sprintf(" and %d MiB of memory limits", sumMemory(need)>>20)
+		}
+		return nil, neverFitsError(fmt.Sprintf("%s needs %s at once, more than the pool can ever hold (%s); raise the limit or drop a dependency",
+			chain(apps), what, p.limits()))
 	}
 	// Slots are handed out in arrival order: freed slots go to the first waiter, so
 	// that no start starves behind later ones.
-	p.queue = append(p.queue, w)
+	// A dependency that a start holding its slots waits for goes first (it was
+	// stopping when that start counted it as running).
+	if first {
+		p.queue = slices.Insert(p.queue, 0, w)
+	} else {
+		p.queue = append(p.queue, w)
+	}
 	p.waiting++
 	p.mu.Unlock()
 	defer func() {
@@ -224,7 +240,7 @@ func (p *Pool) reserve(ctx context.Context, a *App, deps []*App) ([]*App, error)
 		}
 		select {
 		case <-w.granted:
-			return w.owned, nil
+			return w, nil
 		case <-ctx.Done():
 			p.mu.Lock()
 			if i := slices.Index(p.queue, w); i >= 0 {
@@ -232,7 +248,7 @@ func (p *Pool) reserve(ctx context.Context, a *App, deps []*App) ([]*App, error)
 				p.mu.Unlock()
 			} else {
 				p.mu.Unlock()
-				p.unreserve(w.owned)
+				p.unreserve(w)
 				p.release(a) // granted just now: pass it on
 			}
 			return nil, fmt.Errorf("%w (%s): %w", ErrPoolFull, p.limits(), ctx.Err())
@@ -272,6 +288,9 @@ func (p *Pool) makeRoom(others []*App, slots int, mem int64) {
 
 // grant gives w the slots of need. Called with p.mu held.
 func (p *Pool) grant(w *slotWaiter, need []*App) {
+	for _, x := range w.apps[1:] {
+		p.first[x]++
+	}
 	for _, x := range need {
 		p.running[x] = true
 		if x != w.app {
@@ -281,10 +300,17 @@ func (p *Pool) grant(w *slotWaiter, need []*App) {
 	}
 }
 
-// unreserve frees the slots of owned (from reserve) that no start has claimed: the
-// dependent's start failed before it started them.
-func (p *Pool) unreserve(owned []*App) {
-	for _, x := range owned {
+// unreserve ends w's reservation once its dependencies are started: it frees the slots
+// that no start has claimed (the dependent's start failed before it started them).
+func (p *Pool) unreserve(w *slotWaiter) {
+	p.mu.Lock()
+	for _, x := range w.apps[1:] {
+		if p.first[x]--; p.first[x] <= 0 {
+			delete(p.first, x)
+		}
+	}
+	p.mu.Unlock()
+	for _, x := range w.owned {
 		p.mu.Lock()
 		left := p.reserved[x]
 		p.mu.Unlock()
@@ -294,14 +320,25 @@ func (p *Pool) unreserve(owned []*App) {
 	}
 }
 
-// chain names a and its dependencies for an error: "web -> db -> cache".
+// chain names an app and its dependencies for an error: "web with its dependencies db,
+// cache".
 func chain(apps []*App) string {
-	names := make([]string, len(apps))
-	for i, a := range apps {
+	if len(apps) == 1 {
+		return fmt.Sprintf("app %q", apps[0].Name())
+	}
+	names := make([]string, len(apps)-1)
+	for i, a := range apps[1:] {
 		names[i] = a.Name()
 	}
-	return strings.Join(names, " -> ")
+	return fmt.Sprintf("app %q with its dependencies %s", apps[0].Name(), strings.Join(names, ", "))
 }
+
+// neverFitsError is an ErrPoolFull (for the metric's reason) that says why without
+// saying that every app is busy.
+type neverFitsError string
+
+func (e neverFitsError) Error() string { return string(e) }
+func (e neverFitsError) Unwrap() error { return ErrPoolFull }
 
 type slotWaiter struct {
 	app     *App
