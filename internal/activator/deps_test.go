@@ -2,6 +2,7 @@ package activator
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -234,8 +235,8 @@ func TestDependsOnCannotFit(t *testing.T) {
 			t.Fatalf("web -> db under max_running 1: %v, want an error naming max_running 1", err)
 		}
 		t.Logf("refused: %v", err)
-		if r := FailureReason(err); r != "pool_full" {
-			t.Errorf("failure reason %q, want pool_full", r)
+		if !errors.Is(err, ErrPoolFull) {
+			t.Errorf("%v is not an ErrPoolFull", err)
 		}
 		if took := time.Since(began); took > time.Second {
 			t.Errorf("took %v to fail, want at once", took)
