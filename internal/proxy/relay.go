@@ -37,12 +37,20 @@ type Options struct {
 	// for any reason, including being idle, cancels the relay's context. See the package
 	// documentation.
 	IdleTimeout time.Duration
+
+	// Mode chooses how bytes move: ModeSplice, ModeKernel or ModeAuto. Empty means what
+	// SACT_RELAY says, DefaultMode if it is unset.
+	Mode Mode
 }
 
 // Stats counts the bytes a Relay wrote to each side.
 type Stats struct {
 	ClientToUpstream int64
 	UpstreamToClient int64
+
+	// Path is how the bytes moved: PathKernel (the sockmap relay) or PathSplice
+	// (splice(2), or copying for sockets that cannot splice).
+	Path string
 }
 
 // Relay copies bytes both ways between client and upstream until both directions are
@@ -62,6 +70,24 @@ type Stats struct {
 // Between two TCP or unix stream sockets bytes move in the kernel, through splice(2); see
 // the package documentation.
 func Relay(ctx context.Context, client, upstream net.Conn, opts Options) (Stats, error) {
+	mode := opts.Mode
+	if mode == "" {
+		mode = envMode()
+	}
+	if mode != ModeSplice && ctx.Err() == nil {
+		if e, err := kernelEngine(); err == nil {
+			if s, err, ok := e.relay(ctx, client, upstream, opts); ok {
+				s.Path = PathKernel
+				return s, err
+			}
+		}
+	}
+	s, err := spliceRelay(ctx, client, upstream, opts)
+	s.Path = PathSplice
+	return s, err
+}
+
+func spliceRelay(ctx context.Context, client, upstream net.Conn, opts Options) (Stats, error) {
 	r := &relay{client: client, upstream: upstream, activity: opts.Activity}
 	if ctx.Err() != nil {
 		r.end(context.Cause(ctx))

@@ -70,6 +70,8 @@ type result struct {
 
 // harness is a relay between a test client and a test server, over real sockets.
 type harness struct {
+	tp             topology
+	mode           Mode
 	client, server net.Conn // the test's ends
 	done           chan result
 	activity       atomic.Int64
@@ -77,17 +79,31 @@ type harness struct {
 
 func startRelay(t testing.TB, ctx context.Context, tp topology, opts Options) *harness {
 	t.Helper()
-	h := &harness{done: make(chan result, 1)}
+	h := &harness{tp: tp, mode: testMode, done: make(chan result, 1)}
+	if opts.Mode == "" {
+		opts.Mode = testMode
+	}
+	h.mode = opts.Mode
 	var rc, ru net.Conn
 	h.client, rc = connPair(t, tp.client)
 	ru, h.server = connPair(t, tp.upstream)
 	if opts.Activity == nil {
 		opts.Activity = func() { h.activity.Add(1) }
 	}
+	attached := kernelAttached.Load()
 	go func() {
 		s, err := Relay(ctx, rc, ru, opts)
 		h.done <- result{s, err}
 	}()
+	if ctx.Err() == nil && h.wantPath() == PathKernel {
+		// The kernel relay takes only established connections: a test that half-closes
+		// at once waits for it to have them, or the connection is spliced.
+		for deadline := time.Now().Add(10 * time.Second); kernelAttached.Load() == attached; time.Sleep(100 * time.Microsecond) {
+			if time.Now().After(deadline) {
+				t.Fatal("the kernel relay did not take the connection in 10s")
+			}
+		}
+	}
 	return h
 }
 
@@ -96,10 +112,51 @@ func (h *harness) wait(t testing.TB) result {
 	t.Helper()
 	select {
 	case r := <-h.done:
+		if want := h.wantPath(); r.stats.Path != want {
+			why := ""
+			if e := lastAttachErr.Load(); e != nil {
+				why = (*e).Error()
+			}
+			t.Errorf("relay took the %s path, want %s (last refusal: %s)", r.stats.Path, want, why)
+		}
+		r.stats.Path = ""
 		return r
 	case <-time.After(10 * time.Second):
 		t.Fatal("relay did not return")
 		return result{}
+	}
+}
+
+// wantPath is the path the harness's relay should take: the kernel's for TCP to TCP when
+// asked for (and loaded), splice otherwise.
+func (h *harness) wantPath() string {
+	if h.mode != ModeSplice && h.tp == (topology{"tcp", "tcp"}) && KernelRelay() == nil {
+		return PathKernel
+	}
+	return PathSplice
+}
+
+// moved is the Stats of a relay that moved c2u and u2c bytes.
+func moved(c2u, u2c int64) Stats { return Stats{ClientToUpstream: c2u, UpstreamToClient: u2c} }
+
+// testMode is the mode startRelay asks for; forModes runs a test under each.
+var testMode = ModeSplice
+
+// forModes runs test once with the splice relay and once asking for the kernel's.
+func forModes(t *testing.T, test func(t *testing.T)) {
+	for _, m := range []Mode{ModeSplice, ModeKernel} {
+		t.Run(string(m), func(t *testing.T) {
+			if m == ModeKernel {
+				if err := KernelRelay(); err != nil {
+					t.Skipf("no kernel relay here: %v", err)
+				}
+			}
+			testMode = m
+			every := activityEvery
+			activityEvery = 10 * time.Millisecond
+			defer func() { testMode, activityEvery = ModeSplice, every }()
+			test(t)
+		})
 	}
 }
 
@@ -205,34 +262,45 @@ func transfer(t *testing.T, h *harness, n int64, halfClose bool) {
 }
 
 func TestRelayBulkBothWays(t *testing.T) {
-	n := int64(64 << 20)
-	if testing.Short() {
-		n = 4 << 20
-	}
-	for _, tp := range withPipe {
-		t.Run(tp.String(), func(t *testing.T) {
-			before := spliced.Load()
-			h := startRelay(t, t.Context(), tp, Options{})
-			transfer(t, h, n, tp.client != "pipe")
-			r := h.wait(t)
-			if r.err != nil {
-				t.Errorf("Relay: %v", r.err)
-			}
-			if want := (Stats{n, n}); r.stats != want {
-				t.Errorf("stats %+v, want %+v", r.stats, want)
-			}
-			wantSpliced := 2 * n
-			if tp.client == "pipe" {
-				wantSpliced = 0
-			}
-			if got := spliced.Load() - before; got != wantSpliced {
-				t.Errorf("%d bytes spliced, want %d", got, wantSpliced)
-			}
-			if calls := h.activity.Load(); calls < 2*n/pipeSize {
-				t.Errorf("Activity called %d times for %d bytes each way", calls, n)
-			}
-		})
-	}
+	forModes(t, func(t *testing.T) {
+		n := int64(64 << 20)
+		if testing.Short() {
+			n = 4 << 20
+		}
+		for _, tp := range withPipe {
+			t.Run(tp.String(), func(t *testing.T) {
+				before, kbefore := spliced.Load(), kernelMoved.Load()
+				h := startRelay(t, t.Context(), tp, Options{})
+				kernel := h.wantPath() == PathKernel
+				transfer(t, h, n, tp.client != "pipe")
+				r := h.wait(t)
+				if r.err != nil {
+					t.Errorf("Relay: %v", r.err)
+				}
+				if want := (moved(n, n)); r.stats != want {
+					t.Errorf("stats %+v, want %+v", r.stats, want)
+				}
+				wantSpliced, wantKernel := 2*n, int64(0)
+				if tp.client == "pipe" {
+					wantSpliced = 0
+				}
+				if kernel {
+					wantSpliced, wantKernel = 0, 2*n
+				}
+				if got := spliced.Load() - before; got != wantSpliced {
+					t.Errorf("%d bytes spliced, want %d", got, wantSpliced)
+				}
+				if got := kernelMoved.Load() - kbefore; got != wantKernel {
+					t.Errorf("%d bytes moved by the kernel relay, want %d", got, wantKernel)
+				}
+				// The kernel relay learns of bytes when it reads its counters (every
+				// activityEvery, and at the end); the splice relay at every pipe's worth.
+				if calls := h.activity.Load(); !kernel && calls < 2*n/pipeSize || calls < 1 {
+					t.Errorf("Activity called %d times for %d bytes each way", calls, n)
+				}
+			})
+		}
+	})
 }
 
 // TestRelaySplicesUnixToUnix is the case Go's io.Copy never splices (nginx -> sact -> a
@@ -247,7 +315,7 @@ func TestRelaySplicesUnixToUnix(t *testing.T) {
 	before := spliced.Load()
 	h := startRelay(t, t.Context(), topology{"unix", "unix"}, Options{})
 	transfer(t, h, 1<<20, true)
-	if r := h.wait(t); r.err != nil || r.stats != (Stats{1 << 20, 1 << 20}) {
+	if r := h.wait(t); r.err != nil || r.stats != (moved(1<<20, 1<<20)) {
 		t.Fatalf("Relay: %+v, %v", r.stats, r.err)
 	}
 	if got := spliced.Load() - before; got != 2<<20 {
@@ -259,80 +327,86 @@ func TestRelaySplicesUnixToUnix(t *testing.T) {
 }
 
 func TestRelayHalfClose(t *testing.T) {
-	for _, tp := range sockets {
-		t.Run(tp.String(), func(t *testing.T) {
-			h := startRelay(t, t.Context(), tp, Options{})
-			write(t, h.client, "question")
-			closeWrite(t, h.client)
-			if got := readAll(t, h.server); got != "question" {
-				t.Fatalf("server read %q", got)
-			}
-			// The server's side still carries the answer after the client's EOF.
-			write(t, h.server, "answer")
-			time.Sleep(10 * time.Millisecond)
-			write(t, h.server, ", at length")
-			closeWrite(t, h.server)
-			if got := readAll(t, h.client); got != "answer, at length" {
-				t.Fatalf("client read %q", got)
-			}
-			r := h.wait(t)
-			if r.err != nil || r.stats != (Stats{8, 17}) {
-				t.Errorf("Relay: %+v, %v", r.stats, r.err)
-			}
-		})
-	}
+	forModes(t, func(t *testing.T) {
+		for _, tp := range sockets {
+			t.Run(tp.String(), func(t *testing.T) {
+				h := startRelay(t, t.Context(), tp, Options{})
+				write(t, h.client, "question")
+				closeWrite(t, h.client)
+				if got := readAll(t, h.server); got != "question" {
+					t.Fatalf("server read %q", got)
+				}
+				// The server's side still carries the answer after the client's EOF.
+				write(t, h.server, "answer")
+				time.Sleep(10 * time.Millisecond)
+				write(t, h.server, ", at length")
+				closeWrite(t, h.server)
+				if got := readAll(t, h.client); got != "answer, at length" {
+					t.Fatalf("client read %q", got)
+				}
+				r := h.wait(t)
+				if r.err != nil || r.stats != (moved(8, 17)) {
+					t.Errorf("Relay: %+v, %v", r.stats, r.err)
+				}
+			})
+		}
+	})
 }
 
 func TestRelayServerClosesFirst(t *testing.T) {
-	for _, tp := range withPipe {
-		t.Run(tp.String(), func(t *testing.T) {
-			h := startRelay(t, t.Context(), tp, Options{})
-			write(t, h.client, "hi")
-			if got := readN(t, h.server, 2); got != "hi" {
-				t.Fatalf("server read %q", got)
-			}
-			write(t, h.server, "bye")
-			h.server.Close()
-			if got := readAll(t, h.client); got != "bye" {
-				t.Fatalf("client read %q", got)
-			}
-			h.client.Close()
-			r := h.wait(t)
-			if r.err != nil || r.stats != (Stats{2, 3}) {
-				t.Errorf("Relay: %+v, %v", r.stats, r.err)
-			}
-		})
-	}
+	forModes(t, func(t *testing.T) {
+		for _, tp := range withPipe {
+			t.Run(tp.String(), func(t *testing.T) {
+				h := startRelay(t, t.Context(), tp, Options{})
+				write(t, h.client, "hi")
+				if got := readN(t, h.server, 2); got != "hi" {
+					t.Fatalf("server read %q", got)
+				}
+				write(t, h.server, "bye")
+				h.server.Close()
+				if got := readAll(t, h.client); got != "bye" {
+					t.Fatalf("client read %q", got)
+				}
+				h.client.Close()
+				r := h.wait(t)
+				if r.err != nil || r.stats != (moved(2, 3)) {
+					t.Errorf("Relay: %+v, %v", r.stats, r.err)
+				}
+			})
+		}
+	})
 }
 
 func TestRelayCancelClosesBoth(t *testing.T) {
-	for _, tp := range withPipe {
-		t.Run(tp.String(), func(t *testing.T) {
-			ctx, cancel := context.WithCancelCause(t.Context())
-			h := startRelay(t, ctx, tp, Options{})
-			// A silent connection, and one blocked writing to a client that does not
-			// read: both end.
-			write(t, h.client, "x")
-			readN(t, h.server, 1)
-			go send(h.server, 3, 16<<20)
-			time.Sleep(20 * time.Millisecond)
+	forModes(t, func(t *testing.T) {
+		for _, tp := range withPipe {
+			t.Run(tp.String(), func(t *testing.T) {
+				ctx, cancel := context.WithCancelCause(t.Context())
+				h := startRelay(t, ctx, tp, Options{})
+				// A silent connection, and one blocked writing to a client that does not
+				// read: both end.
+				write(t, h.client, "x")
+				readN(t, h.server, 1)
+				go send(h.server, 3, 16<<20)
+				time.Sleep(20 * time.Millisecond)
 
-			stopped := errors.New("app stopped")
-			cancel(stopped)
-			r := h.wait(t)
-			if !errors.Is(r.err, stopped) {
-				t.Errorf("Relay returned %v, want the context's cause", r.err)
-			}
-			h.server.SetReadDeadline(time.Now().Add(10 * time.Second))
-			if _, err := io.ReadAll(h.server); err != nil && !isClosedByPeer(err) {
-				t.Errorf("server: %v, want EOF", err)
-			}
-			h.client.SetReadDeadline(time.Now().Add(10 * time.Second))
-			if _, err := io.ReadAll(h.client); err != nil && !isClosedByPeer(err) {
-				t.Errorf("client: %v, want EOF", err)
-			}
-		})
-	}
+				stopped := errors.New("app stopped")
+				cancel(stopped)
+				r := h.wait(t)
+				if !errors.Is(r.err, stopped) {
+					t.Errorf("Relay returned %v, want the context's cause", r.err)
+				}
+				h.server.SetReadDeadline(time.Now().Add(10 * time.Second))
+				if _, err := io.ReadAll(h.server); err != nil && !isClosedByPeer(err) {
+					t.Errorf("server: %v, want EOF", err)
+				}
+				h.client.SetReadDeadline(time.Now().Add(10 * time.Second))
+				if _, err := io.ReadAll(h.client); err != nil && !isClosedByPeer(err) {
+					t.Errorf("client: %v, want EOF", err)
+				}
+			})
+		}
+	})
 }
 
 // isClosedByPeer reports whether err is how a conn's peer closing shows.
@@ -341,40 +415,44 @@ func isClosedByPeer(err error) bool {
 }
 
 func TestRelayCancelledBeforeStart(t *testing.T) {
-	ctx, cancel := context.WithCancel(t.Context())
-	cancel()
-	h := startRelay(t, ctx, topology{"unix", "tcp"}, Options{})
-	if r := h.wait(t); !errors.Is(r.err, context.Canceled) {
-		t.Errorf("Relay returned %v", r.err)
-	}
-	if got := readAll(t, h.server); got != "" {
-		t.Errorf("server read %q", got)
-	}
+	forModes(t, func(t *testing.T) {
+		ctx, cancel := context.WithCancel(t.Context())
+		cancel()
+		h := startRelay(t, ctx, topology{"unix", "tcp"}, Options{})
+		if r := h.wait(t); !errors.Is(r.err, context.Canceled) {
+			t.Errorf("Relay returned %v", r.err)
+		}
+		if got := readAll(t, h.server); got != "" {
+			t.Errorf("server read %q", got)
+		}
+	})
 }
 
 func TestRelayPeerReset(t *testing.T) {
-	for _, tp := range sockets {
-		t.Run(tp.String(), func(t *testing.T) {
-			h := startRelay(t, t.Context(), tp, Options{})
-			write(t, h.client, "unread")
-			waitFor(t, func() bool { return h.activity.Load() > 0 })
-			time.Sleep(10 * time.Millisecond)
-			// Closing with unread input resets the connection: an RST on TCP,
-			// ECONNRESET on the peer of a unix socket.
-			h.server.Close()
-			r := h.wait(t)
-			if !errors.Is(r.err, syscall.ECONNRESET) {
-				t.Errorf("Relay returned %v, want ECONNRESET", r.err)
-			}
-			if r.stats.ClientToUpstream != 6 {
-				t.Errorf("stats %+v", r.stats)
-			}
-			h.client.SetReadDeadline(time.Now().Add(10 * time.Second))
-			if _, err := io.ReadAll(h.client); err != nil && !isClosedByPeer(err) {
-				t.Errorf("client: %v, want EOF", err)
-			}
-		})
-	}
+	forModes(t, func(t *testing.T) {
+		for _, tp := range sockets {
+			t.Run(tp.String(), func(t *testing.T) {
+				h := startRelay(t, t.Context(), tp, Options{})
+				write(t, h.client, "unread")
+				waitFor(t, func() bool { return h.activity.Load() > 0 })
+				time.Sleep(10 * time.Millisecond)
+				// Closing with unread input resets the connection: an RST on TCP,
+				// ECONNRESET on the peer of a unix socket.
+				h.server.Close()
+				r := h.wait(t)
+				if !errors.Is(r.err, syscall.ECONNRESET) {
+					t.Errorf("Relay returned %v, want ECONNRESET", r.err)
+				}
+				if r.stats.ClientToUpstream != 6 {
+					t.Errorf("stats %+v", r.stats)
+				}
+				h.client.SetReadDeadline(time.Now().Add(10 * time.Second))
+				if _, err := io.ReadAll(h.client); err != nil && !isClosedByPeer(err) {
+					t.Errorf("client: %v, want EOF", err)
+				}
+			})
+		}
+	})
 }
 
 func TestRelayFallsBackWhenSpliceUnsupported(t *testing.T) {
@@ -391,7 +469,7 @@ func TestRelayFallsBackWhenSpliceUnsupported(t *testing.T) {
 			before := spliced.Load()
 			h := startRelay(t, t.Context(), topology{"unix", "unix"}, Options{})
 			transfer(t, h, 4<<20, true)
-			if r := h.wait(t); r.err != nil || r.stats != (Stats{4 << 20, 4 << 20}) {
+			if r := h.wait(t); r.err != nil || r.stats != (moved(4<<20, 4<<20)) {
 				t.Fatalf("Relay: %+v, %v", r.stats, r.err)
 			}
 			if got := spliced.Load() - before; after == 0 && got != 0 || after > 0 && got == 0 {
@@ -409,7 +487,7 @@ func TestRelayFallsBackWithoutPipes(t *testing.T) {
 	runtime.GC()
 	h := startRelay(t, t.Context(), topology{"tcp", "unix"}, Options{})
 	transfer(t, h, 1<<20, true)
-	if r := h.wait(t); r.err != nil || r.stats != (Stats{1 << 20, 1 << 20}) {
+	if r := h.wait(t); r.err != nil || r.stats != (moved(1<<20, 1<<20)) {
 		t.Fatalf("Relay: %+v, %v", r.stats, r.err)
 	}
 }
@@ -448,39 +526,41 @@ func waitFor(t testing.TB, cond func() bool) {
 // goroutines and fds they used are all gone afterwards, pooled pipes included once the
 // pool drops them.
 func TestRelayLeaksNothing(t *testing.T) {
-	fdsBefore, goBefore := countFDs(t), runtime.NumGoroutine()
-	for i := range 50 {
-		for _, tp := range withPipe {
-			t.Run(fmt.Sprintf("%d/%v", i, tp), func(t *testing.T) {
-				ctx, cancel := context.WithCancel(t.Context())
-				defer cancel()
-				h := startRelay(t, ctx, tp, Options{IdleTimeout: time.Hour})
-				write(t, h.client, "ping")
-				readN(t, h.server, 4)
-				switch {
-				case i%3 == 0:
-					cancel()
-				case i%3 == 1 && tp.client != "pipe":
-					h.server.Close()
-					write(t, h.client, "pong") // to a closed socket: a reset
-					h.client.SetReadDeadline(time.Now().Add(10 * time.Second))
-					io.ReadAll(h.client)
-					h.client.Close()
-				default:
-					write(t, h.server, "pong")
-					readN(t, h.client, 4)
-					h.client.Close()
-					// The relay passes the client's EOF on as a half-close and waits
-					// for the server to finish its side, as a server does.
-					h.server.Close()
-				}
-				h.wait(t)
-			})
+	forModes(t, func(t *testing.T) {
+		fdsBefore, goBefore := countFDs(t), runtime.NumGoroutine()
+		for i := range 50 {
+			for _, tp := range withPipe {
+				t.Run(fmt.Sprintf("%d/%v", i, tp), func(t *testing.T) {
+					ctx, cancel := context.WithCancel(t.Context())
+					defer cancel()
+					h := startRelay(t, ctx, tp, Options{IdleTimeout: time.Hour})
+					write(t, h.client, "ping")
+					readN(t, h.server, 4)
+					switch {
+					case i%3 == 0:
+						cancel()
+					case i%3 == 1 && tp.client != "pipe":
+						h.server.Close()
+						write(t, h.client, "pong") // to a closed socket: a reset
+						h.client.SetReadDeadline(time.Now().Add(10 * time.Second))
+						io.ReadAll(h.client)
+						h.client.Close()
+					default:
+						write(t, h.server, "pong")
+						readN(t, h.client, 4)
+						h.client.Close()
+						// The relay passes the client's EOF on as a half-close and waits
+						// for the server to finish its side, as a server does.
+						h.server.Close()
+					}
+					h.wait(t)
+				})
+			}
 		}
-	}
-	waitFor(t, func() bool {
-		runtime.GC() // the pool drops its pipes after two
-		return runtime.NumGoroutine() <= goBefore && countFDs(t) <= fdsBefore
+		waitFor(t, func() bool {
+			runtime.GC() // the pool drops its pipes after two
+			return runtime.NumGoroutine() <= goBefore && countFDs(t) <= fdsBefore
+		})
 	})
 }
 
@@ -496,35 +576,37 @@ func countFDs(t testing.TB) int {
 // TestIdleRelayHoldsNoPipe: an idle relayed connection must cost its two sockets and no
 // pipe, or 10,000 idle connections would need 60,000 fds instead of 20,000.
 func TestIdleRelayHoldsNoPipe(t *testing.T) {
-	for _, tp := range sockets {
-		t.Run(tp.String(), func(t *testing.T) {
-			ctx, cancel := context.WithCancel(t.Context())
-			defer cancel()
-			before := countPipes()
-			const n = 20
-			hs := make([]*harness, n)
-			for i := range hs {
-				hs[i] = startRelay(t, ctx, tp, Options{IdleTimeout: time.Hour})
-				// Bytes both ways first: each direction has used a pipe and gone idle.
-				write(t, hs[i].client, "ping")
-				readN(t, hs[i].server, 4)
-				write(t, hs[i].server, "pong")
-				readN(t, hs[i].client, 4)
-			}
-			runtime.GC()
-			runtime.GC() // the pool drops the idle pipes
-			time.Sleep(50 * time.Millisecond)
-			// A few may sit in the pool still; holding them would be 4 fds per relay.
-			if pipes := countPipes() - before; pipes > 8 {
-				t.Errorf("%d more pipe fds open with %d idle relays", pipes, n)
-			}
-			// And they still relay.
-			for _, h := range hs {
-				write(t, h.client, "again")
-				readN(t, h.server, 5)
-			}
-		})
-	}
+	forModes(t, func(t *testing.T) {
+		for _, tp := range sockets {
+			t.Run(tp.String(), func(t *testing.T) {
+				ctx, cancel := context.WithCancel(t.Context())
+				defer cancel()
+				before := countPipes()
+				const n = 20
+				hs := make([]*harness, n)
+				for i := range hs {
+					hs[i] = startRelay(t, ctx, tp, Options{IdleTimeout: time.Hour})
+					// Bytes both ways first: each direction has used a pipe and gone idle.
+					write(t, hs[i].client, "ping")
+					readN(t, hs[i].server, 4)
+					write(t, hs[i].server, "pong")
+					readN(t, hs[i].client, 4)
+				}
+				runtime.GC()
+				runtime.GC() // the pool drops the idle pipes
+				time.Sleep(50 * time.Millisecond)
+				// A few may sit in the pool still; holding them would be 4 fds per relay.
+				if pipes := countPipes() - before; pipes > 8 {
+					t.Errorf("%d more pipe fds open with %d idle relays", pipes, n)
+				}
+				// And they still relay.
+				for _, h := range hs {
+					write(t, h.client, "again")
+					readN(t, h.server, 5)
+				}
+			})
+		}
+	})
 }
 
 func countPipes() int {

@@ -1,0 +1,489 @@
+package proxy
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
+)
+
+// Mode chooses how Relay moves bytes.
+type Mode string
+
+const (
+	// ModeAuto uses the kernel relay where it loads and takes the connection, splice
+	// otherwise.
+	ModeAuto Mode = "auto"
+	// ModeSplice always uses splice(2) (or copying, for sockets that cannot splice).
+	ModeSplice Mode = "splice"
+	// ModeKernel asks for the kernel relay; a connection it cannot take is spliced.
+	ModeKernel Mode = "kernel"
+)
+
+// Paths, as Stats.Path reports them.
+const (
+	PathKernel = "kernel"
+	PathSplice = "splice"
+)
+
+// DefaultMode is the mode when neither Options.Mode nor SACT_RELAY says otherwise.
+const DefaultMode = ModeSplice
+
+// ParseMode reads a mode as SACT_RELAY or a config would spell it; "" is DefaultMode.
+func ParseMode(s string) (Mode, error) {
+	switch Mode(s) {
+	case "":
+		return DefaultMode, nil
+	case ModeAuto, ModeSplice, ModeKernel:
+		return Mode(s), nil
+	}
+	return "", fmt.Errorf("relay mode %q: want auto, splice or kernel", s)
+}
+
+// EnvMode is the mode SACT_RELAY sets, or DefaultMode when it is unset or wrong (its
+// error says which).
+func EnvMode() (Mode, error) {
+	m, err := ParseMode(os.Getenv("SACT_RELAY"))
+	if err != nil {
+		return DefaultMode, fmt.Errorf("SACT_RELAY: %w", err)
+	}
+	return m, nil
+}
+
+var envMode = sync.OnceValue(func() Mode { m, _ := EnvMode(); return m })
+
+// KernelRelay reports whether the kernel relay is loaded, loading it if it was not tried
+// yet, and why not.
+func KernelRelay() error {
+	_, err := kernelEngine()
+	return err
+}
+
+var (
+	engineOnce sync.Once
+	theEngine  *engine
+	engineErr  error
+	// openEngine loads the kernel relay; tests replace it to see the fallback.
+	openEngine = openSockmap
+)
+
+func kernelEngine() (*engine, error) {
+	engineOnce.Do(func() { theEngine, engineErr = openEngine() })
+	return theEngine, engineErr
+}
+
+// attachErrs counts the connections the kernel relay could not take, and lastAttachErr
+// is why the last one was refused.
+var (
+	attachErrs    atomic.Int64
+	lastAttachErr atomic.Pointer[error]
+)
+
+// kernelAttached counts the connections the kernel relay took.
+var kernelAttached atomic.Int64
+
+// kernelMoved counts the bytes the kernel relay moved, so tests can tell it is used.
+var kernelMoved atomic.Int64
+
+// engine is the kernel relay: three maps, the verdict program and one epoll instance
+// that wakes sact when a relayed socket ends its input or errs.
+//
+//   - targets (SOCKHASH, cookie -> socket) holds every relayed socket as a redirect
+//     target. No program is attached to it, so being in it changes nothing about how a
+//     socket receives.
+//   - active (SOCKHASH, cookie -> socket) has the verdict program attached: every
+//     socket in it has its input redirected to its peer in targets. A socket enters
+//     active only once it and its peer are in targets, so no byte is ever redirected to
+//     a socket that is not there yet (which would drop it).
+//   - peers (HASH, cookie -> peer's cookie, bytes redirected) pairs them and counts.
+type engine struct {
+	targets, active, peers *ebpf.Map
+	prog                   *ebpf.Program
+	epfd                   int
+
+	mu    sync.Mutex
+	conns map[uint32]*kconn
+	next  uint32
+}
+
+// maxRelayed is how many sockets the maps hold: 2 per relayed connection.
+const maxRelayed = 1 << 17
+
+func openSockmap() (e *engine, err error) {
+	e = &engine{conns: make(map[uint32]*kconn), epfd: -1}
+	defer func() {
+		if err != nil {
+			e.close()
+			e = nil
+			err = fmt.Errorf("kernel relay (sockmap): %w", err)
+		}
+	}()
+	sock := func(name string) (*ebpf.Map, error) {
+		return ebpf.NewMap(&ebpf.MapSpec{Name: name, Type: ebpf.SockHash, KeySize: 8, ValueSize: 8, MaxEntries: maxRelayed})
+	}
+	if e.targets, err = sock("sact_rl_targets"); err != nil {
+		return nil, explainBPF("creating a SOCKHASH map", err)
+	}
+	if e.active, err = sock("sact_rl_active"); err != nil {
+		return nil, explainBPF("creating a SOCKHASH map", err)
+	}
+	if e.peers, err = ebpf.NewMap(&ebpf.MapSpec{Name: "sact_rl_peers", Type: ebpf.Hash, KeySize: 8, ValueSize: peerSize,
+		MaxEntries: maxRelayed, Flags: unix.BPF_F_NO_PREALLOC}); err != nil {
+		return nil, explainBPF("creating a BPF hash map", err)
+	}
+	if e.prog, err = ebpf.NewProgram(&ebpf.ProgramSpec{
+		Name: "sact_rl_verdict", Type: ebpf.SkSKB, AttachType: ebpf.AttachSkSKBStreamVerdict,
+		Instructions: verdictProgram(e.peers.FD(), e.targets.FD()), License: "Dual MIT/GPL",
+	}); err != nil {
+		return nil, explainBPF("loading the sk_skb stream verdict program", err)
+	}
+	// Attached to the map, which only sact's fds hold: it goes when sact does.
+	if err = link.RawAttachProgram(link.RawAttachProgramOptions{Target: e.active.FD(), Program: e.prog, Attach: ebpf.AttachSkSKBStreamVerdict}); err != nil {
+		return nil, explainBPF("attaching the stream verdict program to its SOCKHASH", err)
+	}
+	if e.epfd, err = unix.EpollCreate1(unix.EPOLL_CLOEXEC); err != nil {
+		return nil, fmt.Errorf("epoll_create1: %w", err)
+	}
+	go e.loop()
+	return e, nil
+}
+
+func explainBPF(what string, err error) error {
+	if errors.Is(err, unix.EPERM) || errors.Is(err, unix.EACCES) {
+		return fmt.Errorf("%s: %w (the kernel relay needs root, or CAP_BPF and CAP_NET_ADMIN; set SACT_RELAY=splice to not try)", what, err)
+	}
+	return fmt.Errorf("%s: %w", what, err)
+}
+
+func (e *engine) close() {
+	for _, c := range []interface{ Close() error }{e.prog, e.active, e.targets, e.peers} {
+		if c != nil && !isNilCloser(c) {
+			c.Close()
+		}
+	}
+	if e.epfd >= 0 {
+		unix.Close(e.epfd)
+	}
+}
+
+func isNilCloser(c any) bool {
+	switch c := c.(type) {
+	case *ebpf.Map:
+		return c == nil
+	case *ebpf.Program:
+		return c == nil
+	}
+	return false
+}
+
+// loop waits for relayed sockets to end their input or err and wakes their relays. It
+// asks epoll for EPOLLRDHUP only (EPOLLERR and EPOLLHUP come anyway): the wakeups the
+// kernel sends for every chunk received carry EPOLLIN, which epoll filters out without
+// waking anyone, so a busy relayed connection costs sact nothing here.
+func (e *engine) loop() {
+	evs := make([]unix.EpollEvent, 64)
+	for {
+		n, err := unix.EpollWait(e.epfd, evs, -1)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return
+		}
+		e.mu.Lock()
+		for _, ev := range evs[:n] {
+			if c := e.conns[uint32(ev.Fd)]; c != nil {
+				select {
+				case c.wake <- struct{}{}:
+				default:
+				}
+			}
+		}
+		e.mu.Unlock()
+	}
+}
+
+// kside is one socket of a kernel-relayed connection.
+type kside struct {
+	fd     int
+	cookie uint64
+	base   int64 // bytes written to it before the relay (by anyone), see written
+	eof    bool  // its input ended
+	shut   bool  // the relay shut its output (after passing on its peer's EOF)
+}
+
+type kconn struct {
+	id   uint32
+	wake chan struct{}
+	c, u kside
+}
+
+// relay moves bytes between client and upstream in the kernel. ok false means the
+// kernel relay cannot take the connection and nothing was done to it: the caller should
+// splice.
+func (e *engine) relay(ctx context.Context, client, upstream net.Conn, opts Options) (s Stats, err error, ok bool) {
+	cc, ok1 := client.(*net.TCPConn)
+	uc, ok2 := upstream.(*net.TCPConn)
+	if !ok1 || !ok2 {
+		return Stats{}, nil, false
+	}
+	k := &kconn{wake: make(chan struct{}, 1)}
+	if k.c.fd, err = dupConn(cc); err != nil {
+		return Stats{}, nil, false
+	}
+	if k.u.fd, err = dupConn(uc); err != nil {
+		unix.Close(k.c.fd)
+		return Stats{}, nil, false
+	}
+	if err := e.attach(k); err != nil {
+		attachErrs.Add(1)
+		lastAttachErr.Store(&err)
+		unix.Close(k.c.fd)
+		unix.Close(k.u.fd)
+		return Stats{}, nil, false
+	}
+	// A socket whose input already ended (CLOSE_WAIT) cannot enter a sockmap
+	// (EOPNOTSUPP): such a connection is spliced.
+
+	// Committed: the kernel moves the bytes now. Go's conns are closed so that their fds
+	// leave Go's netpoller (which would wake for every chunk); the duplicates keep the
+	// sockets open until the relay ends.
+	client.Close()
+	upstream.Close()
+	kernelAttached.Add(1)
+	s, err = e.run(ctx, k, opts)
+	return s, err, true
+}
+
+func dupConn(c *net.TCPConn) (int, error) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	nfd := -1
+	cerr := rc.Control(func(fd uintptr) { nfd, err = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0) })
+	if cerr != nil {
+		return -1, cerr
+	}
+	return nfd, err
+}
+
+// attach puts both sockets in the maps, or undoes what it did and says why not.
+func (e *engine) attach(k *kconn) (err error) {
+	for _, s := range []*kside{&k.c, &k.u} {
+		if s.cookie, err = unix.GetsockoptUint64(s.fd, unix.SOL_SOCKET, unix.SO_COOKIE); err != nil {
+			return err
+		}
+		if s.base, err = written(s.fd); err != nil {
+			return err
+		}
+	}
+	var undo []func()
+	defer func() {
+		if err != nil {
+			for i := len(undo) - 1; i >= 0; i-- {
+				undo[i]()
+			}
+		}
+	}()
+	pair := []struct{ s, peer *kside }{{&k.c, &k.u}, {&k.u, &k.c}}
+	for _, p := range pair {
+		var v [peerSize]byte
+		binary.NativeEndian.PutUint64(v[peerCookie:], p.peer.cookie)
+		if err = e.peers.Update(p.s.cookie, v[:], ebpf.UpdateNoExist); err != nil {
+			return err
+		}
+		key := p.s.cookie
+		undo = append(undo, func() { e.peers.Delete(key) })
+	}
+	for _, m := range []*ebpf.Map{e.targets, e.active} {
+		for _, p := range pair {
+			// The sockmap takes the socket's fd as the value.
+			if err = m.Update(p.s.cookie, uint64(p.s.fd), ebpf.UpdateNoExist); err != nil {
+				err = fmt.Errorf("adding socket %d to %v: %w", p.s.fd, m, err)
+				if m == e.active && p.s == &k.u {
+					// The client's input is redirected already: it may have moved bytes.
+					// Undoing is still safe once they have left.
+					undo = append(undo, func() { e.waitDrained(k) })
+				}
+				return err
+			}
+			mm, key := m, p.s.cookie
+			undo = append(undo, func() { mm.Delete(key) })
+		}
+	}
+	e.mu.Lock()
+	e.next++
+	k.id = e.next
+	e.conns[k.id] = k
+	e.mu.Unlock()
+	for _, s := range []*kside{&k.c, &k.u} {
+		ev := unix.EpollEvent{Events: unix.EPOLLRDHUP | unix.EPOLLET, Fd: int32(k.id)}
+		if err = unix.EpollCtl(e.epfd, unix.EPOLL_CTL_ADD, s.fd, &ev); err != nil {
+			e.mu.Lock()
+			delete(e.conns, k.id)
+			e.mu.Unlock()
+			e.waitDrained(k)
+			return err
+		}
+	}
+	// Bytes that arrived before the socket entered the map wait in its receive queue
+	// until the next chunk wakes the verdict program; setting SO_RCVLOWAT runs the
+	// socket's data_ready, which is the program now, on what is queued.
+	for _, s := range []*kside{&k.c, &k.u} {
+		unix.SetsockoptInt(s.fd, unix.SOL_SOCKET, unix.SO_RCVLOWAT, 1)
+	}
+	return nil
+}
+
+// waitDrained waits (at most a second) until what the program redirected has left for
+// the peers, so that undoing the maps loses nothing.
+func (e *engine) waitDrained(k *kconn) {
+	for deadline := time.Now().Add(time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+		cn, un := e.counted(k.c.cookie), e.counted(k.u.cookie)
+		cw, _ := written(k.c.fd)
+		uw, _ := written(k.u.fd)
+		if uw-k.u.base >= cn && cw-k.c.base >= un {
+			return
+		}
+	}
+}
+
+// written is how many bytes were ever written to a TCP socket: those the peer
+// acknowledged and those still in the send queue.
+func written(fd int) (int64, error) {
+	ti, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
+	if err != nil {
+		return 0, err
+	}
+	outq, err := unix.IoctlGetInt(fd, unix.SIOCOUTQ)
+	if err != nil {
+		return 0, err
+	}
+	return int64(ti.Bytes_acked) + int64(outq), nil
+}
+
+// counted is how many bytes the program redirected from the socket with cookie.
+func (e *engine) counted(cookie uint64) int64 {
+	var v [peerSize]byte
+	if err := e.peers.Lookup(cookie, v[:]); err != nil {
+		return 0
+	}
+	return int64(binary.NativeEndian.Uint64(v[peerBytes:]))
+}
+
+// activityEvery is how often a kernel relay reads its counters for Options.Activity and
+// IdleTimeout: the bytes move without sact, so this is when it learns they did.
+var activityEvery = time.Second
+
+// drainEvery is how often a relay that passed an EOF on checks that the bytes before it
+// have left, to half-close the peer after them.
+const drainEvery = time.Millisecond
+
+// run waits for the connection to end, passing EOFs on, and tears it down.
+func (e *engine) run(ctx context.Context, k *kconn, opts Options) (s Stats, err error) {
+	lastBytes, lastMoved := int64(0), time.Now()
+	defer func() {
+		s.ClientToUpstream, s.UpstreamToClient = e.counted(k.c.cookie), e.counted(k.u.cookie)
+		kernelMoved.Add(s.ClientToUpstream + s.UpstreamToClient)
+		e.detach(k)
+		if s.ClientToUpstream+s.UpstreamToClient != lastBytes && opts.Activity != nil {
+			opts.Activity() // the bytes since the last look
+		}
+	}()
+	every := activityEvery
+	if opts.IdleTimeout > 0 && opts.IdleTimeout/4 < every {
+		every = max(opts.IdleTimeout/4, time.Millisecond)
+	}
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	var drain *time.Ticker
+	var drainC <-chan time.Time
+	defer func() {
+		if drain != nil {
+			drain.Stop()
+		}
+	}()
+	for {
+		done, waiting, err := e.step(k)
+		if err != nil || done {
+			return s, err
+		}
+		if waiting && drain == nil {
+			drain = time.NewTicker(drainEvery)
+			drainC = drain.C
+		}
+		select {
+		case <-k.wake:
+		case <-drainC:
+		case <-ctx.Done():
+			return s, context.Cause(ctx)
+		case <-tick.C:
+			n := e.counted(k.c.cookie) + e.counted(k.u.cookie)
+			if n != lastBytes {
+				lastBytes, lastMoved = n, time.Now()
+				if opts.Activity != nil {
+					opts.Activity()
+				}
+			} else if opts.IdleTimeout > 0 && time.Since(lastMoved) >= opts.IdleTimeout {
+				return s, ErrIdleTimeout
+			}
+		}
+	}
+}
+
+// step looks at both sockets: an error ends the relay; an input that ended is passed on
+// as a half-close of the peer once the bytes before it have left (waiting says it has not
+// yet); done says both directions are over.
+func (e *engine) step(k *kconn) (done, waiting bool, err error) {
+	for _, p := range []struct{ s, peer *kside }{{&k.c, &k.u}, {&k.u, &k.c}} {
+		fds := []unix.PollFd{{Fd: int32(p.s.fd), Events: unix.POLLRDHUP}}
+		if _, err := unix.Poll(fds, 0); err != nil && err != unix.EINTR {
+			return false, false, os.NewSyscallError("poll", err)
+		}
+		if fds[0].Revents&(unix.POLLERR|unix.POLLHUP) != 0 {
+			if serr, _ := unix.GetsockoptInt(p.s.fd, unix.SOL_SOCKET, unix.SO_ERROR); serr != 0 {
+				return false, false, os.NewSyscallError("read", unix.Errno(serr))
+			}
+		}
+		if fds[0].Revents&(unix.POLLRDHUP|unix.POLLHUP) != 0 {
+			p.s.eof = true
+		}
+		if p.s.eof && !p.peer.shut {
+			w, werr := written(p.peer.fd)
+			if werr == nil && w-p.peer.base < e.counted(p.s.cookie) {
+				waiting = true
+				continue
+			}
+			// An error here means the peer is closed or reset: the next look sees it.
+			unix.Shutdown(p.peer.fd, unix.SHUT_WR)
+			p.peer.shut = true
+		}
+	}
+	return k.c.eof && k.u.eof && k.c.shut && k.u.shut, waiting, nil
+}
+
+// detach takes the connection out of the maps and closes its sockets.
+func (e *engine) detach(k *kconn) {
+	e.mu.Lock()
+	delete(e.conns, k.id)
+	e.mu.Unlock()
+	for _, s := range []*kside{&k.c, &k.u} {
+		unix.EpollCtl(e.epfd, unix.EPOLL_CTL_DEL, s.fd, nil)
+		e.active.Delete(s.cookie)
+	}
+	for _, s := range []*kside{&k.c, &k.u} {
+		e.targets.Delete(s.cookie)
+		e.peers.Delete(s.cookie)
+		unix.Close(s.fd)
+	}
+}
