@@ -16,6 +16,9 @@ import (
 // current/tmp names. Nothing on disk is polled: touches are seen through inotify.
 const restartResync = 2 * time.Second
 
+// restartQuiet is the least time between two restarts of an app by its restart file.
+const restartQuiet = time.Second
+
 // watchRestartFiles restarts an app in a new container when its restart_file is touched,
 // as Passenger does with tmp/restart.txt (issue 14): the file's time is part of the app's
 // spec hash (config.App.Restarted), so the change goes the way of any changed setting in
@@ -66,6 +69,29 @@ func (d *daemon) watchRestartFiles(ctx context.Context) {
 			}
 		}
 	}
+	// A touch is acted on at once, then the app's file is looked at again at most once
+	// per restartQuiet: an app that touches its own file in a loop (its tmp/ is its own)
+	// costs one restart, one log line, per restartQuiet, not one per touch.
+	last := map[string]time.Time{}
+	due := make(chan string, 16)
+	pending := map[string]bool{}
+	touched := func(name, file string) {
+		if pending[name] {
+			return
+		}
+		if wait := restartQuiet - time.Since(last[name]); wait > 0 {
+			pending[name] = true
+			time.AfterFunc(wait, func() {
+				select {
+				case due <- name:
+				case <-ctx.Done():
+				}
+			})
+			return
+		}
+		last[name] = time.Now()
+		d.restartIfTouched(ctx, name, file)
+	}
 	resync()
 	tick := time.NewTicker(restartResync)
 	defer tick.Stop()
@@ -73,6 +99,13 @@ func (d *daemon) watchRestartFiles(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
+		case name := <-due:
+			delete(pending, name)
+			for _, u := range d.snapshot() {
+				if u.app.Name == name && u.app.RestartFile != "" {
+					touched(name, u.app.RestartFile)
+				}
+			}
 		case <-tick.C:
 			resync()
 		case ev, ok := <-w.Events:
@@ -84,7 +117,7 @@ func (d *daemon) watchRestartFiles(ctx context.Context) {
 			}
 			for _, u := range d.snapshot() {
 				if u.app.RestartFile == filepath.Clean(ev.Name) {
-					d.restartIfTouched(ctx, u.app.Name, u.app.RestartFile)
+					touched(u.app.Name, u.app.RestartFile)
 				}
 			}
 		case err, ok := <-w.Errors:

@@ -61,6 +61,22 @@ func TestRestartFileRecreatesContainer(t *testing.T) {
 	if id := docker(t, "inspect", "-f", "{{.Id}}", "sact-"+other); id != other1 {
 		t.Errorf("the other app's container changed though its restart file was never touched")
 	}
+	// An app that touches its own file in a loop (its tmp/ is its own) is restarted once
+	// a second at most, the last touch never lost.
+	before := d.countLog(`"msg":"restart file touched` + `&&` + name)
+	storm := time.Now()
+	for i := range 200 {
+		at := storm.Add(time.Duration(i+2) * time.Second)
+		os.Chtimes(restart, at, at)
+		time.Sleep(5 * time.Millisecond)
+	}
+	took := time.Since(storm)
+	time.Sleep(2500 * time.Millisecond)
+	got := d.countLog(`"msg":"restart file touched`+`&&`+name) - before
+	if limit := int(took/time.Second) + 3; got > limit || got < 1 {
+		t.Errorf("200 touches in %v: %d restarts, want 1 to %d", took.Round(time.Millisecond), got, limit)
+	}
+	t.Logf("200 touches in %v: %d restarts", took.Round(time.Millisecond), got)
 	if n := d.countLog(`"msg":"config reloaded"`); n != 0 {
 		t.Errorf("a touch reloaded the config (%d times)", n)
 	}

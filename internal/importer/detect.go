@@ -43,7 +43,7 @@ type Detected struct {
 func detect(dir, appType, startup, passengerRuby, passengerNode, passengerPython string) Detected {
 	var d Detected
 	exists := func(name string) bool { _, err := os.Stat(filepath.Join(dir, name)); return err == nil }
-	read := func(name string) []byte { b, _ := os.ReadFile(filepath.Join(dir, name)); return b }
+	read := func(name string) []byte { b, _ := readSmall(filepath.Join(dir, name)); return b }
 
 	d.Gemfile, d.Lockfile = exists("Gemfile"), exists("Gemfile.lock")
 	if d.Lockfile {

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -314,5 +315,32 @@ func TestNginxDump(t *testing.T) {
 	}
 	if took := time.Since(began); took > 10*time.Second {
 		t.Errorf("includes multiplying took %v to refuse", took)
+	}
+}
+
+// TestHostileAppDir: an app's directory is the app's to write: a Gemfile.lock that is a
+// FIFO, or .ruby-version a link to /dev/zero, are skipped, never read without end; nor
+// is an nginx include of a device.
+func TestHostileAppDir(t *testing.T) {
+	dir := t.TempDir()
+	app := filepath.Join(dir, "app")
+	os.MkdirAll(filepath.Join(app, "public"), 0o755)
+	os.WriteFile(filepath.Join(app, "config.ru"), []byte("run App\n"), 0o644)
+	if err := syscall.Mkfifo(filepath.Join(app, "Gemfile.lock"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	os.Symlink("/dev/zero", filepath.Join(app, ".ruby-version"))
+	main := filepath.Join(dir, "nginx.conf")
+	os.WriteFile(main, []byte("http {\n server {\n  server_name a;\n  root "+app+"/public;\n  passenger_enabled on;\n }\n}\n"), 0o644)
+	res, err := Import(main, Options{SocketDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a := res.Apps[0]; a.Ruby != "" {
+		t.Errorf("Ruby %q read from a device", a.Ruby)
+	}
+	os.WriteFile(main, []byte("http {\n include /dev/zero;\n}\n"), 0o644)
+	if _, err := Import(main, Options{}); err == nil || !strings.Contains(err.Error(), "not a regular file") {
+		t.Errorf("include /dev/zero: %v, want an error saying it is not a regular file", err)
 	}
 }

@@ -128,7 +128,7 @@ func read(path string) (*reader, error) {
 func (r *reader) parse(path string) ([]ngx.IDirective, error) {
 	data, ok := r.virtual[path]
 	if !ok {
-		b, err := os.ReadFile(path)
+		b, err := readSmall(path)
 		if err != nil {
 			return nil, fmt.Errorf("%s: cannot read the nginx config: %w", path, errText(err))
 		}
