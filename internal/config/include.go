@@ -22,6 +22,10 @@ var (
 	glob     = filepath.Glob
 )
 
+// maxIncluded bounds the files include: may bring in: a host has hundreds of apps, and a
+// pattern like /*/* would read half the machine.
+const maxIncluded = 5000
+
 // maxReadFile bounds an included file or env file: a config is a few kB.
 const maxReadFile = 1 << 20
 
@@ -88,6 +92,10 @@ func (p *parser) decodeInclude(kv pair) []included {
 			}
 			files = append(files, m)
 		}
+	}
+	if len(files) > maxIncluded {
+		p.d.errorf(kv.k, "include", "the patterns match %d files, more than %d; narrow them, like apps.d/*.yaml", len(files), maxIncluded)
+		return nil
 	}
 	var out []included
 	for _, f := range files {

@@ -3,6 +3,7 @@ package config
 import (
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -31,5 +32,19 @@ func TestIncludeReadsOnlyFiles(t *testing.T) {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error does not say %q:\n%v", want, err)
 		}
+	}
+}
+
+func TestIncludeTooMany(t *testing.T) {
+	dir := t.TempDir()
+	os.MkdirAll(filepath.Join(dir, "apps.d"), 0o755)
+	for i := range maxIncluded + 1 {
+		os.WriteFile(filepath.Join(dir, "apps.d", strconv.Itoa(i)+".yaml"), nil, 0o644)
+	}
+	main := filepath.Join(dir, "sact.yaml")
+	os.WriteFile(main, []byte("include: [apps.d/*.yaml]\n"), 0o644)
+	_, err := Load(main)
+	if err == nil || !strings.Contains(err.Error(), "more than 5000; narrow them") {
+		t.Errorf("include of %d files: %v, want an error saying to narrow the pattern", maxIncluded+1, err)
 	}
 }
