@@ -34,7 +34,9 @@ check-deps:
 # Unit tests with the race detector, then the end-to-end tests against the real engine
 # (set SACT_REQUIRE_DOCKER=1 to make a missing engine a failure instead of a skip).
 test: check-deps vet
-	$(GO) test -race -timeout 15m ./...
+	$(GO) test -race -timeout 30m ./...
+# (The suite takes about 7 minutes here with its images cached; a fresh machine first
+# builds four Debian images with debootstrap, several minutes more: hence the timeout.)
 
 bench:
 	$(GO) run ./bench
