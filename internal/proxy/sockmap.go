@@ -13,6 +13,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/ringbuf"
 	"golang.org/x/sys/unix"
 )
 
@@ -88,6 +89,10 @@ var (
 	lastAttachErr atomic.Pointer[error]
 )
 
+// holds counts the times a relayed socket's input was held for back-pressure, and rests
+// the times what was left of a held input was copied.
+var holds, rests atomic.Int64
+
 // kernelAttached counts the connections the kernel relay took.
 var kernelAttached atomic.Int64
 
@@ -105,21 +110,32 @@ var kernelMoved atomic.Int64
 //     active only once it and its peer are in targets, so no byte is ever redirected to
 //     a socket that is not there yet (which would drop it).
 //   - peers (HASH, cookie -> peer's cookie, bytes redirected) pairs them and counts.
+//   - credit (HASH, cookie -> count allowed) and events (RINGBUF): back-pressure. A
+//     redirect does not wait for the peer: the kernel queues the chunk for the peer's
+//     send path and reopens the source's TCP window at once, so a client that stops
+//     reading would have the kernel queue everything the server sends. When a socket has
+//     redirected creditBytes more than its peer has taken, the program tells sact (its
+//     cookie in events), and sact takes the socket out of active: what arrives next stays
+//     in its receive queue, whose TCP window closes as it fills, until the peer has sent
+//     the backlog; then sact puts it back.
 type engine struct {
 	targets, active, peers *ebpf.Map
+	credit, events         *ebpf.Map
 	prog                   *ebpf.Program
 	epfd                   int
+	ring                   *ringbuf.Reader
 
-	mu    sync.Mutex
-	conns map[uint32]*kconn
-	next  uint32
+	mu       sync.Mutex
+	conns    map[uint32]*kconn
+	byCookie map[uint64]*kconn
+	next     uint32
 }
 
 // maxRelayed is how many sockets the maps hold: 2 per relayed connection.
 const maxRelayed = 1 << 17
 
 func openSockmap() (e *engine, err error) {
-	e = &engine{conns: make(map[uint32]*kconn), epfd: -1}
+	e = &engine{conns: make(map[uint32]*kconn), byCookie: make(map[uint64]*kconn), epfd: -1}
 	defer func() {
 		if err != nil {
 			e.close()
@@ -140,9 +156,16 @@ func openSockmap() (e *engine, err error) {
 		MaxEntries: maxRelayed, Flags: unix.BPF_F_NO_PREALLOC}); err != nil {
 		return nil, explainBPF("creating a BPF hash map", err)
 	}
+	if e.credit, err = ebpf.NewMap(&ebpf.MapSpec{Name: "sact_rl_credit", Type: ebpf.Hash, KeySize: 8, ValueSize: creditSize,
+		MaxEntries: maxRelayed, Flags: unix.BPF_F_NO_PREALLOC}); err != nil {
+		return nil, explainBPF("creating a BPF hash map", err)
+	}
+	if e.events, err = ebpf.NewMap(&ebpf.MapSpec{Name: "sact_rl_events", Type: ebpf.RingBuf, MaxEntries: 256 << 10}); err != nil {
+		return nil, explainBPF("creating a BPF ring buffer", err)
+	}
 	if e.prog, err = ebpf.NewProgram(&ebpf.ProgramSpec{
 		Name: "sact_rl_verdict", Type: ebpf.SkSKB, AttachType: ebpf.AttachSkSKBStreamVerdict,
-		Instructions: verdictProgram(e.peers.FD(), e.targets.FD()), License: "Dual MIT/GPL",
+		Instructions: verdictProgram(e.peers.FD(), e.targets.FD(), e.credit.FD(), e.events.FD()), License: "Dual MIT/GPL",
 	}); err != nil {
 		return nil, explainBPF("loading the sk_skb stream verdict program", err)
 	}
@@ -153,7 +176,11 @@ func openSockmap() (e *engine, err error) {
 	if e.epfd, err = unix.EpollCreate1(unix.EPOLL_CLOEXEC); err != nil {
 		return nil, fmt.Errorf("epoll_create1: %w", err)
 	}
+	if e.ring, err = ringbuf.NewReader(e.events); err != nil {
+		return nil, fmt.Errorf("reading the BPF ring buffer: %w", err)
+	}
 	go e.loop()
+	go e.readEvents()
 	return e, nil
 }
 
@@ -165,7 +192,10 @@ func explainBPF(what string, err error) error {
 }
 
 func (e *engine) close() {
-	for _, c := range []interface{ Close() error }{e.prog, e.active, e.targets, e.peers} {
+	if e.ring != nil {
+		e.ring.Close()
+	}
+	for _, c := range []interface{ Close() error }{e.prog, e.active, e.targets, e.peers, e.credit, e.events} {
 		if c != nil && !isNilCloser(c) {
 			c.Close()
 		}
@@ -212,6 +242,52 @@ func (e *engine) loop() {
 	}
 }
 
+// readEvents passes the program's word that a socket ran out of credit to its relay.
+func (e *engine) readEvents() {
+	var rec ringbuf.Record
+	for {
+		if err := e.ring.ReadInto(&rec); err != nil {
+			if errors.Is(err, os.ErrClosed) {
+				return
+			}
+			continue
+		}
+		if len(rec.RawSample) < 8 {
+			continue
+		}
+		cookie := binary.NativeEndian.Uint64(rec.RawSample)
+		e.mu.Lock()
+		if c := e.byCookie[cookie]; c != nil {
+			if cookie == c.c.cookie {
+				c.c.overdrawn.Store(true)
+			} else {
+				c.u.overdrawn.Store(true)
+			}
+			select {
+			case c.wake <- struct{}{}:
+			default:
+			}
+		}
+		e.mu.Unlock()
+	}
+}
+
+// creditBytes is how far a socket may redirect ahead of its peer's sending before sact
+// holds its input: the most the kernel queues for a peer that does not read, beyond the
+// socket buffers. Variable for tests.
+var creditBytes int64 = 1 << 20
+
+// setCredit allows s to redirect creditBytes more than its peer has taken.
+func (e *engine) setCredit(s, peer *kside) error {
+	w, err := written(peer.fd)
+	if err != nil {
+		return err
+	}
+	var v [creditSize]byte
+	binary.NativeEndian.PutUint64(v[creditAllow:], uint64(w-peer.base+creditBytes))
+	return e.credit.Update(s.cookie, v[:], ebpf.UpdateAny)
+}
+
 // kside is one socket of a kernel-relayed connection.
 type kside struct {
 	fd     int
@@ -219,6 +295,10 @@ type kside struct {
 	base   int64 // bytes written to it before the relay (by anyone), see written
 	eof    bool  // its input ended
 	shut   bool  // the relay shut its output (after passing on its peer's EOF)
+
+
+	overdrawn atomic.Bool // the program said it is past its credit
+	held      bool        // out of the active map until its peer catches up
 }
 
 type kconn struct {
@@ -261,7 +341,37 @@ func (e *engine) relay(ctx context.Context, client, upstream net.Conn, opts Opti
 	upstream.Close()
 	kernelAttached.Add(1)
 	s, err = e.run(ctx, k, opts)
+	if err == errDemote {
+		rests.Add(1)
+		s, err = e.demote(ctx, k, s, opts)
+	}
 	return s, err, true
+}
+
+// errDemote ends the kernel relay of a connection to hand it to the splice relay.
+var errDemote = errors.New("kernel relay: splicing the rest")
+
+// demote hands a connection the kernel relay cannot go on with to the splice relay, once
+// the bytes the kernel redirected have left (detach would drop what is queued). s is
+// what the kernel moved.
+func (e *engine) demote(ctx context.Context, k *kconn, s Stats, opts Options) (Stats, error) {
+	conns := make([]net.Conn, 0, 2)
+	for _, sd := range []*kside{&k.c, &k.u} {
+		f := os.NewFile(uintptr(sd.fd), "relayed")
+		c, err := net.FileConn(f) // a duplicate, in Go's netpoller
+		f.Close()
+		if err != nil {
+			for _, c := range conns {
+				c.Close()
+			}
+			return s, fmt.Errorf("kernel relay: splicing the rest: %w", err)
+		}
+		conns = append(conns, c)
+	}
+	rest, err := spliceRelay(ctx, conns[0], conns[1], opts)
+	s.ClientToUpstream += rest.ClientToUpstream
+	s.UpstreamToClient += rest.UpstreamToClient
+	return s, err
 }
 
 func dupConn(c *net.TCPConn) (int, error) {
@@ -305,6 +415,13 @@ func (e *engine) attach(k *kconn) (err error) {
 		key := p.s.cookie
 		undo = append(undo, func() { e.peers.Delete(key) })
 	}
+	for _, p := range pair {
+		if err = e.setCredit(p.s, p.peer); err != nil {
+			return err
+		}
+		key := p.s.cookie
+		undo = append(undo, func() { e.credit.Delete(key) })
+	}
 	for _, m := range []*ebpf.Map{e.targets, e.active} {
 		for _, p := range pair {
 			// The sockmap takes the socket's fd as the value.
@@ -325,13 +442,12 @@ func (e *engine) attach(k *kconn) (err error) {
 	e.next++
 	k.id = e.next
 	e.conns[k.id] = k
+	e.byCookie[k.c.cookie], e.byCookie[k.u.cookie] = k, k
 	e.mu.Unlock()
 	for _, s := range []*kside{&k.c, &k.u} {
 		ev := unix.EpollEvent{Events: unix.EPOLLRDHUP | unix.EPOLLET, Fd: int32(k.id)}
 		if err = unix.EpollCtl(e.epfd, unix.EPOLL_CTL_ADD, s.fd, &ev); err != nil {
-			e.mu.Lock()
-			delete(e.conns, k.id)
-			e.mu.Unlock()
+			e.forget(k)
 			e.waitDrained(k)
 			return err
 		}
@@ -354,6 +470,28 @@ func (e *engine) waitDrained(k *kconn) {
 		uw, _ := written(k.u.fd)
 		if uw-k.u.base >= cn && cw-k.c.base >= un {
 			return
+		}
+	}
+}
+
+// waitDrainedCtx waits until what the program redirected has left for the peers, or ctx
+// ends, or a socket errs.
+func (e *engine) waitDrainedCtx(ctx context.Context, k *kconn) error {
+	for {
+		cw, cerr := written(k.c.fd)
+		uw, uerr := written(k.u.fd)
+		if cerr != nil || uerr != nil || uw-k.u.base >= e.counted(k.c.cookie) && cw-k.c.base >= e.counted(k.u.cookie) {
+			return nil
+		}
+		for _, sd := range []*kside{&k.c, &k.u} {
+			if serr, _ := unix.GetsockoptInt(sd.fd, unix.SOL_SOCKET, unix.SO_ERROR); serr != 0 {
+				return os.NewSyscallError("read", unix.Errno(serr))
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		case <-time.After(drainEvery):
 		}
 	}
 }
@@ -393,9 +531,17 @@ const drainEvery = time.Millisecond
 func (e *engine) run(ctx context.Context, k *kconn, opts Options) (s Stats, err error) {
 	lastBytes, lastMoved := int64(0), time.Now()
 	defer func() {
+		if err == errDemote {
+			for _, sd := range []*kside{&k.c, &k.u} {
+				e.active.Delete(sd.cookie)
+			}
+			if derr := e.waitDrainedCtx(ctx, k); derr != nil {
+				err = derr
+			}
+		}
 		s.ClientToUpstream, s.UpstreamToClient = e.counted(k.c.cookie), e.counted(k.u.cookie)
 		kernelMoved.Add(s.ClientToUpstream + s.UpstreamToClient)
-		e.detach(k)
+		e.detach(k, err == errDemote)
 		if s.ClientToUpstream+s.UpstreamToClient != lastBytes && opts.Activity != nil {
 			opts.Activity() // the bytes since the last look
 		}
@@ -446,6 +592,34 @@ func (e *engine) run(ctx context.Context, k *kconn, opts Options) (s Stats, err 
 // yet); done says both directions are over.
 func (e *engine) step(k *kconn) (done, waiting bool, err error) {
 	for _, p := range []struct{ s, peer *kside }{{&k.c, &k.u}, {&k.u, &k.c}} {
+		if p.s.overdrawn.Swap(false) && !p.s.held {
+			// Hold its input: out of the active map, its bytes wait in its receive queue.
+			if err := e.active.Delete(p.s.cookie); err != nil {
+				return false, false, fmt.Errorf("holding a relayed socket's input: %w", err)
+			}
+			p.s.held = true
+			holds.Add(1)
+		}
+		if p.s.held {
+			w, werr := written(p.peer.fd)
+			if werr == nil && e.counted(p.s.cookie)-(w-p.peer.base) > creditBytes/2 {
+				waiting = true
+				continue // its EOF, if any, is behind what waits in its queue
+			}
+			if err := e.setCredit(p.s, p.peer); err != nil {
+				return false, false, fmt.Errorf("resuming a relayed socket's input: %w", err)
+			}
+			if err := e.active.Update(p.s.cookie, uint64(p.s.fd), ebpf.UpdateNoExist); err != nil {
+				if !errors.Is(err, unix.EOPNOTSUPP) {
+					return false, false, fmt.Errorf("resuming a relayed socket's input: %w", err)
+				}
+				// Its input ended while it was held (CLOSE_WAIT), and a sockmap takes only
+				// established sockets: the rest of the connection is spliced.
+				return false, false, errDemote
+			}
+			unix.SetsockoptInt(p.s.fd, unix.SOL_SOCKET, unix.SO_RCVLOWAT, 1) // what waited
+			p.s.held = false
+		}
 		fds := []unix.PollFd{{Fd: int32(p.s.fd), Events: unix.POLLRDHUP}}
 		if _, err := unix.Poll(fds, 0); err != nil && err != unix.EINTR {
 			return false, false, os.NewSyscallError("poll", err)
@@ -472,11 +646,17 @@ func (e *engine) step(k *kconn) (done, waiting bool, err error) {
 	return k.c.eof && k.u.eof && k.c.shut && k.u.shut, waiting, nil
 }
 
-// detach takes the connection out of the maps and closes its sockets.
-func (e *engine) detach(k *kconn) {
+func (e *engine) forget(k *kconn) {
 	e.mu.Lock()
 	delete(e.conns, k.id)
+	delete(e.byCookie, k.c.cookie)
+	delete(e.byCookie, k.u.cookie)
 	e.mu.Unlock()
+}
+
+// detach takes the connection out of the maps and closes its sockets.
+func (e *engine) detach(k *kconn, demoting bool) {
+	e.forget(k)
 	for _, s := range []*kside{&k.c, &k.u} {
 		unix.EpollCtl(e.epfd, unix.EPOLL_CTL_DEL, s.fd, nil)
 		e.active.Delete(s.cookie)
@@ -484,6 +664,9 @@ func (e *engine) detach(k *kconn) {
 	for _, s := range []*kside{&k.c, &k.u} {
 		e.targets.Delete(s.cookie)
 		e.peers.Delete(s.cookie)
-		unix.Close(s.fd)
+		e.credit.Delete(s.cookie)
+		if !demoting {
+			unix.Close(s.fd)
+		}
 	}
 }
