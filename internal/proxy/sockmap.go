@@ -296,7 +296,6 @@ type kside struct {
 	eof    bool  // its input ended
 	shut   bool  // the relay shut its output (after passing on its peer's EOF)
 
-
 	overdrawn atomic.Bool // the program said it is past its credit
 	held      bool        // out of the active map until its peer catches up
 }
