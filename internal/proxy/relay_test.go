@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -743,4 +744,37 @@ func TestRelayBackPressure(t *testing.T) {
 			})
 		}
 	})
+}
+
+// TestRelayFallsBackWhenBPFRefused: where the kernel relay cannot load (here: refused as
+// an unprivileged user would be), asking for it splices, and Stats.Path says so.
+func TestRelayFallsBackWhenBPFRefused(t *testing.T) {
+	savedOpen := openEngine
+	savedEngine, savedErr := kernelEngine() // the real one, back for the tests after
+	openEngine = func() (*engine, error) {
+		return nil, explainBPF("creating a SOCKHASH map", unix.EPERM)
+	}
+	engineOnce, theEngine, engineErr = sync.Once{}, nil, nil
+	t.Cleanup(func() {
+		openEngine = savedOpen
+		engineOnce, theEngine, engineErr = sync.Once{}, savedEngine, savedErr
+		engineOnce.Do(func() {})
+	})
+	if err := KernelRelay(); !errors.Is(err, unix.EPERM) {
+		t.Fatalf("KernelRelay() = %v, want EPERM", err)
+	}
+	for _, mode := range []Mode{ModeKernel, ModeAuto} {
+		t.Run(string(mode), func(t *testing.T) {
+			before := spliced.Load()
+			h := startRelay(t, t.Context(), topology{"tcp", "tcp"}, Options{Mode: mode})
+			transfer(t, h, 1<<20, true)
+			r := h.wait(t) // checks Path: splice, the kernel relay being refused
+			if r.err != nil || r.stats != moved(1<<20, 1<<20) {
+				t.Fatalf("Relay: %+v, %v", r.stats, r.err)
+			}
+			if got := spliced.Load() - before; got != 2<<20 {
+				t.Errorf("%d bytes spliced, want %d", got, 2<<20)
+			}
+		})
+	}
 }
