@@ -19,6 +19,7 @@ import (
 	"github.com/sact-project/sact/internal/backend"
 	"github.com/sact-project/sact/internal/config"
 	"github.com/sact-project/sact/internal/listen"
+	"github.com/sact-project/sact/internal/proxy"
 )
 
 // AdminSocket is where the admin API of a sact with this config and run directory
@@ -37,6 +38,8 @@ type metrics struct {
 	starts *prometheus.HistogramVec
 	failed *prometheus.CounterVec
 	broken *prometheus.GaugeVec
+	// relayed counts proxied connections and their bytes by the path the relay took.
+	relayed, relayedBytes *prometheus.CounterVec
 }
 
 func newMetrics() *metrics {
@@ -49,8 +52,16 @@ func newMetrics() *metrics {
 			Name: "sact_app_broken",
 			Help: "1 while sact cannot serve the app at all (its handoff cannot be set up); it retries on its own.",
 		}, []string{"app"}),
+		relayed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sact_relayed_connections_total",
+			Help: "Proxied connections relayed, by the path their bytes took: kernel (sockmap, SACT_RELAY=kernel or auto) or splice.",
+		}, []string{"app", "path"}),
+		relayedBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sact_relayed_bytes_total",
+			Help: "Bytes relayed for proxied connections that ended, by path and direction (in: client to app, out: app to client).",
+		}, []string{"app", "path", "direction"}),
 	}
-	m.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), m.starts, m.failed, m.broken)
+	m.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), m.starts, m.failed, m.broken, m.relayed, m.relayedBytes)
 	return m
 }
 
@@ -61,6 +72,16 @@ func (m *metrics) setBroken(app string, broken bool) {
 	} else {
 		m.broken.DeleteLabelValues(app)
 	}
+}
+
+// relay counts a relayed connection of app that ended.
+func (m *metrics) relay(app string, s proxy.Stats) {
+	if s.Path == "" {
+		return // ended before a path was taken
+	}
+	m.relayed.WithLabelValues(app, s.Path).Inc()
+	m.relayedBytes.WithLabelValues(app, s.Path, "in").Add(float64(s.ClientToUpstream))
+	m.relayedBytes.WithLabelValues(app, s.Path, "out").Add(float64(s.UpstreamToClient))
 }
 
 // fail counts n connections of app that were not served.

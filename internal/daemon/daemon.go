@@ -145,7 +145,8 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 	d.pool = activator.NewPool(cfg.Pool.MaxRunning, cfg.Pool.StartConcurrency)
 	d.pool.SetMemoryBudget(cfg.Pool.MemoryBudget)
 	d.m = newMetrics()
-	d.srv = &server{log: log, connsCtx: connsCtx, failed: d.m.fail}
+	d.srv = &server{log: log, connsCtx: connsCtx, failed: d.m.fail, relayed: d.m.relay}
+	logRelayMode(log)
 	d.units = make(map[string]*unit)
 	closeAll := func() {
 		for _, u := range d.units {
@@ -581,6 +582,7 @@ func bindAll(ctx context.Context, cfg *config.Config, reclaimed map[string][]net
 type server struct {
 	log       *slog.Logger
 	failed    func(app, reason string, n int)
+	relayed   func(app string, s proxy.Stats) // counts a relayed connection (metrics); may be nil
 	connsCtx  context.Context
 	accepting sync.WaitGroup
 	conns     sync.WaitGroup
@@ -686,7 +688,29 @@ func (s *server) handle(client net.Conn, app *activator.App, addr string) {
 	rctx, stop := context.WithCancel(lease.Context())
 	defer stop()
 	defer context.AfterFunc(s.connsCtx, stop)()
-	if _, err := proxy.Relay(rctx, client, up, proxy.Options{Activity: lease.Touch}); err != nil {
-		s.log.Debug("relay ended", "app", app.Name(), "remote", remote, "err", err)
+	st, err := proxy.Relay(rctx, client, up, proxy.Options{Activity: lease.Touch})
+	if err != nil {
+		s.log.Debug("relay ended", "app", app.Name(), "remote", remote, "path", st.Path, "err", err)
 	}
+	if s.relayed != nil {
+		s.relayed(app.Name(), st)
+	}
+}
+
+// logRelayMode says how proxied connections will move their bytes (SACT_RELAY), and why
+// not in the kernel when it was asked for and cannot be.
+func logRelayMode(log *slog.Logger) {
+	mode, err := proxy.EnvMode()
+	if err != nil {
+		log.Warn("relay mode", "reason", err, "mode", mode)
+	}
+	if mode == proxy.ModeSplice {
+		log.Info("relay", "mode", mode)
+		return
+	}
+	if kerr := proxy.KernelRelay(); kerr != nil {
+		log.Warn("relay: the kernel relay is not available; connections are spliced", "mode", mode, "reason", kerr)
+		return
+	}
+	log.Info("relay", "mode", mode, "kernel", "loaded")
 }
