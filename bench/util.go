@@ -56,6 +56,23 @@ func (b *bench) startSact(config string) (*sactProc, error) {
 
 // launchSact writes config and starts sact on it, without waiting for it to serve.
 func (b *bench) launchSact(config string) (*sactProc, error) {
+	return b.launchSactWith(config, filepath.Join(b.dir, "run"), nil)
+}
+
+// startSactWith is startSact with its own run directory and extra environment (a second
+// sact beside the first, say with SACT_RELAY=kernel).
+func (b *bench) startSactWith(config, runDir string, env []string) (*sactProc, error) {
+	p, err := b.launchSactWith(config, runDir, env)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := p.waitServing(30 * time.Second); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+func (b *bench) launchSactWith(config, runDir string, env []string) (*sactProc, error) {
 	path := filepath.Join(b.dir, fmt.Sprintf("sact-%d.yaml", time.Now().UnixNano()))
 	if err := os.WriteFile(path, []byte(config), 0o644); err != nil {
 		return nil, fmt.Errorf("writing sact's config: %w", err)
@@ -65,8 +82,11 @@ func (b *bench) launchSact(config string) (*sactProc, error) {
 		return nil, fmt.Errorf("creating sact's log: %w", err)
 	}
 	defer logf.Close() // sact has its own copy
-	cmd := exec.Command(b.sact, "serve", "-c", path, "-run-dir", filepath.Join(b.dir, "run"))
+	cmd := exec.Command(b.sact, "serve", "-c", path, "-run-dir", runDir)
 	cmd.Stdout, cmd.Stderr = logf, logf
+	if env != nil {
+		cmd.Env = append(os.Environ(), env...)
+	}
 	p := &sactProc{cmd: cmd, log: path + ".log", started: time.Now()}
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("starting sact: %w", err)

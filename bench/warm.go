@@ -22,7 +22,8 @@ import (
 func (b *bench) warm() error {
 	app := fmt.Sprintf("bench-warm-%d", os.Getpid())
 	hand := fmt.Sprintf("bench-warm-handoff-%d", os.Getpid())
-	defer exec.Command("docker", "rm", "-f", "sact-"+app, "sact-"+hand).Run()
+	kapp := fmt.Sprintf("bench-warm-kernel-%d", os.Getpid())
+	defer exec.Command("docker", "rm", "-f", "sact-"+app, "sact-"+hand, "sact-"+kapp).Run()
 	sactAddr, handAddr := freeAddr(), freeAddr()
 	sactUnix := filepath.Join(b.dir, "warm.sock")
 	d, err := b.startSact(fmt.Sprintf(`apps:
@@ -47,7 +48,22 @@ func (b *bench) warm() error {
 		return err
 	}
 	defer d.stop()
-	for _, a := range []string{sactAddr, handAddr} {
+	// The kernel relay (issue 18), in a second sact: the relay's mode is per process.
+	kernelAddr := freeAddr()
+	kd, err := b.startSactWith(fmt.Sprintf(`apps:
+  %[1]s:
+    image: %[2]s
+    env: {NAME: warm-kernel, LISTEN: "tcp:0.0.0.0:8080"}
+    listen: ["tcp:%[3]s"]
+    port: 8080
+    idle: 1h
+    stop_timeout: 2s
+`, kapp, b.image, kernelAddr), filepath.Join(b.dir, "run-kernel"), []string{"SACT_RELAY=kernel"})
+	if err != nil {
+		return err
+	}
+	defer kd.stop()
+	for _, a := range []string{sactAddr, handAddr, kernelAddr} {
 		if err := firstByte("tcp", a); err != nil {
 			return fmt.Errorf("first request through sact: %w", err)
 		}
@@ -78,7 +94,9 @@ func (b *bench) warm() error {
 		{"systemd-socket-proxyd (tcp -> container IP)", proxydAddr},
 		{"nginx stream proxy (tcp -> container IP)", streamAddr},
 		{"sact handoff (the app accepts on sact's socket)", handAddr},
+		{"sact L4 kernel relay (tcp -> container IP, SACT_RELAY=kernel)", kernelAddr},
 	}
+	kernelIdx := len(targets) - 1
 	rounds, dur := b.wrkRounds()
 	results, err := wrkAll(targets, rounds, dur)
 	if err != nil {
@@ -96,6 +114,9 @@ func (b *bench) warm() error {
 	relay, proxydRPS, streamRPS := medianF(results[1].rps), medianF(results[2].rps), medianF(results[3].rps)
 	b.goal("warm L4 relay ahead of systemd-socket-proxyd (requests/s)", "> 1.00×", relay > proxydRPS, fmt.Sprintf("%.2f×", relay/proxydRPS))
 	b.goal("warm L4 relay ahead of nginx stream (requests/s)", "> 1.00×", relay > streamRPS, fmt.Sprintf("%.2f×", relay/streamRPS))
+	kernel := medianF(results[kernelIdx].rps)
+	b.goal("warm L4 kernel relay vs direct (requests/s)", ">= 0.80×", kernel >= 0.8*base, fmt.Sprintf("%.2f×", kernel/base))
+	b.goal("warm L4 kernel relay vs nginx stream (requests/s)", ">= 1.30×", kernel >= 1.3*streamRPS, fmt.Sprintf("%.2f×", kernel/streamRPS))
 
 	if err := b.unixLoad(direct, sactAddr, sactUnix, rounds, dur); err != nil {
 		return err
@@ -173,6 +194,12 @@ func (b *bench) bulk(targets []target, rounds int) error {
 	relay := medianF(rates[1])
 	b.goal("warm L4 relay ahead of systemd-socket-proxyd (bulk MB/s)", "> 1.00×", relay > medianF(rates[2]), fmt.Sprintf("%.2f×", relay/medianF(rates[2])))
 	b.goal("warm L4 relay ahead of nginx stream (bulk MB/s)", "> 1.00×", relay > medianF(rates[3]), fmt.Sprintf("%.2f×", relay/medianF(rates[3])))
+	for i, t := range targets {
+		if strings.Contains(t.name, "kernel relay") {
+			k := medianF(rates[i])
+			b.goal("warm L4 kernel relay vs direct (bulk MB/s)", ">= 0.90×", k >= 0.9*baseBulk, fmt.Sprintf("%.2f×", k/baseBulk))
+		}
+	}
 	b.md.WriteString("\n")
 	return nil
 }
