@@ -336,6 +336,11 @@ var stat, lstat = os.Stat, os.Lstat
 // is writable, and nothing but a stale socket is in its way.
 func (d *decoder) checkSocket(path string, n *yaml.Node, sock string) {
 	dir := filepath.Dir(sock)
+	if dir == filepath.Dir(DefaultAdminSocket) {
+		if _, err := stat(dir); errors.Is(err, fs.ErrNotExist) {
+			return // sact's run directory: sact serve makes it (after a reboot it is gone)
+		}
+	}
 	if !d.checkDir(path, n, dir, true, "create it (mkdir -p "+dir+") or choose another path") {
 		return
 	}
