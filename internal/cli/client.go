@@ -141,7 +141,16 @@ func status(ctx context.Context, e *env, args []string) error {
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%d\t%s\t%s\n", a.Name, a.State, ago(now, a.Since), a.Open, last, a.ColdStarts, took, stop)
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	// A broken app's reason is what its operator needs first; the table has no room.
+	for _, a := range list.Apps {
+		if a.State == "broken" && a.LastError != "" {
+			fmt.Fprintf(e.stdout, "%s is broken: %s\n", a.Name, a.LastError)
+		}
+	}
+	return nil
 }
 
 func ago(now, t time.Time) string {

@@ -211,8 +211,11 @@ func TestHandoffClobberedDirectory(t *testing.T) {
 		if err != nil {
 			t.Fatalf("sact status: %v: %s", err, out)
 		}
+		if !strings.Contains(string(out), broken+" is broken: ") {
+			t.Errorf("sact status does not say why the app is broken:\n%s", out)
+		}
 		for _, line := range strings.Split(string(out), "\n") {
-			if f := strings.Fields(line); len(f) > 1 && f[0] == broken && f[1] != "broken" {
+			if f := strings.Fields(line); len(f) > 1 && f[0] == broken && f[1] != "broken" && f[1] != "is" {
 				t.Errorf("sact status shows the broken app as %q:\n%s", f[1], out)
 			}
 		}
