@@ -65,9 +65,17 @@ func RackUnicorn(ctx context.Context) (string, error) {
 	}
 	ref := RackRepo + ":" + hex.EncodeToString(h.Sum(nil)[:6])
 
+	return ref, cachedImage(ctx, ref, "sact-rack-unicorn.lock", func(cli *client.Client) error {
+		return buildRack(ctx, cli, ref, files)
+	})
+}
+
+// cachedImage builds ref with build unless the engine has it. Only one process builds
+// (lock names a file in the temp dir); the others wait for it and then find the image.
+func cachedImage(ctx context.Context, ref, lock string, build func(*client.Client) error) error {
 	cli, err := client.New(client.FromEnv, client.WithAPIVersionNegotiation())
 	if err != nil {
-		return "", fmt.Errorf("making a Docker client: %w", err)
+		return fmt.Errorf("making a Docker client: %w", err)
 	}
 	defer cli.Close()
 	exists := func() (bool, error) {
@@ -79,23 +87,20 @@ func RackUnicorn(ctx context.Context) (string, error) {
 		return false, nil
 	}
 	if ok, err := exists(); ok || err != nil {
-		return ref, err
+		return err
 	}
-
-	// Only one process builds; the others wait for it and then find the image.
-	unlock, err := lockFile(ctx, filepath.Join(os.TempDir(), "sact-rack-unicorn.lock"))
+	unlock, err := lockFile(ctx, filepath.Join(os.TempDir(), lock))
 	if err != nil {
-		return "", err
+		return err
 	}
 	defer unlock()
 	if ok, err := exists(); ok || err != nil {
-		return ref, err
+		return err
 	}
-
-	if err := buildRack(ctx, cli, ref, files); err != nil {
-		return "", fmt.Errorf("building image %s: %w", ref, err)
+	if err := build(cli); err != nil {
+		return fmt.Errorf("building image %s: %w", ref, err)
 	}
-	return ref, nil
+	return nil
 }
 
 // buildRack debootstraps a Debian root with ruby and unicorn, adds the app and imports it

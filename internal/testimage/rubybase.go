@@ -7,10 +7,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
-	"os"
-	"path/filepath"
 
-	cerrdefs "github.com/containerd/errdefs"
 	"github.com/moby/moby/client"
 )
 
@@ -34,37 +31,11 @@ func RubyBase(ctx context.Context, version string) (string, error) {
 	h := sha256.New()
 	fmt.Fprintf(h, "version 1\nsuite %s\nvariant %s\npackages %s\n", suite, rackVariant, rubyBasePackages)
 	ref := RubyBaseRepo + ":" + version + "-" + hex.EncodeToString(h.Sum(nil)[:6])
-	cli, err := client.New(client.FromEnv, client.WithAPIVersionNegotiation())
-	if err != nil {
-		return "", fmt.Errorf("making a Docker client: %w", err)
-	}
-	defer cli.Close()
-	exists := func() (bool, error) {
-		if _, err := cli.ImageInspect(ctx, ref); err == nil {
-			return true, nil
-		} else if !cerrdefs.IsNotFound(err) {
-			return false, fmt.Errorf("looking for image %s: %w", ref, err)
-		}
-		return false, nil
-	}
-	if ok, err := exists(); ok || err != nil {
-		return ref, err
-	}
-	unlock, err := lockFile(ctx, filepath.Join(os.TempDir(), "sact-ruby-base-"+suite+".lock"))
-	if err != nil {
-		return "", err
-	}
-	defer unlock()
-	if ok, err := exists(); ok || err != nil {
-		return ref, err
-	}
-	err = debootstrapImage(ctx, cli, ref, debootstrapSpec{
-		suite: suite, variant: rackVariant, packages: rubyBasePackages,
-		message: "sact offline Ruby base (Debian " + suite + "'s Ruby " + version + ", bundler, rack, unicorn)",
-		changes: []string{`CMD ["irb"]`},
+	return ref, cachedImage(ctx, ref, "sact-ruby-base-"+suite+".lock", func(cli *client.Client) error {
+		return debootstrapImage(ctx, cli, ref, debootstrapSpec{
+			suite: suite, variant: rackVariant, packages: rubyBasePackages,
+			message: "sact offline Ruby base (Debian " + suite + "'s Ruby " + version + ", bundler, rack, unicorn)",
+			changes: []string{`CMD ["irb"]`},
+		})
 	})
-	if err != nil {
-		return "", fmt.Errorf("building image %s: %w", ref, err)
-	}
-	return ref, nil
 }

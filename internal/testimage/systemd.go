@@ -10,7 +10,6 @@ import (
 	"os"
 	"path/filepath"
 
-	cerrdefs "github.com/containerd/errdefs"
 	"github.com/moby/moby/client"
 )
 
@@ -48,31 +47,6 @@ func Systemd(ctx context.Context) (string, error) {
 	fmt.Fprintf(h, "version %s\nsuite %s\nvariant %s\npackages %s\nmasked %q\n", systemdVersion, rackSuite, systemdVariant, systemdPackages, systemdMasked)
 	ref := SystemdRepo + ":" + hex.EncodeToString(h.Sum(nil)[:6])
 
-	cli, err := client.New(client.FromEnv, client.WithAPIVersionNegotiation())
-	if err != nil {
-		return "", fmt.Errorf("making a Docker client: %w", err)
-	}
-	defer cli.Close()
-	exists := func() (bool, error) {
-		if _, err := cli.ImageInspect(ctx, ref); err == nil {
-			return true, nil
-		} else if !cerrdefs.IsNotFound(err) {
-			return false, fmt.Errorf("looking for image %s: %w", ref, err)
-		}
-		return false, nil
-	}
-	if ok, err := exists(); ok || err != nil {
-		return ref, err
-	}
-	// Only one process builds; the others wait for it and then find the image.
-	unlock, err := lockFile(ctx, filepath.Join(os.TempDir(), "sact-systemd-image.lock"))
-	if err != nil {
-		return "", err
-	}
-	defer unlock()
-	if ok, err := exists(); ok || err != nil {
-		return ref, err
-	}
 	mask := func(root string) error {
 		for _, u := range systemdMasked {
 			p := filepath.Join(root, "etc", "systemd", "system", u)
@@ -84,13 +58,11 @@ func Systemd(ctx context.Context) (string, error) {
 		// A machine id of its own is made at each boot of a container.
 		return os.WriteFile(filepath.Join(root, "etc", "machine-id"), nil, 0o444)
 	}
-	err = debootstrapImage(ctx, cli, ref, debootstrapSpec{
-		variant: systemdVariant, packages: systemdPackages, prepare: mask,
-		message: "sact test host: Debian " + rackSuite + " with systemd as PID 1, built offline",
-		changes: []string{`CMD ["/lib/systemd/systemd"]`}, // (import refuses STOPSIGNAL: stop it with docker rm -f)
+	return ref, cachedImage(ctx, ref, "sact-systemd-image.lock", func(cli *client.Client) error {
+		return debootstrapImage(ctx, cli, ref, debootstrapSpec{
+			variant: systemdVariant, packages: systemdPackages, prepare: mask,
+			message: "sact test host: Debian " + rackSuite + " with systemd as PID 1, built offline",
+			changes: []string{`CMD ["/lib/systemd/systemd"]`}, // (import refuses STOPSIGNAL: stop it with docker rm -f)
+		})
 	})
-	if err != nil {
-		return "", fmt.Errorf("building image %s: %w", ref, err)
-	}
-	return ref, nil
 }
