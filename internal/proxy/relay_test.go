@@ -270,7 +270,7 @@ func TestRelayBulkBothWays(t *testing.T) {
 		}
 		for _, tp := range withPipe {
 			t.Run(tp.String(), func(t *testing.T) {
-				before, kbefore := spliced.Load(), kernelMoved.Load()
+				before, kbefore, cbefore := spliced.Load(), kernelMoved.Load(), kernelCopied.Load()
 				h := startRelay(t, t.Context(), tp, Options{})
 				kernel := h.wantPath() == PathKernel
 				transfer(t, h, n, tp.client != "pipe")
@@ -288,12 +288,13 @@ func TestRelayBulkBothWays(t *testing.T) {
 				if kernel {
 					wantSpliced, wantKernel = 0, 2*n
 				}
-				sp, km := spliced.Load()-before, kernelMoved.Load()-kbefore
+				sp, km, kc := spliced.Load()-before, kernelMoved.Load()-kbefore, kernelCopied.Load()-cbefore
 				if kernel {
-					// A connection whose input ends while the kernel relay holds it
-					// (back-pressure) has the rest spliced.
-					if km == 0 || sp+km != wantKernel {
-						t.Errorf("%d bytes moved by the kernel relay and %d spliced, want %d in all, most by the kernel", km, sp, wantKernel)
+					// A reader slower than the kernel (the test's, under the race
+					// detector) can take a direction past its credit: then sact copies
+					// the rest of that direction.
+					if km == 0 || sp != 0 || km+kc != wantKernel {
+						t.Errorf("%d bytes moved by the kernel relay, %d copied by it and %d spliced, want %d in all, most by the kernel", km, kc, sp, wantKernel)
 					}
 				} else if sp != wantSpliced || km != 0 {
 					t.Errorf("%d bytes spliced and %d moved by the kernel relay, want %d spliced", sp, km, wantSpliced)

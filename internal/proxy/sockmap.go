@@ -89,9 +89,12 @@ var (
 	lastAttachErr atomic.Pointer[error]
 )
 
-// holds counts the times a relayed socket's input was held for back-pressure, and rests
-// the times what was left of a held input was copied.
-var holds, rests atomic.Int64
+// passes counts the relayed sockets that ran past their credit and were copied, and
+// kernelCopied the bytes copied so.
+var (
+	passes       atomic.Int64
+	kernelCopied atomic.Int64
+)
 
 // kernelAttached counts the connections the kernel relay took.
 var kernelAttached atomic.Int64
@@ -272,20 +275,33 @@ func (e *engine) readEvents() {
 	}
 }
 
-// creditBytes is how far a socket may redirect ahead of its peer's sending before sact
-// holds its input: the most the kernel queues for a peer that does not read, beyond the
+// creditBytes is how much a socket may redirect before it keeps its input and sact
+// copies it: more than any request or response worth the kernel's speed, little enough
+// that a client that stops reading costs at most this in the kernel's queue beyond the
 // socket buffers. Variable for tests.
 var creditBytes int64 = 1 << 20
 
-// setCredit allows s to redirect creditBytes more than its peer has taken.
+// setCredit moves s's credits on from what its peer has taken: soft at creditBytes more,
+// hard at twice that.
 func (e *engine) setCredit(s, peer *kside) error {
 	w, err := written(peer.fd)
 	if err != nil {
 		return err
 	}
+	taken := uint64(w - peer.base)
 	var v [creditSize]byte
-	binary.NativeEndian.PutUint64(v[creditAllow:], uint64(w-peer.base+creditBytes))
+	binary.NativeEndian.PutUint64(v[creditSoft:], taken+uint64(creditBytes))
+	binary.NativeEndian.PutUint64(v[creditHard:], taken+2*uint64(creditBytes))
 	return e.credit.Update(s.cookie, v[:], ebpf.UpdateAny)
+}
+
+// kept reports whether the program has the socket with cookie keep its input.
+func (e *engine) kept(cookie uint64) bool {
+	var v [peerSize]byte
+	if err := e.peers.Lookup(cookie, v[:]); err != nil {
+		return false
+	}
+	return binary.NativeEndian.Uint32(v[peerKept:]) != 0
 }
 
 // kside is one socket of a kernel-relayed connection.
@@ -297,7 +313,73 @@ type kside struct {
 	shut   bool  // the relay shut its output (after passing on its peer's EOF)
 
 	overdrawn atomic.Bool // the program said it is past its credit
-	held      bool        // out of the active map until its peer catches up
+	passing   bool        // it keeps its input (past its credit): sact copies it
+
+	// The copier of a passing socket: Go conns on duplicates of both fds, the bytes it
+	// copied, and its end.
+	src, dst net.Conn
+	copied   atomic.Int64
+	copyDone chan error
+}
+
+// startCopy copies what s keeps (its input past its credit) to peer in sact, through
+// Go's poller, until s's EOF, which it passes on, or an error.
+func (e *engine) startCopy(k *kconn, s, peer *kside, opts Options) error {
+	var err error
+	if s.src, err = fdConn(s.fd); err != nil {
+		return err
+	}
+	if s.dst, err = fdConn(peer.fd); err != nil {
+		s.src.Close()
+		s.src = nil
+		return err
+	}
+	s.copyDone = make(chan error, 1)
+	src, dst := s.src, s.dst
+	go func() {
+		r := &relay{activity: opts.Activity}
+		n, err := r.copy(dst, src)
+		s.copied.Store(n)
+		if err == nil {
+			err = dst.(*net.TCPConn).CloseWrite()
+		}
+		s.copyDone <- err
+		select {
+		case k.wake <- struct{}{}:
+		default:
+		}
+	}()
+	passes.Add(1)
+	return nil
+}
+
+// fdConn is a net.Conn on a duplicate of fd.
+func fdConn(fd int) (net.Conn, error) {
+	nfd, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("kernel relay: copying a socket's input: %w", err)
+	}
+	f := os.NewFile(uintptr(nfd), "relayed") // closed below; FileConn has its own
+	defer f.Close()
+	c, err := net.FileConn(f)
+	if err != nil {
+		return nil, fmt.Errorf("kernel relay: copying a socket's input: %w", err)
+	}
+	return c, nil
+}
+
+// stopCopies ends the copiers and waits for them.
+func (k *kconn) stopCopies() {
+	for _, s := range []*kside{&k.c, &k.u} {
+		if s.copyDone == nil {
+			continue
+		}
+		s.src.Close()
+		s.dst.Close()
+		if !s.eof {
+			<-s.copyDone
+		}
+	}
 }
 
 type kconn struct {
@@ -340,37 +422,7 @@ func (e *engine) relay(ctx context.Context, client, upstream net.Conn, opts Opti
 	upstream.Close()
 	kernelAttached.Add(1)
 	s, err = e.run(ctx, k, opts)
-	if err == errDemote {
-		rests.Add(1)
-		s, err = e.demote(ctx, k, s, opts)
-	}
 	return s, err, true
-}
-
-// errDemote ends the kernel relay of a connection to hand it to the splice relay.
-var errDemote = errors.New("kernel relay: splicing the rest")
-
-// demote hands a connection the kernel relay cannot go on with to the splice relay, once
-// the bytes the kernel redirected have left (detach would drop what is queued). s is
-// what the kernel moved.
-func (e *engine) demote(ctx context.Context, k *kconn, s Stats, opts Options) (Stats, error) {
-	conns := make([]net.Conn, 0, 2)
-	for _, sd := range []*kside{&k.c, &k.u} {
-		f := os.NewFile(uintptr(sd.fd), "relayed")
-		c, err := net.FileConn(f) // a duplicate, in Go's netpoller
-		f.Close()
-		if err != nil {
-			for _, c := range conns {
-				c.Close()
-			}
-			return s, fmt.Errorf("kernel relay: splicing the rest: %w", err)
-		}
-		conns = append(conns, c)
-	}
-	rest, err := spliceRelay(ctx, conns[0], conns[1], opts)
-	s.ClientToUpstream += rest.ClientToUpstream
-	s.UpstreamToClient += rest.UpstreamToClient
-	return s, err
 }
 
 func dupConn(c *net.TCPConn) (int, error) {
@@ -473,28 +525,6 @@ func (e *engine) waitDrained(k *kconn) {
 	}
 }
 
-// waitDrainedCtx waits until what the program redirected has left for the peers, or ctx
-// ends, or a socket errs.
-func (e *engine) waitDrainedCtx(ctx context.Context, k *kconn) error {
-	for {
-		cw, cerr := written(k.c.fd)
-		uw, uerr := written(k.u.fd)
-		if cerr != nil || uerr != nil || uw-k.u.base >= e.counted(k.c.cookie) && cw-k.c.base >= e.counted(k.u.cookie) {
-			return nil
-		}
-		for _, sd := range []*kside{&k.c, &k.u} {
-			if serr, _ := unix.GetsockoptInt(sd.fd, unix.SOL_SOCKET, unix.SO_ERROR); serr != 0 {
-				return os.NewSyscallError("read", unix.Errno(serr))
-			}
-		}
-		select {
-		case <-ctx.Done():
-			return context.Cause(ctx)
-		case <-time.After(drainEvery):
-		}
-	}
-}
-
 // written is how many bytes were ever written to a TCP socket: those the peer
 // acknowledged and those still in the send queue.
 func written(fd int) (int64, error) {
@@ -530,17 +560,13 @@ const drainEvery = time.Millisecond
 func (e *engine) run(ctx context.Context, k *kconn, opts Options) (s Stats, err error) {
 	lastBytes, lastMoved := int64(0), time.Now()
 	defer func() {
-		if err == errDemote {
-			for _, sd := range []*kside{&k.c, &k.u} {
-				e.active.Delete(sd.cookie)
-			}
-			if derr := e.waitDrainedCtx(ctx, k); derr != nil {
-				err = derr
-			}
-		}
-		s.ClientToUpstream, s.UpstreamToClient = e.counted(k.c.cookie), e.counted(k.u.cookie)
-		kernelMoved.Add(s.ClientToUpstream + s.UpstreamToClient)
-		e.detach(k, err == errDemote)
+		k.stopCopies()
+		s.ClientToUpstream = e.counted(k.c.cookie) + k.c.copied.Load()
+		s.UpstreamToClient = e.counted(k.u.cookie) + k.u.copied.Load()
+		copied := k.c.copied.Load() + k.u.copied.Load()
+		kernelCopied.Add(copied)
+		kernelMoved.Add(s.ClientToUpstream + s.UpstreamToClient - copied)
+		e.detach(k)
 		if s.ClientToUpstream+s.UpstreamToClient != lastBytes && opts.Activity != nil {
 			opts.Activity() // the bytes since the last look
 		}
@@ -559,7 +585,7 @@ func (e *engine) run(ctx context.Context, k *kconn, opts Options) (s Stats, err 
 		}
 	}()
 	for {
-		done, waiting, err := e.step(k)
+		done, waiting, err := e.step(k, opts)
 		if err != nil || done {
 			return s, err
 		}
@@ -589,35 +615,44 @@ func (e *engine) run(ctx context.Context, k *kconn, opts Options) (s Stats, err 
 // step looks at both sockets: an error ends the relay; an input that ended is passed on
 // as a half-close of the peer once the bytes before it have left (waiting says it has not
 // yet); done says both directions are over.
-func (e *engine) step(k *kconn) (done, waiting bool, err error) {
+func (e *engine) step(k *kconn, opts Options) (done, waiting bool, err error) {
 	for _, p := range []struct{ s, peer *kside }{{&k.c, &k.u}, {&k.u, &k.c}} {
-		if p.s.overdrawn.Swap(false) && !p.s.held {
-			// Hold its input: out of the active map, its bytes wait in its receive queue.
-			if err := e.active.Delete(p.s.cookie); err != nil {
-				return false, false, fmt.Errorf("holding a relayed socket's input: %w", err)
+		if !p.s.passing && p.s.overdrawn.Swap(false) {
+			if e.kept(p.s.cookie) {
+				p.s.passing = true
+			} else if err := e.setCredit(p.s, p.peer); err != nil {
+				return false, false, fmt.Errorf("kernel relay: moving a socket's credit on: %w", err)
 			}
-			p.s.held = true
-			holds.Add(1)
 		}
-		if p.s.held {
-			w, werr := written(p.peer.fd)
-			if werr == nil && e.counted(p.s.cookie)-(w-p.peer.base) > creditBytes/2 {
-				waiting = true
-				continue // its EOF, if any, is behind what waits in its queue
-			}
-			if err := e.setCredit(p.s, p.peer); err != nil {
-				return false, false, fmt.Errorf("resuming a relayed socket's input: %w", err)
-			}
-			if err := e.active.Update(p.s.cookie, uint64(p.s.fd), ebpf.UpdateNoExist); err != nil {
-				if !errors.Is(err, unix.EOPNOTSUPP) {
-					return false, false, fmt.Errorf("resuming a relayed socket's input: %w", err)
+		if p.s.passing {
+			switch {
+			case p.s.copyDone == nil:
+				// The bytes it redirected go first: then sact copies what it kept.
+				w, werr := written(p.peer.fd)
+				if werr == nil && w-p.peer.base < e.counted(p.s.cookie) {
+					waiting = true
+					continue
 				}
-				// Its input ended while it was held (CLOSE_WAIT), and a sockmap takes only
-				// established sockets: the rest of the connection is spliced.
-				return false, false, errDemote
+				if err := e.startCopy(k, p.s, p.peer, opts); err != nil {
+					return false, false, err
+				}
+			case !p.s.eof:
+				select {
+				case err := <-p.s.copyDone:
+					if err != nil {
+						return false, false, err
+					}
+					p.s.eof, p.peer.shut = true, true // the copier passed the EOF on
+				default:
+				}
 			}
-			unix.SetsockoptInt(p.s.fd, unix.SOL_SOCKET, unix.SO_RCVLOWAT, 1) // what waited
-			p.s.held = false
+		}
+		if p.s.passing {
+			// Its end is the copier's, but an error on it still ends the relay.
+			if serr, _ := unix.GetsockoptInt(p.s.fd, unix.SOL_SOCKET, unix.SO_ERROR); serr != 0 {
+				return false, false, os.NewSyscallError("read", unix.Errno(serr))
+			}
+			continue
 		}
 		fds := []unix.PollFd{{Fd: int32(p.s.fd), Events: unix.POLLRDHUP}}
 		if _, err := unix.Poll(fds, 0); err != nil && err != unix.EINTR {
@@ -654,7 +689,7 @@ func (e *engine) forget(k *kconn) {
 }
 
 // detach takes the connection out of the maps and closes its sockets.
-func (e *engine) detach(k *kconn, demoting bool) {
+func (e *engine) detach(k *kconn) {
 	e.forget(k)
 	for _, s := range []*kside{&k.c, &k.u} {
 		unix.EpollCtl(e.epfd, unix.EPOLL_CTL_DEL, s.fd, nil)
@@ -664,8 +699,6 @@ func (e *engine) detach(k *kconn, demoting bool) {
 		e.targets.Delete(s.cookie)
 		e.peers.Delete(s.cookie)
 		e.credit.Delete(s.cookie)
-		if !demoting {
-			unix.Close(s.fd)
-		}
+		unix.Close(s.fd)
 	}
 }

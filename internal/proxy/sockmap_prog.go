@@ -6,20 +6,24 @@ import "github.com/cilium/ebpf/asm"
 // compiler is needed to build sact and nothing compiled is checked in; the kernel's
 // verifier checks it at load.
 
-// Layout of a peers map value (key: a socket's cookie): the peer's cookie, then the bytes
-// the program has redirected from this socket to the peer, both u64.
+// Layout of a peers map value (key: a socket's cookie): the peer's cookie, the bytes the
+// program has redirected from this socket to the peer, both u64, and whether the socket
+// keeps its input now (u32, then padding).
 const (
 	peerCookie = 0
 	peerBytes  = 8
-	peerSize   = 16
+	peerKept   = 16 // u32, set by the program only: the socket keeps its input
+	peerSize   = 24
 )
 
-// Layout of a credit map value (key: a socket's cookie): the count past which the
-// program tells sact (u64), and whether it has since (u32, then 4 bytes of padding).
+// Layout of a credit map value (key: a socket's cookie), written by sact: the soft and
+// hard credits, u64 counts; and whether the program told sact of the soft one (u32, then
+// padding).
 const (
-	creditAllow   = 0
-	creditFlagged = 8
-	creditSize    = 16
+	creditSoft     = 0
+	creditHard     = 8
+	creditNotified = 16
+	creditSize     = 24
 )
 
 // skbLen is the offset of len in struct __sk_buff (include/uapi/linux/bpf.h), a stable
@@ -39,11 +43,13 @@ const skDrop = 0
 // with no entry keeps its bytes (SK_PASS), which cannot happen for a socket sact put
 // there: the peers entry is written before the socket enters the active map.
 //
-// Each socket also has a credit: how many bytes it may have redirected in all before
-// sact looks (the bytes its peer had taken when sact last looked, plus creditBytes).
-// The first chunk past it sends the socket's cookie to sact through the events ring.
+// Each socket also has two credits, counts of bytes redirected: past the soft one the
+// program tells sact (the socket's cookie through the events ring), which moves both on
+// if the peer keeps up; past the hard one the chunk and all after it stay with the
+// socket (SK_PASS) and sact copies them.
 //
-// Registers: R6 the context, R7 the socket's peers entry, R8 its count.
+// Registers: R6 the context, R7 the socket's peers entry, R8 its count, R9 the chunk's
+// length.
 func verdictProgram(peers, targets, credit, events int) asm.Instructions {
 	return asm.Instructions{
 		asm.Mov.Reg(asm.R6, asm.R1),
@@ -56,33 +62,50 @@ func verdictProgram(peers, targets, credit, events int) asm.Instructions {
 		asm.JEq.Imm(asm.R0, 0, "pass"),
 		asm.Mov.Reg(asm.R7, asm.R0),
 
-		asm.LoadMem(asm.R2, asm.R6, skbLen, asm.Word),
-		asm.JEq.Imm(asm.R2, 0, "drop"),
-		asm.AddAtomic.Mem(asm.R7, asm.R2, asm.DWord, peerBytes),
+		asm.LoadMem(asm.R9, asm.R6, skbLen, asm.Word),
+		asm.JEq.Imm(asm.R9, 0, "drop"),
 
-		// Over its credit? Then tell sact, once, and still redirect this chunk: sact
-		// takes the socket out of the active map, which leaves what arrives next in
-		// its receive queue (closing the TCP window) until the peer has sent the
-		// backlog.
+		// Past its hard credit, the socket keeps its bytes from then on (SK_PASS, in
+		// order after all it redirected): they wait in its own queue, charged to its
+		// receive buffer, so its TCP window closes as the queue fills, and sact, told
+		// through the events ring, copies them to the peer itself, as fast as the peer
+		// takes them. Past its soft credit, sact is told once, to look at how far the
+		// peer is and move both credits on if it keeps up.
+		asm.LoadMem(asm.R2, asm.R7, peerKept, asm.Word),
+		asm.JNE.Imm(asm.R2, 0, "pass"),
 		asm.LoadMem(asm.R8, asm.R7, peerBytes, asm.DWord),
+		asm.Add.Reg(asm.R8, asm.R9),
 		asm.LoadMapPtr(asm.R1, credit),
 		asm.Mov.Reg(asm.R2, asm.RFP),
 		asm.Add.Imm(asm.R2, -8),
 		asm.FnMapLookupElem.Call(),
-		asm.JEq.Imm(asm.R0, 0, "redirect"),
-		asm.LoadMem(asm.R2, asm.R0, creditAllow, asm.DWord),
-		asm.JLE.Reg(asm.R8, asm.R2, "redirect"),
-		asm.LoadMem(asm.R2, asm.R0, creditFlagged, asm.Word),
-		asm.JNE.Imm(asm.R2, 0, "redirect"),
-		asm.StoreImm(asm.R0, creditFlagged, 1, asm.Word),
+		asm.JEq.Imm(asm.R0, 0, "count"),
+		asm.LoadMem(asm.R2, asm.R0, creditHard, asm.DWord),
+		asm.JGT.Reg(asm.R8, asm.R2, "keep"),
+		asm.LoadMem(asm.R2, asm.R0, creditSoft, asm.DWord),
+		asm.JLE.Reg(asm.R8, asm.R2, "count"),
+		asm.LoadMem(asm.R2, asm.R0, creditNotified, asm.Word),
+		asm.JNE.Imm(asm.R2, 0, "count"),
+		asm.StoreImm(asm.R0, creditNotified, 1, asm.Word),
 		asm.LoadMapPtr(asm.R1, events),
 		asm.Mov.Reg(asm.R2, asm.RFP),
 		asm.Add.Imm(asm.R2, -8),
 		asm.Mov.Imm(asm.R3, 8),
 		asm.Mov.Imm(asm.R4, 0),
 		asm.FnRingbufOutput.Call(),
+		asm.Ja.Label("count"),
 
-		asm.LoadMem(asm.R3, asm.R7, peerCookie, asm.DWord).WithSymbol("redirect"),
+		asm.StoreImm(asm.R7, peerKept, 1, asm.Word).WithSymbol("keep"),
+		asm.LoadMapPtr(asm.R1, events),
+		asm.Mov.Reg(asm.R2, asm.RFP),
+		asm.Add.Imm(asm.R2, -8),
+		asm.Mov.Imm(asm.R3, 8),
+		asm.Mov.Imm(asm.R4, 0),
+		asm.FnRingbufOutput.Call(),
+		asm.Ja.Label("pass"),
+
+		asm.AddAtomic.Mem(asm.R7, asm.R9, asm.DWord, peerBytes).WithSymbol("count"),
+		asm.LoadMem(asm.R3, asm.R7, peerCookie, asm.DWord),
 		asm.StoreMem(asm.RFP, -16, asm.R3, asm.DWord),
 		asm.Mov.Reg(asm.R1, asm.R6),
 		asm.LoadMapPtr(asm.R2, targets),
