@@ -191,8 +191,8 @@ func (r *Runtime) Run(ctx context.Context) error {
 func (r *Runtime) follow(ctx context.Context, since time.Time, first *bool) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	f := make(client.Filters).Add("type", "container").
-		Add("event", string(events.ActionDie), string(events.ActionDestroy), string(events.ActionCreate), string(events.ActionKill))
+	f := make(client.Filters).Add("type", "container", "image").
+		Add("event", string(events.ActionDie), string(events.ActionDestroy), string(events.ActionCreate), string(events.ActionKill), string(events.ActionTag))
 	res := r.cli.Events(ctx, client.EventsListOptions{
 		Since:   strconv.FormatInt(since.Unix(), 10),
 		Filters: f,
@@ -225,6 +225,16 @@ func (r *Runtime) handle(ctx context.Context, m events.Message) {
 	if t.After(r.since) {
 		// Seconds granularity on resume: the replay overlaps, which watches tolerate.
 		r.since = t
+	}
+	if m.Type == events.ImageEventType {
+		if m.Action == events.ActionTag {
+			// An image was built or tagged anew: a container made from an earlier image
+			// of that name must be checked at its next start (issue 17: a rebuilt image is
+			// used). Rare, so forgetting all is simpler than matching names.
+			clear(r.known)
+		}
+		r.mu.Unlock()
+		return
 	}
 	if m.Action == events.ActionCreate {
 		// A container's mounts are fixed at create: note those it can write.
@@ -397,12 +407,22 @@ func (r *Runtime) Start(ctx context.Context, spec backend.Spec) (*backend.Instan
 	if c.Config != nil {
 		r.remember(ref, c.ID, c.Config.Labels[LabelConfig])
 	}
+	outdated := ""
 	if spec.Container == "" && c.Config != nil && c.Config.Labels[LabelConfig] != spec.Hash {
+		outdated = "the app's settings changed"
+	} else if spec.Container == "" && spec.Image != "" && (c.State == nil || !c.State.Running) {
+		// The same tag may name a rebuilt image: the container must be made from the
+		// image the tag names now.
+		if img, err := r.cli.ImageInspect(ctx, spec.Image); err == nil && img.ID != "" && img.ID != c.Image {
+			outdated = "its image was rebuilt"
+		}
+	}
+	if outdated != "" {
 		if c.State != nil && c.State.Running {
 			// Running outside sact's knowledge: adopt it rather than cut it off.
 			return r.instance(spec, c)
 		}
-		r.log.Info("recreating container", "app", spec.Name, "container", ref, "reason", "the app's settings changed", "old_config", c.Config.Labels[LabelConfig], "config", spec.Hash)
+		r.log.Info("recreating container", "app", spec.Name, "container", ref, "reason", outdated, "old_config", c.Config.Labels[LabelConfig], "config", spec.Hash)
 		if _, err := r.cli.ContainerRemove(ctx, c.ID, client.ContainerRemoveOptions{Force: true}); err != nil && !cerrdefs.IsNotFound(err) {
 			return nil, fmt.Errorf("removing outdated container %s: %w", ref, err)
 		}
@@ -632,10 +652,21 @@ func (r *Runtime) Running(ctx context.Context, spec backend.Spec) (*backend.Inst
 		return nil, fmt.Errorf("inspecting container %s: %w", containerRef(spec), err)
 	}
 	c := ins.Container
-	if c.Config != nil && (spec.Container != "" || c.Config.Labels[LabelApp] == spec.Name) {
+	running := c.State != nil && c.State.Running
+	// A stopped container is not remembered when made from an image: its image may have
+	// been rebuilt while sact was down, which its first start checks (Start's slow path).
+	remember := running || spec.Image == ""
+	if running && spec.Image != "" {
+		// Adopted as it runs; but if its image was rebuilt meanwhile, its next start after
+		// it stops must take the slow path, which recreates it.
+		if img, err := r.cli.ImageInspect(ctx, spec.Image); err == nil && img.ID != c.Image {
+			remember = false
+		}
+	}
+	if c.Config != nil && (spec.Container != "" || c.Config.Labels[LabelApp] == spec.Name) && remember {
 		r.remember(containerRef(spec), c.ID, c.Config.Labels[LabelConfig])
 	}
-	if c.State == nil || !c.State.Running {
+	if !running {
 		return nil, nil
 	}
 	if spec.Container == "" && (c.Config == nil || c.Config.Labels[LabelApp] != spec.Name) {
