@@ -628,6 +628,12 @@ const hangupPoll = 100 * time.Millisecond
 // the client hangs up while the app starts. (A running app's lease comes before the
 // first poll: the watch costs a context and a timer.)
 func (s *server) acquire(client net.Conn, app *activator.App, w activator.Wake) (*activator.Lease, error) {
+	if app.State() == activator.Running {
+		// The warm path: the lease comes at once, and there is no wait to give up. (An
+		// app that stops just now makes this one connection wait unwatched, bounded by
+		// the start like any.)
+		return app.Acquire(s.connsCtx, w)
+	}
 	ctx, stop := proxy.WatchHangup(s.connsCtx, client, hangupPoll)
 	defer stop()
 	l, err := app.Acquire(ctx, w)
