@@ -122,6 +122,9 @@ type Policy struct {
 	// DependencyOnly marks an app that has no clients of its own, only dependents: it stops
 	// as soon as the last dependent does.
 	DependencyOnly bool
+	// Ready is how a start tells the app ready (ready:); the zero value waits until the
+	// upstream accepts.
+	Ready Readiness
 }
 
 func (p *Policy) setDefaults() {
@@ -231,6 +234,9 @@ type App struct {
 	// app's connections to end.
 	warming bool
 	refresh bool
+	// memory is the running incarnation's measured memory use in bytes, 0 if unknown
+	// (SetMemory); atomic, as the pool reads it under its own lock.
+	memory atomic.Int64
 }
 
 // New returns an app; nothing happens until Run.
@@ -560,54 +566,6 @@ func (a *App) start(wokeBy []any) {
 
 var errExited = errors.New("app exited while starting")
 
-// waitReady polls the upstream until it accepts a connection. It is how sact knows that the
-// app, not just its container, is up; the backoff starts at 1ms because the engine is the
-// slow part and every ms spent sleeping here is added to the first request.
-func (a *App) waitReady(ctx context.Context, inst *backend.Instance) error {
-	if inst.Upstream.IsZero() {
-		// Handoff: the app accepts from sact's own listener, whose backlog holds the
-		// clients until it does; there is nothing to poll and nothing to wait for.
-		return nil
-	}
-	delay := time.Millisecond
-	var lastErr error
-	for {
-		// A SYN to an address that is not up yet may be dropped rather than refused: bound
-		// each try so one lost packet can't eat the whole start_timeout.
-		dctx, cancel := context.WithTimeout(ctx, time.Second)
-		c, err := a.dialUpstream(dctx, inst.Upstream)
-		cancel()
-		if err == nil {
-			c.Close()
-			return nil
-		}
-		lastErr = err
-		t := time.NewTimer(delay)
-		select {
-		case e, ok := <-inst.Exited:
-			t.Stop()
-			if !ok {
-				return errExited
-			}
-			msg := fmt.Errorf("%w: %s", errExited, e)
-			if e.Logs != "" {
-				msg = fmt.Errorf("%w; last log lines:\n%s", msg, e.Logs)
-			}
-			return msg
-		case <-ctx.Done():
-			t.Stop()
-			return fmt.Errorf("waiting for %s to accept: %w", inst.Upstream, lastErr)
-		case <-t.C:
-		}
-		delay = min(delay*3/2+time.Millisecond, readyPollMax)
-	}
-}
-
-// readyPollMax is the longest wait between two readiness polls. Each poll is one connect
-// (about 20 µs), and at most start_concurrency apps poll at once, while every ms of the
-// wait is added to the first request: 20 ms cost a cold start 10 ms on average (issue 13).
-const readyPollMax = 2 * time.Millisecond
-
 // dialUpstream connects to up, logging an unsafe upstream once per cause.
 func (a *App) dialUpstream(ctx context.Context, up backend.Addr) (net.Conn, error) {
 	c, err := a.dial(ctx, up.Network, up.Address)
@@ -681,6 +639,7 @@ func (a *App) enterStopped() {
 	a.since = time.Now()
 	a.inst = nil
 	a.refresh = false // the next start uses the current policy
+	a.memory.Store(0)
 	// Leases of the ended incarnation are being closed; they must not count for the next.
 	a.conns = make(map[*Lease]struct{})
 	if a.killLive != nil {
@@ -883,6 +842,9 @@ type Status struct {
 	StartFailures int
 	Accepted      int
 	Stops         map[string]int
+	// Memory is the running app's measured memory use in bytes; 0 if unknown or not
+	// running.
+	Memory int64
 }
 
 // State is where the app is now: Status without the bookkeeping, for callers on the
@@ -903,7 +865,7 @@ func (a *App) Status() Status {
 		LastActivity: last, ColdStarts: a.coldStarts, LastStart: a.lastStart,
 		LastStartTook: a.lastStartTook, StopReason: a.stopReason, StopAsked: a.stopAsked, StopKilled: a.stopKilled, Refused: a.refused,
 		Pins: a.pins, StartFailures: a.startFailures, Accepted: a.accepted,
-		Stops: maps.Clone(a.stops),
+		Stops: maps.Clone(a.stops), Memory: a.memory.Load(),
 	}
 	if a.lastErr != nil {
 		s.LastError = a.lastErr.Error()

@@ -55,7 +55,8 @@ func NewPool(maxRunning, startConcurrency int) *Pool {
 
 // SetMemoryBudget makes the pool keep the sum of the running apps' memory limits (their
 // Spec.Memory) at or under bytes, evicting as for MaxRunning; 0 means no budget. An app
-// without a limit counts as 0. Call it before any app runs.
+// without a limit counts by its measured use (App.SetMemory), 0 until it is measured.
+// Call it before any app runs.
 func (p *Pool) SetMemoryBudget(bytes int64) {
 	p.mu.Lock()
 	p.memBudget = bytes
@@ -67,7 +68,8 @@ type PoolStatus struct {
 	Running, MaxRunning    int
 	WaitingForSlot, Queued int // starts waiting for a running slot, and for a start token
 	Evicted                int
-	// MemoryUsed is the sum of the running apps' memory limits, MemoryBudget its bound.
+	// MemoryUsed is the sum of the running apps' memory limits (measured use for those
+	// without one), MemoryBudget its bound.
 	MemoryUsed, MemoryBudget int64
 }
 
@@ -123,7 +125,14 @@ func (p *Pool) memUsed() int64 {
 	return sum
 }
 
-func appMemory(a *App) int64 { return a.pol().Spec.Memory }
+// appMemory is what a counts against memory_budget: its memory limit, or, without one,
+// its measured use while it runs (0 before the first sample).
+func appMemory(a *App) int64 {
+	if m := a.pol().Spec.Memory; m > 0 {
+		return m
+	}
+	return a.memory.Load()
+}
 
 // limits describes the pool's limits for an error.
 func (p *Pool) limits() string {

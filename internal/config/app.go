@@ -49,6 +49,7 @@ var appKeys = map[string]func(d *decoder, path string, n *yaml.Node, a *App){
 	"max_waiting":     func(d *decoder, p string, n *yaml.Node, a *App) { a.MaxWaiting = d.atLeast(p, n, 1) },
 	"keep_while_open": func(d *decoder, p string, n *yaml.Node, a *App) { a.KeepWhileOpen = d.boolean(p, n) },
 	"on_exit":         func(d *decoder, p string, n *yaml.Node, a *App) { a.OnExit = d.oneOf(p, n, "keep", "stop") },
+	"ready":           func(d *decoder, p string, n *yaml.Node, a *App) { a.Ready = d.ready(p, n) },
 
 	"handoff":     func(d *decoder, p string, n *yaml.Node, a *App) { a.Handoff = d.boolean(p, n) },
 	"hosts":       func(d *decoder, p string, n *yaml.Node, a *App) { a.Hosts = d.stringList(p, n, checkHost) },

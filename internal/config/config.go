@@ -189,6 +189,9 @@ type App struct {
 	// OnExit is what happens to the running app when sact exits (key on_exit): "keep"
 	// leaves it running for the next sact to adopt, "stop" stops it. Default "keep".
 	OnExit string
+	// Ready is how sact tells that a started app can serve (key ready:): accepts,
+	// healthcheck, or an HTTP check. See Ready. Default: accepts.
+	Ready Ready
 
 	// Handoff passes the listening sockets into the app (LISTEN_FDS) instead of relaying
 	// connections. Default false.

@@ -46,6 +46,7 @@
 //	    upstream: unix:/apps/blog/tmp/sockets/unicorn.sock   # or tcp:host:port
 //	    idle: 10m
 //	    keep_while_open: true           # an open connection keeps it running, even silent
+//	    ready: {http: /up}              # ready when GET /up answers 200-399 (see Readiness)
 //	  widget:
 //	    image: widget:1
 //	    hosts: ["widget.example.com"]   # served by the http front door
@@ -54,8 +55,10 @@
 //	    pause_after: 1m                 # freeze first, stop after idle
 //	    keep_warm: ["Mon-Fri 09:00-19:00"]
 //	    min_running: 0
+//	    ready: {http: {path: /health, method: HEAD, status: 200-299}}
 //	  widget-redis:
 //	    container: widget-redis         # made elsewhere (docker compose create): only started and stopped
+//	    ready: healthcheck              # the image's HEALTHCHECK, as the engine reports it
 //	  api:
 //	    image: api:1
 //	    listen: ["tcp:127.0.0.1:9001"]
@@ -79,6 +82,23 @@
 //     quoting or other shell syntax (a string holding quotes is an error: write a list).
 //   - env and labels are a mapping, or a list of KEY=VALUE.
 //   - YAML anchors, aliases and merge keys (<<: *anchor) work as usual.
+//
+// Readiness (key ready:) is when a started app gets the connections that wait for it:
+//
+//   - accepts (the default): its upstream accepts a connection.
+//   - healthcheck: the engine reports the container healthy (its image's HEALTHCHECK,
+//     learnt from the engine's health_status events, not polled), then its upstream
+//     accepts. Containers only; a container without a HEALTHCHECK fails to start.
+//   - {http: PATH} or {http: {path: PATH, method: GET, status: 200-399}}: a request
+//     through the upstream, sent until it answers with a status in the range (200,
+//     200-299...); redirects are not followed, so a 3xx is the answer. method is GET,
+//     HEAD or OPTIONS; the Host header is the app's first host, else localhost. Each
+//     try is bounded (2s, a 16 KiB header, the body unread).
+//
+// start_timeout bounds the wait whatever the readiness. With handoff: true the app takes
+// its clients from the kernel's backlog itself, so ready: cannot apply. A container that
+// declares itself by labels writes the same: sact.ready=healthcheck,
+// sact.ready={http: /up}.
 //
 // Some settings are parsed and checked but not acted on by this version of sact; using one
 // is an error that says so (see notYetSupported in unsupported.go).

@@ -29,6 +29,10 @@ const (
 // listKeys are app keys whose label value is a comma-separated list.
 var listKeys = []string{"listen", "hosts", "depends_on", "keep_warm"}
 
+// flowKeys are app keys whose label value may be a YAML flow mapping written on one line,
+// as in the config file: sact.ready={http: /up}.
+var flowKeys = []string{"ready"}
+
 // plainScalar is what may be written into YAML unquoted and still mean what it says.
 var plainScalar = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._:/@+-]*$`)
 
@@ -87,6 +91,9 @@ func labelApp(la LabelApp) (*App, error) {
 			}
 			j, _ := json.Marshal(items)
 			fmt.Fprintf(&b, "    %s: %s\n", yamlScalar(key), j)
+		} else if slices.Contains(flowKeys, key) && isFlowMapping(v) {
+			// One line holding one flow node: it cannot add a key beside it.
+			fmt.Fprintf(&b, "    %s: %s\n", yamlScalar(key), v)
 		} else {
 			fmt.Fprintf(&b, "    %s: %s\n", yamlScalar(key), yamlScalar(v))
 		}
@@ -114,6 +121,12 @@ func labelApp(la LabelApp) (*App, error) {
 		return nil, es
 	}
 	return cfg.Apps[0], nil
+}
+
+// isFlowMapping reports whether s is written as a YAML flow mapping on a single line.
+func isFlowMapping(s string) bool {
+	s = strings.TrimSpace(s)
+	return strings.HasPrefix(s, "{") && strings.HasSuffix(s, "}") && !strings.ContainsAny(s, "\n\r")
 }
 
 func yamlScalar(s string) string {

@@ -39,6 +39,27 @@ func TestAddLabelApps(t *testing.T) {
 				}
 			},
 		},
+		{
+			name:   "ready by label",
+			labels: map[string]string{"sact.listen": "tcp:127.0.0.1:9007", "sact.port": "8080", "sact.ready": "{http: {path: /up, status: 200-299}}"},
+			check: func(t *testing.T, a *App) {
+				if h := a.Ready.HTTP; h == nil || h.Path != "/up" || h.StatusMin != 200 || h.StatusMax != 299 || h.Method != "GET" {
+					t.Errorf("ready %+v (http %+v)", a.Ready, a.Ready.HTTP)
+				}
+			},
+		},
+		{
+			name:   "ready healthcheck by label",
+			labels: map[string]string{"sact.listen": "tcp:127.0.0.1:9008", "sact.port": "8080", "sact.ready": "healthcheck"},
+			check: func(t *testing.T, a *App) {
+				if !a.Ready.Healthcheck {
+					t.Errorf("ready %+v", a.Ready)
+				}
+			},
+		},
+		{name: "bad ready label", labels: map[string]string{"sact.listen": "tcp:127.0.0.1:9009", "sact.port": "8080", "sact.ready": "{http: up}"}, wantErr: "label sact.ready={http: up}: \"up\" is no absolute path"},
+		// A label that tries to add a key beside ready: is one value, and no valid one.
+		{name: "ready label injects nothing", labels: map[string]string{"sact.listen": "tcp:127.0.0.1:9010", "sact.port": "8080", "sact.ready": "{http: /up}\n    image: evil"}, wantErr: "sact.ready"},
 		{name: "bad duration", labels: map[string]string{"sact.listen": "tcp:127.0.0.1:9004", "sact.port": "8080", "sact.idle": "soon"}, wantErr: "container shop: apps.shop.idle: label sact.idle=soon:"},
 		{name: "unknown key", labels: map[string]string{"sact.listen": "tcp:127.0.0.1:9005", "sact.prot": "8080"}, wantErr: "label sact.prot=8080: unknown key; did you mean \"port\"?"},
 		{name: "clash with the file", labels: map[string]string{"sact.listen": "tcp:127.0.0.1:9001", "sact.port": "8080"}, wantErr: "is apps.web's already"},

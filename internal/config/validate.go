@@ -22,6 +22,7 @@ func (p *parser) validate() {
 	for _, s := range p.apps {
 		p.checkKind(s)
 		p.checkTarget(s)
+		p.checkReady(s)
 	}
 	p.checkDependencies()
 	p.checkMemoryBudget()

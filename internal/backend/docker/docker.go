@@ -76,7 +76,8 @@ type watch struct {
 	started time.Time // events before this belong to an earlier incarnation
 	exited  chan backend.Exit
 	once    sync.Once
-	killed  bool // a kill event came first: docker stop, kill or restart (guarded by Runtime.mu)
+	killed  bool   // a kill event came first: docker stop, kill or restart (guarded by Runtime.mu)
+	health  health // the HEALTHCHECK's last word (guarded by Runtime.mu)
 }
 
 func (w *watch) deliver(e backend.Exit) {
@@ -192,7 +193,9 @@ func (r *Runtime) follow(ctx context.Context, since time.Time, first *bool) erro
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	f := make(client.Filters).Add("type", "container", "image").
-		Add("event", string(events.ActionDie), string(events.ActionDestroy), string(events.ActionCreate), string(events.ActionKill), string(events.ActionTag))
+		Add("event", string(events.ActionDie), string(events.ActionDestroy), string(events.ActionCreate), string(events.ActionKill), string(events.ActionTag),
+			// A prefix: the engine matches "health_status: healthy" and the others by it.
+			string(events.ActionHealthStatus))
 	res := r.cli.Events(ctx, client.EventsListOptions{
 		Since:   strconv.FormatInt(since.Unix(), 10),
 		Filters: f,
@@ -257,6 +260,11 @@ func (r *Runtime) handle(ctx context.Context, m events.Message) {
 	}
 	w := r.watches[m.Actor.ID]
 	if w == nil || t.Before(w.started) {
+		r.mu.Unlock()
+		return
+	}
+	if isHealth(m.Action) {
+		w.health.set(m.Action)
 		r.mu.Unlock()
 		return
 	}
@@ -351,7 +359,7 @@ func (r *Runtime) Logs(ctx context.Context, spec backend.Spec, n int) (string, e
 }
 
 func (r *Runtime) addWatch(id, app string, started time.Time) *watch {
-	w := &watch{app: app, started: started, exited: make(chan backend.Exit, 1)}
+	w := &watch{app: app, started: started, exited: make(chan backend.Exit, 1), health: newHealth()}
 	r.mu.Lock()
 	if old := r.watches[id]; old != nil {
 		r.mu.Unlock()
