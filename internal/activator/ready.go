@@ -1,12 +1,12 @@
 package activator
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
-	"net"
+	"io"
 	"net/http"
-	"net/url"
 	"time"
 
 	"github.com/sact-project/sact/internal/backend"
@@ -78,7 +78,7 @@ func cmpOr(s, def string) string {
 // Bounds of one HTTP readiness try against an app that may be hostile: it may never
 // answer, trickle its header, or send a huge one. The body is never read.
 const (
-	readyTryTimeout     = 2 * time.Second
+	readyTryTimeout     = 2 * time.Second // connect, request and header
 	readyMaxHeaderBytes = 16 << 10
 	// readyHTTPPollMax is the longest wait between two HTTP tries: each try costs the
 	// booting app a request, while every ms of the wait is added to the first request.
@@ -101,18 +101,19 @@ func (a *App) WaitReady(ctx context.Context, inst *backend.Instance) error {
 
 // waitReady is how sact knows that the app, not just its container, is up.
 func (a *App) waitReady(ctx context.Context, inst *backend.Instance) error {
-	if inst.Upstream.IsZero() {
-		// Handoff: the app accepts from sact's own listener, whose backlog holds the
-		// clients until it does; there is nothing to poll and nothing to wait for.
-		return nil
-	}
 	r := a.pol().Ready
 	if r.Healthcheck {
+		// Also for an app without an upstream (a database only its dependents use).
 		if err := a.waitHealthy(ctx, inst); err != nil {
 			return err
 		}
 		// Healthy by its own check, which may look at anything: the clients still need
 		// the upstream to accept.
+	}
+	if inst.Upstream.IsZero() {
+		// Handoff (which takes no ready:): the app accepts from sact's own listener,
+		// whose backlog holds the clients until it does; or no upstream at all.
+		return nil
 	}
 	if r.HTTP != nil {
 		return a.pollReady(ctx, inst, readyHTTPPollMax, a.httpTry(inst.Upstream, r.HTTP))
@@ -168,40 +169,38 @@ func exitedErr(e backend.Exit, ok bool) error {
 
 // httpTry returns one try of check against up: a fresh connection through the app's safe
 // dial (a unix upstream is never reached through a planted link), one request, the status
-// line and header read with bounds, the body left unread.
+// line and header read within a deadline and a size bound, the body left unread. It is
+// written by hand rather than with http.Transport, which logs what a hostile app sends
+// out of turn to the process's standard logger, once per try.
 func (a *App) httpTry(up backend.Addr, check *HTTPCheck) func(context.Context) error {
-	tr := &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			return a.dialUpstream(ctx, up)
-		},
-		Proxy:                  nil, // never the environment's HTTP_PROXY
-		DisableKeepAlives:      true,
-		DisableCompression:     true,
-		MaxResponseHeaderBytes: readyMaxHeaderBytes,
-		ResponseHeaderTimeout:  readyTryTimeout,
-	}
-	client := &http.Client{
-		Transport:     tr,
-		Timeout:       readyTryTimeout,
-		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-	}
-	target := "http://" + check.host() + check.path()
+	request := check.method() + " " + check.path() + " HTTP/1.1\r\nHost: " + check.host() +
+		"\r\nUser-Agent: sact-ready\r\nAccept: */*\r\nConnection: close\r\n\r\n"
+	fail := func(err error) error { return fmt.Errorf("ready check %s via %s: %w", check, up, err) }
 	return func(ctx context.Context) error {
-		req, err := http.NewRequestWithContext(ctx, check.method(), target, nil)
+		ctx, cancel := context.WithTimeout(ctx, readyTryTimeout)
+		defer cancel()
+		c, err := a.dialUpstream(ctx, up)
 		if err != nil {
-			return fmt.Errorf("ready check %s: %w", check, err)
+			return fail(err)
 		}
-		req.Header.Set("User-Agent", "sact-ready")
-		resp, err := client.Do(req)
+		defer c.Close()
+		deadline, _ := ctx.Deadline()
+		c.SetDeadline(deadline)
+		stop := context.AfterFunc(ctx, func() { c.Close() }) // sact shutting down
+		defer stop()
+		if _, err := io.WriteString(c, request); err != nil {
+			return fail(err)
+		}
+		lr := &io.LimitedReader{R: c, N: readyMaxHeaderBytes}
+		resp, err := http.ReadResponse(bufio.NewReaderSize(lr, 4096), nil)
 		if err != nil {
-			if ue, ok := err.(*url.Error); ok {
-				err = ue.Err // without the URL, which the message gives as written
+			if lr.N <= 0 {
+				return fail(fmt.Errorf("the answer's header is over %d KiB", readyMaxHeaderBytes>>10))
 			}
-			return fmt.Errorf("ready check %s via %s: %w", check, up, err)
+			return fail(fmt.Errorf("malformed or no answer: %w", err))
 		}
-		resp.Body.Close()
 		if resp.StatusCode < check.statusMin() || resp.StatusCode > check.statusMax() {
-			return fmt.Errorf("ready check %s via %s: got status %d", check, up, resp.StatusCode)
+			return fail(fmt.Errorf("got status %d", resp.StatusCode))
 		}
 		return nil
 	}

@@ -115,6 +115,9 @@ type AppStatus struct {
 	StartFailures int            `json:"start_failures"`
 	Connections   int            `json:"connections_total"`
 	Stops         map[string]int `json:"stops,omitempty"`
+	// Memory is the running app's measured memory use in bytes; 0 when unknown or not
+	// running.
+	Memory int64 `json:"memory_bytes"`
 	Description
 }
 
@@ -177,6 +180,7 @@ func (s *Server) status(a App) AppStatus {
 		Name: st.Name, State: st.State.String(), Since: st.Since, Open: st.Open, Waiting: st.Waiting,
 		ColdStarts: st.ColdStarts, StopReason: st.StopReason, LastError: st.LastError,
 		Refused: st.Refused, StartFailures: st.StartFailures, Connections: st.Accepted, Stops: st.Stops,
+		Memory: st.Memory,
 	}
 	if !st.LastActivity.IsZero() {
 		out.LastActivity = &st.LastActivity
@@ -306,13 +310,14 @@ var (
 	descWait  = prometheus.NewDesc("sact_connections_waiting", "Connections waiting for the app to start.", []string{"app"}, nil)
 	descStops = prometheus.NewDesc("sact_stops_total", "Stops, by reason (idle, evicted, manual, exited, oom-killed, ...).", []string{"app", "reason"}, nil)
 	descLast  = prometheus.NewDesc("sact_last_activity_timestamp_seconds", "When the app last had a connection or moved a byte.", []string{"app"}, nil)
+	descMem   = prometheus.NewDesc("sact_app_memory_bytes", "Memory the running app uses (as docker stats shows it), sampled every few seconds; absent when unknown.", []string{"app"}, nil)
 	descPool  = prometheus.NewDesc("sact_pool", "The pool: running apps, max_running, starts waiting for a slot and for a start token.", []string{"what"}, nil)
 )
 
 var states = []activator.State{activator.Stopped, activator.Starting, activator.Running, activator.Stopping, activator.Pausing, activator.Paused, activator.Waking, activator.Broken}
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descState, descCold, descFail, descOpen, descConns, descRef, descWait, descStops, descLast, descPool} {
+	for _, d := range []*prometheus.Desc{descState, descCold, descFail, descOpen, descConns, descRef, descWait, descStops, descLast, descMem, descPool} {
 		ch <- d
 	}
 }
@@ -340,6 +345,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		slices.Sort(reasons)
 		for _, r := range reasons {
 			ch <- prometheus.MustNewConstMetric(descStops, prometheus.CounterValue, float64(st.Stops[r]), st.Name, r)
+		}
+		if st.Memory > 0 {
+			ch <- prometheus.MustNewConstMetric(descMem, prometheus.GaugeValue, float64(st.Memory), st.Name)
 		}
 		if !st.LastActivity.IsZero() {
 			ch <- prometheus.MustNewConstMetric(descLast, prometheus.GaugeValue, float64(st.LastActivity.UnixNano())/1e9, st.Name)

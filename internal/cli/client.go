@@ -124,7 +124,7 @@ func status(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "APP\tSTATE\tSINCE\tOPEN\tLAST ACTIVITY\tCOLD STARTS\tLAST START\tLAST STOP")
+	fmt.Fprintln(tw, "APP\tSTATE\tSINCE\tOPEN\tMEMORY\tLAST ACTIVITY\tCOLD STARTS\tLAST START\tLAST STOP")
 	now := time.Now()
 	for _, a := range list.Apps {
 		last := "never"
@@ -139,7 +139,7 @@ func status(ctx context.Context, e *env, args []string) error {
 		if stop == "" {
 			stop = "-"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%d\t%s\t%s\n", a.Name, a.State, ago(now, a.Since), a.Open, last, a.ColdStarts, took, stop)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%d\t%s\t%s\n", a.Name, a.State, ago(now, a.Since), a.Open, bytesText(a.Memory), last, a.ColdStarts, took, stop)
 	}
 	if err := tw.Flush(); err != nil {
 		return err
@@ -151,6 +151,20 @@ func status(ctx context.Context, e *env, args []string) error {
 		}
 	}
 	return nil
+}
+
+// bytesText writes a measured memory use for the table: "-" if unknown, else MiB (KiB
+// below one).
+func bytesText(n int64) string {
+	switch {
+	case n <= 0:
+		return "-"
+	case n < 1<<20:
+		return fmt.Sprintf("%d KiB", n>>10)
+	case n < 100<<20:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	}
+	return fmt.Sprintf("%d MiB", n>>20)
 }
 
 func ago(now, t time.Time) string {

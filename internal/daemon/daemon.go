@@ -194,6 +194,10 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 	rctx, stopRestarting := context.WithCancel(ctx)
 	defer func() { stopRestarting(); restarting.Wait() }()
 	restarting.Go(func() { d.watchRestartFiles(rctx) })
+	var metering sync.WaitGroup // samples of the running apps' memory
+	mctx, stopMetering := context.WithCancel(ctx)
+	defer func() { stopMetering(); metering.Wait() }()
+	metering.Go(func() { d.meterMemory(mctx, memoryEvery) })
 	addrs := make(map[string][]net.Addr)
 	for _, app := range cfg.Apps {
 		u := d.units[app.Name]
@@ -494,6 +498,7 @@ func policy(app *config.App) activator.Policy {
 		KeepRunning:   keepRunning(app),
 		// Nothing connects to it but its dependents.
 		DependencyOnly: len(app.Listen) == 0 && len(app.Hosts) == 0,
+		Ready:          readiness(app),
 	}
 }
 
