@@ -559,7 +559,7 @@ func (a *App) start(wokeBy []any) {
 	a.lastErr = nil
 	a.coldStarts++
 	a.observe("start", took)
-	a.log.Info("app ready", "duration", took, "queued", queued, "container", inst.ID, "upstream", inst.Upstream.String(), "waiting", a.waiting)
+	a.log.Info("app ready", "duration", took, "queued", queued, "container", inst.ID, "upstream", inst.Upstream.String(), "waiting", a.waiting, "ready", a.pol().Ready.String())
 	a.becomeRunning(inst)
 	close(a.done)
 }

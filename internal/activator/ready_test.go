@@ -6,6 +6,8 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -308,4 +310,37 @@ func TestMemoryBudgetCountsMeasuredUse(t *testing.T) {
 			t.Errorf("memory used %d MiB, want 512", st.MemoryUsed>>20)
 		}
 	})
+}
+
+// TestReadyHTTPNeverFollowsLink: the HTTP check reaches a unix upstream through the same
+// safe dial as the leases: a link the app planted in its own directory, pointing at a
+// host socket that would answer 200, is refused, and the start fails as upstream_unsafe.
+func TestReadyHTTPNeverFollowsLink(t *testing.T) {
+	dir, secretDir := t.TempDir(), t.TempDir()
+	secret := answer(t, filepath.Join(secretDir, "engine.sock"), "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+	sock := filepath.Join(dir, "app.sock")
+	os.Symlink(filepath.Join(secretDir, "engine.sock"), sock)
+	app := New(&unixRuntime{path: sock}, Policy{
+		Spec:         backend.Spec{Name: "web", Volumes: []string{dir + ":/app/tmp"}},
+		StartTimeout: 500 * time.Millisecond,
+		Ready:        Readiness{HTTP: &HTTPCheck{Path: "/up"}},
+	}, Options{})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- app.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	_, err := app.Acquire(ctx, Wake{})
+	if got := FailureReason(err); got != "upstream_unsafe" {
+		t.Errorf("Acquire: %v (reason %q); want reason upstream_unsafe", err, got)
+	}
+	if n := secret.Load(); n != 0 {
+		t.Errorf("the check reached the host socket behind the link %d times", n)
+	}
+
+	// The app's own socket, answering HTTP, makes it ready.
+	os.Remove(sock)
+	answer(t, sock, "HTTP/1.1 204 No Content\r\n\r\n")
+	if err := app.Start(ctx); err != nil {
+		t.Fatalf("start with a real socket: %v", err)
+	}
 }
