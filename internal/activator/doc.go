@@ -9,7 +9,8 @@
 //	   ▲  ▲                                                   │
 //	   │  └──────────── start failed / timed out ─────────────┤ (waiters released at once,
 //	   │                 (fail fast for a backoff)            │  new ones fail fast for a while)
-//	   │                                                      ▼ upstream accepts
+//	   │                                                      ▼ ready (Readiness: accepts,
+//	   │                                                      │  HTTP check, healthcheck)
 //	stopping ◀──────────── idle for Idle ─────────────── running
 //	   │        (connections still open are closed)           │
 //	   │                                                      │ exited on its own (crash, OOM,

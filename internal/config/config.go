@@ -59,7 +59,8 @@ type Pool struct {
 	// runtime.NumCPU().
 	StartConcurrency int
 	// MemoryBudget is the sum of running apps' memory limits, in bytes, that sact keeps
-	// under by stopping idle apps (key memory_budget). Default 0: no budget.
+	// under by stopping idle apps (key memory_budget); an app without a memory limit
+	// counts by its memory use as measured while it runs. Default 0: no budget.
 	MemoryBudget int64
 }
 

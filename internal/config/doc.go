@@ -26,7 +26,7 @@
 //	pool:
 //	  max_running: 40                   # least recently used idle app stops to make room
 //	  start_concurrency: 2              # apps starting at once; default: the number of CPUs
-//	  memory_budget: 8g                 # sum of running apps' memory limits
+//	  memory_budget: 8g                 # sum of running apps' memory limits (or measured use)
 //	http:                               # front door: apps with hosts, routed by Host
 //	  listen: [":8080"]
 //	apps:
