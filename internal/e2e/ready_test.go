@@ -230,3 +230,24 @@ func TestMemoryMeasuredDrivesBudget(t *testing.T) {
 		t.Errorf("fat after eviction: %v, memory %v", st["state"], st["memory_bytes"])
 	}
 }
+
+// TestReadyByLabel: a container that declares itself an app by labels sets its readiness
+// with sact.ready, written as in sact.yaml; its first client gets the booted app's 200.
+func TestReadyByLabel(t *testing.T) {
+	plain := readyImage(t, testimage.ReadyApp)
+	name, other := uniqueName(t, "ready-label"), uniqueName(t, "ready-labelfile")
+	_, value, _ := strings.Cut(labelSelector, "=")
+	addr := freeAddr(t)
+	docker(t, "create", "--name", "sact-"+name,
+		"--label", "sact.enable="+value, "--label", "sact.name="+name,
+		"--label", "sact.listen=tcp:"+addr, "--label", "sact.port=8080",
+		"--label", "sact.ready={http: {path: /healthz, status: 200-299}}",
+		"-e", "BOOT_DELAY=1s", plain)
+	d := startSact(t, "apps:"+appConfig(other, freeAddr(t), ""))
+	d.waitLog(`"msg":"apps declared by container labels"&&"count":1`, time.Second)
+	code, body, err := getStatus(addr, "/first")
+	if err != nil || code != 200 || body != "ready early_clients=0" {
+		t.Fatalf("first client of the labelled app: %d %q %v", code, body, err)
+	}
+	d.waitLog(`"msg":"app ready"&&`+name+`&&"ready":"GET /healthz 200-299"`, 5*time.Second)
+}
