@@ -92,7 +92,8 @@ const readyPollMax = 2 * time.Millisecond
 
 // WaitReady waits until inst, an incarnation of this app that runs, is ready by the app's
 // ready: policy, through the app's own safe dial; an instance that exits meanwhile is an
-// error that carries its last log lines. It reads inst.Exited: the caller must not.
+// error that carries its last log lines: it receives from inst.Exited while it waits, so
+// an Exit it took is in its error, and nobody else may receive while it runs.
 // Starts use it, and so may anything else that brings up an instance of the app (a new
 // version beside the old one) before sending it clients.
 func (a *App) WaitReady(ctx context.Context, inst *backend.Instance) error {
