@@ -138,11 +138,18 @@ func (a *App) waitReady(ctx context.Context, inst *backend.Instance) error {
 // up when the instance exits or ctx ends, with try's last error.
 func (a *App) pollReady(ctx context.Context, inst *backend.Instance, maxDelay time.Duration, try func(context.Context) error) error {
 	delay := time.Millisecond
+	var answered error // the last try's error that the deadline did not cut short
 	for {
 		err := try(ctx)
 		if err == nil {
 			return nil
 		}
+		if ctx.Err() != nil && answered != nil {
+			// The try the deadline interrupted says only "timeout"; the one before says
+			// what the app answered ("got status 302"), which is what the user needs.
+			return answered
+		}
+		answered = err
 		t := time.NewTimer(delay)
 		select {
 		case e, ok := <-inst.Exited:
