@@ -1,11 +1,14 @@
 package listen
 
 import (
+	"fmt"
 	"net"
+	"os"
 	"strings"
 	"sync"
 
 	"github.com/coreos/go-systemd/v22/activation"
+	"golang.org/x/sys/unix"
 )
 
 // Inherited holds the listening sockets passed to sact by systemd (LISTEN_FDS), so that a
@@ -19,7 +22,47 @@ type Inherited struct {
 
 type inheritedSock struct {
 	name string // FileDescriptorName=, or "" when systemd gave none
+	// f is the socket as passed, made a listener only when an app takes it (listener);
+	// ln is set once it is one.
+	f    *os.File
+	addr net.Addr
 	ln   net.Listener
+}
+
+// listener is the socket as a net.Listener, made now if it was not yet. net.FileListener
+// sets O_NONBLOCK on the open file description, which a running handoff app shares: made
+// for every passed socket at once, it handed EAGAIN to an app accepting in blocking mode
+// on a socket that sact takes back from the app instead. Only a socket an app takes here
+// is made one (and then accepted on by sact, or cleared again by the shim).
+func (s *inheritedSock) listener() (net.Listener, error) {
+	if s.ln != nil {
+		return s.ln, nil
+	}
+	ln, err := net.FileListener(s.f)
+	s.f.Close()
+	s.f = nil
+	if err != nil {
+		return nil, err
+	}
+	hold(ln, true)
+	s.ln = ln
+	return ln, nil
+}
+
+func (s *inheritedSock) close() {
+	if s.ln != nil {
+		s.ln.Close()
+	}
+	if s.f != nil {
+		s.f.Close()
+	}
+}
+
+func (s *inheritedSock) address() net.Addr {
+	if s.ln != nil {
+		return s.ln.Addr()
+	}
+	return s.addr
 }
 
 // FromSystemd takes the sockets systemd passed (and unsets LISTEN_* so that children do
@@ -27,19 +70,59 @@ type inheritedSock struct {
 func FromSystemd() *Inherited {
 	in := &Inherited{}
 	for _, f := range activation.Files(true) {
-		ln, err := net.FileListener(f)
-		name := f.Name()
-		f.Close()
+		addr, err := listenerAddr(f)
 		if err != nil {
+			f.Close()
 			continue
 		}
+		name := f.Name()
 		if strings.HasPrefix(name, "LISTEN_FD_") { // go-systemd's name when none was given
 			name = ""
 		}
-		hold(ln, true)
-		in.socks = append(in.socks, inheritedSock{name: name, ln: ln})
+		in.socks = append(in.socks, inheritedSock{name: name, f: f, addr: addr})
 	}
 	return in
+}
+
+// listenerAddr is the address of f if it is a listening stream socket, read without
+// touching its flags (os.File.Fd would put it in blocking mode).
+func listenerAddr(f *os.File) (net.Addr, error) {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	var addr net.Addr
+	var serr error
+	err = rc.Control(func(fd uintptr) {
+		typ, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_TYPE)
+		if err != nil || typ != unix.SOCK_STREAM {
+			serr = fmt.Errorf("not a stream socket")
+			return
+		}
+		if on, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_ACCEPTCONN); err != nil || on == 0 {
+			serr = fmt.Errorf("not listening")
+			return
+		}
+		sa, err := unix.Getsockname(int(fd))
+		if err != nil {
+			serr = err
+			return
+		}
+		switch sa := sa.(type) {
+		case *unix.SockaddrInet4:
+			addr = &net.TCPAddr{IP: net.IP(sa.Addr[:]).To16(), Port: sa.Port}
+		case *unix.SockaddrInet6:
+			addr = &net.TCPAddr{IP: net.IP(sa.Addr[:]), Port: sa.Port}
+		case *unix.SockaddrUnix:
+			addr = &net.UnixAddr{Name: sa.Name, Net: "unix"}
+		default:
+			serr = fmt.Errorf("not a tcp or unix socket")
+		}
+	})
+	if err == nil {
+		err = serr
+	}
+	return addr, err
 }
 
 // FromHandover takes the sockets an older sact passed (sact restart), like FromSystemd.
@@ -60,10 +143,15 @@ func (in *Inherited) Take(a Addr, name string) net.Listener {
 	}
 	in.mu.Lock()
 	defer in.mu.Unlock()
-	for i, s := range in.socks {
-		if (s.name != "" && s.name == name && sameNetwork(s.ln, a)) || sameAddr(s.ln.Addr(), a) {
+	for i := range in.socks {
+		s := &in.socks[i]
+		if (s.name != "" && s.name == name && s.address().Network() == a.Network) || sameAddr(s.address(), a) {
+			ln, err := s.listener()
 			in.socks = append(in.socks[:i], in.socks[i+1:]...)
-			return s.ln
+			if err != nil {
+				return nil // gone bad since it was passed: the app binds anew
+			}
+			return ln
 		}
 	}
 	return nil
@@ -83,16 +171,12 @@ func (in *Inherited) Rest() []string {
 			// sact stored it as it stopped, and its app is gone: free the address.
 			forgetStored(s.name)
 		} else if !in.quiet {
-			out = append(out, s.ln.Addr().String())
+			out = append(out, s.address().String())
 		}
-		s.ln.Close()
+		s.close()
 	}
 	in.socks = nil
 	return out
-}
-
-func sameNetwork(ln net.Listener, a Addr) bool {
-	return ln.Addr().Network() == a.Network
 }
 
 func sameAddr(got net.Addr, a Addr) bool {
