@@ -4,6 +4,42 @@
 // It is a leaf package on purpose: it imports nothing of sact's, so the activator can depend
 // on it without learning about Docker, and runtimes can be swapped for fakes in tests.
 //
+// # Kinds
+//
+// A Kind is one way of running apps, chosen by the settings an app has (image:,
+// container:, command:). It decodes its own settings (Settings reports problems at their
+// file:line), builds the Runtime its apps run on, and says what it cannot do. Config, the
+// daemon and the CLI never name a kind: they ask the app's Kind.
+//
+// Adding a kind is one package (a type implementing Kind, and its Runtime) and one line in
+// the list of kinds, the variable All in package internal/kinds:
+//
+//	var All = []backend.Kind{
+//		docker.Image{}, docker.Container{}, process.Command{},
+//		swarm.Service{}, // the new line
+//	}
+//
+// A kind whose apps need settings that Spec has no field for keeps them in Spec.Extra.
+//
+// # Capabilities
+//
+// Runtime is what every runtime does. The rest are optional interfaces, found by type
+// assertion; a runtime without one gets a clear refusal where it is needed:
+//
+//   - Pauser: freeze an app without stopping it (pause_after, sact pause).
+//   - LogReader: an app's last output (sact logs, the dashboard).
+//   - Pider: the host pid of an app's first process, which handoff lets fetch the
+//     listening sockets, and from which a restarted sact takes them back.
+//   - HostDirs: the host directories containers can write, so that a unix upstream
+//     beneath one is opened without following links.
+//   - MemoryMeter (memory.go): an app's memory use now, for the memory budget.
+//   - LabelSource, on a Kind: apps declared by container labels (sact.enable=true).
+//
+// And a runtime with work of its own (the docker runtime's event stream) has
+// Run(ctx) error, which the daemon runs until shutdown.
+//
+// # Lifecycle
+//
 // The lifecycle a Runtime sees for one app:
 //
 //  1. Running: once, when sact starts, to adopt an app that already runs (sact restarted).
@@ -44,6 +80,18 @@ type Pauser interface {
 	Unpause(ctx context.Context, spec Spec) error
 }
 
+// LogReader is implemented by runtimes that can show an app's output.
+type LogReader interface {
+	// Logs returns the app's last tail lines of output.
+	Logs(ctx context.Context, spec Spec, tail int) (string, error)
+}
+
+// Pider is implemented by runtimes that can tell the host pid of an app's first process,
+// which is the only process let in to fetch its sockets in handoff mode.
+type Pider interface {
+	Pid(ctx context.Context, spec Spec) (int, error)
+}
+
 // Spec is what a runtime needs to know to run one app. Fields that do not apply to a runtime
 // are ignored by it (the process runtime ignores Image, the docker runtime ignores Command).
 type Spec struct {
@@ -82,6 +130,11 @@ type Spec struct {
 	// Handoff, if set, runs the app under `sact shim`, which fetches the app's listening
 	// sockets from sact and execs the app's own command with LISTEN_FDS set.
 	Handoff *Handoff
+
+	// Extra holds a kind's settings that no field above has room for (a swarm service's
+	// placement, say): set by its Kind.Decode, read by its runtime, part of Hash (as
+	// JSON). Nil for the kinds that need nothing more.
+	Extra any
 
 	// Hash identifies the settings above; a container made from a different hash is
 	// replaced at its next start (never while it serves).

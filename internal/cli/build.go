@@ -137,37 +137,37 @@ func shortLine(s string, n int) string {
 func deepCheck(ctx context.Context, e *env, cfg *config.Config) error {
 	problems := 0
 	for _, a := range cfg.Apps {
-		if a.Image == "" {
+		if a.Run.Image == "" {
 			continue
 		}
 		bad := func(format string, args ...any) {
 			problems++
 			fmt.Fprintf(e.stderr, "%s: apps.%s: %s\n", where(cfg, a), a.Name, fmt.Sprintf(format, args...))
 		}
-		f, err := docker.InspectImage(ctx, a.Image)
+		f, err := docker.InspectImage(ctx, a.Run.Image)
 		if err != nil {
-			return fmt.Errorf("asking the engine about %s: %w", a.Image, err)
+			return fmt.Errorf("asking the engine about %s: %w", a.Run.Image, err)
 		}
 		if !f.Exists {
-			bad("image %s does not exist in the engine; build it (sact build %s, docker build) or pull it", a.Image, a.Name)
+			bad("image %s does not exist in the engine; build it (sact build %s, docker build) or pull it", a.Run.Image, a.Name)
 			continue
 		}
-		if a.User != "" {
-			name, group, _ := strings.Cut(a.User, ":")
+		if a.Run.User != "" {
+			name, group, _ := strings.Cut(a.Run.User, ":")
 			if !numeric(name) && !hasAccount(f.Passwd, name) {
-				bad("user %s does not exist in image %s (its /etc/passwd); use a uid, or add the user to the image", name, a.Image)
+				bad("user %s does not exist in image %s (its /etc/passwd); use a uid, or add the user to the image", name, a.Run.Image)
 			}
 			if group != "" && !numeric(group) && !hasAccount(f.Group, group) {
-				bad("group %s does not exist in image %s (its /etc/group); use a gid, or add the group to the image", group, a.Image)
+				bad("group %s does not exist in image %s (its /etc/group); use a gid, or add the group to the image", group, a.Run.Image)
 			}
 		}
 		if a.Port > 0 {
 			switch {
 			case slices.Contains(f.Exposed, a.Port):
 			case len(f.Exposed) == 0:
-				fmt.Fprintf(e.stdout, "note: apps.%s: image %s exposes no port; make sure the app listens on %d\n", a.Name, a.Image, a.Port)
+				fmt.Fprintf(e.stdout, "note: apps.%s: image %s exposes no port; make sure the app listens on %d\n", a.Name, a.Run.Image, a.Port)
 			default:
-				bad("port %d is not exposed by image %s, which exposes %v; set port: to the one the app listens on", a.Port, a.Image, f.Exposed)
+				bad("port %d is not exposed by image %s, which exposes %v; set port: to the one the app listens on", a.Port, a.Run.Image, f.Exposed)
 			}
 		}
 	}

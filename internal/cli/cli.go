@@ -20,11 +20,10 @@ import (
 	"time"
 
 	"github.com/sact-project/sact/internal/backend"
-	"github.com/sact-project/sact/internal/backend/docker"
-	"github.com/sact-project/sact/internal/backend/process"
 	"github.com/sact-project/sact/internal/config"
 	"github.com/sact-project/sact/internal/daemon"
 	"github.com/sact-project/sact/internal/handoff"
+	"github.com/sact-project/sact/internal/kinds"
 	"github.com/sact-project/sact/internal/listen"
 	"github.com/sact-project/sact/internal/sockdiag/bpfwatch"
 )
@@ -173,7 +172,7 @@ func check(ctx context.Context, e *env, args []string) error {
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	cfg, err := config.Load(*path)
+	cfg, err := config.Load(*path, configOptions)
 	if err != nil {
 		return configError(e, err)
 	}
@@ -213,21 +212,27 @@ func checkCounters(e *env) {
 	}
 }
 
-// addLabelApps adds the apps that containers declare with labels (sact.enable=true). A
-// config.Errors error is about the labels; any other, about reaching the engine.
+// configOptions parse sact's config: every kind this build has, on this machine.
+var configOptions = config.Options{Kinds: kinds.All, Host: config.OS{}}
+
+// addLabelApps adds the apps that containers declare with labels (sact.enable=true), of
+// every kind that has such apps (backend.LabelSource). A config.Errors error is about the
+// labels; any other, about reaching the engine.
 func addLabelApps(ctx context.Context, cfg *config.Config, selector string) (int, error) {
 	if selector == "" {
 		return 0, nil
 	}
 	lctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	cs, err := docker.LabelledContainers(lctx, selector)
-	if err != nil {
-		return 0, err
-	}
-	apps := make([]config.LabelApp, len(cs))
-	for i, c := range cs {
-		apps[i] = config.LabelApp{Container: c.Name, Labels: c.Labels}
+	var apps []config.LabelApp
+	for _, k := range kinds.All {
+		if src, ok := k.(backend.LabelSource); ok {
+			la, err := src.Labelled(lctx, selector)
+			if err != nil {
+				return 0, err
+			}
+			apps = append(apps, la...)
+		}
 	}
 	return len(apps), cfg.AddLabelApps(apps)
 }
@@ -311,7 +316,7 @@ func serve(ctx context.Context, e *env, args []string) error {
 	if err := os.MkdirAll(*runDir, 0o755); err != nil {
 		return fmt.Errorf("making the run dir: %w; give -run-dir a directory sact may create", err)
 	}
-	cfg, err := config.Load(*path)
+	cfg, err := config.Load(*path, configOptions)
 	if err != nil {
 		return configError(e, err)
 	}
@@ -330,7 +335,7 @@ func serve(ctx context.Context, e *env, args []string) error {
 	// A reload reads the file and the labels again; unlike at startup, labels that
 	// cannot be listed fail the reload, or their apps would be removed.
 	load := func(ctx context.Context) (*config.Config, error) {
-		cfg, err := config.Load(*path)
+		cfg, err := config.Load(*path, configOptions)
 		if err != nil {
 			return nil, err
 		}
@@ -422,7 +427,7 @@ func serve(ctx context.Context, e *env, args []string) error {
 		inherited = listen.FromHandover
 	}
 	return daemon.Run(ctx, cfg, daemon.Options{
-		Logger: log, Runtimes: runtimes(log), RunDir: *runDir,
+		Logger: log, RunDir: *runDir,
 		StateFile: filepath.Join(*stateDir, "activity.json"),
 		Inherited: inherited(), Notify: true,
 		Load: load, Reload: reload,
@@ -435,18 +440,6 @@ func serve(ctx context.Context, e *env, args []string) error {
 			}
 		},
 	})
-}
-
-// runtimes are the real runtimes, built only when an app needs them.
-func runtimes(log *slog.Logger) daemon.Runtimes {
-	return daemon.Runtimes{
-		Docker: func(ctx context.Context) (backend.Runtime, error) {
-			return docker.New(ctx, docker.Options{Logger: log})
-		},
-		Process: func(ctx context.Context) (backend.Runtime, error) {
-			return process.New(process.Options{Logger: log}), nil
-		},
-	}
 }
 
 // readableDurations writes durations as "1.5s" in JSON too, not as nanoseconds: log lines

@@ -234,7 +234,7 @@ func reload(ctx context.Context, e *env, args []string) error {
 		if errors.As(err, &unreachable) {
 			// Say what is wrong with the file, if anything, rather than only that sact
 			// was not found.
-			if _, cerr := config.Load(*af.config); cerr != nil {
+			if _, cerr := config.Load(*af.config, configOptions); cerr != nil {
 				return fmt.Errorf("%w\n(and %v)", cerr, err)
 			}
 			return err

@@ -59,7 +59,7 @@ func demo(ctx context.Context, e *env, args []string) error {
 	if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
 		return err
 	}
-	cfg, err := config.Load(path)
+	cfg, err := config.Load(path, configOptions)
 	if err != nil {
 		return configError(e, err)
 	}
@@ -74,7 +74,7 @@ func demo(ctx context.Context, e *env, args []string) error {
 	ready := make(chan map[string][]net.Addr, 1)
 	served := make(chan error, 1)
 	go func() {
-		served <- daemon.Run(ctx, cfg, daemon.Options{Logger: log, Runtimes: runtimes(log), RunDir: filepath.Join(dir, "run"), Ready: func(a map[string][]net.Addr) { ready <- a }})
+		served <- daemon.Run(ctx, cfg, daemon.Options{Logger: log, RunDir: filepath.Join(dir, "run"), Ready: func(a map[string][]net.Addr) { ready <- a }})
 	}()
 	var url string
 	select {

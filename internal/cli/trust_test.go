@@ -27,7 +27,7 @@ func TestTrustedIncludedFiles(t *testing.T) {
 	write("apps.d/web.env", "A=1\n", 0o644)
 	load := func() *config.Config {
 		t.Helper()
-		cfg, err := config.Load(filepath.Join(dir, "sact.yaml"))
+		cfg, err := config.Load(filepath.Join(dir, "sact.yaml"), configOptions)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -3,9 +3,7 @@ package config
 import (
 	"errors"
 	"io/fs"
-	"maps"
 	"net"
-	"os"
 	"os/user"
 	"path/filepath"
 	"slices"
@@ -14,31 +12,18 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
-	"golang.org/x/sys/unix"
 
 	"github.com/sact-project/sact/internal/backend"
 	"github.com/sact-project/sact/internal/listen"
 )
 
-// appKeys decodes each app setting into its field of App. Its keys are the keys that an
-// app, and defaults:, accept. Each function checks what can be checked of the value alone;
-// checks across settings and apps are in validate.go.
+// appKeys decodes each of sact's own app settings into its field of App. Its keys, and
+// the keys of the kinds (Options.Kinds), are the keys that an app, and defaults:, accept.
+// Each function checks what can be checked of the value alone; checks across settings and
+// apps are in validate.go.
 var appKeys = map[string]func(d *decoder, path string, n *yaml.Node, a *App){
-	"image":      func(d *decoder, p string, n *yaml.Node, a *App) { a.Image = d.checked(p, n, checkImage) },
-	"container":  func(d *decoder, p string, n *yaml.Node, a *App) { a.Container = d.checked(p, n, checkContainer) },
-	"cmd":        func(d *decoder, p string, n *yaml.Node, a *App) { a.Cmd = d.argv(p, n) },
-	"entrypoint": func(d *decoder, p string, n *yaml.Node, a *App) { a.Entrypoint = d.argv(p, n) },
-	"env":        func(d *decoder, p string, n *yaml.Node, a *App) { a.Env = d.stringMap(p, n, checkEnvKey) },
-	"env_file":   func(d *decoder, p string, n *yaml.Node, a *App) { a.envFile = d.envFile(p, n) },
-	"volumes":    func(d *decoder, p string, n *yaml.Node, a *App) { a.Volumes = d.stringList(p, n, checkVolume) },
-	"user":       func(d *decoder, p string, n *yaml.Node, a *App) { a.User = d.str(p, n) },
-	"network":    func(d *decoder, p string, n *yaml.Node, a *App) { a.Network = d.str(p, n) },
-	"memory":     func(d *decoder, p string, n *yaml.Node, a *App) { a.Memory = d.memory(p, n) },
-	"cpus":       func(d *decoder, p string, n *yaml.Node, a *App) { a.CPUs = d.number(p, n) },
-	"labels":     func(d *decoder, p string, n *yaml.Node, a *App) { a.Labels = d.stringMap(p, n, checkLabelKey) },
-
-	"command": func(d *decoder, p string, n *yaml.Node, a *App) { a.Command = d.argv(p, n) },
-	"dir":     func(d *decoder, p string, n *yaml.Node, a *App) { a.Dir = d.dir(p, n) },
+	"env":      func(d *decoder, p string, n *yaml.Node, a *App) { a.Run.Env = d.stringMap(p, n, checkEnvKey) },
+	"env_file": func(d *decoder, p string, n *yaml.Node, a *App) { a.envFile = d.envFile(p, n) },
 
 	"listen":          func(d *decoder, p string, n *yaml.Node, a *App) { a.Listen = d.listens(p, n) },
 	"upstream":        func(d *decoder, p string, n *yaml.Node, a *App) { a.Upstream = d.upstream(p, n) },
@@ -77,11 +62,11 @@ func (d *decoder) restartFile(path string, n *yaml.Node) (string, time.Time) {
 	if !d.checkDir(path, n, filepath.Dir(s), false, "create it (Passenger apps have tmp/), or fix the path") {
 		return "", time.Time{}
 	}
-	if fi, err := stat(s); err == nil && fi.IsDir() {
+	if fi, err := d.host.Stat(s); err == nil && fi.IsDir() {
 		d.errorf(n, path, "%s is a directory; name a file in it, like %s", s, filepath.Join(s, "restart.txt"))
 		return "", time.Time{}
 	}
-	return s, RestartFileTime(s)
+	return s, restartFileTime(d.host, s)
 }
 
 var quietKeys = []string{"favicon", "robots_txt", "status", "user_agents"}
@@ -102,7 +87,7 @@ func (d *decoder) quiet(path string, n *yaml.Node) Quiet {
 			q.Favicon = d.boolean(at, kv.v)
 		case "robots_txt":
 			if f := d.str(at, kv.v); f != "" {
-				if _, err := os.Stat(f); err != nil {
+				if _, err := d.host.Stat(f); err != nil {
 					d.errorf(kv.v, at, "cannot read %s (%v); give the path of the robots.txt to serve", f, errText(err))
 				} else {
 					q.RobotsTxt = f
@@ -128,9 +113,6 @@ func defaultQuiet() Quiet {
 	return Quiet{Enabled: true, Favicon: true, UserAgents: slices.Clone(DefaultQuietUserAgents), Status: 503}
 }
 
-// appKeyNames are appKeys' keys, sorted, for suggestions.
-var appKeyNames = slices.Sorted(maps.Keys(appKeys))
-
 // checked decodes a string and vets it with check.
 func (d *decoder) checked(path string, n *yaml.Node, check func(string) error) string {
 	s := d.str(path, n)
@@ -144,18 +126,6 @@ func (d *decoder) checked(path string, n *yaml.Node, check func(string) error) s
 	return s
 }
 
-// minMemory is the least memory limit docker accepts.
-const minMemory = 6 << 20
-
-func (d *decoder) memory(path string, n *yaml.Node) int64 {
-	m := d.size(path, n)
-	if m > 0 && m < minMemory {
-		d.errorf(n, path, "%d bytes is below docker's least memory limit, 6m; raise it", m)
-		return 0
-	}
-	return m
-}
-
 func (d *decoder) port(path string, n *yaml.Node) int {
 	port, ok := d.integer(path, n)
 	if ok && (port < 1 || port > 65535) {
@@ -165,7 +135,7 @@ func (d *decoder) port(path string, n *yaml.Node) int {
 	return port
 }
 
-// dir decodes a command's working directory: an absolute path to a directory.
+// dir decodes an absolute path to a directory.
 func (d *decoder) dir(path string, n *yaml.Node) string {
 	s := d.str(path, n)
 	if s == "" {
@@ -175,7 +145,7 @@ func (d *decoder) dir(path string, n *yaml.Node) string {
 		d.errorf(n, path, "%s is relative; write the absolute path", quote(s))
 		return ""
 	}
-	if fi, err := os.Stat(s); err != nil || !fi.IsDir() {
+	if fi, err := d.host.Stat(s); err != nil || !fi.IsDir() {
 		d.errorf(n, path, "%s is not a directory; create it or fix the path", s)
 		return ""
 	}
@@ -219,10 +189,10 @@ func (d *decoder) listenItem(path string, n *yaml.Node) listen.Addr {
 			mode = d.mode(at, kv.v)
 			unixOnly = append(unixOnly, kv)
 		case "owner":
-			owner = d.account(at, kv.v, lookupUser)
+			owner = d.account(at, kv.v, d.host.LookupUser)
 			unixOnly = append(unixOnly, kv)
 		case "group":
-			group = d.account(at, kv.v, lookupGroup)
+			group = d.account(at, kv.v, d.host.LookupGroup)
 			unixOnly = append(unixOnly, kv)
 		default:
 			d.unknownKey(at, kv, listenItemKeys)
@@ -277,11 +247,6 @@ func (d *decoder) mode(path string, n *yaml.Node) fs.FileMode {
 	return fs.FileMode(m)
 }
 
-var (
-	lookupUser  = func(name string) error { _, err := user.Lookup(name); return err }
-	lookupGroup = func(name string) error { _, err := user.LookupGroup(name); return err }
-)
-
 // account decodes a user or group: a name that exists on this host, or a numeric id.
 func (d *decoder) account(path string, n *yaml.Node, lookup func(string) error) string {
 	s := d.str(path, n)
@@ -325,27 +290,19 @@ func (d *decoder) upstream(path string, n *yaml.Node) backend.Addr {
 	return backend.Addr{Network: a.Network, Address: a.Address}
 }
 
-// dirWritable reports whether sact may create files in dir; replaced in tests, which run
-// as root.
-var dirWritable = func(dir string) error { return unix.Access(dir, unix.W_OK) }
-
-// stat and lstat are the only looks at the host's files while checking paths; tests
-// replace them so that their outcome does not depend on what exists on the machine.
-var stat, lstat = os.Stat, os.Lstat
-
 // checkSocket checks that sact can create the unix socket sock: its directory exists and
 // is writable, and nothing but a stale socket is in its way.
 func (d *decoder) checkSocket(path string, n *yaml.Node, sock string) {
 	dir := filepath.Dir(sock)
 	if dir == filepath.Dir(DefaultAdminSocket) {
-		if _, err := stat(dir); errors.Is(err, fs.ErrNotExist) {
+		if _, err := d.host.Stat(dir); errors.Is(err, fs.ErrNotExist) {
 			return // sact's run directory: sact serve makes it (after a reboot it is gone)
 		}
 	}
 	if !d.checkDir(path, n, dir, true, "create it (mkdir -p "+dir+") or choose another path") {
 		return
 	}
-	if fi, err := lstat(sock); err == nil && fi.Mode().Type() != fs.ModeSocket {
+	if fi, err := d.host.Lstat(sock); err == nil && fi.Mode().Type() != fs.ModeSocket {
 		d.errorf(n, path, "%s exists and is not a socket; move it away or choose another path", sock)
 	}
 }
@@ -353,7 +310,7 @@ func (d *decoder) checkSocket(path string, n *yaml.Node, sock string) {
 // checkDir checks that dir exists (and is writable, if writable). fix says how to make it
 // exist.
 func (d *decoder) checkDir(path string, n *yaml.Node, dir string, writable bool, fix string) bool {
-	fi, err := stat(dir)
+	fi, err := d.host.Stat(dir)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
 		d.errorf(n, path, "directory %s does not exist; %s", dir, fix)
@@ -361,8 +318,8 @@ func (d *decoder) checkDir(path string, n *yaml.Node, dir string, writable bool,
 		d.errorf(n, path, "cannot use directory %s: %v", dir, errText(err))
 	case !fi.IsDir():
 		d.errorf(n, path, "%s is not a directory; choose another path", dir)
-	case writable && dirWritable(dir) != nil:
-		d.errorf(n, path, "directory %s is not writable by sact (uid %d); make it so (chown, or systemd's RuntimeDirectory=) or choose another path", dir, os.Getuid())
+	case writable && d.host.Writable(dir) != nil:
+		d.errorf(n, path, "directory %s is not writable by sact (uid %d); make it so (chown, or systemd's RuntimeDirectory=) or choose another path", dir, d.host.UID())
 	default:
 		return true
 	}

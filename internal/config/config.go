@@ -26,6 +26,8 @@ type Config struct {
 	HTTP  HTTP
 	// Apps sorted by Name.
 	Apps []*App
+	// opts parse the apps that AddLabelApps adds.
+	opts Options
 }
 
 // Admin is the admin API that the CLI (sact status, start, stop) talks to.
@@ -121,8 +123,8 @@ var DefaultQuietUserAgents = []string{
 
 // App is one app: how to run it and when.
 //
-// Exactly one of Image, Container and Command is set. Keys of `defaults:` that do not apply
-// to an app's kind (memory for a plain process, say) are not inherited by it.
+// What runs is its kind's (Kind, Run); the rest is sact's. Keys of `defaults:` that do not
+// apply to an app's kind (memory for a plain process, say) are not inherited by it.
 type App struct {
 	// Name is the app's key under apps:; containers are named "sact-"+Name.
 	Name string
@@ -131,47 +133,26 @@ type App struct {
 	// Line is the line of the app's key in its file, for messages.
 	Line int
 
-	// Image to create the app's container from. Default: none.
-	Image string
-	// Container is an existing container (made by docker compose create, say) that sact
-	// only starts and stops. Default: none.
-	Container string
-	// Cmd and Entrypoint replace the image's. Default nil: the image's.
-	Cmd        []string
-	Entrypoint []string
-	// Env is the app's environment: defaults.env, under the variables of the app's
-	// env_file, under the app's own env; the three are merged, key by key. Default none.
-	Env map[string]string
+	// Run is what the app's kind decoded from its settings (image:, cmd:, volumes:,
+	// command:, dir:, ...: see the kinds' packages), and its environment, Run.Env:
+	// defaults.env, under the variables of the app's env_file, under the app's own env;
+	// the three are merged, key by key. Name, Upstream, Port and Hash are left zero here:
+	// Spec fills them in.
+	Run backend.Spec
+	// kind is the app's kind, chosen by the keys it sets (Options.Kinds).
+	kind backend.Kind
 	// envFile are the variables of the app's env_file: a dotenv file, read at load time,
 	// relative to the config file that names it (key env_file). Default none.
 	envFile map[string]string
-	// Volumes in docker's -v syntax: "/host:/container[:ro]" or "name:/container". Default
-	// none.
-	Volumes []string
-	// User the container or process runs as, "name", "uid" or "uid:gid". Default "": the
-	// image's for a container, root (sact's own user) for a process.
-	User string
-	// Network is the docker network to attach to. Default "": the engine's default bridge.
-	Network string
-	// Memory limit in bytes (key accepts 512m, 1g, 268435456, 512MiB). Default 0: none.
-	Memory int64
-	// CPUs is the CPU quota (1.5 = one and a half CPUs). Default 0: none.
-	CPUs float64
-	// Labels added to the container, besides sact's own. Default none.
-	Labels map[string]string
-
-	// Command is a plain process to run instead of a container. Default: none.
-	Command []string
-	// Dir is Command's working directory. Default "": sact's.
-	Dir string
 
 	// Listen is where clients connect. Default none.
 	Listen []listen.Addr
-	// Upstream is where the started app accepts connections. For a Command app with Port
-	// it is set to tcp:127.0.0.1:Port. Default: none.
+	// Upstream is where the started app accepts connections. For an app whose kind runs on
+	// the host's network (a command:) with Port it is set to tcp:127.0.0.1:Port. Default:
+	// none.
 	Upstream backend.Addr
 	// Port is the port the app listens on at the container's own address (127.0.0.1 for
-	// a Command app). Default 0: none.
+	// a command: app). Default 0: none.
 	Port int
 	// Idle is how long the app may go without a new connection and without a byte moved
 	// before it is stopped. Default 15m.
@@ -237,12 +218,12 @@ type App struct {
 
 // Load reads and validates the config file at path. On any problem it returns a nil Config
 // and an Errors holding every problem found.
-func Load(path string) (*Config, error) {
+func Load(path string, opts Options) (*Config, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, Errors{{File: path, Msg: "cannot read the config: " + errText(err) + "; check the path given with -c"}}
 	}
-	return Parse(path, data)
+	return Parse(path, data, opts)
 }
 
 // errText is err's message without the path that os errors repeat.
@@ -254,36 +235,26 @@ func errText(err error) string {
 }
 
 // Parse is Load on bytes already read; path is used in messages. Validation looks at the
-// file system: the directories of unix sockets must exist.
-func Parse(path string, data []byte) (*Config, error) {
-	p := &parser{d: decoder{file: path}}
+// host only through opts.Host: the directories of unix sockets must exist, say.
+func Parse(path string, data []byte, opts Options) (*Config, error) {
+	p := newParser(path, opts)
 	cfg := p.parse(data)
 	if len(p.d.errs) > 0 {
 		return nil, p.d.errs.sorted(path)
 	}
+	cfg.opts = opts
 	return cfg, nil
 }
 
+// Kind returns the app's kind.
+func (a *App) Kind() backend.Kind { return a.kind }
+
 // Spec returns what a runtime needs to run the app. The slices and maps are copies.
 func (a *App) Spec() backend.Spec {
-	s := backend.Spec{
-		Name:       a.Name,
-		Image:      a.Image,
-		Container:  a.Container,
-		Cmd:        slices.Clone(a.Cmd),
-		Entrypoint: slices.Clone(a.Entrypoint),
-		Env:        maps.Clone(a.Env),
-		Volumes:    slices.Clone(a.Volumes),
-		User:       a.User,
-		Network:    a.Network,
-		Memory:     a.Memory,
-		CPUs:       a.CPUs,
-		Labels:     maps.Clone(a.Labels),
-		Command:    slices.Clone(a.Command),
-		Dir:        a.Dir,
-		Upstream:   a.Upstream,
-		Port:       a.Port,
-	}
+	s := a.Run
+	s.Cmd, s.Entrypoint, s.Command = slices.Clone(s.Cmd), slices.Clone(s.Entrypoint), slices.Clone(s.Command)
+	s.Env, s.Labels, s.Volumes = maps.Clone(s.Env), maps.Clone(s.Labels), slices.Clone(s.Volumes)
+	s.Name, s.Upstream, s.Port = a.Name, a.Upstream, a.Port
 	s.Hash = a.hash()
 	return s
 }
@@ -311,19 +282,23 @@ type hashed struct {
 	Handoff    bool              `json:"handoff,omitempty"`
 	// Restarted is the restart file's time: touching it recreates the container.
 	Restarted string `json:"restarted,omitempty"`
+	// Extra is a kind's own settings (Spec.Extra).
+	Extra any `json:"extra,omitempty"`
 }
 
 // hash is the first 16 hex digits of the sha256 of the app's hashed settings. JSON writes
 // map keys sorted, so equal settings always give equal hashes.
 func (a *App) hash() string {
+	r := &a.Run
 	b, err := json.Marshal(hashed{
-		Image: a.Image, Container: a.Container, Cmd: a.Cmd, Entrypoint: a.Entrypoint,
-		Env: a.Env, Volumes: a.Volumes, User: a.User, Network: a.Network, Memory: a.Memory,
-		CPUs: a.CPUs, Labels: a.Labels, Command: a.Command, Dir: a.Dir, Port: a.Port,
+		Image: r.Image, Container: r.Container, Cmd: r.Cmd, Entrypoint: r.Entrypoint,
+		Env: r.Env, Volumes: r.Volumes, User: r.User, Network: r.Network, Memory: r.Memory,
+		CPUs: r.CPUs, Labels: r.Labels, Command: r.Command, Dir: r.Dir, Port: a.Port,
 		Upstream: a.Upstream.String(), Handoff: a.Handoff, Restarted: a.restarted(),
+		Extra: r.Extra,
 	})
 	if err != nil {
-		panic("config: hashing app settings: " + err.Error()) // cannot happen: plain data
+		panic("config: hashing app settings: " + err.Error()) // a kind's Extra must be plain data
 	}
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:8])
@@ -350,8 +325,10 @@ func (a *App) restarted() string {
 }
 
 // RestartFileTime returns the modification time of path, zero if it does not exist.
-func RestartFileTime(path string) time.Time {
-	fi, err := stat(path)
+func RestartFileTime(path string) time.Time { return restartFileTime(OS{}, path) }
+
+func restartFileTime(h Host, path string) time.Time {
+	fi, err := h.Stat(path)
 	if err != nil {
 		return time.Time{}
 	}

@@ -16,13 +16,14 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/sact-project/sact/internal/backend"
+	"github.com/sact-project/sact/internal/kinds"
 	"github.com/sact-project/sact/internal/listen"
 )
 
 // parse parses src, failing the test on any error.
 func parse(t *testing.T, src string) *Config {
 	t.Helper()
-	cfg, err := Parse("sact.yaml", []byte(src))
+	cfg, err := Parse("sact.yaml", []byte(src), testOptions())
 	if err != nil {
 		t.Fatalf("Parse:\n%v\nconfig:\n%s", err, src)
 	}
@@ -32,7 +33,7 @@ func parse(t *testing.T, src string) *Config {
 // parseErrors parses src, which must be invalid, and returns the errors.
 func parseErrors(t *testing.T, src string) Errors {
 	t.Helper()
-	cfg, err := Parse("sact.yaml", []byte(src))
+	cfg, err := Parse("sact.yaml", []byte(src), testOptions())
 	var errs Errors
 	if !errors.As(err, &errs) || len(errs) == 0 {
 		t.Fatalf("Parse = %v, %v; want Errors\nconfig:\n%s", cfg, err, src)
@@ -90,13 +91,7 @@ func TestUnixSocketDirectories(t *testing.T) {
 	ln.Close() // leaves the socket file behind, as a killed sact would
 
 	// Tests run as root, who may write anywhere: pretend.
-	dirWritable = func(d string) error {
-		if d == readOnly {
-			return fs.ErrPermission
-		}
-		return nil
-	}
-	t.Cleanup(func() { dirWritable = defaultDirWritable })
+	host := readOnlyDir{dir: readOnly}
 
 	tests := map[string]struct {
 		listen, upstream string
@@ -114,7 +109,7 @@ func TestUnixSocketDirectories(t *testing.T) {
 	for name, tt := range tests {
 		t.Run(name, func(t *testing.T) {
 			src := fmt.Sprintf("apps:\n  web:\n    image: web:1\n    listen: [\"unix:%s\"]\n    upstream: unix:%s\n", tt.listen, tt.upstream)
-			_, err := Parse("sact.yaml", []byte(src))
+			_, err := Parse("sact.yaml", []byte(src), Options{Kinds: kinds.All, Host: host})
 			if tt.wantErr == "" {
 				if err != nil {
 					t.Fatalf("Parse: %v", err)
@@ -128,7 +123,18 @@ func TestUnixSocketDirectories(t *testing.T) {
 	}
 }
 
-var defaultDirWritable = dirWritable
+// readOnlyDir is this machine, but for dir, which sact may not write.
+type readOnlyDir struct {
+	OS
+	dir string
+}
+
+func (h readOnlyDir) Writable(d string) error {
+	if d == h.dir {
+		return fs.ErrPermission
+	}
+	return nil
+}
 
 func TestDefaults(t *testing.T) {
 	fakeMachine(t)
@@ -182,7 +188,7 @@ apps:
 	}
 	got := make(map[string]summary)
 	for _, a := range cfg.Apps {
-		got[a.Name] = summary{a.Image, a.Upstream.String(), a.Command, a.Env, a.Memory, a.Port, a.Idle}
+		got[a.Name] = summary{a.Run.Image, a.Upstream.String(), a.Run.Command, a.Run.Env, a.Run.Memory, a.Port, a.Idle}
 	}
 	want := map[string]summary{
 		// env merged with defaults.env (issue 14); port not inherited next to its own upstream
@@ -218,7 +224,7 @@ func TestCommandLines(t *testing.T) {
 	for name, tt := range tests {
 		t.Run(name, func(t *testing.T) {
 			src := "apps:\n  web:\n    image: web:1\n    listen: [\"tcp:127.0.0.1:8080\"]\n    port: 80\n    cmd: " + tt.in + "\n"
-			cfg, err := Parse("sact.yaml", []byte(src))
+			cfg, err := Parse("sact.yaml", []byte(src), testOptions())
 			if tt.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), "sact.yaml:6: apps.web.cmd") || !strings.Contains(err.Error(), tt.wantErr) {
 					t.Fatalf("Parse = %v; want an error at sact.yaml:6: apps.web.cmd containing %q", err, tt.wantErr)
@@ -228,7 +234,7 @@ func TestCommandLines(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if diff := cmp.Diff(tt.want, cfg.Apps[0].Cmd); diff != "" {
+			if diff := cmp.Diff(tt.want, cfg.Apps[0].Run.Cmd); diff != "" {
 				t.Errorf("Cmd (-want +got):\n%s", diff)
 			}
 		})
@@ -243,7 +249,7 @@ func TestEnvForms(t *testing.T) {
 	} {
 		cfg := parse(t, "apps:\n  web:\n    image: web:1\n    listen: [\"tcp:127.0.0.1:8080\"]\n    port: 80\n    env: "+env+"\n")
 		want := map[string]string{"A": "1", "B": "x=y", "C": "", "D": "true"}
-		if diff := cmp.Diff(want, cfg.Apps[0].Env); diff != "" {
+		if diff := cmp.Diff(want, cfg.Apps[0].Run.Env); diff != "" {
 			t.Errorf("env: %s (-want +got):\n%s", env, diff)
 		}
 	}
@@ -292,7 +298,7 @@ func TestAllErrorsReported(t *testing.T) {
 func TestLoad(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "sact.yaml")
 	os.WriteFile(path, []byte("apps:\n  web:\n    image: web:1\n    listen: [\"tcp:127.0.0.1:8080\"]\n    port: 80\n"), 0o644)
-	cfg, err := Load(path)
+	cfg, err := Load(path, testOptions())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -301,13 +307,13 @@ func TestLoad(t *testing.T) {
 	}
 
 	missing := filepath.Join(t.TempDir(), "nope.yaml")
-	_, err = Load(missing)
+	_, err = Load(missing, testOptions())
 	var errs Errors
 	if !errors.As(err, &errs) || len(errs) != 1 {
-		t.Fatalf("Load(missing) = %v, want one Error", err)
+		t.Fatalf("Load(missing, testOptions()) = %v, want one Error", err)
 	}
 	if want := missing + ": cannot read the config: no such file or directory; check the path given with -c"; err.Error() != want {
-		t.Errorf("Load(missing) = %q, want %q", err, want)
+		t.Errorf("Load(missing, testOptions()) = %q, want %q", err, want)
 	}
 }
 
@@ -354,7 +360,7 @@ func TestSpec(t *testing.T) {
 
 	// The spec is a copy: a runtime that changes it does not change the config.
 	spec.Cmd[0], spec.Env["A"], spec.Volumes[0] = "x", "x", "x"
-	if app.Cmd[0] != "serve" || app.Env["A"] != "1" || app.Volumes[0] != "/a:/a" {
+	if app.Run.Cmd[0] != "serve" || app.Run.Env["A"] != "1" || app.Run.Volumes[0] != "/a:/a" {
 		t.Errorf("changing the Spec changed the App: %+v", app)
 	}
 
@@ -430,7 +436,7 @@ func TestDocExample(t *testing.T) {
 	}
 	src = strings.ReplaceAll(src, "www-data", "0")
 
-	_, err = Parse("doc.go", []byte(src))
+	_, err = Parse("doc.go", []byte(src), testOptions())
 	var errs Errors
 	errors.As(err, &errs)
 	for _, e := range errs {
@@ -439,7 +445,7 @@ func TestDocExample(t *testing.T) {
 		}
 	}
 	allFeatures(t)
-	if _, err := Parse("doc.go", []byte(src)); err != nil {
+	if _, err := Parse("doc.go", []byte(src), testOptions()); err != nil {
 		t.Errorf("with every feature: %v", err)
 	}
 }

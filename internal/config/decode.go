@@ -14,6 +14,8 @@ import (
 // located Error and returns a zero value, so that one run reports everything.
 type decoder struct {
 	file string
+	// host is every look at the machine (Options.Host).
+	host Host
 	errs Errors
 	// mute drops problems. It is set while values inherited from defaults: are decoded
 	// again for each app: their problems were reported once, under defaults.

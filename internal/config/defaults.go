@@ -58,7 +58,7 @@ func applyDefaults(cfg *Config) {
 			a.OnExit = "keep"
 		}
 		// A plain process shares the host's network: its port is on the loopback address.
-		if len(a.Command) > 0 && a.Port != 0 && a.Upstream.IsZero() {
+		if a.kind != nil && a.kind.Info().PortOnHost && a.Port != 0 && a.Upstream.IsZero() {
 			a.Upstream = backend.Addr{Network: "tcp", Address: net.JoinHostPort("127.0.0.1", strconv.Itoa(a.Port))}
 		}
 	}

@@ -19,7 +19,7 @@ func FuzzParse(f *testing.F) {
 		}
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
-		cfg, err := Parse("fuzz.yaml", data)
+		cfg, err := Parse("fuzz.yaml", data, testOptions())
 		if err == nil {
 			if cfg == nil || len(cfg.Apps) == 0 {
 				t.Fatalf("no error and no apps: %+v", cfg)

@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/sact-project/sact/internal/kinds"
 )
 
 var update = flag.Bool("update", false, "rewrite the .golden files from the current output")
@@ -28,11 +30,11 @@ var update = flag.Bool("update", false, "rewrite the .golden files from the curr
 // only and does not change when a feature lands; invalid/unsupported.yaml alone runs with
 // the real list.
 func TestGoldenValid(t *testing.T) {
-	fakeMachine(t)
+	opts := fakeMachine(t)
 	allFeatures(t)
 	for _, path := range yamlFiles(t, "testdata/valid") {
 		t.Run(filepath.Base(path), func(t *testing.T) {
-			cfg, err := Load(path)
+			cfg, err := Load(path, opts)
 			if err != nil {
 				t.Fatalf("Load: %v", err)
 			}
@@ -42,13 +44,13 @@ func TestGoldenValid(t *testing.T) {
 }
 
 func TestGoldenInvalid(t *testing.T) {
-	fakeMachine(t)
+	opts := fakeMachine(t)
 	for _, path := range yamlFiles(t, "testdata/invalid") {
 		t.Run(filepath.Base(path), func(t *testing.T) {
 			if !strings.HasPrefix(filepath.Base(path), "unsupported") {
 				allFeatures(t)
 			}
-			cfg, err := Load(path)
+			cfg, err := Load(path, opts)
 			if err == nil {
 				t.Fatalf("Load returned no error, and %d apps", len(cfg.Apps))
 			}
@@ -67,8 +69,9 @@ func TestGoldenInvalid(t *testing.T) {
 // TestValidWithRealList checks that the valid files fail, with the real notYetSupported
 // list, only for the unsupported settings they use.
 func TestValidWithRealList(t *testing.T) {
+	opts := fakeMachine(t)
 	for _, path := range yamlFiles(t, "testdata/valid") {
-		_, err := Load(path)
+		_, err := Load(path, opts)
 		var errs Errors
 		errors.As(err, &errs)
 		for _, e := range errs {
@@ -79,22 +82,15 @@ func TestValidWithRealList(t *testing.T) {
 	}
 }
 
-// fakeMachine makes the results independent of the machine the test runs on.
-func fakeMachine(t *testing.T) {
+// fakeMachine makes the results independent of the machine the test runs on: a fixed
+// number of CPUs, and a host on which only /tmp, root and the repository's testdata exist
+// (sact's run directory /run/sact exists wherever sact ran; the golden files are written
+// as if it did not). It returns the options to parse with.
+func fakeMachine(t *testing.T) Options {
 	t.Helper()
 	numCPU = func() int { return 4 }
-	// sact's default run directory may or may not exist on the machine running the
-	// tests (it does wherever sact ran): the golden files are written as if it did not.
-	absent := func(f func(string) (fs.FileInfo, error)) func(string) (fs.FileInfo, error) {
-		return func(p string) (fs.FileInfo, error) {
-			if p == "/run/sact" || strings.HasPrefix(p, "/run/sact/") {
-				return nil, &fs.PathError{Op: "stat", Path: p, Err: fs.ErrNotExist}
-			}
-			return f(p)
-		}
-	}
-	stat, lstat = absent(os.Stat), absent(os.Lstat)
-	t.Cleanup(func() { numCPU, stat, lstat = defaultNumCPU, os.Stat, os.Lstat })
+	t.Cleanup(func() { numCPU = defaultNumCPU })
+	return Options{Kinds: kinds.All, Host: newFakeHost(t)}
 }
 
 var defaultNumCPU = numCPU
@@ -198,13 +194,22 @@ func writeStruct(b *bytes.Buffer, v reflect.Value, indent, hash string) {
 		first = false
 		b.WriteString("\n" + indent + "  " + strconv.Quote(name) + ": ")
 	}
-	for i := range v.NumField() {
-		if v.Field(i).IsZero() || !v.Type().Field(i).IsExported() {
-			continue
+	var fields func(v reflect.Value)
+	fields = func(v reflect.Value) {
+		for i := range v.NumField() {
+			if v.Field(i).IsZero() || !v.Type().Field(i).IsExported() {
+				continue
+			}
+			if v.Type() == appType.Elem() && v.Type().Field(i).Name == "Run" {
+				// What the kind decoded reads as the app's own settings, as written.
+				fields(v.Field(i))
+				continue
+			}
+			field(v.Type().Field(i).Name)
+			writeValue(b, v.Field(i), indent+"  ")
 		}
-		field(v.Type().Field(i).Name)
-		writeValue(b, v.Field(i), indent+"  ")
 	}
+	fields(v)
 	if hash != "" {
 		field("Spec().Hash")
 		writeJSON(b, hash)

@@ -15,13 +15,6 @@ import (
 	"go.yaml.in/yaml/v3"
 )
 
-// readFile and glob are, with stat and lstat, the only looks at the host's files while
-// parsing: include: and env_file: read through them. Tests replace them.
-var (
-	readFile = readRegular
-	glob     = filepath.Glob
-)
-
 // maxIncluded bounds the files include: may bring in: a host has hundreds of apps, and a
 // pattern like /*/* would read half the machine.
 const maxIncluded = 5000
@@ -76,7 +69,7 @@ func (p *parser) decodeInclude(kv pair) []included {
 		if !filepath.IsAbs(pattern) {
 			pattern = filepath.Join(dir, pattern)
 		}
-		matches, err := glob(pattern)
+		matches, err := p.d.host.Glob(pattern)
 		if err != nil {
 			p.d.errorf(kv.v.Content[i], at, "%s is not a valid glob: %v; write a path like apps.d/*.yaml", quote(pattern), err)
 			continue
@@ -111,7 +104,7 @@ func hasMeta(path string) bool { return strings.ContainsAny(path, `*?[\`) }
 // readIncluded parses one included file and marks its nodes as its own, for messages.
 func (p *parser) readIncluded(file string) (included, bool) {
 	inc := included{file: file}
-	data, err := readFile(file)
+	data, err := p.d.host.ReadFile(file)
 	if err != nil {
 		p.d.errs = append(p.d.errs, &Error{File: file, Msg: "cannot read the included file: " + errText(err) + "; fix its permissions or the include: pattern"})
 		return inc, false
@@ -172,7 +165,7 @@ func (d *decoder) envFile(path string, n *yaml.Node) map[string]string {
 	if !filepath.IsAbs(name) {
 		name = filepath.Join(filepath.Dir(d.fileOf(n)), name)
 	}
-	data, err := readFile(name)
+	data, err := d.host.ReadFile(name)
 	if err != nil {
 		d.errorf(n, path, "cannot read %s: %s; create it or fix the path", name, errText(err))
 		return nil

@@ -24,7 +24,7 @@ func TestIncludeReadsOnlyFiles(t *testing.T) {
 	main := filepath.Join(dir, "sact.yaml")
 	cfg := "include: [/dev/zero]\napps:\n  web:\n    image: web:1\n    port: 80\n    listen: [\"tcp:127.0.0.1:0\"]\n    env_file: /dev/zero\n  big:\n    image: web:1\n    port: 80\n    listen: [\"tcp:127.0.0.1:1\"]\n    env_file: big.env\n  dir:\n    image: web:1\n    port: 80\n    listen: [\"tcp:127.0.0.1:2\"]\n    env_file: /tmp\n  fifo:\n    image: web:1\n    port: 80\n    listen: [\"tcp:127.0.0.1:3\"]\n    env_file: fifo.env\n"
 	os.WriteFile(main, []byte(cfg), 0o644)
-	_, err := Load(main)
+	_, err := Load(main, testOptions())
 	if err == nil {
 		t.Fatal("no error")
 	}
@@ -43,7 +43,7 @@ func TestIncludeTooMany(t *testing.T) {
 	}
 	main := filepath.Join(dir, "sact.yaml")
 	os.WriteFile(main, []byte("include: [apps.d/*.yaml]\n"), 0o644)
-	_, err := Load(main)
+	_, err := Load(main, testOptions())
 	if err == nil || !strings.Contains(err.Error(), "more than 5000; narrow them") {
 		t.Errorf("include of %d files: %v, want an error saying to narrow the pattern", maxIncluded+1, err)
 	}

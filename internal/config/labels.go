@@ -9,15 +9,14 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+
+	"github.com/sact-project/sact/internal/backend"
 )
 
-// LabelApp is a container that declares itself an app with labels (sact.enable=true),
-// so that compose users need not edit sact.yaml: `docker compose create` is enough.
-type LabelApp struct {
-	// Container is the container's name, without docker's leading slash.
-	Container string
-	Labels    map[string]string
-}
+// LabelApp is a container (or whatever its kind runs) that declares itself an app with
+// labels (sact.enable=true), so that compose users need not edit sact.yaml: `docker
+// compose create` is enough. Kinds that have such apps list them (backend.LabelSource).
+type LabelApp = backend.LabelledApp
 
 // Label keys with a meaning of their own; every other "sact.KEY" label is the app key KEY
 // (sact.listen, sact.port, sact.hosts, sact.idle, ...).
@@ -42,17 +41,17 @@ var plainScalar = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._:/@+-]*$`)
 func (cfg *Config) AddLabelApps(apps []LabelApp) error {
 	var errs Errors
 	for _, la := range apps {
-		app, err := labelApp(la)
+		app, err := labelApp(la, cfg.opts)
 		if err != nil {
 			var es Errors
 			if errors.As(err, &es) {
 				errs = append(errs, es...)
 			} else {
-				errs = append(errs, &Error{File: "container " + la.Container, Msg: err.Error()})
+				errs = append(errs, &Error{File: labelSource(la), Msg: err.Error()})
 			}
 			continue
 		}
-		if err := cfg.clash(app, la.Container); err != nil {
+		if err := cfg.clash(app, labelSource(la)); err != nil {
 			errs = append(errs, err)
 			continue
 		}
@@ -67,14 +66,14 @@ func (cfg *Config) AddLabelApps(apps []LabelApp) error {
 
 // labelApp writes the labels as a config with one app, parses it, and turns errors about
 // its lines into errors about the labels.
-func labelApp(la LabelApp) (*App, error) {
+func labelApp(la LabelApp, opts Options) (*App, error) {
 	name := la.Labels[LabelName]
 	if name == "" {
-		name = strings.TrimPrefix(la.Container, "/")
+		name = strings.TrimPrefix(la.Value, "/")
 	}
 	var b strings.Builder
 	lineLabel := map[int]string{}
-	fmt.Fprintf(&b, "apps:\n  %s:\n    container: %s\n", yamlScalar(name), yamlScalar(la.Container))
+	fmt.Fprintf(&b, "apps:\n  %s:\n    %s: %s\n", yamlScalar(name), yamlScalar(la.Key), yamlScalar(la.Value))
 	line := 4
 	for _, k := range slices.Sorted(maps.Keys(la.Labels)) {
 		key, ok := strings.CutPrefix(k, "sact.")
@@ -105,8 +104,8 @@ func labelApp(la LabelApp) (*App, error) {
 		// that the lines above keep their numbers.
 		b.WriteString("http:\n  listen: [\"tcp:127.0.0.1:1\"]\n")
 	}
-	file := "container " + la.Container
-	cfg, err := Parse(file, []byte(b.String()))
+	file := labelSource(la)
+	cfg, err := Parse(file, []byte(b.String()), opts)
 	if err != nil {
 		var es Errors
 		if !errors.As(err, &es) {
@@ -129,6 +128,9 @@ func isFlowMapping(s string) bool {
 	return strings.HasPrefix(s, "{") && strings.HasSuffix(s, "}") && !strings.ContainsAny(s, "\n\r")
 }
 
+// labelSource names where the labels are, for messages: "container shop".
+func labelSource(la LabelApp) string { return la.Key + " " + la.Value }
+
 func yamlScalar(s string) string {
 	if plainScalar.MatchString(s) {
 		return s
@@ -138,9 +140,9 @@ func yamlScalar(s string) string {
 }
 
 // clash reports an app from labels that collides with one of cfg's.
-func (cfg *Config) clash(app *App, container string) *Error {
+func (cfg *Config) clash(app *App, source string) *Error {
 	e := func(format string, args ...any) *Error {
-		return &Error{File: "container " + container, Path: "apps." + app.Name, Msg: fmt.Sprintf(format, args...)}
+		return &Error{File: source, Path: "apps." + app.Name, Msg: fmt.Sprintf(format, args...)}
 	}
 	for _, o := range cfg.Apps {
 		if o.Name == app.Name {

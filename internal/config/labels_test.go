@@ -8,7 +8,7 @@ import (
 
 func TestAddLabelApps(t *testing.T) {
 	base := func() *Config {
-		cfg, err := Parse("sact.yaml", []byte("apps:\n  web:\n    image: web:1\n    listen: [\"tcp:127.0.0.1:9001\"]\n    port: 80\n"))
+		cfg, err := Parse("sact.yaml", []byte("apps:\n  web:\n    image: web:1\n    listen: [\"tcp:127.0.0.1:9001\"]\n    port: 80\n"), testOptions())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -25,7 +25,7 @@ func TestAddLabelApps(t *testing.T) {
 			labels: map[string]string{"sact.enable": "true", "sact.listen": "tcp:127.0.0.1:9002, unix:/tmp/x.sock",
 				"sact.port": "8080", "sact.idle": "2m", "sact.keep_while_open": "true", "com.example.other": "ignored"},
 			check: func(t *testing.T, a *App) {
-				if a.Name != "shop" || a.Container != "shop" || len(a.Listen) != 2 || a.Port != 8080 || a.Idle != 2*time.Minute || !a.KeepWhileOpen {
+				if a.Name != "shop" || a.Run.Container != "shop" || len(a.Listen) != 2 || a.Port != 8080 || a.Idle != 2*time.Minute || !a.KeepWhileOpen {
 					t.Errorf("app %+v", a)
 				}
 			},
@@ -34,8 +34,8 @@ func TestAddLabelApps(t *testing.T) {
 			name:   "named by a label",
 			labels: map[string]string{"sact.name": "store", "sact.listen": "tcp:127.0.0.1:9003", "sact.port": "8080"},
 			check: func(t *testing.T, a *App) {
-				if a.Name != "store" || a.Container != "shop" {
-					t.Errorf("app %s of container %s", a.Name, a.Container)
+				if a.Name != "store" || a.Run.Container != "shop" {
+					t.Errorf("app %s of container %s", a.Name, a.Run.Container)
 				}
 			},
 		},
@@ -69,7 +69,7 @@ func TestAddLabelApps(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			cfg := base()
-			err := cfg.AddLabelApps([]LabelApp{{Container: "shop", Labels: tt.labels}})
+			err := cfg.AddLabelApps([]LabelApp{{Key: "container", Value: "shop", Labels: tt.labels}})
 			if tt.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 					t.Fatalf("err = %v, want it to contain %q", err, tt.wantErr)
@@ -80,7 +80,7 @@ func TestAddLabelApps(t *testing.T) {
 				t.Fatal(err)
 			}
 			for _, a := range cfg.Apps {
-				if a.Container == "shop" {
+				if a.Run.Container == "shop" {
 					tt.check(t, a)
 					return
 				}

@@ -20,6 +20,7 @@ import (
 // parser reads one file: decode every section, apply defaults, validate.
 type parser struct {
 	d   decoder
+	ks  kindSet
 	cfg *Config
 	// defaults are the settings under defaults: with a known key.
 	defaults []pair
@@ -36,6 +37,9 @@ type appSrc struct {
 	*App
 	key *yaml.Node
 	set map[string]setting
+	// kindIdx is the app's kind in parser.ks, noKind if it has none; App.kind is nil too
+	// when it matches several (kindIdx is the last of them then).
+	kindIdx int
 }
 
 // setting is one app setting as written in the file.
@@ -45,6 +49,10 @@ type setting struct {
 }
 
 func (s *appSrc) has(key string) bool { _, ok := s.set[key]; return ok }
+
+func newParser(path string, opts Options) *parser {
+	return &parser{d: decoder{file: path, host: opts.host()}, ks: newKindSet(opts.Kinds)}
+}
 
 var topKeys = []string{"admin", "apps", "defaults", "http", "include", "pool"}
 
@@ -71,9 +79,9 @@ func (p *parser) parse(data []byte) *Config {
 		switch s := suggest(kv.key, topKeys); {
 		case s != "":
 			msg = "unknown key; did you mean " + strconv.Quote(s) + "?"
-		case appKeys[kv.key] != nil:
+		case p.ks.known(kv.key):
 			msg = "unknown key; app settings go under apps.NAME, or under defaults: for every app"
-		case looksLikeApp(kv.v):
+		case p.looksLikeApp(kv.v):
 			msg = "unknown key; apps go under apps:"
 		}
 		p.d.errorf(kv.k, kv.key, "%s", msg)
@@ -194,12 +202,12 @@ func (p *parser) syntaxError(err error, data []byte) {
 }
 
 // looksLikeApp reports whether n is a mapping with an app's essential key.
-func looksLikeApp(n *yaml.Node) bool {
+func (p *parser) looksLikeApp(n *yaml.Node) bool {
 	if n.Kind != yaml.MappingNode {
 		return false
 	}
 	for i := 0; i < len(n.Content); i += 2 {
-		if slices.Contains(kindKeys, n.Content[i].Value) {
+		if slices.Contains(p.ks.selects, n.Content[i].Value) {
 			return true
 		}
 	}
@@ -267,7 +275,7 @@ func (p *parser) decodeAdmin(section pair) {
 			}
 			a.Listen, p.adminListen = net.JoinHostPort(host, port), kv
 		},
-		"group": func(path string, kv pair) { a.Group = p.d.account(path, kv.v, lookupGroup) },
+		"group": func(path string, kv pair) { a.Group = p.d.account(path, kv.v, p.d.host.LookupGroup) },
 		"hosts": func(path string, kv pair) { a.Hosts = p.d.stringList(path, kv.v, checkAdminHost) },
 		"token_file": func(path string, kv pair) {
 			s := p.d.str(path, kv.v)
@@ -330,17 +338,22 @@ func (p *parser) decodeHTTP(section pair) {
 func (p *parser) decodeDefaults(section pair) {
 	pairs, _ := p.d.mapping("defaults", section.v)
 	var scratch App // defaults are decoded here once for their problems; apps decode them again
+	kindKeys := make(map[string]setting)
 	for _, kv := range pairs {
 		path := join("defaults", kv.key)
-		decode, ok := appKeys[kv.key]
-		if !ok {
-			p.d.unknownKey(path, kv, appKeyNames)
+		if !p.ks.known(kv.key) {
+			p.d.unknownKey(path, kv, p.ks.names)
 			continue
 		}
 		p.d.unsupported(kv.key, path, kv)
-		decode(&p.d, path, kv.v, &scratch)
+		if decode := appKeys[kv.key]; decode != nil {
+			decode(&p.d, path, kv.v, &scratch)
+		} else {
+			kindKeys[kv.key] = setting{pair: kv}
+		}
 		p.defaults = append(p.defaults, kv)
 	}
+	p.decodeKinds("defaults", kindKeys, nil, noKind, nil)
 }
 
 func (p *parser) decodeApps(section pair) {
@@ -370,8 +383,8 @@ func (p *parser) decodeApps(section pair) {
 			s.File = f
 		}
 		for _, o := range own {
-			if appKeys[o.key] == nil {
-				p.d.unknownKey(join(path, o.key), o, appKeyNames)
+			if !p.ks.known(o.key) {
+				p.d.unknownKey(join(path, o.key), o, p.ks.names)
 				continue
 			}
 			p.d.unsupported(o.key, join(path, o.key), o)
@@ -379,17 +392,18 @@ func (p *parser) decodeApps(section pair) {
 		}
 		p.inherit(s)
 		for _, o := range own {
-			if st, ok := s.set[o.key]; ok && !st.inherited {
+			if st, ok := s.set[o.key]; ok && !st.inherited && appKeys[o.key] != nil {
 				appKeys[o.key](&p.d, join(path, o.key), o.v, s.App)
 			}
 		}
 		p.d.mute = true // reported under defaults already
 		for _, kv := range p.defaults {
-			if st, ok := s.set[kv.key]; ok && st.inherited {
+			if st, ok := s.set[kv.key]; ok && st.inherited && appKeys[kv.key] != nil {
 				appKeys[kv.key](&p.d, join(path, kv.key), kv.v, s.App)
 			}
 		}
 		p.d.mute = false
+		p.decodeKinds(path, s.set, s, s.kindIdx, &s.Run)
 		p.mergeEnv(s)
 		p.apps = append(p.apps, s)
 	}
@@ -399,7 +413,7 @@ func (p *parser) decodeApps(section pair) {
 // then the app's own env over both. (Before include: and env_file:, an app's env
 // replaced defaults.env entirely, which lost RACK_ENV and the like.)
 func (p *parser) mergeEnv(s *appSrc) {
-	if !applies("env", s.kind()) {
+	if !p.ks.applies("env", s.kindIdx) {
 		return
 	}
 	merged := make(map[string]string)
@@ -410,51 +424,19 @@ func (p *parser) mergeEnv(s *appSrc) {
 				p.d.mute = true // reported under defaults already
 				appKeys["env"](&p.d, "defaults.env", kv.v, &scratch)
 				p.d.mute = false
-				maps.Copy(merged, scratch.Env)
+				maps.Copy(merged, scratch.Run.Env)
 			}
 		}
 		maps.Copy(merged, s.envFile)
-		maps.Copy(merged, s.Env)
+		maps.Copy(merged, s.Run.Env)
 	} else {
-		maps.Copy(merged, s.Env) // defaults.env, inherited
+		maps.Copy(merged, s.Run.Env) // defaults.env, inherited
 		maps.Copy(merged, s.envFile)
 	}
-	s.Env = nil
+	s.Run.Env = nil
 	if len(merged) > 0 {
-		s.Env = merged
+		s.Run.Env = merged
 	}
-}
-
-// kindKeys say what an app runs; an app sets exactly one.
-var kindKeys = []string{"image", "container", "command"}
-
-// imageOnly are the settings of a container that sact creates from an image. A plain
-// process has no use for them, and an adopted container (container:) was created
-// elsewhere, with its own.
-var imageOnly = []string{"cmd", "entrypoint", "volumes", "user", "network", "memory", "cpus", "labels"}
-
-// kind returns the app's kind key, "" if it has none.
-func (s *appSrc) kind() string {
-	for _, k := range []string{"command", "container", "image"} {
-		if s.has(k) {
-			return k
-		}
-	}
-	return ""
-}
-
-// applies reports whether setting key makes sense for an app of kind.
-func applies(key, kind string) bool {
-	switch kind {
-	case "command":
-		// A plain process runs as root unless told otherwise: user: is how to stop that.
-		return !slices.Contains(imageOnly, key) || key == "user"
-	case "container":
-		return !slices.Contains(imageOnly, key) && key != "env" && key != "env_file" && key != "dir"
-	case "image":
-		return key != "dir"
-	}
-	return true
 }
 
 // inherit adds to s the settings of defaults: that s does not set itself and that apply
@@ -462,29 +444,30 @@ func applies(key, kind string) bool {
 //
 //   - labels set by the app replace the default's entirely; env is merged instead
 //     (mergeEnv): the app's keys win over its env_file's, which win over defaults.env;
-//   - image, container and command are one choice: an app that sets any of them inherits
-//     none, and likewise for upstream and port;
+//   - the keys that choose a kind (image, container, command: KindInfo.Select) are one
+//     choice: an app that sets any of them inherits none, and likewise for upstream and
+//     port;
 //   - settings that do not apply to the app's kind (memory for a command, dir for an
 //     image) are not inherited, nor upstream and port by an app with handoff.
 func (p *parser) inherit(s *appSrc) {
 	hasAny := func(keys ...string) bool { return slices.ContainsFunc(keys, s.has) }
-	ownKind, ownTarget := hasAny(kindKeys...), hasAny("upstream", "port")
+	ownKind, ownTarget := hasAny(p.ks.selects...), hasAny("upstream", "port")
 	for _, kv := range p.defaults {
 		switch {
 		case s.has(kv.key):
-		case ownKind && slices.Contains(kindKeys, kv.key):
+		case ownKind && slices.Contains(p.ks.selects, kv.key):
 		case ownTarget && (kv.key == "upstream" || kv.key == "port"):
 		default:
 			s.set[kv.key] = setting{pair: kv, inherited: true}
 		}
 	}
-	kind := s.kind()
+	p.choose(s)
 	handoff := false
 	if st, ok := s.set["handoff"]; ok && st.v.ShortTag() == "!!bool" {
 		_ = st.v.Decode(&handoff)
 	}
 	for key, st := range s.set {
-		if st.inherited && (!applies(key, kind) || handoff && (key == "upstream" || key == "port")) {
+		if st.inherited && (!p.ks.applies(key, s.kindIdx) || handoff && (key == "upstream" || key == "port")) {
 			delete(s.set, key)
 		}
 	}

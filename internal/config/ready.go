@@ -163,8 +163,8 @@ func (p *parser) checkReady(s *appSrc) {
 		return
 	}
 	switch {
-	case s.Ready.Healthcheck && s.kind() == "command":
-		p.errAt(s, "ready", -1, "a plain process (command:) has no HEALTHCHECK; use ready: {http: /health}, or remove ready")
+	case s.Ready.Healthcheck && p.cannot(s, "ready: healthcheck") != "":
+		p.errAt(s, "ready", -1, "%s", p.cannot(s, "ready: healthcheck"))
 	case s.Handoff:
 		p.errAt(s, "ready", -1, "with handoff: true the app accepts its clients from the kernel's backlog as soon as it listens, so sact cannot hold them back; remove ready")
 	case s.Ready.HTTP != nil && !s.has("upstream") && !s.has("port"):

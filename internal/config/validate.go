@@ -40,8 +40,8 @@ func (p *parser) checkMemoryBudget() {
 		return
 	}
 	for _, s := range p.apps {
-		if s.Memory > budget {
-			p.errAt(s, "memory", -1, "%d MiB is more than pool.memory_budget (%d MiB): the app could never start; lower it or raise the budget", s.Memory>>20, budget>>20)
+		if s.Run.Memory > budget {
+			p.errAt(s, "memory", -1, "%d MiB is more than pool.memory_budget (%d MiB): the app could never start; lower it or raise the budget", s.Run.Memory>>20, budget>>20)
 		}
 	}
 }
@@ -66,7 +66,7 @@ func (p *parser) checkChains() {
 		seen := map[string]bool{s.Name: true}
 		var mem int64
 		for next := []*appSrc{s}; len(next) > 0; next = next[1:] {
-			mem += next[0].Memory
+			mem += next[0].Run.Memory
 			for _, d := range next[0].DependsOn {
 				if dep := byName[d]; dep != nil && !seen[d] {
 					seen[d] = true
@@ -137,37 +137,47 @@ func (s *appSrc) byLine(keys []string) []string {
 // checkKind checks that the app runs exactly one thing and sets nothing that does not
 // apply to it.
 func (p *parser) checkKind(s *appSrc) {
-	kinds := s.byLine(kindKeys)
-	switch len(kinds) {
+	matches := p.ks.match(s.has)
+	switch len(matches) {
 	case 0:
-		p.errAt(s, "", -1, "nothing to run; add image: (a docker image), container: (an existing container to start and stop) or command: (a plain process)")
+		p.errAt(s, "", -1, "%s", p.ks.nothingToRun())
 		return
 	case 1:
 	default:
-		p.errAt(s, kinds[1], -1, "%s and %s are both set; keep one: an app runs an image, an existing container or a command", kinds[0], kinds[1])
+		var keys []string
+		for _, k := range matches {
+			keys = append(keys, p.ks.distinct(k, matches))
+		}
+		keys = s.byLine(keys)
+		p.errAt(s, keys[1], -1, "%s and %s are both set; keep one: an app runs %s", keys[0], keys[1], p.ks.runsOne())
 		return
 	}
-	kind := kinds[0]
+	in := p.ks.infos[s.kindIdx]
 	for _, key := range slices.Sorted(maps.Keys(s.set)) {
-		if applies(key, kind) {
+		if p.ks.applies(key, s.kindIdx) {
 			continue
 		}
-		switch kind {
-		case "command":
-			p.errAt(s, key, -1, "applies only to containers, and this app is a plain process (command:); remove it")
-		case "container":
-			p.errAt(s, key, -1, "container: adopts a container as it was created, so %s cannot change it; set it where the container is created, or use image: and let sact create it", key)
-		case "image":
-			p.errAt(s, key, -1, "applies only to plain processes (command:); set the working directory in the image instead")
+		msg := "does not apply to apps of kind " + in.Name + "; remove it"
+		if in.Refuse != nil {
+			msg = in.Refuse(key)
 		}
+		p.errAt(s, key, -1, "%s", msg)
 	}
+}
+
+// cannot is why the app's kind cannot honour setting key, "" if it can.
+func (p *parser) cannot(s *appSrc, key string) string {
+	if s.kindIdx == noKind {
+		return ""
+	}
+	return p.ks.infos[s.kindIdx].Cannot[key]
 }
 
 // checkTarget checks that sact knows where to send an app's connections.
 func (p *parser) checkTarget(s *appSrc) {
 	if s.Handoff {
-		if s.kind() == "container" {
-			p.errAt(s, "handoff", -1, "handoff runs the app under sact's shim, which must be set when the container is created; use image: and let sact create it, or remove handoff")
+		if why := p.cannot(s, "handoff"); why != "" {
+			p.errAt(s, "handoff", -1, "%s", why)
 		}
 		if !s.has("listen") {
 			p.errAt(s, "handoff", -1, "handoff passes the app its listening sockets, and it has none; add listen:, or remove handoff")
@@ -186,14 +196,14 @@ func (p *parser) checkTarget(s *appSrc) {
 			p.errAt(s, targets[1], -1, "upstream and port are both set; keep one")
 		}
 	}
-	if s.has("port") && !s.Handoff && s.Network == "none" {
+	if s.has("port") && !s.Handoff && s.Run.Network == "none" {
 		p.errAt(s, "port", -1, "with network: none the container has no address to reach port %d on; use a unix upstream on a shared volume, or another network", s.Port)
 	}
 	if s.has("hosts") && p.http.k == nil {
 		p.errAt(s, "hosts", -1, "hosts are served by the http front door, which is not set up; add http: {listen: [\":80\"]}")
 	}
-	if s.PauseAfter > 0 && s.kind() == "command" {
-		p.errAt(s, "pause_after", -1, "plain processes cannot be paused; remove pause_after")
+	if why := p.cannot(s, "pause_after"); s.PauseAfter > 0 && why != "" {
+		p.errAt(s, "pause_after", -1, "%s", why)
 	}
 	if s.PauseAfter > 0 && s.PauseAfter >= s.Idle {
 		p.errAt(s, "pause_after", -1, "%v is not shorter than idle (%v), so the app would stop before it is paused; shorten pause_after or lengthen idle", s.PauseAfter, s.Idle)
@@ -333,7 +343,7 @@ func (p *parser) checkAddresses() {
 			continue
 		}
 		for _, s := range p.apps {
-			for _, b := range writableBinds(s.Volumes) {
+			for _, b := range writableBinds(s.Run.Volumes) {
 				if within(c.addr.Address, b.src) {
 					c.report("%s is inside %s's volume %s (volumes[%d]), which its container can write: it could replace the socket or keep sact from binding it; put sact's sockets in a directory only root can write, like /run/sact", c.addr, s.Name, b.src, b.index)
 				}

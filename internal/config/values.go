@@ -1,7 +1,6 @@
 package config
 
 import (
-	"errors"
 	"fmt"
 	"math"
 	"net"
@@ -139,73 +138,9 @@ func checkAppName(s string) error {
 	return nil
 }
 
-var containerName = regexp.MustCompile(`^/?[a-zA-Z0-9][a-zA-Z0-9_.-]*$`)
-
-func checkContainer(s string) error {
-	if !containerName.MatchString(s) {
-		return fmt.Errorf("%s is not a docker container name; give the name shown by docker ps", quote(s))
-	}
-	return nil
-}
-
-// checkImage catches what would otherwise only fail at the app's first start. Docker
-// checks the rest.
-func checkImage(s string) error {
-	if strings.ContainsFunc(s, unicode.IsSpace) {
-		return fmt.Errorf("%s has spaces; an image is a single word like nginx:1.27 (arguments go in cmd)", quote(s))
-	}
-	name, _, _ := strings.Cut(s, "@")
-	last := name[strings.LastIndex(name, "/")+1:]
-	last, _, _ = strings.Cut(last, ":")
-	if strings.ToLower(last) != last {
-		return fmt.Errorf("%s: image names are lowercase (the tag may not be); write %s", quote(s), strings.Replace(s, last, strings.ToLower(last), 1))
-	}
-	return nil
-}
-
 func checkEnvKey(k string) error {
 	if k == "" || strings.ContainsAny(k, "=\x00") {
 		return fmt.Errorf("%s is not a variable name; names are non-empty and have no = in them", quote(k))
-	}
-	return nil
-}
-
-func checkLabelKey(k string) error {
-	if k == "" {
-		return errors.New("empty label name")
-	}
-	if strings.HasPrefix(k, "sact.") {
-		return fmt.Errorf("labels starting with sact. are sact's own (sact.app, sact.config); choose another name")
-	}
-	return nil
-}
-
-var volumeName = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]+$`)
-
-// checkVolume checks docker's -v syntax: "/container" (an anonymous volume),
-// "/host:/container[:options]" or "name:/container[:options]".
-func checkVolume(v string) error {
-	parts := strings.Split(v, ":")
-	const how = "write /host/path:/container/path[:ro] or volume-name:/container/path"
-	if len(parts) > 3 {
-		return fmt.Errorf("%s has too many colons; %s", quote(v), how)
-	}
-	if len(parts) == 1 {
-		if !strings.HasPrefix(v, "/") {
-			return fmt.Errorf("%s: %s", quote(v), how)
-		}
-		return nil
-	}
-	src, dst := parts[0], parts[1]
-	switch {
-	case strings.HasPrefix(src, "~"):
-		return fmt.Errorf("%s: docker does not expand ~; write the host path in full, like /home/me/data", quote(v))
-	case !strings.HasPrefix(src, "/") && !volumeName.MatchString(src):
-		return fmt.Errorf("%s: host path %s must be absolute (docker does not resolve relative paths) or a volume name", quote(v), quote(src))
-	case !strings.HasPrefix(dst, "/"):
-		return fmt.Errorf("%s: the path in the container, %s, must be absolute; %s", quote(v), quote(dst), how)
-	case len(parts) == 3 && parts[2] == "":
-		return fmt.Errorf("%s ends in a colon; add options like ro, or remove the colon", quote(v))
 	}
 	return nil
 }

@@ -4,6 +4,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/sact-project/sact/internal/kinds"
 )
 
 func TestParseDuration(t *testing.T) {
@@ -113,9 +115,10 @@ func TestSuggest(t *testing.T) {
 		"far":           {in: "frobnicate", want: ""},
 		"short far":     {in: "xy", want: ""},
 	}
+	names := newKindSet(kinds.All).names
 	for name, tt := range tests {
 		t.Run(name, func(t *testing.T) {
-			if got := suggest(tt.in, appKeyNames); got != tt.want {
+			if got := suggest(tt.in, names); got != tt.want {
 				t.Errorf("suggest(%q) = %q, want %q", tt.in, got, tt.want)
 			}
 		})
@@ -133,21 +136,6 @@ func TestCheckWindow(t *testing.T) {
 	for _, s := range invalid {
 		if err := checkWindow(s); err == nil {
 			t.Errorf("checkWindow(%q) = nil, want an error", s)
-		}
-	}
-}
-
-func TestCheckVolume(t *testing.T) {
-	valid := []string{"/data", "/host:/container", "/host:/container:ro", "name:/data", "my_vol.1:/data:rw,z"}
-	for _, s := range valid {
-		if err := checkVolume(s); err != nil {
-			t.Errorf("checkVolume(%q) = %v, want nil", s, err)
-		}
-	}
-	invalid := []string{"data", "./data:/data", "~/data:/data", "/a:rel", "/a:/b:", "/a:/b:ro:x", "a:/data"}
-	for _, s := range invalid {
-		if err := checkVolume(s); err == nil {
-			t.Errorf("checkVolume(%q) = nil, want an error", s)
 		}
 	}
 }

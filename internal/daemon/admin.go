@@ -97,11 +97,6 @@ func (m *metrics) observe(app, event string, took time.Duration) {
 	m.starts.WithLabelValues(app, outcome).Observe(took.Seconds())
 }
 
-// logser is implemented by runtimes that can show an app's output.
-type logser interface {
-	Logs(ctx context.Context, spec backend.Spec, tail int) (string, error)
-}
-
 // startAdmin serves the admin API on its unix socket (0660) and on admin.listen if set,
 // where changes and logs need the token of admin.token_file (made here when missing).
 // The returned stop closes them.
@@ -154,7 +149,7 @@ func (d *daemon) startAdmin(ctx context.Context, cfg *config.Config) (func(), er
 			if u == nil {
 				return "", fmt.Errorf("no app named %q", name)
 			}
-			l, ok := u.rt.(logser)
+			l, ok := u.rt.(backend.LogReader)
 			if !ok {
 				return "", errors.New("this runtime keeps no logs")
 			}
@@ -171,13 +166,7 @@ func (d *daemon) startAdmin(ctx context.Context, cfg *config.Config) (func(), er
 			if u == nil {
 				return admin.Description{Kind: "removed"}
 			}
-			desc := admin.Description{Kind: "container", Hosts: app.Hosts, Idle: app.Idle.String()}
-			switch {
-			case len(app.Command) > 0:
-				desc.Kind = "process"
-			case app.Container != "":
-				desc.Kind = "existing container"
-			}
+			desc := admin.Description{Kind: app.Kind().Info().Describe, Hosts: app.Hosts, Idle: app.Idle.String()}
 			if app.Handoff {
 				desc.Kind += ", handoff"
 			}

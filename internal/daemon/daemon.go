@@ -37,20 +37,11 @@ import (
 	"github.com/sact-project/sact/internal/upstream"
 )
 
-// Runtimes gives the daemon the runtime for each kind of app. Constructors are only called
-// when some app needs them, so a config of plain processes never touches Docker.
-type Runtimes struct {
-	// Docker returns the container runtime.
-	Docker func(ctx context.Context) (backend.Runtime, error)
-	// Process returns the plain-process runtime.
-	Process func(ctx context.Context) (backend.Runtime, error)
-}
-
-// Options configure Run; the zero value of each field works except Runtimes.
+// Options configure Run; the zero value of each field works. The runtimes come from the
+// apps' kinds (config.App.Kind), each built when the first app that needs it is loaded,
+// so a config of plain processes never touches Docker.
 type Options struct {
 	Logger *slog.Logger
-	// Runtimes builds the runtimes the config's apps need.
-	Runtimes Runtimes
 	// DrainTimeout is how long open connections may run on after shutdown begins; zero
 	// means 10s.
 	DrainTimeout time.Duration
@@ -94,7 +85,7 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 	}
 	log := d.log
 
-	rts, err := buildRuntimes(ctx, cfg, nil, opts.Runtimes)
+	rts, err := buildRuntimes(ctx, cfg, nil, d.deps())
 	if err != nil {
 		return err
 	}
@@ -454,7 +445,7 @@ func takeBack(ctx context.Context, log *slog.Logger, rt backend.Runtime, app *co
 		return nil
 	}
 	var reason error
-	if pr, ok := rt.(pider); ok {
+	if pr, ok := rt.(backend.Pider); ok {
 		pid, err := pr.Pid(ctx, spec)
 		if err == nil && pid > 0 {
 			lns, err := reclaim(pid, app.Listen)
@@ -478,12 +469,8 @@ func takeBack(ctx context.Context, log *slog.Logger, rt backend.Runtime, app *co
 	return nil
 }
 
-func runtimeKind(app *config.App) string {
-	if len(app.Command) > 0 {
-		return "process"
-	}
-	return "docker"
-}
+// runtimeKind names the runtime the app runs on: apps of kinds that share one share it.
+func runtimeKind(app *config.App) string { return app.Kind().Info().Runtime }
 
 func policy(app *config.App) activator.Policy {
 	return activator.Policy{
@@ -522,8 +509,11 @@ func keepRunning(app *config.App) func(time.Time) bool {
 	}
 }
 
+// deps are what the runtimes share.
+func (d *daemon) deps() backend.Deps { return backend.Deps{Logger: d.log} }
+
 // buildRuntimes returns the runtimes cfg needs that have is missing.
-func buildRuntimes(ctx context.Context, cfg *config.Config, have map[string]backend.Runtime, r Runtimes) (map[string]backend.Runtime, error) {
+func buildRuntimes(ctx context.Context, cfg *config.Config, have map[string]backend.Runtime, deps backend.Deps) (map[string]backend.Runtime, error) {
 	rts := make(map[string]backend.Runtime)
 	for _, app := range cfg.Apps {
 		kind := runtimeKind(app)
@@ -533,14 +523,7 @@ func buildRuntimes(ctx context.Context, cfg *config.Config, have map[string]back
 		if _, ok := have[kind]; ok {
 			continue
 		}
-		build := r.Docker
-		if kind == "process" {
-			build = r.Process
-		}
-		if build == nil {
-			return nil, fmt.Errorf("app %q needs the %s runtime, which this build of sact lacks", app.Name, kind)
-		}
-		rt, err := build(ctx)
+		rt, err := app.Kind().NewRuntime(ctx, deps)
 		if err != nil {
 			return nil, fmt.Errorf("setting up the %s runtime for app %q: %w", kind, app.Name, err)
 		}

@@ -41,12 +41,6 @@ import (
 // about the connections still open, to keep the idle clock; for open connections whose
 // bytes it cannot see (unix) the container's CPU time tells whether the app works.
 
-// pider is implemented by runtimes that can tell the host pid of an app's first process,
-// which is the only process let in to fetch the sockets.
-type pider interface {
-	Pid(ctx context.Context, spec backend.Spec) (int, error)
-}
-
 // prepareShim puts a copy of the running sact binary at dir/sact for containers to mount
 // as their entrypoint. A copy, not the binary itself: its path stays the same across
 // upgrades and test runs, so containers need not be recreated, and a running container
@@ -205,8 +199,8 @@ type handoffApp struct {
 func newHandoffApp(app *config.App, lns []net.Listener, dir string, rt backend.Runtime, spec func() backend.Spec, probe *sockdiag.Prober, log *slog.Logger) *handoffApp {
 	h := &handoffApp{lns: lns, dir: dir, log: log.With("app", app.Name), probe: probe}
 	h.cfg.Store(app)
-	h.opts = handoff.Options{User: app.User, Logger: h.log}
-	if pr, ok := rt.(pider); ok {
+	h.opts = handoff.Options{User: app.Run.User, Logger: h.log}
+	if pr, ok := rt.(backend.Pider); ok {
 		// Only the container's first process may fetch the sockets. The Server caches
 		// its pid and asks the engine at most every 250ms, however many peers connect.
 		h.opts.Pid = func(ctx context.Context) (int, error) { return pr.Pid(ctx, spec()) }

@@ -93,7 +93,7 @@ func (d *daemon) apply(ctx context.Context, cfg *config.Config) (admin.ReloadRes
 	old := d.units
 
 	// Everything that can fail comes first: runtimes, the shim, new listeners, routes.
-	rts, err := buildRuntimes(ctx, cfg, d.rts, d.opts.Runtimes)
+	rts, err := buildRuntimes(ctx, cfg, d.rts, d.deps())
 	if err != nil {
 		return res, err
 	}
@@ -282,8 +282,8 @@ func (d *daemon) update(u *unit, app *config.App, lns []net.Listener) {
 		// Same addresses, same sockets: only the settings change, and the handoff
 		// socket's owner with the user the app runs as.
 		u.handoff.cfg.Store(app)
-		if u.app.User != app.User {
-			u.handoff.setUser(app.User)
+		if u.app.Run.User != app.Run.User {
+			u.handoff.setUser(app.Run.User)
 		}
 	} else {
 		for _, ln := range u.lns {

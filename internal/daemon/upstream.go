@@ -45,7 +45,7 @@ func (d *daemon) addWritable(cfg *config.Config, rts map[string]backend.Runtime)
 		}
 	}
 	for _, app := range cfg.Apps {
-		for _, dir := range (backend.Spec{Volumes: app.Volumes}).BindSources() {
+		for _, dir := range (backend.Spec{Volumes: app.Run.Volumes}).BindSources() {
 			add(dir)
 		}
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/sact-project/sact/internal/config"
+	"github.com/sact-project/sact/internal/kinds"
 )
 
 var update = flag.Bool("update", false, "rewrite testdata/golden from the current output")
@@ -132,7 +133,7 @@ func TestImportFixture(t *testing.T) {
 	}
 
 	// sact check accepts the result.
-	cfg, err := config.Load(filepath.Join(out, "sact.yaml"))
+	cfg, err := config.Load(filepath.Join(out, "sact.yaml"), config.Options{Kinds: kinds.All})
 	if err != nil {
 		t.Fatalf("the imported config does not load:\n%v", err)
 	}
@@ -141,8 +142,8 @@ func TestImportFixture(t *testing.T) {
 	}
 	for _, a := range cfg.Apps {
 		if a.Name == "shop" {
-			if a.Env["RACK_ENV"] != "production" || a.Env["SECRET_KEY_BASE"] != "9f8e7d6c5b4a" || a.MinRunning != 1 {
-				t.Errorf("shop: env %v, min_running %d; want RACK_ENV and the secret from its env_file, min_running 1", a.Env, a.MinRunning)
+			if a.Run.Env["RACK_ENV"] != "production" || a.Run.Env["SECRET_KEY_BASE"] != "9f8e7d6c5b4a" || a.MinRunning != 1 {
+				t.Errorf("shop: env %v, min_running %d; want RACK_ENV and the secret from its env_file, min_running 1", a.Run.Env, a.MinRunning)
 			}
 		}
 	}
