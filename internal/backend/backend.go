@@ -34,6 +34,8 @@
 //     beneath one is opened without following links.
 //   - MemoryMeter (memory.go): an app's memory use now, for the memory budget.
 //   - LabelSource, on a Kind: apps declared by container labels (sact.enable=true).
+//   - Checker, on a Kind: ask the engine what would fail at an app's first start (sact
+//     check --deep).
 //
 // And a runtime with work of its own (the docker runtime's event stream) has
 // Run(ctx) error, which the daemon runs until shutdown.

@@ -111,6 +111,14 @@ type Deps struct {
 	Logger *slog.Logger
 }
 
+// Checker is implemented by kinds that can check an app against the real thing before
+// its first start (sact check --deep): that its image exists, say.
+type Checker interface {
+	// Check returns what would fail at the app's first start (problems) and what may
+	// (notes), each "what is wrong; how to fix it"; err if it cannot ask.
+	Check(ctx context.Context, spec Spec) (problems, notes []string, err error)
+}
+
 // LabelSource is implemented by kinds whose apps may be declared outside sact.yaml, by
 // labels (docker compose users set sact.enable=true and sact.* settings on a container).
 type LabelSource interface {

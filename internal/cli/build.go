@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -13,6 +12,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/sact-project/sact/internal/backend"
 	"github.com/sact-project/sact/internal/backend/docker"
 	"github.com/sact-project/sact/internal/config"
 	"github.com/sact-project/sact/internal/importer"
@@ -131,44 +131,26 @@ func shortLine(s string, n int) string {
 	return s
 }
 
-// deepCheck asks the engine, for each app with an image, whether the image exists, its
-// user exists in it, and its port is exposed: what would otherwise fail at the app's
-// first request, maybe weeks later.
+// deepCheck asks, for each app whose kind can tell (backend.Checker: an image exists, its
+// user exists in it, its port is exposed), what would otherwise fail at the app's first
+// request, maybe weeks later.
 func deepCheck(ctx context.Context, e *env, cfg *config.Config) error {
 	problems := 0
 	for _, a := range cfg.Apps {
-		if a.Run.Image == "" {
+		c, ok := a.Kind().(backend.Checker)
+		if !ok {
 			continue
 		}
-		bad := func(format string, args ...any) {
-			problems++
-			fmt.Fprintf(e.stderr, "%s: apps.%s: %s\n", where(cfg, a), a.Name, fmt.Sprintf(format, args...))
-		}
-		f, err := docker.InspectImage(ctx, a.Run.Image)
+		bad, notes, err := c.Check(ctx, a.Spec())
 		if err != nil {
-			return fmt.Errorf("asking the engine about %s: %w", a.Run.Image, err)
+			return err
 		}
-		if !f.Exists {
-			bad("image %s does not exist in the engine; build it (sact build %s, docker build) or pull it", a.Run.Image, a.Name)
-			continue
+		for _, n := range notes {
+			fmt.Fprintf(e.stdout, "note: apps.%s: %s\n", a.Name, n)
 		}
-		if a.Run.User != "" {
-			name, group, _ := strings.Cut(a.Run.User, ":")
-			if !numeric(name) && !hasAccount(f.Passwd, name) {
-				bad("user %s does not exist in image %s (its /etc/passwd); use a uid, or add the user to the image", name, a.Run.Image)
-			}
-			if group != "" && !numeric(group) && !hasAccount(f.Group, group) {
-				bad("group %s does not exist in image %s (its /etc/group); use a gid, or add the group to the image", group, a.Run.Image)
-			}
-		}
-		if a.Port > 0 {
-			switch {
-			case slices.Contains(f.Exposed, a.Port):
-			case len(f.Exposed) == 0:
-				fmt.Fprintf(e.stdout, "note: apps.%s: image %s exposes no port; make sure the app listens on %d\n", a.Name, a.Run.Image, a.Port)
-			default:
-				bad("port %d is not exposed by image %s, which exposes %v; set port: to the one the app listens on", a.Port, a.Run.Image, f.Exposed)
-			}
+		for _, b := range bad {
+			problems++
+			fmt.Fprintf(e.stderr, "%s: apps.%s: %s\n", where(cfg, a), a.Name, b)
 		}
 	}
 	if problems > 0 {
@@ -186,14 +168,3 @@ func where(cfg *config.Config, a *config.App) string {
 	return f + ":" + strconv.Itoa(a.Line)
 }
 
-func numeric(s string) bool { _, err := strconv.ParseUint(s, 10, 32); return err == nil }
-
-// hasAccount reports whether an /etc/passwd or /etc/group names name.
-func hasAccount(file []byte, name string) bool {
-	for line := range bytes.Lines(file) {
-		if n, _, ok := bytes.Cut(line, []byte(":")); ok && string(n) == name {
-			return true
-		}
-	}
-	return false
-}

@@ -267,9 +267,10 @@ func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
 }
 
 // trustedConfigFile refuses a config that a user other than root (or sact's own) may
-// change: whoever writes sact.yaml runs commands and containers as root.
+// change: whoever writes sact.yaml runs commands and containers as root. It looks through
+// configOptions.Host, as parsing does, and apart from it: parsing checks no ownership.
 func trustedConfigFile(path string) error {
-	fi, err := os.Stat(path)
+	fi, err := configOptions.Host.Stat(path)
 	if err != nil {
 		return nil // config.Load says what is wrong with it
 	}

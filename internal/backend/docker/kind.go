@@ -1,10 +1,12 @@
 package docker
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"unicode"
@@ -85,6 +87,51 @@ func (Container) Labelled(ctx context.Context, selector string) ([]backend.Label
 		apps[i] = backend.LabelledApp{Key: "container", Value: c.Name, Labels: c.Labels}
 	}
 	return apps, nil
+}
+
+// Check asks the engine whether the app's image exists, its user exists in it, and its
+// port is exposed (backend.Checker: sact check --deep).
+func (Image) Check(ctx context.Context, spec backend.Spec) (problems, notes []string, err error) {
+	bad := func(format string, args ...any) { problems = append(problems, fmt.Sprintf(format, args...)) }
+	f, err := InspectImage(ctx, spec.Image)
+	if err != nil {
+		return nil, nil, fmt.Errorf("asking the engine about %s: %w", spec.Image, err)
+	}
+	if !f.Exists {
+		bad("image %s does not exist in the engine; build it (sact build %s, docker build) or pull it", spec.Image, spec.Name)
+		return problems, nil, nil
+	}
+	if spec.User != "" {
+		name, group, _ := strings.Cut(spec.User, ":")
+		if !numeric(name) && !hasAccount(f.Passwd, name) {
+			bad("user %s does not exist in image %s (its /etc/passwd); use a uid, or add the user to the image", name, spec.Image)
+		}
+		if group != "" && !numeric(group) && !hasAccount(f.Group, group) {
+			bad("group %s does not exist in image %s (its /etc/group); use a gid, or add the group to the image", group, spec.Image)
+		}
+	}
+	if spec.Port > 0 {
+		switch {
+		case slices.Contains(f.Exposed, spec.Port):
+		case len(f.Exposed) == 0:
+			notes = append(notes, fmt.Sprintf("image %s exposes no port; make sure the app listens on %d", spec.Image, spec.Port))
+		default:
+			bad("port %d is not exposed by image %s, which exposes %v; set port: to the one the app listens on", spec.Port, spec.Image, f.Exposed)
+		}
+	}
+	return problems, notes, nil
+}
+
+func numeric(s string) bool { _, err := strconv.ParseUint(s, 10, 32); return err == nil }
+
+// hasAccount reports whether an /etc/passwd or /etc/group names name.
+func hasAccount(file []byte, name string) bool {
+	for line := range bytes.Lines(file) {
+		if n, _, ok := bytes.Cut(line, []byte(":")); ok && string(n) == name {
+			return true
+		}
+	}
+	return false
 }
 
 // minMemory is the least memory limit docker accepts.
