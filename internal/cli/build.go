@@ -167,4 +167,3 @@ func where(cfg *config.Config, a *config.App) string {
 	}
 	return f + ":" + strconv.Itoa(a.Line)
 }
-
