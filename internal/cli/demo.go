@@ -2,6 +2,9 @@ package cli
 
 import (
 	"context"
+	"crypto/sha256"
+	"debug/elf"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -11,12 +14,13 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
+	"github.com/sact-project/sact/internal/backend/docker"
 	"github.com/sact-project/sact/internal/config"
 	"github.com/sact-project/sact/internal/daemon"
-	"github.com/sact-project/sact/internal/testimage"
 )
 
 // demoConfig is written to a temp dir and served; %s are the image and the listen address.
@@ -34,6 +38,9 @@ apps:
 // demo shows sact's whole point on a fresh machine: a container that does not run until the
 // first request, and stops again when nobody uses it.
 func demo(ctx context.Context, e *env, args []string) error {
+	if len(args) == 1 && args[0] == demoAppArg {
+		return demoApp(ctx)
+	}
 	fs := newFlags(e, "demo")
 	addr := fs.String("listen", "127.0.0.1:8090", "address the demo app listens on")
 	idle := fs.Duration("idle", 10*time.Second, "idle time before the demo app stops")
@@ -44,8 +51,8 @@ func demo(ctx context.Context, e *env, args []string) error {
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 
-	fmt.Fprintln(e.stdout, "==> building the demo image offline (a static Go server, docker import)")
-	image, err := testimage.TestServer(ctx)
+	fmt.Fprintln(e.stdout, "==> building the demo image offline (this sact binary as a tiny web server, docker import)")
+	image, err := demoImage(ctx)
 	if err != nil {
 		return fmt.Errorf("building the demo image: %w", err)
 	}
@@ -115,6 +122,57 @@ func demo(ctx context.Context, e *env, args []string) error {
 		err = nil
 	}
 	return err
+}
+
+// demoAppArg makes `sact demo` the demo app itself: the demo image runs the sact binary
+// that made it, so that the demo needs neither a registry nor sact's source.
+const demoAppArg = "--be-the-demo-app"
+
+// demoImage returns the demo image, sact-demo:HASH, made from this binary unless the
+// engine has it.
+func demoImage(ctx context.Context) (string, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return "", err
+	}
+	if f, err := elf.Open(self); err == nil {
+		defer f.Close()
+		for _, p := range f.Progs {
+			if p.Type == elf.PT_INTERP {
+				return "", fmt.Errorf("the demo runs this sact binary in a container, and %s is dynamically linked; build it with CGO_ENABLED=0 (make build does)", self)
+			}
+		}
+	}
+	bin, err := os.ReadFile(self)
+	if err != nil {
+		return "", err
+	}
+	sum := sha256.Sum256(bin)
+	ref := "sact-demo:" + hex.EncodeToString(sum[:6])
+	err = docker.ImportImage(ctx, ref, map[string][]byte{"sact": bin}, []string{`ENTRYPOINT ["/sact", "demo", "` + demoAppArg + `"]`, "EXPOSE 8080"})
+	return ref, err
+}
+
+// demoApp is the demo's web server: it answers "hello from $NAME" on $LISTEN
+// (tcp:HOST:PORT) until SIGTERM.
+func demoApp(ctx context.Context) error {
+	name, addr := os.Getenv("NAME"), strings.TrimPrefix(os.Getenv("LISTEN"), "tcp:")
+	if addr == "" {
+		addr = "0.0.0.0:8080"
+	}
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	srv := &http.Server{Addr: addr, ReadHeaderTimeout: 10 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "hello from %s (pid %d)\n", name, os.Getpid())
+	})}
+	go func() {
+		<-ctx.Done()
+		srv.Close()
+	}()
+	if err := srv.ListenAndServe(); !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
 }
 
 func get(ctx context.Context, url string) (string, error) {

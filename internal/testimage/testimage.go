@@ -5,21 +5,16 @@
 package testimage
 
 import (
-	"archive/tar"
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"time"
 
-	cerrdefs "github.com/containerd/errdefs"
-	"github.com/moby/moby/client"
+	"github.com/sact-project/sact/internal/backend/docker"
 )
 
 // Repo is the repository the test server image is tagged in.
@@ -51,32 +46,9 @@ func goImage(ctx context.Context, repo, name string, changes ...string) (string,
 	sum := sha256.Sum256(bin)
 	ref := repo + ":" + hex.EncodeToString(sum[:6])
 
-	cli, err := client.New(client.FromEnv, client.WithAPIVersionNegotiation())
-	if err != nil {
-		return "", fmt.Errorf("making a Docker client: %w", err)
-	}
-	defer cli.Close()
-	if _, err := cli.ImageInspect(ctx, ref); err == nil {
-		return ref, nil
-	} else if !cerrdefs.IsNotFound(err) {
-		return "", fmt.Errorf("looking for image %s: %w", ref, err)
-	}
-
-	layer, err := rootfs(map[string][]byte{name: bin})
-	if err != nil {
+	changes = append([]string{`ENTRYPOINT ["/` + name + `"]`}, changes...)
+	if err := docker.ImportImage(ctx, ref, map[string][]byte{name: bin}, changes); err != nil {
 		return "", err
-	}
-	rc, err := cli.ImageImport(ctx, client.ImageImportSource{Source: bytes.NewReader(layer), SourceName: "-"}, ref,
-		client.ImageImportOptions{
-			Message: "sact " + name + ", built offline",
-			Changes: append([]string{`ENTRYPOINT ["/` + name + `"]`}, changes...),
-		})
-	if err != nil {
-		return "", fmt.Errorf("importing image %s: %w", ref, err)
-	}
-	defer rc.Close()
-	if _, err := io.Copy(io.Discard, rc); err != nil {
-		return "", fmt.Errorf("importing image %s: %w", ref, err)
 	}
 	return ref, nil
 }
@@ -114,26 +86,4 @@ func buildBinary(ctx context.Context, name string) ([]byte, error) {
 		return nil, fmt.Errorf("go build: %v: %s", err, b)
 	}
 	return os.ReadFile(out)
-}
-
-// rootfs makes a tar of a minimal root: the given executables at /, and /tmp.
-func rootfs(files map[string][]byte) ([]byte, error) {
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	mtime := time.Unix(0, 0)
-	if err := tw.WriteHeader(&tar.Header{Name: "tmp/", Typeflag: tar.TypeDir, Mode: 0o1777, ModTime: mtime}); err != nil {
-		return nil, err
-	}
-	for name, b := range files {
-		if err := tw.WriteHeader(&tar.Header{Name: name, Mode: 0o755, Size: int64(len(b)), ModTime: mtime}); err != nil {
-			return nil, err
-		}
-		if _, err := tw.Write(b); err != nil {
-			return nil, err
-		}
-	}
-	if err := tw.Close(); err != nil {
-		return nil, err
-	}
-	return buf.Bytes(), nil
 }

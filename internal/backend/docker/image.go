@@ -10,10 +10,13 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	cerrdefs "github.com/containerd/errdefs"
 	"github.com/moby/moby/api/types/container"
@@ -269,4 +272,58 @@ func InspectImage(ctx context.Context, ref string) (ImageFacts, error) {
 	}
 	f.Passwd, f.Group = read("/etc/passwd"), read("/etc/group")
 	return f, nil
+}
+
+// ImportImage makes the image ref, unless the engine has it already, from a root holding
+// files (executables at /, by name) and /tmp, with the Dockerfile instructions changes
+// (ENTRYPOINT, EXPOSE): an image made offline, with no registry and no build. Tag ref
+// with the files' content hash, and it is made once.
+func ImportImage(ctx context.Context, ref string, files map[string][]byte, changes []string) error {
+	cli, err := client.New(client.FromEnv, client.WithAPIVersionNegotiation())
+	if err != nil {
+		return fmt.Errorf("making a Docker client: %w", err)
+	}
+	defer cli.Close()
+	if _, err := cli.ImageInspect(ctx, ref); err == nil {
+		return nil
+	} else if !cerrdefs.IsNotFound(err) {
+		return fmt.Errorf("looking for image %s: %w", ref, err)
+	}
+	layer, err := rootfs(files)
+	if err != nil {
+		return err
+	}
+	rc, err := cli.ImageImport(ctx, client.ImageImportSource{Source: bytes.NewReader(layer), SourceName: "-"}, ref,
+		client.ImageImportOptions{Message: "made offline by sact", Changes: changes})
+	if err != nil {
+		return fmt.Errorf("importing image %s: %w", ref, err)
+	}
+	defer rc.Close()
+	if _, err := io.Copy(io.Discard, rc); err != nil {
+		return fmt.Errorf("importing image %s: %w", ref, err)
+	}
+	return nil
+}
+
+// rootfs makes a tar of a minimal root: the given executables at /, and /tmp.
+func rootfs(files map[string][]byte) ([]byte, error) {
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	mtime := time.Unix(0, 0)
+	if err := tw.WriteHeader(&tar.Header{Name: "tmp/", Typeflag: tar.TypeDir, Mode: 0o1777, ModTime: mtime}); err != nil {
+		return nil, err
+	}
+	for _, name := range slices.Sorted(maps.Keys(files)) {
+		b := files[name]
+		if err := tw.WriteHeader(&tar.Header{Name: name, Mode: 0o755, Size: int64(len(b)), ModTime: mtime}); err != nil {
+			return nil, err
+		}
+		if _, err := tw.Write(b); err != nil {
+			return nil, err
+		}
+	}
+	if err := tw.Close(); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
 }
