@@ -8,6 +8,13 @@
 //	sact.yaml:12: apps.web.imgae: unknown key; did you mean "image"?
 //	sact.yaml:14: apps.web.idle: "soon" is not a duration; write a duration like 90s, 15m or 1h30m
 //
+// What an app runs is its kind's business (see package backend): the kinds given in
+// Options.Kinds (internal/kinds.All) claim their keys (image:, container:, command:, and
+// the settings that go with them), decode them into App.Run, and say what they cannot do.
+// This package names no kind. Nor does it look at the machine except through
+// Options.Host (socket directories, accounts, include: and env_file: files), so that its
+// results are the same on every machine given the same Host.
+//
 // A complete config, with every key. Settings left out take the defaults written in the
 // doc comments of Config's fields.
 //
