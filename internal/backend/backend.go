@@ -33,6 +33,7 @@
 //   - HostDirs: the host directories containers can write, so that a unix upstream
 //     beneath one is opened without following links.
 //   - MemoryMeter (memory.go): an app's memory use now, for the memory budget.
+//   - HealthWaiter (health.go): wait for the app's own health check (ready: healthcheck).
 //   - LabelSource, on a Kind: apps declared by container labels (sact.enable=true).
 //   - Checker, on a Kind: ask the engine what would fail at an app's first start (sact
 //     check --deep).
