@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -145,6 +147,22 @@ apps:
 		c.Close()
 		if err != nil || string(got) != want {
 			t.Errorf("%s answered %q, %v; want %q", app, got, err, want)
+		}
+	}
+	// What sact status and the dashboard call it is the kind's word; a capability it
+	// lacks (logs) is refused, not guessed.
+	admin := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", filepath.Join(dir, "admin.sock"))
+	}}}
+	for path, want := range map[string]string{"/api/apps/seam-echo": `"kind": "echo server"`, "/api/apps/seam-echo/logs": "this runtime keeps no logs"} {
+		resp, err := admin.Get("http://sact" + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if !strings.Contains(string(body), want) {
+			t.Errorf("GET %s = %s; want %s in it", path, body, want)
 		}
 	}
 	cancel()
