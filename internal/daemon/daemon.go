@@ -64,12 +64,6 @@ type Options struct {
 	Ready func(addrs map[string][]net.Addr)
 }
 
-// runner is implemented by runtimes that have work of their own (the docker runtime's
-// event stream).
-type runner interface {
-	Run(ctx context.Context) error
-}
-
 // Run serves cfg until ctx ends. It returns an error without changing anything if a
 // listener cannot be bound or a runtime cannot be reached.
 func Run(ctx context.Context, cfg *config.Config, opts Options) error {

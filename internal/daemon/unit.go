@@ -197,7 +197,7 @@ func (d *daemon) prepareHandoff(cfg *config.Config) error {
 
 // runRuntime runs a runtime's own work (the docker event stream) until shutdown.
 func (d *daemon) runRuntime(rt backend.Runtime) {
-	if r, ok := rt.(runner); ok {
+	if r, ok := rt.(backend.Runner); ok {
 		d.rtGroup.Go(func() error { return r.Run(d.rtCtx) })
 	}
 }
