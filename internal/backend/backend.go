@@ -27,24 +27,16 @@
 // assertion; a runtime without one gets a clear refusal where it is needed:
 //
 //   - Pauser: freeze an app without stopping it (pause_after, sact pause).
-//
 //   - LogReader: an app's last output (sact logs, the dashboard).
-//
 //   - Pider: the host pid of an app's first process, which handoff lets fetch the
 //     listening sockets, and from which a restarted sact takes them back.
-//
 //   - HostDirs: the host directories containers can write, so that a unix upstream
 //     beneath one is opened without following links.
-//
 //   - MemoryMeter (memory.go): an app's memory use now, for the memory budget.
-//
 //   - HealthWaiter (health.go): wait for the app's own health check (ready: healthcheck).
-//
 //   - LabelSource, on a Kind: apps declared by container labels (sact.enable=true).
-//
 //   - Checker, on a Kind: ask the engine what would fail at an app's first start (sact
 //     check --deep).
-//
 //   - Runner: a runtime with work of its own (the docker runtime's event stream), which
 //     the daemon runs until shutdown.
 //
