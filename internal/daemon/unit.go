@@ -169,6 +169,8 @@ func (b brokenApp) Start(context.Context) error {
 	return fmt.Errorf("app %s is broken: %s; see sact's log, sact retries on its own", b.Name(), b.reason)
 }
 
+func (b brokenApp) Restart(ctx context.Context) error { return b.Start(ctx) }
+
 // prepareHandoff readies the shim binary and sock_diag the first time a config has a
 // handoff app.
 func (d *daemon) prepareHandoff(cfg *config.Config) error {
