@@ -189,7 +189,7 @@ type App struct {
 	observer func(app, event string, took time.Duration)
 	unseen   func() int // Options.Open, or nil
 	report   func(events.Event)
-	deps     []*App     // started before this app, kept while it runs
+	deps     []*App // started before this app, kept while it runs
 
 	// ctx is Run's context: starts and stops derive from it, so shutdown aborts them.
 	ctx context.Context

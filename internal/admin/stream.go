@@ -73,6 +73,8 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 	if _, err := io.WriteString(out, ": sact events\n\n"); err != nil {
 		return
 	}
+	s.log.Debug("event stream opened", "remote", r.RemoteAddr, "app", only)
+	defer s.log.Debug("event stream closed", "remote", r.RemoteAddr, "app", only)
 	for id := 1; ; {
 		ctx, cancel := context.WithTimeout(r.Context(), keepAlive)
 		e, err := sub.Next(ctx)

@@ -70,14 +70,14 @@ func (h *history) app(name string) *appHistory {
 	return a
 }
 
-// pending is what st adds to a since its last sample: connections, or 1 for activity
-// without a new connection (bytes on one that stayed open). Called with h.mu held.
+// pending is what st adds to a since its last sample: connections, or 1 for bytes moved
+// on a connection that stayed open. A start by hand is no traffic. Called with h.mu held.
 func (a *appHistory) pending(st activator.Status) int {
 	n := st.Accepted - a.accepted
 	if n < 0 { // a new activator (the app was replaced by a reload) counts from 0
 		n = st.Accepted
 	}
-	if n == 0 && st.LastActivity.After(a.last) && !a.last.IsZero() {
+	if n == 0 && st.Open > 0 && st.LastActivity.After(a.last) {
 		n = 1
 	}
 	return n
