@@ -233,7 +233,8 @@ func startAll(ctx context.Context, e *env, af adminFlags, parallel int) error {
 		if r.err != nil {
 			failed++
 			res = "failed"
-			reason, _, _ = strings.Cut(r.err.Error(), "\n")
+			// "start NAME: " repeats the row's name.
+			reason, _, _ = strings.Cut(strings.TrimPrefix(r.err.Error(), "start "+r.name+": "), "\n")
 			fmt.Fprintf(&details, "\n%s:\n  %s\n", r.name, strings.ReplaceAll(strings.TrimSpace(r.err.Error()), "\n", "\n  "))
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", r.name, res, r.took.Round(time.Millisecond), reason)

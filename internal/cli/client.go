@@ -217,12 +217,13 @@ func appCommand(name, method, action string) func(ctx context.Context, e *env, a
 		if fs.NArg() == 0 {
 			return errUsage{"give one app name, like: sact " + name + " web"}
 		}
-		app := url.PathEscape(fs.Arg(0))
+		name := fs.Arg(0)
+		app := url.PathEscape(name)
 		if err := parse(fs, fs.Args()[1:]); err != nil {
 			return err
 		}
 		if action == "logs" && follow {
-			return followLogs(ctx, e, af, fs.Arg(0), tail)
+			return followLogs(ctx, e, af, name, tail)
 		}
 		if action == "logs" {
 			var text string

@@ -342,6 +342,11 @@ func TestCLIDayTwo(t *testing.T) {
 	evs, stopEvents := background(t, d, "events")
 	d.waitLog(`"msg":"event stream opened"`, 10*time.Second)
 	logs, stopLogs := background(t, d, "logs", "-f", web)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("sact logs -f printed:\n%s\nsact events printed:\n%s", logs.String(), evs.String())
+		}
+	})
 
 	if out, err := sactCLI(t, d, "restart", web); err != nil || !strings.Contains(out, web+": running") {
 		t.Fatalf("sact restart %s (stopped): %v\n%s", web, err, out)
@@ -396,6 +401,7 @@ func TestCLIDayTwo(t *testing.T) {
 		return strings.Contains(evs.String(), `"app":"dash-proc"`)
 	})
 	stopEvents()
+	t.Logf("sact events printed:\n%s", evs.String())
 	var kinds []string
 	for _, line := range strings.Split(strings.TrimSpace(evs.String()), "\n") {
 		var e struct{ Kind, App, Reason, Details string }
