@@ -156,6 +156,12 @@ func TestDashboard250Apps(t *testing.T) {
 		t.Errorf("the failed start's error is not whole, with its log lines:\n%s", failRow)
 	}
 
+	// At load time, before any script could fetch anything, the page has its rows (a
+	// screenshot taken then showed "loading..."; issue 17).
+	if rows := rowRE.FindAllStringSubmatch(string(chromium(t, browser, "--dump-dom", base)), -1); len(rows) != 250 {
+		t.Errorf("at load time: %d rows, want 250", len(rows))
+	}
+
 	// By name, then by state (running first), then last activity.
 	for _, c := range []struct{ q, first, last string }{
 		{"", "dash-app-003", "dash-old"},
@@ -170,7 +176,7 @@ func TestDashboard250Apps(t *testing.T) {
 	}
 	rows = rowRE.FindAllStringSubmatch(string(chromium(t, browser, "--virtual-time-budget=5000", "--dump-dom", base+"?dead=1&days=90")), -1)
 	if len(rows) != 1 || rows[0][1] != "dash-old" {
-		t.Errorf("the dead projects view: %v", rows)
+		t.Errorf("the dead projects view: %d rows (want only dash-old)", len(rows))
 	}
 
 	// The CSV of the dead projects.
