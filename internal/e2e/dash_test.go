@@ -174,6 +174,37 @@ func TestDashboard250Apps(t *testing.T) {
 			t.Errorf("%q: %d rows, first %v last %v; want %s .. %s", c.q, len(rows), rows[0][1], rows[len(rows)-1][1], c.first, c.last)
 		}
 	}
+	// By memory: the three running apps (measured) first, the stopped ones without any.
+	// sact samples memory every 10 s.
+	waitUntil(t, "the running apps' memory measured", time.Minute, func() bool {
+		var list struct {
+			Apps []struct {
+				Name   string
+				Memory int64 `json:"memory_bytes"`
+			}
+		}
+		resp, err := http.Get(base + "api/apps")
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		json.NewDecoder(resp.Body).Decode(&list)
+		n := 0
+		for _, a := range list.Apps {
+			if strings.HasPrefix(a.Name, "dash-ok-") && a.Memory > 0 {
+				n++
+			}
+		}
+		return n == 3
+	})
+	memDom := string(chromium(t, browser, "--virtual-time-budget=5000", "--dump-dom", base+"?sort=memory&dir=desc"))
+	rows = rowRE.FindAllStringSubmatch(memDom, -1)
+	if len(rows) != 250 || !strings.HasPrefix(rows[0][1], "dash-ok-") || !strings.HasPrefix(rows[2][1], "dash-ok-") || rows[3][1] != "dash-app-003" {
+		t.Errorf("sorted by memory: %d rows, first %v %v %v %v", len(rows), rows[0][1], rows[1][1], rows[2][1], rows[3][1])
+	}
+	if !regexp.MustCompile(`(?s)<tr data-app="dash-ok-1">.*?<td class="num">[0-9.]+ [MK]iB</td>`).MatchString(memDom) {
+		t.Errorf("dash-ok-1's memory is not shown: %s", regexp.MustCompile(`(?s)<tr data-app="dash-ok-1">.*?</tr>`).FindString(memDom))
+	}
 	rows = rowRE.FindAllStringSubmatch(string(chromium(t, browser, "--virtual-time-budget=5000", "--dump-dom", base+"?dead=1&days=90")), -1)
 	if len(rows) != 1 || rows[0][1] != "dash-old" {
 		t.Errorf("the dead projects view: %d rows (want only dash-old)", len(rows))
