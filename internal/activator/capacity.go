@@ -323,7 +323,10 @@ func (a *App) emit(e events.Event) {
 func (a *App) countStop(reason string) {
 	a.stops[reason]++
 	kind := events.Exit
-	if a.stopAsked {
+	switch {
+	case a.stopAsked && reason == "evicted":
+		kind = events.Evict
+	case a.stopAsked:
 		kind = events.Stop
 	}
 	a.emit(events.Event{Kind: kind, Reason: reason})

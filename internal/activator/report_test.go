@@ -64,3 +64,39 @@ func TestReportAndRestart(t *testing.T) {
 		}
 	})
 }
+
+// The pool's eviction is an event of its own.
+func TestReportEviction(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var mu sync.Mutex
+		var got []string
+		rt := &hostRuntime{startTime: 100 * time.Millisecond}
+		pool := NewPool(1, 1)
+		ctx, cancel := context.WithCancel(context.Background())
+		var wg sync.WaitGroup
+		defer func() { cancel(); wg.Wait() }()
+		apps := map[string]*App{}
+		for _, n := range []string{"a", "b"} {
+			a := New(rt, Policy{Spec: backend.Spec{Name: n}, Idle: time.Hour}, Options{Dial: readyDial, Pool: pool,
+				Report: func(e events.Event) {
+					mu.Lock()
+					defer mu.Unlock()
+					got = append(got, e.App+" "+e.Kind+" "+e.Reason)
+				}})
+			apps[n] = a
+			wg.Go(func() { a.Run(ctx) })
+		}
+		for _, n := range []string{"a", "b"} {
+			if err := apps[n].Start(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+		}
+		synctest.Wait()
+		mu.Lock()
+		defer mu.Unlock()
+		want := []string{"a start ", "a evict evicted", "b start "}
+		if diff := cmp.Diff(want, got); diff != "" {
+			t.Errorf("events (-want +got):\n%s", diff)
+		}
+	})
+}

@@ -47,8 +47,9 @@ start and goes on from there (docker's logs; a command: app has no -f).`,
 	"events": `Prints what happens to the apps of the running sact, one JSON object per line, until
 interrupted (or until sact stops): {"kind", "app", "time", "reason", "details", "took"}.
 Kinds: start, start_failed (details: why, with the app's last log lines), stop (reason:
-idle, manual, evicted, restart, config changed, ...), exit (the app stopped on its own:
-reason exited, oom-killed, ...), pause, deploy. A reader that does not keep up misses
+idle, manual, restart, config changed, ...), evict (stopped to make room: max_running,
+memory_budget), exit (the app stopped on its own: reason exited, oom-killed, ...), pause,
+deploy. A reader that does not keep up misses
 events rather than slowing sact down; a {"kind":"lost","lost":N} line marks where. With
 NAME, only that app's events. The same stream is GET /api/events (server-sent events).`,
 	"check": `Validates the config as sact serve would read it, without starting anything. Every

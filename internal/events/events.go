@@ -18,8 +18,9 @@ import (
 const (
 	Start       = "start"        // the app became ready; Took is how long it took
 	StartFailed = "start_failed" // a start failed; Details says why, with the app's last log lines
-	Stop        = "stop"         // sact stopped it; Reason: idle, manual, evicted, restart, config changed, ...
+	Stop        = "stop"         // sact stopped it; Reason: idle, manual, restart, config changed, ...
 	Exit        = "exit"         // it stopped on its own: Reason exited, oom-killed, ...
+	Evict       = "evict"        // sact stopped it to make room for another (pool max_running, memory_budget)
 	Pause       = "pause"        // frozen after pause_after (or by hand)
 	Deploy      = "deploy"       // a deploy's step; Reason says which
 	Lost        = "lost"         // this subscriber missed Lost events: it did not read fast enough
