@@ -152,3 +152,35 @@ func (l lastActive) Status() activator.Status {
 	st.LastActivity = l.t
 	return st
 }
+
+// The admin servers have a ReadTimeout (a slow client must not hold them): a stream
+// must outlive it, or sact events and the dashboard's live updates end after it.
+func TestEventStreamOutlivesReadTimeout(t *testing.T) {
+	hub := &events.Hub{}
+	s := New(Options{Apps: func() []App { return nil }, Events: hub})
+	srv := httptest.NewUnstartedServer(s.Handler(false))
+	srv.Config.ReadTimeout = 200 * time.Millisecond
+	srv.Start()
+	defer srv.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "GET", srv.URL+"/api/events", nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	rd := bufio.NewReader(resp.Body)
+	rd.ReadString('\n')
+	time.Sleep(time.Second) // five read timeouts
+	hub.Publish(events.Event{Kind: events.Start, App: "web"})
+	for {
+		line, err := rd.ReadString('\n')
+		if err != nil {
+			t.Fatalf("the stream ended after the read timeout: %v", err)
+		}
+		if strings.HasPrefix(line, "data: ") {
+			return
+		}
+	}
+}
