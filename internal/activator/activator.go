@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/sact-project/sact/internal/backend"
+	"github.com/sact-project/sact/internal/events"
 	"github.com/sact-project/sact/internal/upstream"
 )
 
@@ -161,6 +162,9 @@ type Options struct {
 	// called with the app's lock held: it must be quick and must not call the App. Nil
 	// counts none.
 	Open func() int
+	// Report, if set, is told of every start, failed start, stop, exit and pause as an
+	// event (GET /api/events). It is called with the app's lock held: it must not block.
+	Report func(events.Event)
 }
 
 // Wake describes what caused a start, for the log.
@@ -184,7 +188,8 @@ type App struct {
 	pool     *Pool
 	observer func(app, event string, took time.Duration)
 	unseen   func() int // Options.Open, or nil
-	deps     []*App     // started before this app, kept while it runs
+	report   func(events.Event)
+	deps     []*App // started before this app, kept while it runs
 
 	// ctx is Run's context: starts and stops derive from it, so shutdown aborts them.
 	ctx context.Context
@@ -252,6 +257,7 @@ func New(rt backend.Runtime, policy Policy, opts Options) *App {
 		pool:     opts.Pool,
 		observer: opts.Observe,
 		unseen:   opts.Open,
+		report:   opts.Report,
 		stops:    make(map[string]int),
 	}
 	if a.log == nil {
@@ -545,8 +551,8 @@ func (a *App) start(wokeBy []any) {
 		}
 		a.failures++
 		a.startFailures++
-		a.observe("start_failed", took)
 		a.lastErr = fmt.Errorf("%w: %w", ErrStartFailed, err)
+		a.observe("start_failed", took)
 		a.failedAt = time.Now()
 		a.state = Stopped
 		a.since = a.failedAt

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/sact-project/sact/internal/backend"
+	"github.com/sact-project/sact/internal/events"
 )
 
 // The capacity features: the pause tier, keep-running rules (min_running, keep_warm),
@@ -248,6 +249,7 @@ func (a *App) beginPause(reason string, quiet time.Duration) {
 			a.armIdle(a.pol().Idle - a.pol().PauseAfter)
 		} else {
 			a.state = Paused
+			a.emit(events.Event{Kind: events.Pause, Reason: reason})
 			a.log.Info("paused app", "reason", reason, "idle_for", quiet.Round(time.Millisecond), "duration", time.Since(began), "container", inst.ID, "closed_connections", open)
 			a.armIdle(max(a.pol().Idle-quiet, 0))
 		}
@@ -301,9 +303,34 @@ func (a *App) observe(event string, took time.Duration) {
 	if a.observer != nil {
 		a.observer(a.Name(), event, took)
 	}
+	e := events.Event{Kind: event, Took: took.Round(time.Millisecond).String()}
+	if event == events.StartFailed && a.lastErr != nil {
+		e.Details = a.lastErr.Error() // whole, with the app's last log lines
+	}
+	a.emit(e)
 }
 
-func (a *App) countStop(reason string) { a.stops[reason]++ }
+// emit reports e for the app. Called with a.mu held.
+func (a *App) emit(e events.Event) {
+	if a.report != nil {
+		e.App = a.Name()
+		a.report(e)
+	}
+}
+
+// countStop counts a stop; stopAsked says whether sact asked for it. Called with a.mu
+// held.
+func (a *App) countStop(reason string) {
+	a.stops[reason]++
+	kind := events.Exit
+	switch {
+	case a.stopAsked && reason == "evicted":
+		kind = events.Evict
+	case a.stopAsked:
+		kind = events.Stop
+	}
+	a.emit(events.Event{Kind: kind, Reason: reason})
+}
 
 // Remember sets the app's last activity as an earlier sact saw it, before Run: status then
 // says how long the app has really been without traffic.

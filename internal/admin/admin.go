@@ -8,7 +8,13 @@
 //	POST /api/apps/NAME/start    start it and wait until it is ready
 //	POST /api/apps/NAME/stop     stop it, closing its connections
 //	POST /api/apps/NAME/pause    freeze it (docker pause); the next connection thaws it
-//	GET  /api/apps/NAME/logs     the app's last log lines (?tail=N), plain text
+//	POST /api/apps/NAME/restart  stop it if it runs, start it, wait until it is ready
+//	GET  /api/apps/NAME/logs     the app's last log lines (?tail=N), plain text; with
+//	                             ?follow=1 it goes on with new lines as they come
+//	GET  /api/apps.csv           every app as CSV; ?dead=DAYS: only those without traffic
+//	                             for that many days (the dashboard's "dead projects")
+//	GET  /api/events             server-sent events: starts, stops, failures, evictions,
+//	                             deploys, as they happen (one JSON object per event)
 //	GET  /metrics                Prometheus
 //	GET  /                       the dashboard
 //
@@ -29,12 +35,14 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/sact-project/sact/internal/activator"
+	"github.com/sact-project/sact/internal/events"
 )
 
 // App is what the admin API needs of an app's activator.
@@ -44,6 +52,16 @@ type App interface {
 	Start(ctx context.Context) error
 	Stop(ctx context.Context) error
 	Pause(ctx context.Context) error
+	// Restart stops the app if it runs and starts it; a deploy may do it without a
+	// cold start.
+	Restart(ctx context.Context) error
+}
+
+// History is what sact remembers of an app beyond its status: since when it knows the
+// app, and its connections on each of the last days (oldest first, today last).
+type History struct {
+	KnownSince time.Time
+	Days       []int
 }
 
 // Options wire the API to the daemon.
@@ -62,6 +80,13 @@ type Options struct {
 	Describe func(app string) Description
 	// Reload reads the config again and applies it; nil means sact cannot reload.
 	Reload func(ctx context.Context) (ReloadResult, error)
+	// History returns an app's history, given its status. Nil: none is shown.
+	History func(app string, st activator.Status) History
+	// Events is the hub GET /api/events streams. Nil: the stream answers 501.
+	Events *events.Hub
+	// FollowLogs writes an app's last tail lines and then its new ones to w as they come,
+	// until ctx ends (logs?follow=1). Nil: following is not available.
+	FollowLogs func(ctx context.Context, app string, tail int, w io.Writer) error
 
 	// Token is the credential that changes and logs over HTTP need, as "Authorization:
 	// Bearer TOKEN" or as basic auth's password; the dashboard's login trades it for a
@@ -118,7 +143,31 @@ type AppStatus struct {
 	// Memory is the running app's measured memory use in bytes; 0 when unknown or not
 	// running.
 	Memory int64 `json:"memory_bytes"`
+	// KnownSince is when sact first saw the app (kept in the state file): an app that
+	// has had no traffic since is silent since then.
+	KnownSince *time.Time `json:"known_since,omitempty"`
+	// ActivityDays counts its connections on each of the last 90 days (UTC), today last.
+	ActivityDays []int `json:"activity_days,omitempty"`
 	Description
+}
+
+// PoolJSON is the pool in the API. Its keys are snake_case like every other key of
+// the API; the CamelCase keys that earlier versions sent (Running, MaxRunning, ...)
+// are kept for the clients that read them.
+type PoolJSON struct {
+	activator.PoolStatus
+	RunningNow        int   `json:"running"`
+	MaxRunningApps    int   `json:"max_running"`
+	WaitingForSlotNow int   `json:"waiting_for_slot"`
+	QueuedStarts      int   `json:"queued_starts"`
+	EvictedTotal      int   `json:"evicted"`
+	MemoryUsedBytes   int64 `json:"memory_used_bytes"`
+	MemoryBudgetBytes int64 `json:"memory_budget_bytes"`
+}
+
+func poolJSON(p activator.PoolStatus) PoolJSON {
+	return PoolJSON{PoolStatus: p, RunningNow: p.Running, MaxRunningApps: p.MaxRunning, WaitingForSlotNow: p.WaitingForSlot,
+		QueuedStarts: p.Queued, EvictedTotal: p.Evicted, MemoryUsedBytes: p.MemoryUsed, MemoryBudgetBytes: p.MemoryBudget}
 }
 
 // Server is the admin HTTP handler.
@@ -127,6 +176,7 @@ type Server struct {
 	mux      *http.ServeMux
 	log      *slog.Logger
 	sessions *sessions
+	streams  atomic.Int32 // open event streams and log follows
 }
 
 // New builds the handler and registers the apps' metrics in opts.Registry.
@@ -148,6 +198,9 @@ func New(opts Options) *Server {
 	s.mux.HandleFunc("POST /api/apps/{name}/start", s.start)
 	s.mux.HandleFunc("POST /api/apps/{name}/stop", s.stop)
 	s.mux.HandleFunc("POST /api/apps/{name}/pause", func(w http.ResponseWriter, r *http.Request) { s.change(w, r, "pause", App.Pause) })
+	s.mux.HandleFunc("POST /api/apps/{name}/restart", func(w http.ResponseWriter, r *http.Request) { s.change(w, r, "restart", App.Restart) })
+	s.mux.HandleFunc("GET /api/apps.csv", s.csv)
+	s.mux.HandleFunc("GET /api/events", s.events)
 	s.mux.HandleFunc("GET /api/apps/{name}/logs", s.logs)
 	s.mux.HandleFunc("POST /api/reload", s.reload)
 	s.mux.HandleFunc("POST /login", s.login)
@@ -192,22 +245,36 @@ func (s *Server) status(a App) AppStatus {
 	if s.opts.Describe != nil {
 		out.Description = s.opts.Describe(st.Name)
 	}
+	if s.opts.History != nil {
+		h := s.opts.History(st.Name, st)
+		if !h.KnownSince.IsZero() {
+			out.KnownSince = &h.KnownSince
+		}
+		out.ActivityDays = h.Days
+	}
 	return out
 }
 
 func (s *Server) list(w http.ResponseWriter, r *http.Request) {
 	apps := s.opts.Apps()
-	out := struct {
-		Apps []AppStatus          `json:"apps"`
-		Pool activator.PoolStatus `json:"pool"`
-	}{Apps: make([]AppStatus, 0, len(apps))}
+	writeJSON(w, http.StatusOK, s.listing(apps))
+}
+
+// Listing is GET /api/apps.
+type Listing struct {
+	Apps []AppStatus `json:"apps"`
+	Pool PoolJSON    `json:"pool"`
+}
+
+func (s *Server) listing(apps []App) Listing {
+	out := Listing{Apps: make([]AppStatus, 0, len(apps))}
 	for _, a := range apps {
 		out.Apps = append(out.Apps, s.status(a))
 	}
 	if s.opts.Pool != nil {
-		out.Pool = s.opts.Pool()
+		out.Pool = poolJSON(s.opts.Pool())
 	}
-	writeJSON(w, http.StatusOK, out)
+	return out
 }
 
 func (s *Server) one(w http.ResponseWriter, r *http.Request) {
@@ -274,6 +341,10 @@ func (s *Server) logs(w http.ResponseWriter, r *http.Request) {
 	tail, err := strconv.Atoi(r.URL.Query().Get("tail"))
 	if err != nil || tail <= 0 {
 		tail = 100
+	}
+	if f := r.URL.Query().Get("follow"); f == "1" || f == "true" {
+		s.followLogs(w, r, a.Name(), tail)
+		return
 	}
 	if s.opts.Logs == nil {
 		http.Error(w, "logs are not available", http.StatusNotImplemented)

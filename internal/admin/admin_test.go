@@ -38,9 +38,10 @@ func (f *fakeApp) set(s activator.State) error {
 	f.changes++
 	return nil
 }
-func (f *fakeApp) Start(context.Context) error { return f.set(activator.Running) }
-func (f *fakeApp) Stop(context.Context) error  { return f.set(activator.Stopped) }
-func (f *fakeApp) Pause(context.Context) error { return f.set(activator.Paused) }
+func (f *fakeApp) Start(context.Context) error   { return f.set(activator.Running) }
+func (f *fakeApp) Stop(context.Context) error    { return f.set(activator.Stopped) }
+func (f *fakeApp) Pause(context.Context) error   { return f.set(activator.Paused) }
+func (f *fakeApp) Restart(context.Context) error { return f.set(activator.Running) }
 func (f *fakeApp) changed() int {
 	f.mu.Lock()
 	defer f.mu.Unlock()

@@ -24,9 +24,9 @@ import (
 //  2. A request that is not a GET or HEAD must carry no Origin (and no Referer), as
 //     clients that are not browsers do, or one whose host passes check 1: a page from
 //     another site cannot make changes (CSRF), whatever credential the browser holds.
-//  3. Status (GET /api/apps, /api/apps/NAME) and /metrics are readable without a
-//     credential by a loopback peer whose request was not forwarded (no Forwarded,
-//     X-Forwarded-For or X-Real-IP header). The dashboard page and the login are open.
+//  3. Status (GET /api/apps, /api/apps/NAME, /api/apps.csv, /api/events) and /metrics
+//     are readable without a credential by a loopback peer whose request was not
+//     forwarded (no Forwarded, X-Forwarded-For or X-Real-IP header). The dashboard page and the login are open.
 //     Everything else needs a credential: the token of Options.TokenFile as
 //     "Authorization: Bearer TOKEN" or as the password of basic auth, or a dashboard
 //     session in X-Sact-Token.
@@ -157,7 +157,8 @@ func (s *Server) open(r *http.Request) bool {
 	case r.Method != http.MethodGet && r.Method != http.MethodHead:
 		return false
 	}
-	status := p == "/metrics" || p == "/api/apps" ||
+	// The event stream and the CSV say no more than the status does.
+	status := p == "/metrics" || p == "/api/apps" || p == "/api/apps.csv" || p == "/api/events" ||
 		(strings.HasPrefix(p, "/api/apps/") && !strings.Contains(p[len("/api/apps/"):], "/"))
 	return status && loopbackPeer(r)
 }

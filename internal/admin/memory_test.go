@@ -19,10 +19,11 @@ type memApp struct {
 	mem  int64
 }
 
-func (m memApp) Name() string                { return m.name }
-func (m memApp) Start(context.Context) error { return nil }
-func (m memApp) Stop(context.Context) error  { return nil }
-func (m memApp) Pause(context.Context) error { return nil }
+func (m memApp) Name() string                  { return m.name }
+func (m memApp) Start(context.Context) error   { return nil }
+func (m memApp) Stop(context.Context) error    { return nil }
+func (m memApp) Pause(context.Context) error   { return nil }
+func (m memApp) Restart(context.Context) error { return nil }
 func (m memApp) Status() activator.Status {
 	st := activator.Status{Name: m.name, State: activator.Stopped, Memory: m.mem}
 	if m.mem > 0 {

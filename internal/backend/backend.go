@@ -28,6 +28,7 @@
 //
 //   - Pauser: freeze an app without stopping it (pause_after, sact pause).
 //   - LogReader: an app's last output (sact logs, the dashboard).
+//   - LogFollower: follow an app's output as it comes (sact logs -f).
 //   - Pider: the host pid of an app's first process, which handoff lets fetch the
 //     listening sockets, and from which a restarted sact takes them back.
 //   - HostDirs: the host directories containers can write, so that a unix upstream
@@ -57,6 +58,7 @@ package backend
 
 import (
 	"context"
+	"io"
 	"fmt"
 	"slices"
 	"strings"
@@ -92,6 +94,13 @@ type Runner interface {
 type LogReader interface {
 	// Logs returns the app's last tail lines of output.
 	Logs(ctx context.Context, spec Spec, tail int) (string, error)
+}
+
+// LogFollower is implemented by runtimes that can follow an app's output as it comes
+// (docker logs -f), until ctx ends or the instance stops; with since set, every line
+// since then instead of the last tail (sact logs -f).
+type LogFollower interface {
+	FollowLogs(ctx context.Context, spec Spec, tail int, since time.Time, w io.Writer) error
 }
 
 // Pider is implemented by runtimes that can tell the host pid of an app's first process,

@@ -103,14 +103,19 @@ func status(ctx context.Context, e *env, args []string) error {
 	fs := newFlags(e, "status")
 	af := newAdminFlags(fs)
 	asJSON := fs.Bool("json", false, "print the API's JSON")
-	if err := parse(fs, args); err != nil {
+	// Flags may come before or after the name: sact status web -c /etc/sact/sact.yaml.
+	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if fs.NArg() > 0 {
+		name := fs.Arg(0)
+		if err := parse(fs, fs.Args()[1:]); err != nil {
+			return err
+		}
+		return statusOne(ctx, e, af, name, *asJSON)
 	}
 	var list struct {
 		Apps []admin.AppStatus `json:"apps"`
-		Pool struct {
-			Running, MaxRunning int
-		} `json:"pool"`
 	}
 	if *asJSON {
 		var raw string
@@ -189,19 +194,36 @@ func appCommand(name, method, action string) func(ctx context.Context, e *env, a
 		fs := newFlags(e, name)
 		af := newAdminFlags(fs)
 		tail := 100
+		var follow, all bool
+		parallel := 2
 		if action == "logs" {
 			fs.IntVar(&tail, "n", 100, "how many of the last lines")
+			fs.BoolVar(&follow, "f", false, "follow: print new lines as they come, across the app's restarts, until interrupted")
+		}
+		if action == "start" {
+			fs.BoolVar(&all, "all", false, "start every app, as a smoke test; prints ok or failed (with why) and the time of each; exit code 1 if any failed")
+			fs.IntVar(&parallel, "j", 2, "with --all: how many apps to start at once")
 		}
 		// Flags may come before or after the name: sact stop web -c /etc/sact/sact.yaml.
 		if err := fs.Parse(args); err != nil {
 			return err
 		}
+		if all {
+			if err := parse(fs, fs.Args()); err != nil {
+				return errUsage{"--all starts every app: give no name with it"}
+			}
+			return startAll(ctx, e, af, parallel)
+		}
 		if fs.NArg() == 0 {
 			return errUsage{"give one app name, like: sact " + name + " web"}
 		}
-		app := url.PathEscape(fs.Arg(0))
+		name := fs.Arg(0)
+		app := url.PathEscape(name)
 		if err := parse(fs, fs.Args()[1:]); err != nil {
 			return err
+		}
+		if action == "logs" && follow {
+			return followLogs(ctx, e, af, name, tail)
 		}
 		if action == "logs" {
 			var text string

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/sact-project/sact/internal/admin"
 	"github.com/sact-project/sact/internal/listen"
 )
 
@@ -165,10 +167,24 @@ func readPid(path string) (int, error) {
 // and the old one has exited.
 func restart(ctx context.Context, e *env, args []string) error {
 	fs := newFlags(e, "restart")
-	runDir := fs.String("run-dir", envOr("SACT_RUN_DIR", "/run/sact"), "the run dir of the sact to restart; $SACT_RUN_DIR")
+	af := newAdminFlags(fs) // its -run-dir is also the run dir of the sact to restart
+	runDir := af.runDir
 	timeout := fs.Duration("timeout", handoverTimeout+15*time.Second, "how long to wait for the new sact to serve and the old one to exit")
-	if err := parse(fs, args); err != nil {
+	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if fs.NArg() > 0 {
+		// sact restart NAME: one app, through the API (issue 17).
+		name := fs.Arg(0)
+		if err := parse(fs, fs.Args()[1:]); err != nil {
+			return err
+		}
+		var st admin.AppStatus
+		if err := call(ctx, af, "POST", "/api/apps/"+url.PathEscape(name)+"/restart", &st); err != nil {
+			return err
+		}
+		fmt.Fprintf(e.stdout, "%s: %s\n", st.Name, st.State)
+		return nil
 	}
 	path := filepath.Join(*runDir, pidFileName)
 	old, err := readPid(path)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"maps"
 	"net"
 	"net/http"
@@ -15,9 +16,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/sact-project/sact/internal/activator"
 	"github.com/sact-project/sact/internal/admin"
 	"github.com/sact-project/sact/internal/backend"
 	"github.com/sact-project/sact/internal/config"
+	"github.com/sact-project/sact/internal/events"
 	"github.com/sact-project/sact/internal/listen"
 	"github.com/sact-project/sact/internal/proxy"
 )
@@ -97,6 +100,44 @@ func (m *metrics) observe(app, event string, took time.Duration) {
 	m.starts.WithLabelValues(app, outcome).Observe(took.Seconds())
 }
 
+// followLogs follows app's output across its stops and starts until ctx ends: when the
+// instance stops, it waits for the app's next start and goes on from there.
+func (d *daemon) followLogs(ctx context.Context, name string, tail int, w io.Writer) error {
+	d.mu.Lock()
+	u := d.units[name]
+	d.mu.Unlock()
+	if u == nil {
+		return fmt.Errorf("no app named %q", name)
+	}
+	f, ok := u.rt.(backend.LogFollower)
+	if !ok {
+		return errors.New("this app's runtime cannot follow its output; sact logs without -f shows its last lines")
+	}
+	// Subscribed first: a start while the last follow ends is not missed.
+	sub := d.events.Subscribe(0)
+	defer sub.Close()
+	var since time.Time
+	for {
+		if st := u.act.State(); st == activator.Running || st == activator.Paused || !since.IsZero() {
+			// Also a stopped one the first time: its last lines, and its end.
+			f.FollowLogs(ctx, u.act.Policy().Spec, tail, since, w)
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		since = time.Now()
+		for {
+			e, err := sub.Next(ctx)
+			if err != nil {
+				return nil
+			}
+			if e.App == name && e.Kind == events.Start || e.Kind == events.Lost {
+				break
+			}
+		}
+	}
+}
+
 // startAdmin serves the admin API on its unix socket (0660) and on admin.listen if set,
 // where changes and logs need the token of admin.token_file (made here when missing).
 // The returned stop closes them.
@@ -140,8 +181,11 @@ func (d *daemon) startAdmin(ctx context.Context, cfg *config.Config) (func(), er
 			}
 			return apps
 		},
-		Pool:     d.pool.Status,
-		Registry: d.m.reg,
+		Pool:       d.pool.Status,
+		Registry:   d.m.reg,
+		Events:     d.events,
+		History:    d.hist.of,
+		FollowLogs: d.followLogs,
 		Logs: func(ctx context.Context, name string, tail int) (string, error) {
 			d.mu.Lock()
 			u := d.units[name]

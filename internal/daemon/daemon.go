@@ -31,6 +31,7 @@ import (
 	"github.com/sact-project/sact/internal/activator"
 	"github.com/sact-project/sact/internal/backend"
 	"github.com/sact-project/sact/internal/config"
+	"github.com/sact-project/sact/internal/events"
 	"github.com/sact-project/sact/internal/front"
 	"github.com/sact-project/sact/internal/listen"
 	"github.com/sact-project/sact/internal/proxy"
@@ -67,7 +68,8 @@ type Options struct {
 // Run serves cfg until ctx ends. It returns an error without changing anything if a
 // listener cannot be bound or a runtime cannot be reached.
 func Run(ctx context.Context, cfg *config.Config, opts Options) error {
-	d := &daemon{log: opts.Logger, opts: opts, runDir: opts.RunDir, drain: opts.DrainTimeout, cfg: cfg}
+	d := &daemon{log: opts.Logger, opts: opts, runDir: opts.RunDir, drain: opts.DrainTimeout, cfg: cfg,
+		events: &events.Hub{}, hist: newHistory(nil)}
 	if d.log == nil {
 		d.log = slog.New(slog.DiscardHandler)
 	}
@@ -170,11 +172,11 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 	}
 	var saving sync.WaitGroup
 	if opts.StateFile != "" {
-		loadActivity(opts.StateFile, d.acts(), log)
-		saveCtx, stopSaving := context.WithCancel(context.WithoutCancel(ctx))
-		defer func() { stopSaving(); saving.Wait() }()
-		saving.Go(func() { keepActivity(saveCtx, opts.StateFile, d.acts, log) })
+		d.hist.load(opts.StateFile, d.acts(), log)
 	}
+	saveCtx, stopSaving := context.WithCancel(context.WithoutCancel(ctx))
+	defer func() { stopSaving(); saving.Wait() }()
+	saving.Go(func() { d.hist.keep(saveCtx, opts.StateFile, d.statuses, log) })
 	var restarting sync.WaitGroup // touches of restart_file (issue 14)
 	rctx, stopRestarting := context.WithCancel(ctx)
 	defer func() { stopRestarting(); restarting.Wait() }()

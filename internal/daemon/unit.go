@@ -18,6 +18,7 @@ import (
 	"github.com/sact-project/sact/internal/admin"
 	"github.com/sact-project/sact/internal/backend"
 	"github.com/sact-project/sact/internal/config"
+	"github.com/sact-project/sact/internal/events"
 	"github.com/sact-project/sact/internal/front"
 	"github.com/sact-project/sact/internal/sockdiag"
 	"github.com/sact-project/sact/internal/sockdiag/bpfwatch"
@@ -37,6 +38,9 @@ type daemon struct {
 	srv     *server
 	pool    *activator.Pool
 	m       *metrics
+	// events is the stream of GET /api/events; hist, the apps' daily activity.
+	events *events.Hub
+	hist   *history
 
 	apps     sync.WaitGroup // the units' goroutines
 	retiring sync.WaitGroup // units being taken out by a reload
@@ -80,7 +84,7 @@ type unit struct {
 func (d *daemon) newUnit(app *config.App, lns []net.Listener, rt backend.Runtime) *unit {
 	pol := d.policy(app)
 	u := &unit{app: app, lns: lns, spec: pol.Spec, rt: rt, done: make(chan struct{})}
-	opts := activator.Options{Logger: d.log, Pool: d.pool, Observe: d.m.observe, Dial: d.dialUpstream}
+	opts := activator.Options{Logger: d.log, Pool: d.pool, Observe: d.m.observe, Dial: d.dialUpstream, Report: d.events.Publish}
 	if app.Handoff {
 		// The app accepts its connections itself: the kernel's count of those open keeps
 		// it from being evicted or paused while it serves (issue 12).
@@ -164,6 +168,8 @@ func (b brokenApp) Status() activator.Status {
 func (b brokenApp) Start(context.Context) error {
 	return fmt.Errorf("app %s is broken: %s; see sact's log, sact retries on its own", b.Name(), b.reason)
 }
+
+func (b brokenApp) Restart(ctx context.Context) error { return b.Start(ctx) }
 
 // prepareHandoff readies the shim binary and sock_diag the first time a config has a
 // handoff app.
@@ -335,6 +341,21 @@ func (d *daemon) acts() map[string]*activator.App {
 		acts[name] = u.act
 	}
 	return acts
+}
+
+// statuses returns every app's status as the admin API shows it, for the history.
+func (d *daemon) statuses() map[string]activator.Status {
+	d.mu.Lock()
+	apps := make([]admin.App, 0, len(d.units))
+	for _, u := range d.units {
+		apps = append(apps, u.adminApp())
+	}
+	d.mu.Unlock()
+	sts := make(map[string]activator.Status, len(apps))
+	for _, a := range apps {
+		sts[a.Name()] = a.Status()
+	}
+	return sts
 }
 
 // snapshot returns the units, for shutdown.
