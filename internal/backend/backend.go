@@ -58,8 +58,8 @@ package backend
 
 import (
 	"context"
-	"io"
 	"fmt"
+	"io"
 	"slices"
 	"strings"
 	"time"
