@@ -4,15 +4,14 @@ import (
 	"bufio"
 	"bytes"
 	"fmt"
-	"io"
-	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/sact-project/sact/internal/smallfile"
 )
 
 // maxIncluded bounds the files include: may bring in: a host has hundreds of apps, and a
@@ -24,29 +23,7 @@ const maxReadFile = 1 << 20
 
 // readRegular reads a regular file of at most maxReadFile bytes: a device (/dev/zero),
 // a FIFO or a directory would hang sact or make no sense.
-func readRegular(path string) ([]byte, error) {
-	// O_NONBLOCK: opening a FIFO would wait for a writer.
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("%s is not a regular file", path)
-	}
-	b, err := io.ReadAll(io.LimitReader(f, maxReadFile+1))
-	if err != nil {
-		return nil, err
-	}
-	if len(b) > maxReadFile {
-		return nil, fmt.Errorf("%s is larger than %d bytes", path, maxReadFile)
-	}
-	return b, nil
-}
+func readRegular(path string) ([]byte, error) { return smallfile.Read(path, maxReadFile) }
 
 // included is one file that include: brought in.
 type included struct {
