@@ -530,8 +530,15 @@ func (a *App) start(wokeBy []any) {
 	defer cancel()
 	var startCall time.Duration // the runtime's own share: what sact adds is the rest
 	if err == nil {
+		// The config is read after the queue: a Refresh asked for while the start waited
+		// (a reload that changed the app) is done by this start, not by a restart of
+		// what it starts (issue 13). One asked for from here on still restarts it.
+		a.mu.Lock()
+		spec := a.pol().Spec
+		a.refresh = false
+		a.mu.Unlock()
 		t := time.Now()
-		inst, err = a.rt.Start(ctx, a.pol().Spec)
+		inst, err = a.rt.Start(ctx, spec)
 		startCall = time.Since(t)
 	}
 	if err == nil {
