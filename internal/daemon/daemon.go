@@ -65,8 +65,10 @@ type Options struct {
 	Ready func(addrs map[string][]net.Addr)
 }
 
-// Run serves cfg until ctx ends. It returns an error without changing anything if a
-// listener cannot be bound or a runtime cannot be reached.
+// Run serves cfg until ctx ends. An app that cannot bind its listeners is broken and
+// bound again with backoff while the others serve; Run returns an error without changing
+// anything if no app can bind at all, a runtime cannot be reached, or the front door or
+// the admin API cannot be set up.
 func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 	d := &daemon{log: opts.Logger, opts: opts, runDir: opts.RunDir, drain: opts.DrainTimeout, cfg: cfg,
 		events: &events.Hub{}, hist: newHistory(nil)}
@@ -110,8 +112,10 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 		}
 	}
 
-	lns, err := bindAll(ctx, cfg, reclaimed, opts.Inherited)
-	if err != nil {
+	// An app that cannot bind is broken and bound again later: the others serve.
+	lns, unbound := bindAll(ctx, cfg, reclaimed, opts.Inherited)
+	if err := nothingServes(cfg, lns, unbound); err != nil {
+		closeListeners(lns)
 		return err
 	}
 
@@ -146,7 +150,11 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 	for _, app := range cfg.Apps {
 		// A handoff app's server is set up when it runs: if that fails, the app is
 		// broken and retried, and every other app serves.
-		d.units[app.Name] = d.newUnit(app, lns[app.Name], rts[runtimeKind(app)])
+		u := d.newUnit(app, lns[app.Name], rts[runtimeKind(app)])
+		if err := unbound[app.Name]; err != nil {
+			d.setUnbound(u, "cannot bind its listeners: "+err.Error())
+		}
+		d.units[app.Name] = u
 	}
 	d.setDependencies()
 	routes, def, err := d.routes(cfg, d.units)
@@ -189,8 +197,10 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 	for _, app := range cfg.Apps {
 		u := d.units[app.Name]
 		d.startUnit(u, nil)
-		for _, ln := range u.lns {
-			addrs[app.Name] = append(addrs[app.Name], ln.Addr())
+		for _, ln := range u.listeners() {
+			if ln != nil { // bound later (broken meanwhile)
+				addrs[app.Name] = append(addrs[app.Name], ln.Addr())
+			}
 		}
 	}
 	var fronting sync.WaitGroup
@@ -265,7 +275,7 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 	// socket files must stay for its clients, and for the next sact to take them back.
 	for _, u := range units {
 		if u.handoff != nil && u.app.OnExit != "stop" {
-			for _, ln := range u.lns {
+			for _, ln := range u.listeners() {
 				if ul, ok := ln.(*net.UnixListener); ok {
 					ul.SetUnlinkOnClose(false)
 				}
@@ -414,7 +424,9 @@ func frontSocket(a listen.Addr, log *slog.Logger) listen.Addr {
 func closeListeners(lns map[string][]net.Listener) {
 	for _, app := range lns {
 		for _, ln := range app {
-			ln.Close()
+			if ln != nil {
+				ln.Close()
+			}
 		}
 	}
 }
@@ -526,40 +538,6 @@ func buildRuntimes(ctx context.Context, cfg *config.Config, have map[string]back
 		rts[kind] = rt
 	}
 	return rts, nil
-}
-
-// bindAll binds every app's listeners, or none: on the first failure the ones already
-// bound are closed again.
-func bindAll(ctx context.Context, cfg *config.Config, reclaimed map[string][]net.Listener, inherited *listen.Inherited) (map[string][]net.Listener, error) {
-	lns := make(map[string][]net.Listener)
-	for name, l := range reclaimed {
-		lns[name] = l
-	}
-	closeAll := func() {
-		for _, l := range lns {
-			for _, ln := range l {
-				ln.Close()
-			}
-		}
-	}
-	for _, app := range cfg.Apps {
-		if reclaimed[app.Name] != nil {
-			continue
-		}
-		for _, a := range app.Listen {
-			if ln := inherited.Take(a, app.Name); ln != nil {
-				lns[app.Name] = append(lns[app.Name], ln)
-				continue
-			}
-			ln, err := listen.Listen(ctx, a)
-			if err != nil {
-				closeAll()
-				return nil, fmt.Errorf("app %q: %w", app.Name, err)
-			}
-			lns[app.Name] = append(lns[app.Name], ln)
-		}
-	}
-	return lns, nil
 }
 
 // server runs the accept loops of proxied apps and their connections.

@@ -151,14 +151,26 @@ func (d *daemon) apply(ctx context.Context, cfg *config.Config) (admin.ReloadRes
 			o, ok := existing[listenKey(a)]
 			switch {
 			case ok && o.u.app.Name == app.Name && plan[app.Name] == inPlace:
-				lns[app.Name] = append(lns[app.Name], o.u.lns[o.i]) // stays
+				// Stays; nil while it cannot be bound (the unit binds it again).
+				lns[app.Name] = append(lns[app.Name], o.u.listener(o.i))
 			case ok && o.u.app.Name != app.Name && slices.ContainsFunc(cfgApp(cfg, o.u.app.Name).Listen, func(b listen.Addr) bool { return listenKey(b) == listenKey(a) }):
 				// Validation forbids two apps on one address; a guard, should the apps
 				// from container labels ever escape it.
 				return fail(fmt.Errorf("app %q: %s is still used by app %q", app.Name, a, o.u.app.Name))
-			case ok:
+			case ok && o.u.listener(o.i) != nil:
 				takes = append(takes, take{from: o, to: app.Name, at: len(lns[app.Name])})
 				lns[app.Name] = append(lns[app.Name], nil)
+			case ok:
+				// Its old app could not bind it either (broken): the new unit is broken
+				// alike and binds it again, rather than the reload failing.
+				ln, err := listen.Listen(ctx, a)
+				if err != nil {
+					d.log.Warn("app still cannot bind a listener", "app", app.Name, "listen", a.String(), "reason", err)
+					ln = nil
+				} else {
+					bound = append(bound, ln)
+				}
+				lns[app.Name] = append(lns[app.Name], ln)
 			default:
 				ln, err := listen.Listen(ctx, a)
 				if err != nil {
@@ -213,8 +225,10 @@ func (d *daemon) apply(ctx context.Context, cfg *config.Config) (admin.ReloadRes
 				continue
 			}
 		}
-		lns[t.to][t.at] = moved      // a new unit's own slice, or what update gives a kept one
+		lns[t.to][t.at] = moved // a new unit's own slice, or what update gives a kept one
+		t.from.u.lnMu.Lock()
 		t.from.u.lns[t.from.i] = nil // closed: no longer the old unit's
+		t.from.u.lnMu.Unlock()
 	}
 	gone := make(map[string]<-chan struct{})
 	for name, u := range old {
@@ -286,19 +300,25 @@ func (d *daemon) update(u *unit, app *config.App, lns []net.Listener) {
 			u.handoff.setUser(app.Run.User)
 		}
 	} else {
+		u.lnMu.Lock()
 		for _, ln := range u.lns {
 			if ln != nil && !slices.Contains(lns, ln) {
 				ln.Close() // its accept loop ends
 			}
 		}
 		for i, ln := range lns {
-			if !slices.Contains(u.lns, ln) {
+			if ln != nil && !slices.Contains(u.lns, ln) {
 				d.accept(ln, u.act, app.Listen[i].String())
 			}
 		}
 		u.lns = lns
+		u.lnMu.Unlock()
 	}
 	u.app = app
+	if u.handoff == nil {
+		// A listener it could not bind may be gone from the config, or still missing.
+		d.startRebind(u)
+	}
 	if specChanged {
 		d.log.Info("app settings changed; it restarts with them once no connection is open", "app", app.Name)
 		if u.handoff != nil {

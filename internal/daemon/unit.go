@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -68,9 +69,18 @@ type daemon struct {
 // unit is one app: its config, its activator, its listeners and, in handoff mode, what
 // watches them.
 type unit struct {
-	app     *config.App
-	act     *activator.App
-	lns     []net.Listener // in the order of app.Listen
+	app *config.App
+	act *activator.App
+	lns []net.Listener // in the order of app.Listen; nil where one cannot be bound
+	// lnMu guards lns against the loop that binds what is missing (rebindLoop), and
+	// lnsClosed, set once they are closed. Lock order: d.mu, then lnMu.
+	lnMu      sync.Mutex
+	lnsClosed bool
+	rebinding bool            // a rebindLoop runs
+	ctx       context.Context // the unit's, once it runs (startUnit)
+	// unbound is why some of lns cannot be bound, while they cannot: the app is broken.
+	unbound atomic.Pointer[string]
+	rebind  chan struct{} // wakes rebindLoop (a reload changed the listeners)
 	handoff *handoffApp
 	spec    backend.Spec
 	rt      backend.Runtime
@@ -83,7 +93,7 @@ type unit struct {
 // newUnit makes the unit of app with its listeners; nothing runs until startUnit.
 func (d *daemon) newUnit(app *config.App, lns []net.Listener, rt backend.Runtime) *unit {
 	pol := d.policy(app)
-	u := &unit{app: app, lns: lns, spec: pol.Spec, rt: rt, done: make(chan struct{})}
+	u := &unit{app: app, lns: lns, spec: pol.Spec, rt: rt, done: make(chan struct{}), rebind: make(chan struct{}, 1)}
 	opts := activator.Options{Logger: d.log, Pool: d.pool, Observe: d.m.observe, Dial: d.dialUpstream, Report: d.events.Publish}
 	if app.Handoff {
 		// The app accepts its connections itself: the kernel's count of those open keeps
@@ -126,6 +136,9 @@ func (d *daemon) setUpHandoff(u *unit) {
 // adminApp is the unit's app as the admin API shows it: broken while its handoff cannot
 // be set up.
 func (u *unit) adminApp() admin.App {
+	if reason := u.unbound.Load(); reason != nil {
+		return brokenApp{App: u.act, reason: *reason}
+	}
 	if u.handoff != nil {
 		if reason := u.handoff.Broken(); reason != "" {
 			return brokenApp{App: u.act, reason: reason}
@@ -215,9 +228,20 @@ func (d *daemon) startUnit(u *unit, after []<-chan struct{}) {
 	ctx, cancel := context.WithCancel(d.appsCtx)
 	watchCtx, stopWatch := context.WithCancel(ctx)
 	u.cancel, u.stopWatch = cancel, stopWatch
+	u.lnMu.Lock()
+	u.ctx = ctx
+	missing := u.missing()
+	u.rebinding = missing
+	u.lnMu.Unlock()
 	app := u.app
 	if u.handoff != nil {
 		u.handoff.watchListeners() // now, not when its goroutine gets to it: clients come as sact serves
+	}
+	if missing && u.handoff != nil {
+		// Bound with backoff; a handoff app starts once it has them all.
+		bound := make(chan struct{})
+		after = append(after, bound)
+		d.apps.Go(func() { d.rebindLoop(ctx, u, false, bound) })
 	}
 	d.apps.Add(1)
 	go func() {
@@ -236,10 +260,21 @@ func (d *daemon) startUnit(u *unit, after []<-chan struct{}) {
 		}
 		var watching sync.WaitGroup
 		if u.handoff != nil {
+			if missing {
+				u.handoff.watchListeners() // the ones bound since
+			}
 			watching.Go(func() { u.handoff.run(watchCtx) })
 		} else {
-			for i, ln := range u.lns {
-				d.accept(ln, u.act, app.Listen[i].String())
+			u.lnMu.Lock()
+			if !u.lnsClosed {
+				for i, ln := range u.lns {
+					d.accept(ln, u.act, app.Listen[i].String())
+				}
+			}
+			u.lnMu.Unlock()
+			if missing {
+				// It serves on those it has; the others are bound with backoff.
+				d.apps.Go(func() { d.rebindLoop(ctx, u, true, nil) })
 			}
 		}
 		// This goroutine runs the activator itself: with 1000 apps, every goroutine
@@ -266,6 +301,9 @@ func (d *daemon) accept(ln net.Listener, act *activator.App, addr string) {
 
 // closeListeners closes the unit's listeners; nil ones went to another unit.
 func (u *unit) closeListeners() {
+	u.lnMu.Lock()
+	defer u.lnMu.Unlock()
+	u.lnsClosed = true
 	for _, ln := range u.lns {
 		if ln != nil {
 			ln.Close()

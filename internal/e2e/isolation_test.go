@@ -1,0 +1,175 @@
+package e2e
+
+import (
+	"context"
+	"net"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+)
+
+// isolationStatus returns an app's state and last error from the admin API.
+func isolationStatus(t *testing.T, d *daemon, name string) (state, lastError string) {
+	t.Helper()
+	var list struct {
+		Apps []struct {
+			Name, State string
+			LastError   string `json:"last_error"`
+		}
+	}
+	getJSON(t, d, "/api/apps", &list)
+	for _, a := range list.Apps {
+		if a.Name == name {
+			return a.State, a.LastError
+		}
+	}
+	t.Fatalf("app %s is missing from the status: %+v", name, list.Apps)
+	return "", ""
+}
+
+// holdPort listens on a free loopback port until the test ends (or the returned
+// listener is closed): another program holding an app's port.
+func holdPort(t *testing.T) net.Listener {
+	t.Helper()
+	ln, err := net.Listen("tcp", freeAddr(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	return ln
+}
+
+// waitServes waits until a request to addr is answered by app.
+func waitServes(t *testing.T, addr, app string, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		body, err := httpGetTimeout(addr, "/", 10*time.Second)
+		if err == nil && strings.Contains(body, app) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s not served on %s after %v: %q, %v", app, addr, timeout, body, err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// One app whose port another program holds is broken, alone: the others serve, its
+// status, log and metric say why, and once the port is free it binds and serves without
+// a reload (issue 13: sact serve exited 1 with no app served).
+func TestIsolationPortInUse(t *testing.T) {
+	needDocker(t)
+	held := holdPort(t)
+	heldAddr := held.Addr().String()
+	broken, other, otherAddr := uniqueName(t, "isolation-held"), uniqueName(t, "isolation-ok"), freeAddr(t)
+	d := startSact(t, "apps:"+appConfig(broken, heldAddr, "")+appConfig(other, otherAddr, ""))
+
+	if body, err := httpGet(otherAddr, "/"); err != nil || !strings.Contains(body, other) {
+		t.Fatalf("the other app: %q, %v", body, err)
+	}
+	rec := d.waitLog(`"msg":"app is broken; the other apps serve on"&&"app":"`+broken, 5*time.Second)
+	if r, _ := rec["reason"].(string); !strings.Contains(r, "address already in use") || !strings.Contains(r, heldAddr) {
+		t.Errorf("logged reason %q, want the address and that it is in use", r)
+	}
+	if st, why := isolationStatus(t, d, broken); st != "broken" || !strings.Contains(why, "address already in use") {
+		t.Errorf("status of the app: %q, %q; want broken and why", st, why)
+	}
+	if st, _ := isolationStatus(t, d, other); st == "broken" {
+		t.Errorf("the other app is broken too")
+	}
+	if v := socketMetric(t, d, "sact_app_broken", `app="`+broken+`"`); v != 1 {
+		t.Errorf("sact_app_broken = %v, want 1", v)
+	}
+	out, err := exec.Command(sactBin, "status", "-run-dir", d.runDir, "-c", d.config).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), broken+" is broken: ") {
+		t.Errorf("sact status does not say why the app is broken: %v\n%s", err, out)
+	}
+	// Retried with backoff: 1s, 2s, ...
+	d.waitLog(`"msg":"app is broken; the other apps serve on"&&"app":"`+broken+`&&"retry_in":"2s"`, 10*time.Second)
+
+	// The port is freed: within the backoff the app binds and serves, no reload.
+	held.Close()
+	d.waitLog(`"msg":"app's listeners are bound; serving it again"&&"app":"`+broken, 40*time.Second)
+	waitServes(t, heldAddr, broken, 30*time.Second)
+	if st, why := isolationStatus(t, d, broken); st == "broken" {
+		t.Errorf("the app is still broken once bound: %s", why)
+	}
+	if v := socketMetric(t, d, "sact_app_broken", `app="`+broken+`"`); v != 0 {
+		t.Errorf("sact_app_broken = %v after the repair, want 0", v)
+	}
+	if body, err := httpGet(otherAddr, "/"); err != nil || !strings.Contains(body, other) {
+		t.Errorf("the other app after the repair: %q, %v", body, err)
+	}
+}
+
+// A reload while an app is broken (it has fewer listeners than addresses) works, and a
+// reload that gives the broken app another address binds it there.
+func TestIsolationReloadBrokenApp(t *testing.T) {
+	needDocker(t)
+	held := holdPort(t)
+	broken, other, otherAddr := uniqueName(t, "isolation-rheld"), uniqueName(t, "isolation-rok"), freeAddr(t)
+	v1 := "apps:" + appConfig(broken, held.Addr().String(), "") + appConfig(other, otherAddr, "")
+	d := startSact(t, v1)
+	d.waitLog(`"msg":"app is broken; the other apps serve on"&&"app":"`+broken, 5*time.Second)
+
+	// The broken app changes (an env), the other too: the reload keeps it broken.
+	v2 := "apps:" + appConfig(broken, held.Addr().String(), `, EXTRA: "v2"`) + appConfig(other, otherAddr, `, EXTRA: "v2"`)
+	if err := os.WriteFile(d.config, []byte(v2), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := sactCLI(t, d, "reload"); err != nil {
+		t.Fatalf("sact reload with a broken app: %v\n%s", err, out)
+	}
+	if st, _ := isolationStatus(t, d, broken); st != "broken" {
+		t.Errorf("after a reload that keeps its address the app is %q, want broken", st)
+	}
+	if body, err := httpGet(otherAddr, "/"); err != nil || !strings.Contains(body, other) {
+		t.Errorf("the other app after the reload: %q, %v", body, err)
+	}
+
+	// A new address: bound by the reload, served at once.
+	newAddr := freeAddr(t)
+	v3 := "apps:" + appConfig(broken, newAddr, `, EXTRA: "v2"`) + appConfig(other, otherAddr, `, EXTRA: "v2"`)
+	if err := os.WriteFile(d.config, []byte(v3), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := sactCLI(t, d, "reload"); err != nil {
+		t.Fatalf("sact reload giving the broken app a free address: %v\n%s", err, out)
+	}
+	waitServes(t, newAddr, broken, 30*time.Second)
+	if st, why := isolationStatus(t, d, broken); st == "broken" {
+		t.Errorf("the app is still broken on its new address: %s", why)
+	}
+	if v := socketMetric(t, d, "sact_app_broken", `app="`+broken+`"`); v != 0 {
+		t.Errorf("sact_app_broken = %v after the reload, want 0", v)
+	}
+	if _, err := dialOnce(held.Addr().String()); err != nil {
+		t.Errorf("the test's own listener on the old address: %v", err)
+	}
+}
+
+// When not one app can bind, sact serve fails, naming each app and why.
+func TestIsolationAllPortsTaken(t *testing.T) {
+	needDocker(t)
+	a, b := holdPort(t), holdPort(t)
+	na, nb := uniqueName(t, "isolation-alla"), uniqueName(t, "isolation-allb")
+	path := writeConfig(t, "apps:"+appConfig(na, a.Addr().String(), "")+appConfig(nb, b.Addr().String(), ""))
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, sactBin, "serve", "-c", path, "-run-dir", runDirFor(t, path), "-labels", labelSelector).CombinedOutput()
+	if ctx.Err() != nil {
+		t.Fatalf("sact serve with every port taken did not exit:\n%s", out)
+	}
+	if code := exitCode(err); code == 0 {
+		t.Fatalf("sact serve with every port taken exited 0:\n%s", out)
+	}
+	for _, want := range []string{"no app can serve", na, nb, a.Addr().String(), b.Addr().String(), "address already in use"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("the error does not say %q:\n%s", want, out)
+		}
+	}
+	t.Logf("RELIABILITY every port taken: %s", strings.TrimSpace(string(out)))
+}
