@@ -5,6 +5,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -172,4 +173,33 @@ func TestIsolationAllPortsTaken(t *testing.T) {
 		}
 	}
 	t.Logf("RELIABILITY every port taken: %s", strings.TrimSpace(string(out)))
+}
+
+// A handoff app whose TCP port is held starts once it has every socket: before, it is
+// broken and the other apps serve; after the port is freed, it serves on both.
+func TestIsolationHandoffPortInUse(t *testing.T) {
+	needDocker(t)
+	held := holdPort(t)
+	tcp, sock := held.Addr().String(), filepath.Join(t.TempDir(), "app.sock")
+	broken, other, otherAddr := uniqueName(t, "isolation-hheld"), uniqueName(t, "isolation-hok"), freeAddr(t)
+	d := startSact(t, handoffConfig(broken, tcp, sock, "")+strings.TrimPrefix(appConfig(other, otherAddr, ""), "\n"))
+
+	if body, err := httpGet(otherAddr, "/"); err != nil || !strings.Contains(body, other) {
+		t.Fatalf("the other app: %q, %v", body, err)
+	}
+	d.waitLog(`"msg":"app is broken; the other apps serve on"&&"app":"`+broken+`&&address already in use`, 5*time.Second)
+	if st, why := isolationStatus(t, d, broken); st != "broken" || !strings.Contains(why, tcp) {
+		t.Errorf("status of the handoff app: %q, %q; want broken, naming %s", st, why, tcp)
+	}
+	if v := socketMetric(t, d, "sact_app_broken", `app="`+broken+`"`); v != 1 {
+		t.Errorf("sact_app_broken = %v, want 1", v)
+	}
+	held.Close()
+	d.waitLog(`"msg":"app's listeners are bound; serving it again"&&"app":"`+broken, 40*time.Second)
+	for _, addr := range []string{tcp, sock} {
+		waitServes(t, addr, "hello from "+broken, 60*time.Second)
+	}
+	if v := socketMetric(t, d, "sact_app_broken", `app="`+broken+`"`); v != 0 {
+		t.Errorf("sact_app_broken = %v after the repair, want 0", v)
+	}
 }
