@@ -83,11 +83,12 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 	}
 	log := d.log
 
-	rts, err := buildRuntimes(ctx, cfg, nil, d.deps())
-	if err != nil {
+	// An app whose runtime cannot be set up is broken, and waits for it: the others serve.
+	rts, rtFailed := d.buildEach(ctx, cfg, nil, nil)
+	if err := noRuntimeServes(cfg, rts, rtFailed); err != nil {
 		return err
 	}
-	d.rts = rts
+	d.rts, d.rtMissing, d.rtWake = rts, rtFailed, make(chan struct{}, 1)
 	if err := d.prepareHandoff(cfg); err != nil {
 		return err
 	}
@@ -104,7 +105,7 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 	// them back rather than bind new ones, which their addresses would refuse.
 	reclaimed := make(map[string][]net.Listener)
 	for _, app := range cfg.Apps {
-		if app.Handoff {
+		if app.Handoff && rts[runtimeKind(app)] != nil {
 			spec := handoffSpec(app.Spec(), d.shim, handoffDir(d.runDir, app))
 			if lns := takeBack(ctx, log, rts[runtimeKind(app)], app, spec); lns != nil {
 				reclaimed[app.Name] = lns
@@ -150,7 +151,11 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 	for _, app := range cfg.Apps {
 		// A handoff app's server is set up when it runs: if that fails, the app is
 		// broken and retried, and every other app serves.
-		u := d.newUnit(app, lns[app.Name], rts[runtimeKind(app)])
+		rt, rtErr := d.runtimeFor(app, rts, rtFailed)
+		u := d.newUnit(app, lns[app.Name], rt)
+		if rtErr != nil {
+			d.markDormant(u, rtErr)
+		}
 		if err := unbound[app.Name]; err != nil {
 			d.setUnbound(u, "cannot bind its listeners: "+err.Error())
 		}
@@ -185,6 +190,10 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 	saveCtx, stopSaving := context.WithCancel(context.WithoutCancel(ctx))
 	defer func() { stopSaving(); saving.Wait() }()
 	saving.Go(func() { d.hist.keep(saveCtx, opts.StateFile, d.statuses, log) })
+	var retrying sync.WaitGroup // runtimes that could not be set up
+	retryCtx, stopRetrying := context.WithCancel(ctx)
+	defer func() { stopRetrying(); retrying.Wait() }()
+	retrying.Go(func() { d.retryRuntimes(retryCtx, d.rtWake) })
 	var restarting sync.WaitGroup // touches of restart_file (issue 14)
 	rctx, stopRestarting := context.WithCancel(ctx)
 	defer func() { stopRestarting(); restarting.Wait() }()
@@ -265,6 +274,8 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 	}
 	stopWatchdog()
 	watching.Wait()
+	stopRetrying()
+	retrying.Wait() // it takes d.reloading, which shutdown keeps
 	log.Info("shutting down", "drain_timeout", d.drain)
 	if opts.Notify {
 		notify(log, "STOPPING=1")

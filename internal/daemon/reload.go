@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"reflect"
 	"slices"
@@ -93,10 +94,11 @@ func (d *daemon) apply(ctx context.Context, cfg *config.Config) (admin.ReloadRes
 	old := d.units
 
 	// Everything that can fail comes first: runtimes, the shim, new listeners, routes.
-	rts, err := buildRuntimes(ctx, cfg, d.rts, d.deps())
-	if err != nil {
-		return res, err
-	}
+	// A runtime that cannot be set up makes its apps broken, never the reload; those
+	// already missing are retryRuntimes' to set up.
+	rts, rtFailed := d.buildEach(ctx, cfg, d.rts, d.rtMissing)
+	missing := maps.Clone(d.rtMissing)
+	maps.Copy(missing, rtFailed)
 	if err := d.prepareHandoff(cfg); err != nil {
 		return res, err
 	}
@@ -109,6 +111,8 @@ func (d *daemon) apply(ctx context.Context, cfg *config.Config) (admin.ReloadRes
 			plan[app.Name] = added
 		case sameApp(u.app, app):
 			plan[app.Name] = unchanged
+		case u.dormant != "":
+			plan[app.Name] = replaced // it never ran: a new unit, on its runtime if there is one now
 		case runtimeKind(u.app) == runtimeKind(app) && u.app.Handoff == app.Handoff &&
 			(!app.Handoff || reflect.DeepEqual(u.app.Listen, app.Listen)):
 			plan[app.Name] = inPlace
@@ -185,16 +189,21 @@ func (d *daemon) apply(ctx context.Context, cfg *config.Config) (admin.ReloadRes
 	// New units exist before the routes that point at them; their goroutines start at
 	// the commit.
 	next := make(map[string]*unit)
+	type dormantUnit struct {
+		u   *unit
+		err error
+	}
+	var dormant []dormantUnit
 	for _, app := range cfg.Apps {
 		switch plan[app.Name] {
 		case unchanged, inPlace:
 			next[app.Name] = old[app.Name]
 		default:
-			rt := rts[runtimeKind(app)]
-			if rt == nil {
-				rt = d.rts[runtimeKind(app)]
-			}
+			rt, rtErr := d.runtimeFor(app, rts, missing)
 			next[app.Name] = d.newUnit(app, lns[app.Name], rt)
+			if rtErr != nil {
+				dormant = append(dormant, dormantUnit{next[app.Name], rtErr})
+			}
 		}
 	}
 	routes, def, err := d.routes(cfg, next)
@@ -211,6 +220,13 @@ func (d *daemon) apply(ctx context.Context, cfg *config.Config) (admin.ReloadRes
 	for kind, rt := range rts {
 		d.rts[kind] = rt
 		d.runRuntime(rt)
+	}
+	for kind, err := range rtFailed {
+		d.rtMissing[kind] = err
+		d.wakeRuntimes()
+	}
+	for _, x := range dormant {
+		d.markDormant(x.u, x.err) // before startUnit, which leaves it be
 	}
 	// Listeners that change units get a new fd first, which ends the old accept loop.
 	for _, t := range takes {
@@ -242,6 +258,7 @@ func (d *daemon) apply(ctx context.Context, cfg *config.Config) (admin.ReloadRes
 			res.Changed = append(res.Changed, name)
 		} else {
 			res.Removed = append(res.Removed, name)
+			d.m.setBroken(name, false) // gone, broken or not
 		}
 		gone[name] = d.retire(u, reason)
 	}

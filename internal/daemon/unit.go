@@ -61,6 +61,11 @@ type daemon struct {
 
 	writable writableDirs // host directories some app can write: never link through them
 
+	// rtMissing are the runtimes that cannot be set up, with why: their apps' units are
+	// dormant until retryRuntimes, woken by rtWake, sets them up (guarded by mu).
+	rtMissing map[string]error
+	rtWake    chan struct{}
+
 	// counters count handoff apps' connections and bytes in the kernel; nil where
 	// it does not allow it (then sock_diag alone judges them, as sact said at start).
 	counters *bpfwatch.Watcher
@@ -81,6 +86,9 @@ type unit struct {
 	// unbound is why some of lns cannot be bound, while they cannot: the app is broken.
 	unbound atomic.Pointer[string]
 	rebind  chan struct{} // wakes rebindLoop (a reload changed the listeners)
+	// dormant is why the unit has no runtime (set before it is published): it never runs,
+	// and is replaced once the runtime is set up (noruntime.go).
+	dormant string
 	handoff *handoffApp
 	spec    backend.Spec
 	rt      backend.Runtime
@@ -136,6 +144,13 @@ func (d *daemon) setUpHandoff(u *unit) {
 // adminApp is the unit's app as the admin API shows it: broken while its handoff cannot
 // be set up.
 func (u *unit) adminApp() admin.App {
+	if u.dormant != "" {
+		reason := u.dormant
+		if r := u.unbound.Load(); r != nil {
+			reason += "; " + *r
+		}
+		return dormantApp{brokenApp{App: u.act, reason: reason}}
+	}
 	if reason := u.unbound.Load(); reason != nil {
 		return brokenApp{App: u.act, reason: *reason}
 	}
@@ -225,6 +240,9 @@ func (d *daemon) runRuntime(rt backend.Runtime) {
 // waits for after first (a predecessor of the same name must be gone before this one
 // looks for a running instance); meanwhile clients wait in the listeners' backlog.
 func (d *daemon) startUnit(u *unit, after []<-chan struct{}) {
+	if u.dormant != "" {
+		return // no runtime: bringIn starts its successor
+	}
 	ctx, cancel := context.WithCancel(d.appsCtx)
 	watchCtx, stopWatch := context.WithCancel(ctx)
 	u.cancel, u.stopWatch = cancel, stopWatch
@@ -317,6 +335,14 @@ func (u *unit) closeListeners() {
 // end. The returned channel is closed when all
 // that is done.
 func (d *daemon) retire(u *unit, reason string) <-chan struct{} {
+	if u.dormant != "" {
+		// It never ran: nothing to drain or stop.
+		u.closeListeners()
+		gone := make(chan struct{})
+		close(gone)
+		d.log.Info("app retired", "app", u.app.Name, "reason", reason)
+		return gone
+	}
 	// A running handoff app holds its sockets and accepts by itself: its listeners stay
 	// (a unix one's path is how the kernel's count finds its connections) and its watch
 	// counts its open connections until they drain (issue 12: they were cut at once).

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -201,5 +202,57 @@ func TestIsolationHandoffPortInUse(t *testing.T) {
 	}
 	if v := socketMetric(t, d, "sact_app_broken", `app="`+broken+`"`); v != 0 {
 		t.Errorf("sact_app_broken = %v after the repair, want 0", v)
+	}
+}
+
+// With the Docker engine unreachable, the process apps serve while the container apps are
+// broken (the reason is the engine); once the engine answers, they serve, no reload.
+func TestIsolationEngineUnreachable(t *testing.T) {
+	needDocker(t)
+	bin := filepath.Join(t.TempDir(), "testserver")
+	if out, err := exec.Command("go", "build", "-o", bin, "../testimage/testserver").CombinedOutput(); err != nil {
+		t.Fatalf("building the test server: %v: %s", err, out)
+	}
+	eng := &engineRelay{path: filepath.Join(t.TempDir(), "docker.sock"), conns: make(map[net.Conn]bool)}
+	t.Cleanup(eng.down) // down now: nothing listens on its socket
+	proc, procAddr, port := uniqueName(t, "isolation-proc"), freeAddr(t), freeAddr(t)
+	_, p, _ := strings.Cut(port, ":")
+	box, boxAddr := uniqueName(t, "isolation-box"), freeAddr(t)
+	path := writeConfig(t, fmt.Sprintf(`apps:
+  %[1]s:
+    command: [%[2]q]
+    env: {NAME: %[1]s, LISTEN: "tcp:127.0.0.1:%[3]s"}
+    listen: ["tcp:%[4]s"]
+    port: %[3]s
+    stop_timeout: 2s
+`, proc, bin, p, procAddr)+strings.TrimPrefix(appConfig(box, boxAddr, ""), "\n"))
+	d := startSactFileEnv(t, path, "DOCKER_HOST=unix://"+eng.path)
+
+	if body, err := httpGet(procAddr, "/"); err != nil || !strings.Contains(body, proc) {
+		t.Fatalf("the process app: %q, %v", body, err)
+	}
+	d.waitLog(`"msg":"app is broken; the other apps serve on"&&"app":"`+box+`&&cannot reach the Docker engine`, 5*time.Second)
+	if st, why := isolationStatus(t, d, box); st != "broken" || !strings.Contains(why, "cannot reach the Docker engine") {
+		t.Errorf("status of the container app: %q, %q; want broken, saying the engine is unreachable", st, why)
+	}
+	if v := socketMetric(t, d, "sact_app_broken", `app="`+box+`"`); v != 1 {
+		t.Errorf("sact_app_broken = %v, want 1", v)
+	}
+	if out, err := exec.Command(sactBin, "start", "-run-dir", d.runDir, "-c", d.config, box).CombinedOutput(); err == nil || !strings.Contains(string(out), "is broken") {
+		t.Errorf("sact start of the container app: %v: %s; want it refused, saying why", err, out)
+	}
+	d.waitLog(`"msg":"runtime still cannot be set up; its apps stay broken"&&"runtime":"docker"`, 10*time.Second)
+
+	eng.up(t) // the engine is back
+	d.waitLog(`"msg":"runtime set up; serving its apps"&&"runtime":"docker"`, 40*time.Second)
+	waitServes(t, boxAddr, box, 60*time.Second)
+	if st, why := isolationStatus(t, d, box); st == "broken" {
+		t.Errorf("the container app is still broken: %s", why)
+	}
+	if v := socketMetric(t, d, "sact_app_broken", `app="`+box+`"`); v != 0 {
+		t.Errorf("sact_app_broken = %v once the engine is back, want 0", v)
+	}
+	if body, err := httpGet(procAddr, "/"); err != nil || !strings.Contains(body, proc) {
+		t.Errorf("the process app afterwards: %q, %v", body, err)
 	}
 }
