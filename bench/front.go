@@ -9,8 +9,9 @@ import (
 	"strings"
 )
 
-// front compares sact's HTTP front door with nginx's proxy_pass (keepalive upstream) to the
-// same warm container, and both with the container directly.
+// front compares sact's HTTP front door with nginx's proxy_pass (keepalive upstream),
+// Caddy's reverse_proxy and HAProxy to the same warm container, and all with the container
+// directly.
 func (b *bench) front() error {
 	app := fmt.Sprintf("bench-front-%d", os.Getpid())
 	defer exec.Command("docker", "rm", "-f", "sact-"+app).Run()
@@ -49,11 +50,24 @@ apps:
 		return err
 	}
 	defer stop()
+	caddyAddr, haproxyAddr := freeAddr(), freeAddr()
+	stopCaddy, err := b.caddy(caddyAddr, direct)
+	if err != nil {
+		return err
+	}
+	defer stopCaddy()
+	stopHAProxy, err := b.haproxy(haproxyAddr, direct)
+	if err != nil {
+		return err
+	}
+	defer stopHAProxy()
 
 	targets := []target{
 		{"direct to the container", direct},
 		{"sact front door (Host routing)", frontAddr},
 		{"nginx proxy_pass, keepalive upstream", nginxAddr},
+		{"Caddy reverse_proxy", caddyAddr},
+		{"HAProxy, mode http", haproxyAddr},
 	}
 	rounds, dur := b.wrkRounds()
 	results, err := wrkAll(targets, rounds, dur, "-H", "Host: front.bench")
@@ -61,7 +75,7 @@ apps:
 		return err
 	}
 	fmt.Fprintf(&b.md, "## HTTP front door\n\n")
-	fmt.Fprintf(&b.md, "`wrk -t2 -c32 -d%s --latency -H 'Host: front.bench'`, keep-alive, `GET /` answering 16 bytes, to one warm container; %d round(s), interleaved; medians (min-max of requests/s in brackets). nginx runs `worker_processes auto` with `keepalive 32` to the container's IP.\n\n", dur, rounds)
+	fmt.Fprintf(&b.md, "`wrk -t2 -c32 -d%s --latency -H 'Host: front.bench'`, keep-alive, `GET /` answering 16 bytes, to one warm container; %d round(s), interleaved; medians (min-max of requests/s in brackets). nginx runs `worker_processes auto` with `keepalive 32` to the container's IP; Caddy %s runs `reverse_proxy` (its transport keeps upstream connections alive), HAProxy %s `mode http` with its default `http-reuse safe` and one thread per core; none logs requests.\n\n", dur, rounds, version("caddy", "version"), version("haproxy", "-v"))
 	fmt.Fprintf(&b.md, "| path | requests/s | vs direct | vs nginx | p50 | p99 |\n| --- | ---: | ---: | ---: | ---: | ---: |\n")
 	base, ngx := medianF(results[0].rps), medianF(results[2].rps)
 	for i, t := range targets {

@@ -17,7 +17,8 @@
 //     through sact's L4 relay (tcp and unix listeners), sact's handoff, systemd-socket-proxyd
 //     and nginx's stream proxy.
 //   - capacity: a crawler over many sleeping apps with max_running; a paused app's wake.
-//   - http: sact's HTTP front door against nginx proxy_pass with keepalive upstreams.
+//   - http: sact's HTTP front door against nginx proxy_pass with keepalive upstreams, Caddy's
+//     reverse_proxy and HAProxy.
 //   - scale: 1000 configured apps at rest (start time, memory, CPU, wakeups), many cold
 //     starts at once, memory per open relayed connection.
 package main
