@@ -242,6 +242,8 @@ type App struct {
 	// memory is the running incarnation's measured memory use in bytes, 0 if unknown
 	// (SetMemory); atomic, as the pool reads it under its own lock.
 	memory atomic.Int64
+	// instHash is the Spec.Hash the running instance was started or adopted with.
+	instHash string
 }
 
 // New returns an app; nothing happens until Run.
@@ -327,6 +329,15 @@ func (a *App) Refresh() {
 	a.refreshIfIdle()
 }
 
+// RunsCurrentSpec reports whether the app runs an instance started (or adopted) with its
+// current policy's Spec: a reload during its start, while it waited for the pool, needs no
+// restart (issue 13).
+func (a *App) RunsCurrentSpec() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return (a.state == Running || a.state == Paused) && a.instHash == a.pol().Spec.Hash
+}
+
 // refreshIfIdle stops the app for a pending Refresh if nothing holds it. Called with a.mu
 // held.
 func (a *App) refreshIfIdle() {
@@ -349,7 +360,8 @@ func (a *App) Run(ctx context.Context) error {
 	a.since = time.Now()
 	a.mu.Unlock()
 
-	inst, err := a.rt.Running(ctx, a.pol().Spec)
+	adoptSpec := a.pol().Spec
+	inst, err := a.rt.Running(ctx, adoptSpec)
 	if err != nil {
 		// Not fatal: the next connection starts it, and Start finds a running container.
 		a.log.Warn("cannot tell whether app already runs", "err", err)
@@ -358,6 +370,7 @@ func (a *App) Run(ctx context.Context) error {
 	if inst != nil {
 		a.log.Info("adopted running app", "container", inst.ID, "upstream", inst.Upstream.String())
 		a.becomeRunning(inst)
+		a.instHash = adoptSpec.Hash
 	}
 	a.mu.Unlock()
 	close(a.adopted)
@@ -518,6 +531,7 @@ func (a *App) start(wokeBy []any) {
 	qctx, qcancel := context.WithTimeout(a.ctx, a.pol().StartTimeout+QueueWait)
 	defer qcancel()
 	var inst *backend.Instance
+	var spec backend.Spec
 	err := a.startDeps(qctx)
 	if err == nil && a.pool != nil {
 		var done func()
@@ -534,7 +548,7 @@ func (a *App) start(wokeBy []any) {
 		// (a reload that changed the app) is done by this start, not by a restart of
 		// what it starts (issue 13). One asked for from here on still restarts it.
 		a.mu.Lock()
-		spec := a.pol().Spec
+		spec = a.pol().Spec
 		a.refresh = false
 		a.mu.Unlock()
 		t := time.Now()
@@ -577,6 +591,7 @@ func (a *App) start(wokeBy []any) {
 	a.observe("start", took)
 	a.log.Info("app ready", "duration", took, "queued", queued, "runtime_start", startCall, "container", inst.ID, "upstream", inst.Upstream.String(), "waiting", a.waiting, "ready", a.pol().Ready.String())
 	a.becomeRunning(inst)
+	a.instHash = spec.Hash
 	close(a.done)
 }
 

@@ -691,6 +691,11 @@ func (h *handoffApp) watch(ctx context.Context, live context.Context) {
 			}
 			prevCPU = used
 		}
+		if busy == 0 && h.refresh.Load() && h.act.RunsCurrentSpec() {
+			// Started with the new settings already: the reload came while its start
+			// waited for the pool (issue 13).
+			h.refresh.Store(false)
+		}
 		if busy == 0 && h.refresh.CompareAndSwap(true, false) {
 			h.log.Info("restarting app with its new settings", "reason", "config changed; no connection is open")
 			go func() {

@@ -256,3 +256,80 @@ func TestIsolationEngineUnreachable(t *testing.T) {
 		t.Errorf("the process app afterwards: %q, %v", body, err)
 	}
 }
+
+// A reload that changes an app while its start waits for the pool (max_running: 1, the
+// slot held by a busy app) is applied by that start: the instance it starts runs the new
+// config and is not restarted with "config changed" once its connection ends (issue 13).
+func TestIsolationReloadDuringQueuedStart(t *testing.T) {
+	needDocker(t)
+	for _, mode := range []string{"proxy", "handoff"} {
+		t.Run(mode, func(t *testing.T) {
+			holder, holderAddr := uniqueName(t, "isolation-qhold"), freeAddr(t)
+			queued, queuedAddr := uniqueName(t, "isolation-queued"), freeAddr(t)
+			sock := filepath.Join(t.TempDir(), "q.sock")
+			queuedApp := func(extra string) string {
+				if mode == "handoff" {
+					c := handoffConfig(queued, queuedAddr, sock, "")
+					c = strings.TrimPrefix(c, "apps:\n")
+					return strings.Replace(c, "env: {NAME: "+queued+"}", "env: {NAME: "+queued+extra+"}", 1)
+				}
+				return strings.TrimPrefix(appConfig(queued, queuedAddr, extra), "\n")
+			}
+			config := func(extra string) string {
+				return "pool:\n  max_running: 1\napps:" + appConfig(holder, holderAddr, "") + "    idle: 1h\n" + queuedApp(extra)
+			}
+			d := startSact(t, config(""))
+
+			// The holder runs, with a connection open: it cannot be evicted.
+			c := dialTCP(t, holderAddr)
+			defer c.Close()
+			fmt.Fprintf(c, "GET / HTTP/1.1\r\nHost: holder\r\n\r\n")
+			buf := make([]byte, 4096)
+			c.SetReadDeadline(time.Now().Add(60 * time.Second))
+			if n, err := c.Read(buf); err != nil || !strings.Contains(string(buf[:n]), holder) {
+				t.Fatalf("the holder: %q, %v", buf[:n], err)
+			}
+
+			got := make(chan string, 1)
+			go func() {
+				body, err := httpGetTimeout(queuedAddr, "/", 120*time.Second)
+				if err != nil {
+					body = "error: " + err.Error()
+				}
+				got <- body
+			}()
+			d.waitLog(`"msg":"starting app"&&`+queued, 30*time.Second)
+			time.Sleep(time.Second)
+			if n := d.countLog(`"msg":"app ready"&&` + queued); n != 0 {
+				t.Fatalf("the queued app started while the pool was full")
+			}
+
+			// The reload, while it waits.
+			if err := os.WriteFile(d.config, []byte(config(`, EXTRA: "v2"`)), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if out, err := sactCLI(t, d, "reload"); err != nil || !strings.Contains(out, queued) {
+				t.Fatalf("sact reload: %v\n%s", err, out)
+			}
+			if n := d.countLog(`"reason":"replaced by reload"&&` + queued); n != 0 {
+				t.Fatalf("the reload replaced the app instead of changing it")
+			}
+			c.Close() // the holder is idle: it is evicted, the queued app starts
+
+			if body := <-got; !strings.Contains(body, queued) {
+				t.Fatalf("the queued app: %q", body)
+			}
+			if env := docker(t, "inspect", "-f", "{{range .Config.Env}}{{println .}}{{end}}", "sact-"+queued); !strings.Contains(env, "EXTRA=v2") {
+				t.Errorf("the queued app runs with env %q, want the reload's EXTRA=v2", env)
+			}
+			// Its connection has ended: a restart for the reload would come now.
+			time.Sleep(5 * time.Second)
+			if n := d.countLog(`"reason":"config changed"&&` + queued); n != 0 {
+				t.Errorf("the instance started with the reload's config was stopped %d time(s) for \"config changed\"", n)
+			}
+			if n := d.countLog(`"msg":"app ready"&&` + queued); n != 1 {
+				t.Errorf("the queued app started %d times, want 1", n)
+			}
+		})
+	}
+}
