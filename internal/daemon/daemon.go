@@ -163,8 +163,19 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 	}
 	d.setDependencies()
 	routes, def, err := d.routes(cfg, d.units)
+	var httpUnbound []unboundAddr
 	if err == nil {
-		d.fsrv, d.httpLns, err = frontDoor(ctx, cfg, routes, def, opts.Inherited, log, d.m.fail)
+		d.fsrv, d.httpLns, httpUnbound, err = frontDoor(ctx, cfg, routes, def, opts.Inherited, log, d.m.fail)
+	}
+	if err == nil && len(httpUnbound) > 0 && len(d.httpLns) == 0 && !anyBound(lns) {
+		var reasons []string
+		for _, u := range httpUnbound {
+			reasons = append(reasons, u.err.Error())
+		}
+		err = fmt.Errorf("nothing can serve: the http front door cannot bind: %s", strings.Join(reasons, "; "))
+		if appsErr := nothingServes(&config.Config{Apps: cfg.Apps}, lns, unbound); appsErr != nil {
+			err = fmt.Errorf("%w; and %w", err, appsErr)
+		}
 	}
 	if err == nil {
 		var stopAdmin func()
@@ -219,6 +230,22 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 			if err := d.fsrv.Serve(ln); err != nil {
 				log.Error("http front door stopped", "listen", ln.Addr().String(), "reason", err)
 			}
+		})
+	}
+	// A front door address that cannot be bound is bound again with backoff; the apps'
+	// own listeners and the front door's others serve meanwhile.
+	var frontRetry sync.WaitGroup
+	frontCtx, stopFrontRetry := context.WithCancel(ctx)
+	defer func() { stopFrontRetry(); frontRetry.Wait() }()
+	if len(httpUnbound) > 0 {
+		frontRetry.Go(func() {
+			d.rebindFront(frontCtx, httpUnbound, func(ln net.Listener) {
+				fronting.Go(func() {
+					if err := d.fsrv.Serve(ln); err != nil {
+						log.Error("http front door stopped", "listen", ln.Addr().String(), "reason", err)
+					}
+				})
+			})
 		})
 	}
 	log.Info("serving", "apps", len(cfg.Apps), "config", cfg.File, "http", len(d.httpLns), "admin", AdminSocket(cfg, d.runDir))
@@ -276,6 +303,8 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 	watching.Wait()
 	stopRetrying()
 	retrying.Wait() // it takes d.reloading, which shutdown keeps
+	stopFrontRetry()
+	frontRetry.Wait() // before the front door shuts down: it adds to fronting
 	log.Info("shutting down", "drain_timeout", d.drain)
 	if opts.Notify {
 		notify(log, "STOPPING=1")
@@ -373,10 +402,11 @@ func (d *daemon) routes(cfg *config.Config, units map[string]*unit) ([]front.Rou
 	return routes, def, nil
 }
 
-// frontDoor builds the HTTP front door and binds its listeners, if the config has one.
-func frontDoor(ctx context.Context, cfg *config.Config, routes []front.Route, def *front.Route, inherited *listen.Inherited, log *slog.Logger, failed func(app, reason string, n int)) (*front.Server, []net.Listener, error) {
+// frontDoor builds the HTTP front door and binds its listeners, if the config has one;
+// those that cannot be bound are in unbound, with why.
+func frontDoor(ctx context.Context, cfg *config.Config, routes []front.Route, def *front.Route, inherited *listen.Inherited, log *slog.Logger, failed func(app, reason string, n int)) (*front.Server, []net.Listener, []unboundAddr, error) {
 	if len(cfg.HTTP.Listen) == 0 {
-		return nil, nil, nil
+		return nil, nil, nil, nil
 	}
 	opts := front.Options{
 		Logger: log, TrustedProxies: cfg.HTTP.TrustedProxies, TrustUnix: cfg.HTTP.TrustUnix, MaxHeaderBytes: int(cfg.HTTP.MaxHeaderBytes),
@@ -385,24 +415,24 @@ func frontDoor(ctx context.Context, cfg *config.Config, routes []front.Route, de
 	}
 	fsrv, err := front.New(routes, opts)
 	if err != nil {
-		return nil, nil, fmt.Errorf("http front door: %w", err)
+		return nil, nil, nil, fmt.Errorf("http front door: %w", err)
 	}
 	var lns []net.Listener
+	var unbound []unboundAddr
 	for _, a := range cfg.HTTP.Listen {
 		if ln := inherited.Take(a, "http"); ln != nil {
 			lns = append(lns, ln)
 			continue
 		}
-		ln, err := listen.Listen(ctx, frontSocket(a, log))
+		a = frontSocket(a, log)
+		ln, err := listen.Listen(ctx, a)
 		if err != nil {
-			for _, l := range lns {
-				l.Close()
-			}
-			return nil, nil, fmt.Errorf("http front door: %w", err)
+			unbound = append(unbound, unboundAddr{a, err})
+			continue
 		}
 		lns = append(lns, ln)
 	}
-	return fsrv, lns, nil
+	return fsrv, lns, unbound, nil
 }
 
 // frontGroup is the group the front door's unix sockets get unless the config names

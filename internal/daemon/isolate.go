@@ -56,12 +56,8 @@ func nothingServes(cfg *config.Config, lns map[string][]net.Listener, unbound ma
 	if len(unbound) == 0 || len(cfg.HTTP.Listen) > 0 {
 		return nil
 	}
-	for _, l := range lns {
-		for _, ln := range l {
-			if ln != nil {
-				return nil
-			}
-		}
+	if anyBound(lns) {
+		return nil
 	}
 	var reasons []string
 	for _, app := range cfg.Apps {
@@ -221,4 +217,52 @@ func (u *unit) listener(i int) net.Listener {
 		return u.lns[i]
 	}
 	return nil
+}
+
+// unboundAddr is an address that could not be bound, and why.
+type unboundAddr struct {
+	addr listen.Addr
+	err  error
+}
+
+// anyBound reports whether some app has a listener.
+func anyBound(lns map[string][]net.Listener) bool {
+	for _, l := range lns {
+		for _, ln := range l {
+			if ln != nil {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// rebindFront binds the front door's addresses that could not be, with backoff, handing
+// each to serve once bound, until all are or ctx ends.
+func (d *daemon) rebindFront(ctx context.Context, todo []unboundAddr, serve func(net.Listener)) {
+	backoff := brokenRetryFirst
+	for {
+		var left []unboundAddr
+		for _, u := range todo {
+			ln, err := listen.Listen(ctx, u.addr)
+			if err != nil {
+				d.log.Error("http front door cannot bind an address; the apps' own listeners serve on", "listen", u.addr.String(), "reason", err, "retry_in", backoff)
+				left = append(left, unboundAddr{u.addr, err})
+				continue
+			}
+			d.log.Info("http front door bound; serving on it", "listen", u.addr.String())
+			serve(ln)
+		}
+		if todo = left; len(todo) == 0 {
+			return
+		}
+		t := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		backoff = min(2*backoff, brokenRetryMax)
+	}
 }

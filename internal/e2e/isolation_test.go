@@ -3,7 +3,9 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -331,5 +333,50 @@ func TestIsolationReloadDuringQueuedStart(t *testing.T) {
 				t.Errorf("the queued app started %d times, want 1", n)
 			}
 		})
+	}
+}
+
+// The front door's port held by another program: the apps' own listeners serve, the log
+// says why, and the front door serves once the port is free. A config that only the front
+// door would serve fails to start instead.
+func TestIsolationFrontDoorPortInUse(t *testing.T) {
+	needDocker(t)
+	held := holdPort(t)
+	frontAddr := held.Addr().String()
+	app, appAddr := uniqueName(t, "isolation-front"), freeAddr(t)
+	d := startSact(t, fmt.Sprintf("http:\n  listen: [\"tcp:%s\"]\napps:", frontAddr)+appConfig(app, appAddr, "")+"    hosts: [\"isolation.front\"]\n")
+	if body, err := httpGet(appAddr, "/"); err != nil || !strings.Contains(body, app) {
+		t.Fatalf("the app's own listener: %q, %v", body, err)
+	}
+	rec := d.waitLog(`"msg":"http front door cannot bind an address; the apps' own listeners serve on"`, 5*time.Second)
+	if r, _ := rec["reason"].(string); !strings.Contains(r, "address already in use") {
+		t.Errorf("logged reason %q, want that the address is in use", r)
+	}
+	held.Close()
+	d.waitLog(`"msg":"http front door bound; serving on it"`, 40*time.Second)
+	req, _ := http.NewRequest("GET", "http://"+frontAddr+"/", nil)
+	req.Host = "isolation.front"
+	resp, err := (&http.Client{Timeout: 30 * time.Second}).Do(req)
+	if err != nil {
+		t.Fatalf("the front door once its port is free: %v", err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(body), app) {
+		t.Errorf("the front door answered %q, want the app", body)
+	}
+
+	// Only the front door could serve: sact serve fails, saying why.
+	held2 := holdPort(t)
+	other := uniqueName(t, "isolation-frontonly")
+	path := writeConfig(t, fmt.Sprintf("http:\n  listen: [\"tcp:%s\"]\napps:\n  %s:\n    image: %s\n    hosts: [\"only.front\"]\n    port: 8080\n", held2.Addr(), other, testImage))
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, sactBin, "serve", "-c", path, "-run-dir", runDirFor(t, path), "-labels", labelSelector).CombinedOutput()
+	if code := exitCode(err); code == 0 || ctx.Err() != nil {
+		t.Fatalf("sact serve with its only address taken: exit %d:\n%s", code, out)
+	}
+	if !strings.Contains(string(out), "nothing can serve") || !strings.Contains(string(out), held2.Addr().String()) {
+		t.Errorf("the error does not say why:\n%s", out)
 	}
 }
