@@ -367,6 +367,7 @@ func serve(ctx context.Context, e *env, args []string) error {
 	if os.Getenv("NOTIFY_SOCKET") != "" {
 		signal.Notify(abort, syscall.SIGABRT)
 	}
+	stopped := ctx // ctx is replaced below, while this goroutine runs
 	go func() {
 		select {
 		case <-term:
@@ -377,7 +378,7 @@ func serve(ctx context.Context, e *env, args []string) error {
 			signal.Reset(syscall.SIGABRT)
 			syscall.Kill(os.Getpid(), syscall.SIGABRT)
 			return
-		case <-ctx.Done():
+		case <-stopped.Done():
 			return
 		}
 		if n, err := listen.StoreInSystemd(); err != nil {

@@ -33,9 +33,9 @@ func (d *daemon) watchRestartFiles(ctx context.Context) {
 	defer w.Close()
 	watched := map[string]string{} // directory as configured -> what it resolved to
 	resync := func() {
-		want := map[string][]*unit{}
-		for _, u := range d.snapshot() {
-			if f := u.app.RestartFile; f != "" {
+		want := map[string][]*config.App{}
+		for _, u := range d.appSnapshot() {
+			if f := u.RestartFile; f != "" {
 				want[filepath.Dir(f)] = append(want[filepath.Dir(f)], u)
 			}
 		}
@@ -56,7 +56,7 @@ func (d *daemon) watchRestartFiles(ctx context.Context) {
 			w.Remove(dir)
 			if err := w.Add(dir); err != nil {
 				if _, ok := watched[dir]; !ok {
-					d.log.Warn("cannot watch a restart file's directory", "app", units[0].app.Name, "path", dir, "reason", err)
+					d.log.Warn("cannot watch a restart file's directory", "app", units[0].Name, "path", dir, "reason", err)
 				}
 				watched[dir] = "?" // try again at the next resync
 				continue
@@ -65,7 +65,7 @@ func (d *daemon) watchRestartFiles(ctx context.Context) {
 			// A new directory (a new release behind current) may hold a file touched
 			// before it was watched.
 			for _, u := range units {
-				d.restartIfTouched(ctx, u.app.Name, u.app.RestartFile)
+				d.restartIfTouched(ctx, u.Name, u.RestartFile)
 			}
 		}
 	}
@@ -101,9 +101,9 @@ func (d *daemon) watchRestartFiles(ctx context.Context) {
 			return
 		case name := <-due:
 			delete(pending, name)
-			for _, u := range d.snapshot() {
-				if u.app.Name == name && u.app.RestartFile != "" {
-					touched(name, u.app.RestartFile)
+			for _, u := range d.appSnapshot() {
+				if u.Name == name && u.RestartFile != "" {
+					touched(name, u.RestartFile)
 				}
 			}
 		case <-tick.C:
@@ -115,9 +115,9 @@ func (d *daemon) watchRestartFiles(ctx context.Context) {
 			if ev.Op&(fsnotify.Create|fsnotify.Write|fsnotify.Chmod|fsnotify.Rename) == 0 {
 				continue
 			}
-			for _, u := range d.snapshot() {
-				if u.app.RestartFile == filepath.Clean(ev.Name) {
-					touched(u.app.Name, u.app.RestartFile)
+			for _, u := range d.appSnapshot() {
+				if u.RestartFile == filepath.Clean(ev.Name) {
+					touched(u.Name, u.RestartFile)
 				}
 			}
 		case err, ok := <-w.Errors:
@@ -126,9 +126,9 @@ func (d *daemon) watchRestartFiles(ctx context.Context) {
 			}
 			// An overflowed queue lost events: look at every file once.
 			d.log.Warn("watching restart files", "reason", err)
-			for _, u := range d.snapshot() {
-				if u.app.RestartFile != "" {
-					d.restartIfTouched(ctx, u.app.Name, u.app.RestartFile)
+			for _, u := range d.appSnapshot() {
+				if u.RestartFile != "" {
+					d.restartIfTouched(ctx, u.Name, u.RestartFile)
 				}
 			}
 		}
@@ -162,4 +162,16 @@ func (d *daemon) restartIfTouched(ctx context.Context, name, file string) {
 	app.Restarted = mtime
 	d.log.Info("restart file touched; the app restarts in a new container at its next connection", "app", name, "path", file)
 	d.update(u, &app, u.lns)
+}
+
+// appSnapshot is every unit's app as it is now: a reload swaps units' apps under d.mu, so
+// this goroutine must not read u.app without it.
+func (d *daemon) appSnapshot() map[string]*config.App {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	apps := make(map[string]*config.App, len(d.units))
+	for name, u := range d.units {
+		apps[name] = u.app
+	}
+	return apps
 }
