@@ -126,6 +126,9 @@ type Policy struct {
 	// Ready is how a start tells the app ready (ready:); the zero value waits until the
 	// upstream accepts.
 	Ready Readiness
+	// DrainTimeout is how long a deploy lets the old incarnation's connections run on
+	// before it closes them and removes it (deploy.go); zero means DrainDefault.
+	DrainTimeout time.Duration
 }
 
 func (p *Policy) setDefaults() {
@@ -244,6 +247,7 @@ type App struct {
 	memory atomic.Int64
 	// instHash is the Spec.Hash the running instance was started or adopted with.
 	instHash string
+	dep      deployState // deploys without a cold start (deploy.go)
 }
 
 // New returns an app; nothing happens until Run.
@@ -325,6 +329,10 @@ func (a *App) Refresh() {
 	if a.closed {
 		return
 	}
+	if a.state == Running && a.deployer() != nil {
+		a.beginDeploy("config changed") // no wait for idle, no cold start
+		return
+	}
 	a.refresh = true
 	a.refreshIfIdle()
 }
@@ -374,6 +382,7 @@ func (a *App) Run(ctx context.Context) error {
 	}
 	a.mu.Unlock()
 	close(a.adopted)
+	a.watchOutside(ctx)
 
 	if inst != nil && len(a.deps) > 0 {
 		// Adopted: its dependencies must be kept (and started, if they are not) as for a
@@ -587,6 +596,7 @@ func (a *App) start(wokeBy []any) {
 	}
 	a.failures = 0
 	a.lastErr = nil
+	a.dep.lastErr = nil // this start runs the current version
 	a.coldStarts++
 	a.observe("start", took)
 	a.log.Info("app ready", "duration", took, "queued", queued, "runtime_start", startCall, "container", inst.ID, "upstream", inst.Upstream.String(), "waiting", a.waiting, "ready", a.pol().Ready.String())
@@ -679,6 +689,7 @@ func (a *App) enterStopped() {
 	if a.idleTimer != nil {
 		a.idleTimer.Stop()
 	}
+	a.stopDrain()
 	a.releaseHolds()
 }
 
@@ -876,6 +887,10 @@ type Status struct {
 	// Memory is the running app's measured memory use in bytes; 0 if unknown or not
 	// running.
 	Memory int64
+	// Deploys without a cold start that swapped in a new incarnation, and those that
+	// failed (deploy.go); a failed one's reason is LastError while the old one serves.
+	Deploys        int
+	DeployFailures int
 }
 
 // State is where the app is now: Status without the bookkeeping, for callers on the
@@ -900,7 +915,10 @@ func (a *App) Status() Status {
 	}
 	if a.lastErr != nil {
 		s.LastError = a.lastErr.Error()
+	} else if a.dep.lastErr != nil {
+		s.LastError = a.dep.lastErr.Error()
 	}
+	s.Deploys, s.DeployFailures = a.dep.deploys, a.dep.failures
 	return s
 }
 
@@ -993,6 +1011,7 @@ func (l *Lease) Release() {
 	a := l.app
 	a.mu.Lock()
 	delete(a.conns, l) // a no-op if its incarnation already ended
+	a.releaseDraining(l)
 	a.lastActive = time.Now()
 	a.refreshIfIdle()
 	a.mu.Unlock()

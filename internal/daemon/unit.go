@@ -121,6 +121,7 @@ func (d *daemon) newUnit(app *config.App, lns []net.Listener, rt backend.Runtime
 // policy is app's activator policy, with the handoff entrypoint for a handoff app.
 func (d *daemon) policy(app *config.App) activator.Policy {
 	pol := policy(app)
+	pol.DrainTimeout = d.drain // a deploy's old incarnation drains as a shutdown does
 	if app.Handoff {
 		pol.Spec = handoffSpec(pol.Spec, d.shim, handoffDir(d.runDir, app))
 	}

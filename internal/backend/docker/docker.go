@@ -62,6 +62,8 @@ type Runtime struct {
 	known map[string]made // by container name
 	since time.Time       // resume point of the event stream
 	live  chan struct{}   // closed once the event stream is first up
+	// subs are the Watch subscriptions, by app name.
+	subs map[string][]chan backend.WatchEvent
 
 	// writable are the host sources of every container's read-write mounts, for
 	// WritableDirs: listed at New, added to on each create event; never shrunk.
@@ -111,6 +113,7 @@ func New(ctx context.Context, opts Options) (*Runtime, error) {
 		known:   make(map[string]made),
 		since:   time.Now().Add(-time.Second),
 		live:    make(chan struct{}),
+		subs:    make(map[string][]chan backend.WatchEvent),
 	}
 	if res, err := cli.ContainerList(pctx, client.ContainerListOptions{All: true}); err != nil {
 		log.Warn("cannot list the containers' mounts; only the apps' volumes count as written by containers", "reason", err)
@@ -193,7 +196,7 @@ func (r *Runtime) follow(ctx context.Context, since time.Time, first *bool) erro
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	f := make(client.Filters).Add("type", "container", "image").
-		Add("event", string(events.ActionDie), string(events.ActionDestroy), string(events.ActionCreate), string(events.ActionKill), string(events.ActionTag),
+		Add("event", string(events.ActionDie), string(events.ActionDestroy), string(events.ActionCreate), string(events.ActionKill), string(events.ActionTag), string(events.ActionStart),
 			// A prefix: the engine matches "health_status: healthy" and the others by it.
 			string(events.ActionHealthStatus))
 	res := r.cli.Events(ctx, client.EventsListOptions{
@@ -235,6 +238,16 @@ func (r *Runtime) handle(ctx context.Context, m events.Message) {
 			// of that name must be checked at its next start (issue 17: a rebuilt image is
 			// used). Rare, so forgetting all is simpler than matching names.
 			clear(r.known)
+			r.notifyAll(backend.ImageChanged)
+		}
+		r.mu.Unlock()
+		return
+	}
+	if m.Action == events.ActionStart {
+		if r.watches[m.Actor.ID] == nil {
+			// Not a start of sact's own (each adds its watch first): someone started an
+			// app's container by hand (deploy.go).
+			r.startedOutside(m)
 		}
 		r.mu.Unlock()
 		return
@@ -538,6 +551,12 @@ func upstreamOf(spec backend.Spec, c container.InspectResponse) (backend.Addr, e
 
 // create makes the app's container from spec.
 func (r *Runtime) create(ctx context.Context, spec backend.Spec) (string, error) {
+	return r.createAs(ctx, spec, ContainerName(spec.Name))
+}
+
+// createAs makes a container from spec named name: the app's own, or its next incarnation
+// during a deploy (deploy.go), which only Promote makes the app's.
+func (r *Runtime) createAs(ctx context.Context, spec backend.Spec, name string) (string, error) {
 	labels := maps.Clone(spec.Labels)
 	if labels == nil {
 		labels = make(map[string]string)
@@ -576,16 +595,18 @@ func (r *Runtime) create(ctx context.Context, spec backend.Spec) (string, error)
 		hc.NanoCPUs = int64(math.Round(spec.CPUs * 1e9))
 	}
 	res, err := r.cli.ContainerCreate(ctx, client.ContainerCreateOptions{
-		Name: ContainerName(spec.Name), Config: cfg, HostConfig: hc,
+		Name: name, Config: cfg, HostConfig: hc,
 	})
 	if err != nil {
 		if cerrdefs.IsNotFound(err) {
-			return "", fmt.Errorf("creating container %s: image %q not found in the local engine (%v); build or load it first (docker build -t %s . / docker load), sact never pulls", ContainerName(spec.Name), spec.Image, err, spec.Image)
+			return "", fmt.Errorf("creating container %s: image %q not found in the local engine (%v); build or load it first (docker build -t %s . / docker load), sact never pulls", name, spec.Image, err, spec.Image)
 		}
-		return "", fmt.Errorf("creating container %s: %w", ContainerName(spec.Name), err)
+		return "", fmt.Errorf("creating container %s: %w", name, err)
 	}
-	r.remember(ContainerName(spec.Name), res.ID, spec.Hash)
-	r.log.Info("created container", "app", spec.Name, "container", ContainerName(spec.Name), "id", shortID(res.ID), "config", spec.Hash)
+	if name == ContainerName(spec.Name) {
+		r.remember(name, res.ID, spec.Hash)
+	}
+	r.log.Info("created container", "app", spec.Name, "container", name, "id", shortID(res.ID), "config", spec.Hash)
 	return res.ID, nil
 }
 

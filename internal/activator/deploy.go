@@ -1,0 +1,377 @@
+package activator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/sact-project/sact/internal/backend"
+)
+
+// Deploys without a cold start (issue 17). When what a running app runs changes (a reload
+// with a changed spec, a rebuilt image, a restart file, `sact restart`), and the runtime
+// is a backend.Deployer, the new incarnation starts beside the old one while the old one
+// serves; once the new one is ready, new connections get it, the old one's open
+// connections have the drain timeout to end, and it is retired. A new one that does not
+// get ready is retired instead and the old one goes on serving; the failure is logged
+// and shown in status. The state stays Running throughout: no client ever waits.
+//
+// A stopped app needs none of this: its next start makes the new version.
+
+// deployment is one deploy, from its request until its old incarnation is gone.
+type deployment struct {
+	reason string
+	ready  chan struct{} // closed when the new one serves or failed
+	err    error         // why it failed; set before ready is closed
+}
+
+// deployState is the app's deploy bookkeeping, guarded by App.mu.
+type deployState struct {
+	cur, queued *deployment
+	// draining holds the leases of the incarnation on its way out; drained is closed when
+	// the last one ends, and endDrain cuts them short.
+	draining map[*Lease]struct{}
+	drained  chan struct{}
+	endDrain context.CancelFunc
+	// For status: the last failed deploy, and the counts since sact started.
+	lastErr  error
+	deploys  int
+	failures int
+}
+
+// DrainDefault is the drain timeout when the policy sets none.
+const DrainDefault = 10 * time.Second
+
+func (a *App) drainTimeout() time.Duration {
+	if d := a.pol().DrainTimeout; d > 0 {
+		return d
+	}
+	return DrainDefault
+}
+
+// deployer returns the runtime as a Deployer, or nil.
+func (a *App) deployer() backend.Deployer {
+	d, _ := a.rt.(backend.Deployer)
+	return d
+}
+
+// Restart gives the app a new incarnation: a deploy if it runs (no client waits), else
+// a start. It returns once the new incarnation serves, or why it does not.
+func (a *App) Restart(ctx context.Context) error {
+	a.mu.Lock()
+	if a.state == Running && a.deployer() != nil && !a.closed {
+		d := a.beginDeploy("restart")
+		a.mu.Unlock()
+		select {
+		case <-d.ready:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		if errors.Is(d.err, backend.ErrCannotDeploy) {
+			return a.stopStart(ctx)
+		}
+		return d.err
+	}
+	a.mu.Unlock()
+	return a.stopStart(ctx)
+}
+
+func (a *App) stopStart(ctx context.Context) error {
+	if err := a.StopFor(ctx, "restart"); err != nil {
+		return err
+	}
+	return a.Start(ctx)
+}
+
+// beginDeploy starts a deploy, or queues one behind the deploy under way (which may have
+// been made from a spec older than the one asked for now). Called with a.mu held.
+func (a *App) beginDeploy(reason string) *deployment {
+	if a.dep.cur != nil {
+		if a.dep.queued == nil {
+			a.dep.queued = &deployment{reason: reason, ready: make(chan struct{})}
+		}
+		return a.dep.queued
+	}
+	d := &deployment{reason: reason, ready: make(chan struct{})}
+	a.dep.cur = d
+	old := a.inst
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		a.deploy(d, old)
+	}()
+	return d
+}
+
+// deploy runs d against the running incarnation old, then any deploy queued meanwhile.
+func (a *App) deploy(d *deployment, old *backend.Instance) {
+	for d != nil {
+		a.deployOnce(d, old)
+		a.mu.Lock()
+		a.dep.cur, d = nil, a.dep.queued
+		a.dep.queued = nil
+		if d != nil {
+			if a.state != Running || a.closed {
+				// Stopped meanwhile: its next start makes the newest version anyway.
+				d.err = fmt.Errorf("app %s is no longer running; its next start uses the new version", a.Name())
+				close(d.ready)
+				d = nil
+			} else {
+				a.dep.cur = d
+				old = a.inst
+			}
+		}
+		a.mu.Unlock()
+	}
+}
+
+func (a *App) deployOnce(d *deployment, old *backend.Instance) {
+	dep := a.deployer()
+	spec := a.pol().Spec
+	began := time.Now()
+	a.log.Info("deploying app", "reason", d.reason, "container", old.ID)
+	ctx, cancel := context.WithTimeout(a.ctx, a.pol().StartTimeout)
+	defer cancel()
+	next, err := dep.StartNext(ctx, spec)
+	if errors.Is(err, backend.ErrCannotDeploy) {
+		// Both would use the same upstream: the old way, a restart once it is idle.
+		a.log.Info("app cannot run two incarnations at once; it restarts once no connection is open", "reason", d.reason)
+		a.mu.Lock()
+		a.refresh = true
+		a.refreshIfIdle()
+		d.err = err
+		close(d.ready)
+		a.mu.Unlock()
+		return
+	}
+	if err == nil {
+		if err = a.waitReady(ctx, next); err != nil {
+			if ctx.Err() != nil && a.ctx.Err() == nil && !errors.Is(err, errExited) {
+				err = fmt.Errorf("%w: start_timeout %s: %w", ErrStartTimeout, a.pol().StartTimeout, err)
+			}
+		}
+	}
+	if err != nil {
+		logs := ""
+		if next != nil {
+			tctx, tcancel := context.WithTimeout(context.WithoutCancel(a.ctx), 5*time.Second)
+			if !errors.Is(err, errExited) { // an exit's error carries its logs already
+				logs = dep.Tail(tctx, next)
+			}
+			tcancel()
+			a.retire(next, "deploy failed")
+		}
+		a.mu.Lock()
+		a.dep.failures++
+		a.dep.lastErr = fmt.Errorf("deploy failed (%s): %w", d.reason, err)
+		if logs != "" {
+			a.dep.lastErr = fmt.Errorf("%w; last log lines:\n%s", a.dep.lastErr, logs)
+		}
+		d.err = a.dep.lastErr
+		a.observe("deploy_failed", time.Since(began))
+		a.mu.Unlock()
+		a.log.Error("deploy failed; the old version goes on serving", "reason", d.reason, "err", err, "logs", logs, "duration", time.Since(began), "container", old.ID)
+		close(d.ready)
+		return
+	}
+
+	a.mu.Lock()
+	if a.state != Running || a.inst != old || a.closed {
+		a.mu.Unlock()
+		a.log.Info("app stopped during its deploy; its next start uses the new version", "reason", d.reason)
+		a.retire(next, "app stopped during deploy")
+		d.err = errors.New("the app stopped during its deploy")
+		close(d.ready)
+		return
+	}
+	// The renames are quick, and under the lock no stop can act on the old name meanwhile.
+	pctx, pcancel := context.WithTimeout(context.WithoutCancel(a.ctx), 10*time.Second)
+	err = dep.Promote(pctx, spec, old, next)
+	pcancel()
+	if err != nil {
+		a.dep.failures++
+		a.dep.lastErr = fmt.Errorf("deploy failed (%s): %w", d.reason, err)
+		d.err = a.dep.lastErr
+		a.mu.Unlock()
+		a.log.Error("deploy failed; the old version goes on serving", "reason", d.reason, "err", err)
+		a.retire(next, "deploy failed")
+		close(d.ready)
+		return
+	}
+	drained, endDrain := a.swapIn(next)
+	a.dep.deploys++
+	a.dep.lastErr = nil
+	took := time.Since(began)
+	a.observe("deploy", took)
+	open := len(a.dep.draining)
+	a.mu.Unlock()
+	a.log.Info("deployed app; new connections go to the new version", "reason", d.reason, "duration", took,
+		"container", next.ID, "old_container", old.ID, "upstream", next.Upstream.String(), "draining", open)
+	close(d.ready)
+
+	// The old one's connections end on their own, up to the drain timeout.
+	t := time.NewTimer(a.drainTimeout())
+	defer t.Stop()
+	cut := false
+	select {
+	case <-drained:
+	case <-t.C:
+		cut = true
+	case <-endDrain.Done(): // the app stopped: nothing to wait for
+	}
+	a.mu.Lock()
+	left := len(a.dep.draining)
+	a.dep.draining = nil
+	a.dep.endDrain = nil
+	a.mu.Unlock()
+	endDrain.cancel()
+	if cut && left > 0 {
+		a.log.Info("drain timeout: closing the old version's connections still open", "open_connections", left, "drain_timeout", a.drainTimeout())
+	}
+	a.retire(old, "deployed")
+}
+
+// cancelCtx is a context with its cancel, for the drain.
+type cancelCtx struct {
+	context.Context
+	cancel context.CancelFunc
+}
+
+// swapIn makes next the running incarnation: new leases get it, the old ones drain.
+// Called with a.mu held.
+func (a *App) swapIn(next *backend.Instance) (<-chan struct{}, cancelCtx) {
+	oldKill := a.killLive
+	a.dep.draining = a.conns
+	a.conns = make(map[*Lease]struct{})
+	drained := make(chan struct{})
+	if len(a.dep.draining) == 0 {
+		close(drained)
+	}
+	a.dep.drained = drained
+	ctx, cancel := context.WithCancel(context.WithoutCancel(a.ctx))
+	a.dep.endDrain = cancel
+	end := cancelCtx{ctx, func() { cancel(); oldKill() }}
+
+	a.inst = next
+	a.live, a.killLive = context.WithCancel(context.WithoutCancel(a.ctx))
+	live := a.live
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		a.watchExit(next, live)
+	}()
+	return drained, end
+}
+
+// releaseDraining ends a lease of the incarnation being drained. Called with a.mu held.
+func (a *App) releaseDraining(l *Lease) {
+	if _, ok := a.dep.draining[l]; !ok {
+		return
+	}
+	delete(a.dep.draining, l)
+	if len(a.dep.draining) == 0 {
+		close(a.dep.drained)
+	}
+}
+
+// stopDrain ends a drain under way: the app stops, its old incarnation goes too. Called
+// with a.mu held.
+func (a *App) stopDrain() {
+	if a.dep.endDrain != nil {
+		a.dep.endDrain()
+	}
+}
+
+// retire stops and removes an incarnation that serves no more.
+func (a *App) retire(inst *backend.Instance, why string) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(a.ctx), a.pol().StopTimeout+10*time.Second)
+	defer cancel()
+	if err := a.deployer().Retire(ctx, a.pol().Spec, inst, a.pol().StopTimeout); err != nil {
+		a.log.Warn("cannot remove an old incarnation of the app", "reason", why, "container", inst.ID, "err", err)
+		return
+	}
+	a.log.Info("removed an incarnation of the app", "reason", why, "container", inst.ID)
+}
+
+// deployIfChanged deploys the running app if its instance is not what its spec makes now
+// (a rebuilt image). A stopped app needs nothing: its next start checks.
+func (a *App) deployIfChanged() {
+	dep := a.deployer()
+	a.mu.Lock()
+	inst, running := a.inst, a.state == Running && !a.closed
+	a.mu.Unlock()
+	if dep == nil || !running {
+		return
+	}
+	ctx, cancel := context.WithTimeout(a.ctx, 10*time.Second)
+	defer cancel()
+	why, err := dep.Outdated(ctx, a.pol().Spec, inst)
+	if err != nil {
+		a.log.Warn("cannot tell whether the running app is outdated", "err", err)
+		return
+	}
+	if why == "" {
+		return
+	}
+	a.mu.Lock()
+	if a.state == Running && a.inst == inst && !a.closed {
+		a.beginDeploy(why)
+	}
+	a.mu.Unlock()
+}
+
+// watchOutside follows what the runtime sees happen to the app outside sact until ctx
+// ends: a container started by hand is adopted, a rebuilt image deployed.
+func (a *App) watchOutside(ctx context.Context) {
+	w, ok := a.rt.(backend.Watcher)
+	if !ok {
+		return
+	}
+	events, cancel := w.Watch(a.Name())
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		defer cancel()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case ev := <-events:
+				switch ev.Kind {
+				case backend.Started:
+					a.adoptStarted(ctx)
+				case backend.ImageChanged:
+					a.deployIfChanged()
+				}
+			}
+		}
+	}()
+}
+
+// adoptStarted makes a container started by hand the app's running incarnation, if the
+// app is stopped: its idle clock applies from now, and it is stopped when idle.
+func (a *App) adoptStarted(ctx context.Context) {
+	a.mu.Lock()
+	stopped := a.state == Stopped && !a.closed
+	a.mu.Unlock()
+	if !stopped {
+		return // sact's own start, or one it already knows
+	}
+	inst, err := a.rt.Running(ctx, a.pol().Spec)
+	if err != nil {
+		a.log.Warn("cannot adopt the app's container started outside sact", "err", err)
+		return
+	}
+	if inst == nil {
+		return // stopped again already
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.state != Stopped || a.closed {
+		return
+	}
+	a.log.Info("adopted app started outside sact", "container", inst.ID, "upstream", inst.Upstream.String())
+	a.lastErr = nil
+	a.becomeRunning(inst)
+}

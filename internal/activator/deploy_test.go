@@ -1,0 +1,302 @@
+package activator
+
+import (
+	"context"
+	"errors"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/sact-project/sact/internal/backend"
+)
+
+// deployRuntime is a Runtime, Deployer and Watcher whose incarnations are told apart by
+// their upstream: v1, v2, ... Each gets ready bootTime after its start.
+type deployRuntime struct {
+	mu        sync.Mutex
+	bootTime  time.Duration
+	nextBroke bool // StartNext's incarnations never get ready
+	gen       int
+	ready     map[string]time.Time // upstream address -> when it accepts
+	name      string               // the upstream under the app's name (what Stop stops)
+	retired   []string
+	starts    int
+	stops     int
+	running   *backend.Instance // what Running returns
+	events    chan backend.WatchEvent
+}
+
+func newDeployRuntime() *deployRuntime {
+	return &deployRuntime{ready: map[string]time.Time{}, events: make(chan backend.WatchEvent, 4)}
+}
+
+func (f *deployRuntime) incarnation(broken bool) *backend.Instance {
+	f.gen++
+	addr := "v" + string(rune('0'+f.gen))
+	if !broken {
+		f.ready[addr] = time.Now().Add(f.bootTime)
+	}
+	return &backend.Instance{ID: addr, Upstream: backend.Addr{Network: "tcp", Address: addr}, Exited: make(chan backend.Exit)}
+}
+
+func (f *deployRuntime) Start(ctx context.Context, spec backend.Spec) (*backend.Instance, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.starts++
+	inst := f.incarnation(false)
+	f.name = inst.ID
+	return inst, nil
+}
+
+func (f *deployRuntime) Stop(ctx context.Context, spec backend.Spec, grace time.Duration) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.stops++
+	delete(f.ready, f.name)
+	return nil
+}
+
+func (f *deployRuntime) Running(ctx context.Context, spec backend.Spec) (*backend.Instance, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.running != nil {
+		f.ready[f.running.Upstream.Address] = time.Now()
+		f.name = f.running.ID
+	}
+	return f.running, nil
+}
+
+func (f *deployRuntime) StartNext(ctx context.Context, spec backend.Spec) (*backend.Instance, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.incarnation(f.nextBroke), nil
+}
+
+func (f *deployRuntime) Promote(ctx context.Context, spec backend.Spec, old, next *backend.Instance) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.name = next.ID
+	return nil
+}
+
+func (f *deployRuntime) Retire(ctx context.Context, spec backend.Spec, inst *backend.Instance, grace time.Duration) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.ready, inst.ID)
+	f.retired = append(f.retired, inst.ID)
+	return nil
+}
+
+func (f *deployRuntime) Outdated(ctx context.Context, spec backend.Spec, inst *backend.Instance) (string, error) {
+	return "its image was rebuilt", nil
+}
+
+func (f *deployRuntime) Tail(ctx context.Context, inst *backend.Instance) string {
+	return "never ready, says " + inst.ID
+}
+
+func (f *deployRuntime) Watch(app string) (<-chan backend.WatchEvent, func()) {
+	return f.events, func() {}
+}
+
+func (f *deployRuntime) dial(ctx context.Context, network, address string) (net.Conn, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if at, ok := f.ready[address]; ok && !time.Now().Before(at) {
+		c1, c2 := net.Pipe()
+		c2.Close()
+		return c1, nil
+	}
+	return nil, errors.New("connection refused")
+}
+
+func (f *deployRuntime) retiredList() string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return strings.Join(f.retired, ",")
+}
+
+func runDeployApp(t *testing.T, rt *deployRuntime, p Policy) (*App, func()) {
+	p.Spec.Name = "web"
+	app := New(rt, p, Options{Dial: rt.dial})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- app.Run(ctx) }()
+	return app, func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}
+}
+
+func acquireFrom(t *testing.T, app *App) *Lease {
+	t.Helper()
+	l, err := app.Acquire(context.Background(), Wake{Remote: "test"})
+	if err != nil {
+		t.Fatalf("Acquire: %v", err)
+	}
+	return l
+}
+
+// A deploy of a running app: the old incarnation serves every connection until the new
+// one is ready, then the new one gets them; the old one goes once its last connection
+// ends. No connection waits, and no cold start is counted.
+func TestDeployServesOldUntilNewIsReady(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		rt := newDeployRuntime()
+		rt.bootTime = 3 * time.Second
+		app, stop := runDeployApp(t, rt, Policy{Idle: time.Hour, DrainTimeout: time.Minute})
+		defer stop()
+		held := acquireFrom(t, app) // cold start of v1
+		if held.Upstream.Address != "v1" {
+			t.Fatalf("first lease on %s", held.Upstream.Address)
+		}
+		app.Refresh() // a reload changed the spec
+		for range 5 { // the new one boots for 3s: every acquire meanwhile is served at once by v1
+			began := time.Now()
+			l := acquireFrom(t, app)
+			if l.Upstream.Address != "v1" || time.Since(began) != 0 {
+				t.Fatalf("during the deploy: lease on %s after %v, want v1 at once", l.Upstream.Address, time.Since(began))
+			}
+			l.Release()
+			time.Sleep(500 * time.Millisecond)
+		}
+		time.Sleep(time.Second)
+		synctest.Wait()
+		l := acquireFrom(t, app)
+		if l.Upstream.Address != "v2" {
+			t.Fatalf("after the deploy: lease on %s, want v2", l.Upstream.Address)
+		}
+		l.Release()
+		if got := rt.retiredList(); got != "" {
+			t.Fatalf("retired %q while v1 still has a connection", got)
+		}
+		if held.Context().Err() != nil {
+			t.Fatal("the old incarnation's open connection was cut before the drain timeout")
+		}
+		held.Release()
+		synctest.Wait()
+		if got := rt.retiredList(); got != "v1" {
+			t.Fatalf("retired %q after the drain, want v1", got)
+		}
+		st := app.Status()
+		if st.ColdStarts != 1 || st.Deploys != 1 || st.State != Running || st.LastError != "" {
+			t.Fatalf("status after the deploy: %+v", st)
+		}
+	})
+}
+
+// The old incarnation's connections are closed at the drain timeout.
+func TestDeployDrainTimeoutClosesOld(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		rt := newDeployRuntime()
+		app, stop := runDeployApp(t, rt, Policy{Idle: time.Hour, DrainTimeout: 5 * time.Second})
+		defer stop()
+		held := acquireFrom(t, app)
+		defer held.Release()
+		app.Refresh()
+		time.Sleep(4 * time.Second)
+		synctest.Wait()
+		if held.Context().Err() != nil || rt.retiredList() != "" {
+			t.Fatal("old connection cut before the drain timeout")
+		}
+		time.Sleep(2 * time.Second)
+		synctest.Wait()
+		if held.Context().Err() == nil || rt.retiredList() != "v1" {
+			t.Fatalf("after the drain timeout: open connection not closed, or retired %q", rt.retiredList())
+		}
+	})
+}
+
+// A new incarnation that never gets ready is retired; the old one goes on serving, and
+// status says why.
+func TestDeployFailedKeepsOld(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		rt := newDeployRuntime()
+		app, stop := runDeployApp(t, rt, Policy{Idle: time.Hour, StartTimeout: 5 * time.Second})
+		defer stop()
+		acquireFrom(t, app).Release()
+		rt.mu.Lock()
+		rt.nextBroke = true
+		rt.mu.Unlock()
+		err := app.Restart(context.Background())
+		if err == nil || !strings.Contains(err.Error(), "never ready, says v2") {
+			t.Fatalf("Restart = %v, want the failure with the new one's logs", err)
+		}
+		if got := rt.retiredList(); got != "v2" {
+			t.Fatalf("retired %q, want the new one, v2", got)
+		}
+		l := acquireFrom(t, app)
+		defer l.Release()
+		st := app.Status()
+		if l.Upstream.Address != "v1" || st.State != Running || st.DeployFailures != 1 ||
+			!strings.Contains(st.LastError, "deploy failed") || !strings.Contains(st.LastError, "start_timeout") {
+			t.Fatalf("after a failed deploy: lease on %s, status %+v", l.Upstream.Address, st)
+		}
+	})
+}
+
+// A stopped app is not deployed: its next start makes the new version.
+func TestRefreshOfStoppedAppDeploysNothing(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		rt := newDeployRuntime()
+		app, stop := runDeployApp(t, rt, Policy{Idle: time.Hour})
+		defer stop()
+		<-app.Adopted()
+		app.Refresh()
+		synctest.Wait()
+		if rt.gen != 0 {
+			t.Fatalf("%d incarnations made for a stopped app", rt.gen)
+		}
+	})
+}
+
+// A container started outside sact while the app is stopped becomes its running
+// incarnation, and is stopped when idle.
+func TestStartedOutsideIsAdoptedAndIdles(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		rt := newDeployRuntime()
+		app, stop := runDeployApp(t, rt, Policy{Idle: 10 * time.Second})
+		defer stop()
+		<-app.Adopted()
+		rt.mu.Lock()
+		rt.running = &backend.Instance{ID: "byhand", Upstream: backend.Addr{Network: "tcp", Address: "byhand"}, Exited: make(chan backend.Exit)}
+		rt.mu.Unlock()
+		rt.events <- backend.WatchEvent{Kind: backend.Started}
+		synctest.Wait()
+		if st := app.Status(); st.State != Running {
+			t.Fatalf("state %v after a start by hand, want running", st.State)
+		}
+		l := acquireFrom(t, app)
+		if l.Upstream.Address != "byhand" || rt.starts != 0 {
+			t.Fatalf("lease on %s with %d starts, want the adopted one", l.Upstream.Address, rt.starts)
+		}
+		l.Release()
+		time.Sleep(11 * time.Second)
+		synctest.Wait()
+		if st := app.Status(); st.State != Stopped || rt.stops != 1 || st.StopReason != "idle" {
+			t.Fatalf("after idle: %+v, %d stops", st, rt.stops)
+		}
+	})
+}
+
+// A rebuilt image deploys the running app.
+func TestImageChangedDeploysRunningApp(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		rt := newDeployRuntime()
+		app, stop := runDeployApp(t, rt, Policy{Idle: time.Hour})
+		defer stop()
+		acquireFrom(t, app).Release()
+		rt.events <- backend.WatchEvent{Kind: backend.ImageChanged}
+		synctest.Wait()
+		l := acquireFrom(t, app)
+		defer l.Release()
+		if l.Upstream.Address != "v2" || rt.retiredList() != "v1" {
+			t.Fatalf("after the image changed: lease on %s, retired %q", l.Upstream.Address, rt.retiredList())
+		}
+	})
+}

@@ -1,0 +1,198 @@
+package docker
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"slices"
+	"time"
+
+	cerrdefs "github.com/containerd/errdefs"
+	"github.com/moby/moby/api/types/events"
+	"github.com/moby/moby/client"
+
+	"github.com/sact-project/sact/internal/backend"
+)
+
+// Deploys (backend.Deployer): the new incarnation of app NAME is created as "sact-NAME-Next"
+// beside "sact-NAME"; once it is ready, Promote renames the old one "sact-NAME-Old" and the
+// new one "sact-NAME", the name users see and that a restarted sact adopts; the old one is
+// removed after its drain. App names are lower case, so no app's container can be called
+// like one of these.
+const (
+	nextSuffix = "-Next"
+	oldSuffix  = "-Old"
+)
+
+func nextName(app string) string { return ContainerName(app) + nextSuffix }
+func oldName(app string) string  { return ContainerName(app) + oldSuffix }
+
+// StartNext creates and starts a new incarnation of the app beside the running one. Only
+// an app reached on its container's own address can have two: a fixed upstream (a unix
+// socket in a volume, a published port) or a handoff socket would be shared by both.
+func (r *Runtime) StartNext(ctx context.Context, spec backend.Spec) (*backend.Instance, error) {
+	if spec.Container != "" || spec.Port == 0 || spec.Handoff != nil {
+		return nil, backend.ErrCannotDeploy
+	}
+	select {
+	case <-r.live:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	// A deploy cut short (sact killed) may have left one behind.
+	if err := r.removeIfApp(ctx, nextName(spec.Name), spec.Name); err != nil {
+		return nil, err
+	}
+	id, err := r.createAs(ctx, spec, nextName(spec.Name))
+	if err != nil {
+		return nil, err
+	}
+	inst, err := r.start(ctx, spec, id)
+	if err != nil {
+		r.removeID(context.WithoutCancel(ctx), id)
+		return nil, err
+	}
+	return inst, nil
+}
+
+// removeIfApp removes the container called name if it is one of app's (sact.app label);
+// another's is an error: it is not sact's to remove.
+func (r *Runtime) removeIfApp(ctx context.Context, name, app string) error {
+	ins, err := r.cli.ContainerInspect(ctx, name, client.ContainerInspectOptions{})
+	if cerrdefs.IsNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("inspecting container %s: %w", name, err)
+	}
+	if ins.Container.Config == nil || ins.Container.Config.Labels[LabelApp] != app {
+		return fmt.Errorf("a container named %s exists but was not made by sact for app %q; rename or remove it", name, app)
+	}
+	return r.removeID(ctx, ins.Container.ID)
+}
+
+func (r *Runtime) removeID(ctx context.Context, id string) error {
+	r.dropWatch(id)
+	if _, err := r.cli.ContainerRemove(ctx, id, client.ContainerRemoveOptions{Force: true}); err != nil && !cerrdefs.IsNotFound(err) {
+		return fmt.Errorf("removing container %s: %w", shortID(id), err)
+	}
+	return nil
+}
+
+// Promote gives next the app's name, and old the name of an incarnation on its way out.
+func (r *Runtime) Promote(ctx context.Context, spec backend.Spec, old, next *backend.Instance) error {
+	ins, err := r.cli.ContainerInspect(ctx, next.ID, client.ContainerInspectOptions{})
+	if err != nil {
+		return fmt.Errorf("inspecting the new container of app %s: %w", spec.Name, err)
+	}
+	if err := r.removeIfApp(ctx, oldName(spec.Name), spec.Name); err != nil {
+		return err
+	}
+	name := ContainerName(spec.Name)
+	if _, err := r.cli.ContainerRename(ctx, old.ID, client.ContainerRenameOptions{NewName: oldName(spec.Name)}); err != nil && !cerrdefs.IsNotFound(err) {
+		return fmt.Errorf("renaming container %s to %s: %w", name, oldName(spec.Name), err)
+	}
+	if _, err := r.cli.ContainerRename(ctx, next.ID, client.ContainerRenameOptions{NewName: name}); err != nil {
+		// Put the old one back: it goes on serving under its own name.
+		r.cli.ContainerRename(context.WithoutCancel(ctx), old.ID, client.ContainerRenameOptions{NewName: name})
+		return fmt.Errorf("renaming container %s to %s: %w", nextName(spec.Name), name, err)
+	}
+	hash := ""
+	if ins.Container.Config != nil {
+		hash = ins.Container.Config.Labels[LabelConfig]
+	}
+	r.remember(name, ins.Container.ID, hash)
+	return nil
+}
+
+// Retire stops inst and removes it.
+func (r *Runtime) Retire(ctx context.Context, spec backend.Spec, inst *backend.Instance, grace time.Duration) error {
+	secs := int(math.Ceil(grace.Seconds()))
+	if _, err := r.cli.ContainerStop(ctx, inst.ID, client.ContainerStopOptions{Timeout: &secs}); err != nil && !cerrdefs.IsNotFound(err) {
+		return fmt.Errorf("stopping container %s of app %s: %w", inst.ID, spec.Name, err)
+	}
+	if _, err := r.cli.ContainerRemove(ctx, inst.ID, client.ContainerRemoveOptions{Force: true}); err != nil && !cerrdefs.IsNotFound(err) {
+		return fmt.Errorf("removing container %s of app %s: %w", inst.ID, spec.Name, err)
+	}
+	return nil
+}
+
+// Outdated compares the running container with what spec would make now.
+func (r *Runtime) Outdated(ctx context.Context, spec backend.Spec, inst *backend.Instance) (string, error) {
+	if spec.Container != "" {
+		return "", nil // not sact's to remake
+	}
+	ins, err := r.cli.ContainerInspect(ctx, inst.ID, client.ContainerInspectOptions{})
+	if err != nil {
+		return "", fmt.Errorf("inspecting container %s of app %s: %w", inst.ID, spec.Name, err)
+	}
+	c := ins.Container
+	if c.Config != nil && c.Config.Labels[LabelConfig] != spec.Hash {
+		return "the app's settings changed", nil
+	}
+	if spec.Image != "" {
+		img, err := r.cli.ImageInspect(ctx, spec.Image)
+		if err != nil {
+			return "", fmt.Errorf("inspecting image %s of app %s: %w", spec.Image, spec.Name, err)
+		}
+		if img.ID != "" && img.ID != c.Image {
+			return "its image was rebuilt", nil
+		}
+	}
+	return "", nil
+}
+
+// Tail returns the container's last log lines.
+func (r *Runtime) Tail(ctx context.Context, inst *backend.Instance) string {
+	return r.tail(ctx, inst.ID)
+}
+
+// Watch reports the app's container started by hand, and images tagged anew.
+func (r *Runtime) Watch(app string) (<-chan backend.WatchEvent, func()) {
+	ch := make(chan backend.WatchEvent, 4)
+	r.mu.Lock()
+	r.subs[app] = append(r.subs[app], ch)
+	r.mu.Unlock()
+	return ch, func() {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		r.subs[app] = slices.DeleteFunc(r.subs[app], func(c chan backend.WatchEvent) bool { return c == ch })
+		if len(r.subs[app]) == 0 {
+			delete(r.subs, app)
+		}
+	}
+}
+
+// startedOutside tells the app whose container was started by someone else. Only the
+// container named like the app's and labelled as its counts: a Next one, or another
+// container someone labelled sact.app, is none of the app's business. Called with r.mu
+// held.
+func (r *Runtime) startedOutside(m events.Message) {
+	app := m.Actor.Attributes[LabelApp]
+	if app == "" || m.Actor.Attributes["name"] != ContainerName(app) {
+		return
+	}
+	r.notify(app, backend.Started)
+}
+
+// notify sends kind to app's subscribers, dropping it for one that lags (it has one
+// queued already, which says the same). Called with r.mu held.
+func (r *Runtime) notify(app string, kind backend.WatchKind) {
+	for _, ch := range r.subs[app] {
+		select {
+		case ch <- backend.WatchEvent{Kind: kind}:
+		default:
+		}
+	}
+}
+
+func (r *Runtime) notifyAll(kind backend.WatchKind) {
+	for app := range r.subs {
+		r.notify(app, kind)
+	}
+}
+
+var (
+	_ backend.Deployer = (*Runtime)(nil)
+	_ backend.Watcher  = (*Runtime)(nil)
+)
