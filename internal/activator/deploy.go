@@ -56,8 +56,11 @@ func (a *App) deployer() backend.Deployer {
 	return d
 }
 
-// Restart gives the app a new incarnation: a deploy if it runs (no client waits), else
-// a start. It returns once the new incarnation serves, or why it does not.
+// Restart restarts the app by hand (sact restart NAME, the dashboard) and waits until its
+// new incarnation serves or failed. A running app is deployed: the new one starts beside
+// it and no client waits; one that cannot be (a handoff app, a fixed upstream) or a
+// paused one is stopped, closing its connections, and started again; a stopped one is
+// started.
 func (a *App) Restart(ctx context.Context) error {
 	a.mu.Lock()
 	if a.state == Running && a.deployer() != nil && !a.closed {
@@ -79,7 +82,7 @@ func (a *App) Restart(ctx context.Context) error {
 
 func (a *App) stopStart(ctx context.Context) error {
 	if err := a.StopFor(ctx, "restart"); err != nil {
-		return err
+		return fmt.Errorf("stopping %s to restart it: %w", a.Name(), err)
 	}
 	return a.Start(ctx)
 }
@@ -123,7 +126,25 @@ func (a *App) deploy(d *deployment, old *backend.Instance) {
 			}
 		}
 		a.mu.Unlock()
+		if d != nil && d.reason != "restart" && !a.outdated(old) {
+			// Asked for while the last one ran, which may have made the newest version
+			// already: an image tagged anew meanwhile, a second touch.
+			a.mu.Lock()
+			a.dep.cur = nil
+			a.mu.Unlock()
+			close(d.ready)
+			d = nil
+		}
 	}
+}
+
+// outdated reports whether inst is not what the app's spec makes now; when that cannot
+// be told, it is (a deploy too many costs less than a version missed).
+func (a *App) outdated(inst *backend.Instance) bool {
+	ctx, cancel := context.WithTimeout(a.ctx, 10*time.Second)
+	defer cancel()
+	why, err := a.deployer().Outdated(ctx, a.pol().Spec, inst)
+	return why != "" || err != nil
 }
 
 func (a *App) deployOnce(d *deployment, old *backend.Instance) {

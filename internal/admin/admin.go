@@ -148,6 +148,9 @@ type AppStatus struct {
 	KnownSince *time.Time `json:"known_since,omitempty"`
 	// ActivityDays counts its connections on each of the last 90 days (UTC), today last.
 	ActivityDays []int `json:"activity_days,omitempty"`
+	// Deploys without a cold start, and the failed ones (their reason is LastError).
+	Deploys        int `json:"deploys,omitempty"`
+	DeployFailures int `json:"deploy_failures,omitempty"`
 	Description
 }
 
@@ -233,7 +236,8 @@ func (s *Server) status(a App) AppStatus {
 		Name: st.Name, State: st.State.String(), Since: st.Since, Open: st.Open, Waiting: st.Waiting,
 		ColdStarts: st.ColdStarts, StopReason: st.StopReason, LastError: st.LastError,
 		Refused: st.Refused, StartFailures: st.StartFailures, Connections: st.Accepted, Stops: st.Stops,
-		Memory: st.Memory,
+		Memory:  st.Memory,
+		Deploys: st.Deploys, DeployFailures: st.DeployFailures,
 	}
 	if !st.LastActivity.IsZero() {
 		out.LastActivity = &st.LastActivity

@@ -337,7 +337,7 @@ func (d *daemon) update(u *unit, app *config.App, lns []net.Listener) {
 		d.startRebind(u)
 	}
 	if specChanged {
-		d.log.Info("app settings changed; it restarts with them once no connection is open", "app", app.Name)
+		d.log.Info("app settings changed; a running app gets a new container beside its old one, else at its next start", "app", app.Name)
 		if u.handoff != nil {
 			u.handoff.refresh.Store(true)
 		} else {

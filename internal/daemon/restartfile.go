@@ -22,8 +22,8 @@ const restartQuiet = time.Second
 // watchRestartFiles restarts an app in a new container when its restart_file is touched,
 // as Passenger does with tmp/restart.txt (issue 14): the file's time is part of the app's
 // spec hash (config.App.Restarted), so the change goes the way of any changed setting in
-// a reload: the app is stopped once no connection is open, and its next request creates
-// a new container. It returns when ctx is done.
+// a reload: a running app gets a new container beside the old one, which drains
+// (activator/deploy.go); a stopped one gets it at its next request. It returns when ctx is done.
 func (d *daemon) watchRestartFiles(ctx context.Context) {
 	w, err := fsnotify.NewWatcher()
 	if err != nil {
@@ -160,7 +160,7 @@ func (d *daemon) restartIfTouched(ctx context.Context, name, file string) {
 	}
 	app := *u.app
 	app.Restarted = mtime
-	d.log.Info("restart file touched; the app restarts in a new container at its next connection", "app", name, "path", file)
+	d.log.Info("restart file touched; the app gets a new container", "app", name, "path", file)
 	d.update(u, &app, u.lns)
 }
 

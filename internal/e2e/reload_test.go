@@ -104,8 +104,9 @@ func TestReload(t *testing.T) {
 	if n := d.countLog(`"msg":"app ready"&&` + keep); n != 1 {
 		t.Errorf("the unchanged app started %d times, want 1", n)
 	}
-	// The changed app restarts with its new env once its stream has ended.
-	d.waitLog(`"msg":"stopped app"&&"reason":"config changed"&&`+change, 15*time.Second)
+	// The changed app gets a new container with its new env beside the old one, which
+	// drains (issue 17).
+	d.waitLog(`"msg":"deployed app;&&"reason":"config changed"&&`+change, 30*time.Second)
 	if _, err := httpGet(changeAddr, "/"); err != nil {
 		t.Fatal(err)
 	}

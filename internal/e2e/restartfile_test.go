@@ -34,7 +34,7 @@ func TestRestartFileRecreatesContainer(t *testing.T) {
 		t.Fatal(err)
 	}
 	d.waitLog(`"msg":"restart file touched`+`&&`+name, 5*time.Second)
-	d.waitLog(`"msg":"stopped app"&&`+name, 20*time.Second)
+	d.waitLog(`"msg":"deployed app;&&`+name, 20*time.Second) // beside the old one (issue 17)
 	if _, err := httpGet(addr, "/"); err != nil {
 		t.Fatalf("request after the touch: %v", err)
 	}
@@ -51,7 +51,11 @@ func TestRestartFileRecreatesContainer(t *testing.T) {
 	if n := d.awaitCount(`"msg":"restart file touched`+`&&`+name, 2); n != 2 {
 		t.Fatalf("%d restarts logged after the second touch, want 2", n)
 	}
-	d.awaitCount(`"msg":"stopped app"&&`+name, 2)
+	for deadline := time.Now().Add(30 * time.Second); d.countLog(`"msg":"deployed app;&&`+name) < 2; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no second deploy 30s after the second touch")
+		}
+	}
 	if _, err := httpGet(addr, "/"); err != nil {
 		t.Fatalf("request after the second touch: %v", err)
 	}
