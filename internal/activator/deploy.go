@@ -240,6 +240,7 @@ func (a *App) deployOnce(d *deployment, old *backend.Instance) {
 	case <-t.C:
 		cut = true
 	case <-endDrain.Done(): // the app stopped: nothing to wait for
+	case <-a.ctx.Done(): // sact exits, its connections drained already
 	}
 	a.mu.Lock()
 	left := len(a.dep.draining)

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -175,13 +176,13 @@ func TestDeployWithoutColdStart(t *testing.T) {
 			time.Sleep(time.Second)
 
 			reloadTo(t, d, deployApp(name, addr, mode, "v2", ""))
-			d.waitLog(`"msg":"deployed app;&&`+name, 60*time.Second)
-			// New connections: the new version from now on (one in flight may still
-			// finish on the old one).
-			time.Sleep(500 * time.Millisecond)
-			if v := fresh.last(); v != "v2" {
-				t.Errorf("new connections after the deploy get %q, want v2", v)
+			// New connections get the new version once it is ready.
+			for deadline := time.Now().Add(60 * time.Second); fresh.last() != "v2"; time.Sleep(100 * time.Millisecond) {
+				if time.Now().After(deadline) {
+					t.Fatalf("new connections still get %q 60s after the reload, want v2", fresh.last())
+				}
 			}
+			d.waitLog(`"msg":"deployed app;&&`+name, 10*time.Second)
 			// The kept-alive connection: on the old version until its drain ends.
 			deadline := time.Now().Add(30 * time.Second)
 			for kept.last() != "v2" && time.Now().Before(deadline) {
@@ -235,6 +236,16 @@ func TestDeployFailedKeepsOldVersion(t *testing.T) {
 	defer func() { cancel(); wg.Wait() }()
 
 	reloadTo(t, d, deployApp(name, addr, "proxy", "v2", ", NEVER_READY: 1"))
+	// Until the deploy gives up (start_timeout), no request may fail.
+	failed := `"msg":"deploy failed; the old version goes on serving"&&` + name
+	for deadline := time.Now().Add(60 * time.Second); d.countLog(failed) == 0; time.Sleep(100 * time.Millisecond) {
+		loop.mu.Lock()
+		errs := slices.Clone(loop.errs)
+		loop.mu.Unlock()
+		if len(errs) > 0 || time.Now().After(deadline) {
+			t.Fatalf("%d requests failed after the reload, and no failed deploy logged: %v", len(errs), errs)
+		}
+	}
 	rec := d.waitLog(`"msg":"deploy failed; the old version goes on serving"&&`+name, 60*time.Second)
 	if logs, _ := rec["logs"].(string); !strings.Contains(logs, "never getting ready") {
 		t.Errorf("the failure's log line lacks the new one's log lines: %v", rec)
@@ -275,10 +286,12 @@ func TestStartedByHandIsAdopted(t *testing.T) {
 		t.Fatalf("sact stop: %v\n%s", err, out)
 	}
 	docker(t, "start", "sact-"+name)
-	d.waitLog(`"msg":"adopted app started outside sact"&&`+name, 10*time.Second)
-	if st := statusOf(t, d, name); st.State != "running" {
-		t.Fatalf("status after docker start: %+v, want running", st)
+	for deadline := time.Now().Add(10 * time.Second); statusOf(t, d, name).State != "running"; time.Sleep(100 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("status after docker start: %+v, want running", statusOf(t, d, name))
+		}
 	}
+	d.waitLog(`"msg":"adopted app started outside sact"&&`+name, 5*time.Second)
 	if body, err := httpGet(addr, "/"); err != nil || !strings.Contains(body, name) {
 		t.Fatalf("request to the adopted app: %q, %v", body, err)
 	}
@@ -319,5 +332,29 @@ func waitGone(t *testing.T, name string, timeout time.Duration) {
 			return
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// TestDeployOnRebuiltImage: an image rebuilt under a running app's tag (the engine's tag
+// event) deploys the app: the new image answers, with no cold start.
+func TestDeployOnRebuiltImage(t *testing.T) {
+	other := needHostileImage(t)
+	name := uniqueName(t, "deploy-image")
+	removeIncarnations(t, name)
+	tag := "sact-e2e-deploy:" + name
+	docker(t, "tag", testImage, tag)
+	t.Cleanup(func() { exec.Command("docker", "rmi", "-f", tag).Run() })
+	addr := freeAddr(t)
+	d := startSact(t, "apps:"+strings.Replace(appConfig(name, addr, ""), "image: "+testImage, "image: "+tag, 1)+"    idle: 10m\n")
+	if body, err := httpGet(addr, "/"); err != nil || !strings.Contains(body, "hello from "+name) {
+		t.Fatalf("first start: %q, %v", body, err)
+	}
+	docker(t, "tag", other, tag) // as `docker build -t` does
+	d.waitLog(`"msg":"deployed app;&&`+name+`&&its image was rebuilt`, 60*time.Second)
+	if body, err := httpGet(addr, "/"); err != nil || !strings.Contains(body, "hostile app") {
+		t.Fatalf("after the rebuild: %q, %v; want the new image's answer", body, err)
+	}
+	if st := statusOf(t, d, name); st.ColdStarts != 1 || st.Deploys != 1 {
+		t.Errorf("status after the rebuild: %+v, want 1 cold start and 1 deploy", st)
 	}
 }
