@@ -25,4 +25,9 @@
 // pools would otherwise pin every app forever) unless KeepWhileOpen is set; it is closed when
 // the app stops. The idle clock is a single timer per app armed for the earliest moment the
 // app could be idle, so a sleeping host costs no wakeups.
+//
+// A running app whose version changes (a new spec, a rebuilt image, a restart) stays
+// Running while its new incarnation starts beside the old one, on a runtime that can run
+// two (backend.Deployer): see deploy.go. A container started outside sact while the app
+// is stopped (backend.Watcher) moves it to Running as an adoption at Run does.
 package activator

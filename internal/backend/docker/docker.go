@@ -3,7 +3,9 @@
 // A container is created once, named "sact-NAME" and labelled sact.app=NAME and
 // sact.config=HASH, and afterwards only started and stopped: creating costs the engine far
 // more than starting. A container whose sact.config label differs from the app's current
-// settings is removed and created anew at its next start, never while it runs.
+// settings is removed and created anew at its next start, never while it runs; a running
+// one is replaced by a deploy instead (deploy.go), whose new container takes the name
+// "sact-NAME" once it serves.
 //
 // Exits are learnt from the engine's event stream, one stream for all apps. The stream is
 // resumed with "since" after any interruption, so an exit that happened while it was down
