@@ -154,6 +154,12 @@ func status(ctx context.Context, e *env, args []string) error {
 		if a.State == "broken" && a.LastError != "" {
 			fmt.Fprintf(e.stdout, "%s is broken: %s\n", a.Name, a.LastError)
 		}
+		if a.State != "broken" && a.DeployFailures > 0 && strings.HasPrefix(a.LastError, "deploy failed") {
+			// The old version serves on: the new one's reason, its first line (the
+			// new one's log lines are in sact status -json and the log).
+			first, _, _ := strings.Cut(a.LastError, "\n")
+			fmt.Fprintf(e.stdout, "%s: %s\n", a.Name, first)
+		}
 	}
 	return nil
 }

@@ -265,6 +265,9 @@ func TestDeployFailedKeepsOldVersion(t *testing.T) {
 	if st.State != "running" || st.DeployFailures != 1 || !strings.Contains(st.LastError, "deploy failed") || !strings.Contains(st.LastError, "never getting ready") {
 		t.Errorf("status after the failed deploy: %+v", st)
 	}
+	if out, err := sactCLI(t, d, "status"); err != nil || !strings.Contains(out, name+": deploy failed") {
+		t.Errorf("sact status does not show the failed deploy: %v\n%s", err, out)
+	}
 	waitGone(t, "sact-"+name+"-Next", 20*time.Second)
 	if body, err := httpGet(addr, "/"); err != nil || !strings.Contains(body, name+"-v1") {
 		t.Errorf("after the failed deploy: %q, %v; want v1", body, err)
@@ -356,5 +359,33 @@ func TestDeployOnRebuiltImage(t *testing.T) {
 	}
 	if st := statusOf(t, d, name); st.ColdStarts != 1 || st.Deploys != 1 {
 		t.Errorf("status after the rebuild: %+v, want 1 cold start and 1 deploy", st)
+	}
+}
+
+// TestDeployLeftoverRemoved: a sact killed while an old version drains leaves its
+// container running; the next sact removes it as it adopts the app.
+func TestDeployLeftoverRemoved(t *testing.T) {
+	needDocker(t)
+	name := uniqueName(t, "deploy-left")
+	removeIncarnations(t, name)
+	addr := freeAddr(t)
+	d := startSact(t, deployApp(name, addr, "proxy", "v1", ""))
+	c := dialTCP(t, addr) // kept open: the old version drains it
+	fmt.Fprintf(c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+	c.SetReadDeadline(time.Now().Add(60 * time.Second))
+	if _, err := c.Read(make([]byte, 512)); err != nil {
+		t.Fatalf("first request: %v", err)
+	}
+	reloadTo(t, d, deployApp(name, addr, "proxy", "v2", ""))
+	d.waitLog(`"msg":"deployed app;&&`+name+`&&"draining":1`, 60*time.Second)
+	d.kill()
+	if s := docker(t, "inspect", "-f", "{{.State.Status}}", "sact-"+name+"-Old"); s != "running" {
+		t.Fatalf("the draining old version is %q after sact was killed, want running (else this test shows nothing)", s)
+	}
+	d2 := startSactFile(t, d.config)
+	waitGone(t, "sact-"+name+"-Old", 20*time.Second)
+	d2.waitLog(`"msg":"removing a container left by an interrupted deploy"&&`+name, 5*time.Second)
+	if body, err := httpGet(addr, "/"); err != nil || !strings.Contains(body, name+"-v2") {
+		t.Errorf("after the restart: %q, %v; want v2", body, err)
 	}
 }

@@ -79,6 +79,22 @@ func (r *Runtime) removeID(ctx context.Context, id string) error {
 	return nil
 }
 
+// removeLeftovers removes the containers of a deploy that a sact gone meanwhile (killed,
+// the host rebooted) could not finish: they would otherwise run on unseen. A sact that
+// hands over to a new one while it drains an old container loses that drain.
+func (r *Runtime) removeLeftovers(ctx context.Context, spec backend.Spec) {
+	for _, name := range []string{nextName(spec.Name), oldName(spec.Name)} {
+		ins, err := r.cli.ContainerInspect(ctx, name, client.ContainerInspectOptions{})
+		if err != nil || ins.Container.Config == nil || ins.Container.Config.Labels[LabelApp] != spec.Name {
+			continue
+		}
+		r.log.Info("removing a container left by an interrupted deploy", "app", spec.Name, "container", name, "reason", "sact was not there to finish the deploy")
+		if err := r.removeID(ctx, ins.Container.ID); err != nil {
+			r.log.Warn("cannot remove a container left by an interrupted deploy", "app", spec.Name, "container", name, "reason", err)
+		}
+	}
+}
+
 // Promote gives next the app's name, and old the name of an incarnation on its way out.
 func (r *Runtime) Promote(ctx context.Context, spec backend.Spec, old, next *backend.Instance) error {
 	ins, err := r.cli.ContainerInspect(ctx, next.ID, client.ContainerInspectOptions{})

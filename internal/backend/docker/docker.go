@@ -675,6 +675,9 @@ func (r *Runtime) Stop(ctx context.Context, spec backend.Spec, grace time.Durati
 
 // Running returns the app's container if it runs (sact was restarted while it served).
 func (r *Runtime) Running(ctx context.Context, spec backend.Spec) (*backend.Instance, error) {
+	if spec.Container == "" {
+		r.removeLeftovers(ctx, spec)
+	}
 	ins, err := r.cli.ContainerInspect(ctx, containerRef(spec), client.ContainerInspectOptions{})
 	if cerrdefs.IsNotFound(err) {
 		return nil, nil
