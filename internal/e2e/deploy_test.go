@@ -182,7 +182,9 @@ func TestDeployWithoutColdStart(t *testing.T) {
 					t.Fatalf("new connections still get %q 60s after the reload, want v2", fresh.last())
 				}
 			}
-			d.waitLog(`"msg":"deployed app;&&`+name, 10*time.Second)
+			if d.awaitCount(`"msg":"deployed app;&&`+name, 1) != 1 {
+				t.Errorf("new connections get v2, but no deploy was logged")
+			}
 			// The kept-alive connection: on the old version until its drain ends.
 			deadline := time.Now().Add(30 * time.Second)
 			for kept.last() != "v2" && time.Now().Before(deadline) {
@@ -353,10 +355,19 @@ func TestDeployOnRebuiltImage(t *testing.T) {
 		t.Fatalf("first start: %q, %v", body, err)
 	}
 	docker(t, "tag", other, tag) // as `docker build -t` does
-	d.waitLog(`"msg":"deployed app;&&`+name+`&&its image was rebuilt`, 60*time.Second)
-	if body, err := httpGet(addr, "/"); err != nil || !strings.Contains(body, "hostile app") {
-		t.Fatalf("after the rebuild: %q, %v; want the new image's answer", body, err)
+	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		body, err := httpGet(addr, "/")
+		if err != nil {
+			t.Fatalf("during the deploy: %v", err)
+		}
+		if strings.Contains(body, "hostile app") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the running app still answers %q 60s after its image was rebuilt", body)
+		}
 	}
+	d.waitLog(`"msg":"deployed app;&&`+name+`&&its image was rebuilt`, 5*time.Second)
 	if st := statusOf(t, d, name); st.ColdStarts != 1 || st.Deploys != 1 {
 		t.Errorf("status after the rebuild: %+v, want 1 cold start and 1 deploy", st)
 	}
