@@ -307,7 +307,7 @@ func (a *App) stopDrain() {
 
 // retire stops and removes an incarnation that serves no more.
 func (a *App) retire(inst *backend.Instance, why string) {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(a.ctx), a.pol().StopTimeout+10*time.Second)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(a.ctx), a.pol().StopTimeout+30*time.Second)
 	defer cancel()
 	if err := a.deployer().Retire(ctx, a.pol().Spec, inst, a.pol().StopTimeout); err != nil {
 		a.log.Warn("cannot remove an old incarnation of the app", "reason", why, "container", inst.ID, "err", err)

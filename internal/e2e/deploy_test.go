@@ -270,7 +270,7 @@ func TestDeployFailedKeepsOldVersion(t *testing.T) {
 	if out, err := sactCLI(t, d, "status"); err != nil || !strings.Contains(out, name+": deploy failed") {
 		t.Errorf("sact status does not show the failed deploy: %v\n%s", err, out)
 	}
-	waitGone(t, "sact-"+name+"-Next", 20*time.Second)
+	waitGone(t, "sact-"+name+"-Next", 30*time.Second)
 	if body, err := httpGet(addr, "/"); err != nil || !strings.Contains(body, name+"-v1") {
 		t.Errorf("after the failed deploy: %q, %v; want v1", body, err)
 	}

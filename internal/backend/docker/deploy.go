@@ -124,8 +124,16 @@ func (r *Runtime) Promote(ctx context.Context, spec backend.Spec, old, next *bac
 // Retire stops inst and removes it.
 func (r *Runtime) Retire(ctx context.Context, spec backend.Spec, inst *backend.Instance, grace time.Duration) error {
 	secs := int(math.Ceil(grace.Seconds()))
-	if _, err := r.cli.ContainerStop(ctx, inst.ID, client.ContainerStopOptions{Timeout: &secs}); err != nil && !cerrdefs.IsNotFound(err) {
-		return fmt.Errorf("stopping container %s of app %s: %w", inst.ID, spec.Name, err)
+	// A stop that fails (a slow engine) still ends in the forced removal, which kills: an
+	// incarnation left behind would run on unseen.
+	stopErr := func() error {
+		sctx, cancel := context.WithTimeout(ctx, grace+10*time.Second)
+		defer cancel()
+		_, err := r.cli.ContainerStop(sctx, inst.ID, client.ContainerStopOptions{Timeout: &secs})
+		return err
+	}()
+	if stopErr != nil && !cerrdefs.IsNotFound(stopErr) {
+		r.log.Warn("cannot stop an incarnation of the app; removing it by force", "app", spec.Name, "container", inst.ID, "reason", stopErr)
 	}
 	if _, err := r.cli.ContainerRemove(ctx, inst.ID, client.ContainerRemoveOptions{Force: true}); err != nil && !cerrdefs.IsNotFound(err) {
 		return fmt.Errorf("removing container %s of app %s: %w", inst.ID, spec.Name, err)
