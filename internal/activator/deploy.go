@@ -38,6 +38,9 @@ type deployState struct {
 	lastErr  error
 	deploys  int
 	failures int
+	// failedVersion is what the last failed deploy tried to run (Deployer.Outdated's
+	// version), "" after a success.
+	failedVersion string
 }
 
 // DrainDefault is the drain timeout when the policy sets none.
@@ -143,7 +146,7 @@ func (a *App) deploy(d *deployment, old *backend.Instance) {
 func (a *App) outdated(inst *backend.Instance) bool {
 	ctx, cancel := context.WithTimeout(a.ctx, 10*time.Second)
 	defer cancel()
-	why, err := a.deployer().Outdated(ctx, a.pol().Spec, inst)
+	why, _, err := a.deployer().Outdated(ctx, a.pol().Spec, inst)
 	return why != "" || err != nil
 }
 
@@ -154,6 +157,10 @@ func (a *App) deployOnce(d *deployment, old *backend.Instance) {
 	a.log.Info("deploying app", "reason", d.reason, "container", old.ID)
 	ctx, cancel := context.WithTimeout(a.ctx, a.pol().StartTimeout)
 	defer cancel()
+	_, version, verr := dep.Outdated(ctx, spec, old)
+	if verr != nil {
+		version = "" // unknown: an image event may try it again
+	}
 	next, err := dep.StartNext(ctx, spec)
 	if errors.Is(err, backend.ErrCannotDeploy) {
 		// Both would use the same upstream: the old way, a restart once it is idle.
@@ -185,6 +192,7 @@ func (a *App) deployOnce(d *deployment, old *backend.Instance) {
 		}
 		a.mu.Lock()
 		a.dep.failures++
+		a.dep.failedVersion = version
 		a.dep.lastErr = fmt.Errorf("deploy failed (%s): %w", d.reason, err)
 		if logs != "" {
 			a.dep.lastErr = fmt.Errorf("%w; last log lines:\n%s", a.dep.lastErr, logs)
@@ -223,6 +231,7 @@ func (a *App) deployOnce(d *deployment, old *backend.Instance) {
 	drained, endDrain := a.swapIn(next)
 	a.dep.deploys++
 	a.dep.lastErr = nil
+	a.dep.failedVersion = ""
 	took := time.Since(began)
 	a.observe("deploy", took)
 	open := len(a.dep.draining)
@@ -328,7 +337,7 @@ func (a *App) deployIfChanged() {
 	}
 	ctx, cancel := context.WithTimeout(a.ctx, 10*time.Second)
 	defer cancel()
-	why, err := dep.Outdated(ctx, a.pol().Spec, inst)
+	why, version, err := dep.Outdated(ctx, a.pol().Spec, inst)
 	if err != nil {
 		a.log.Warn("cannot tell whether the running app is outdated", "err", err)
 		return
@@ -337,6 +346,12 @@ func (a *App) deployIfChanged() {
 		return
 	}
 	a.mu.Lock()
+	if version == a.dep.failedVersion {
+		// Its deploy failed already: an event for another image must not retry it (a
+		// start_timeout each); a new image, a reload or a restart does.
+		a.mu.Unlock()
+		return
+	}
 	if a.state == Running && a.inst == inst && !a.closed {
 		a.beginDeploy(why)
 	}

@@ -18,7 +18,8 @@ import (
 type deployRuntime struct {
 	mu        sync.Mutex
 	bootTime  time.Duration
-	nextBroke bool // StartNext's incarnations never get ready
+	nextBroke bool   // StartNext's incarnations never get ready
+	image     string // names the version Outdated reports
 	gen       int
 	ready     map[string]time.Time // upstream address -> when it accepts
 	name      string               // the upstream under the app's name (what Stop stops)
@@ -90,8 +91,11 @@ func (f *deployRuntime) Retire(ctx context.Context, spec backend.Spec, inst *bac
 	return nil
 }
 
-func (f *deployRuntime) Outdated(ctx context.Context, spec backend.Spec, inst *backend.Instance) (string, error) {
-	return "its image was rebuilt", nil
+// Outdated says every incarnation is outdated, by the image f.image names now.
+func (f *deployRuntime) Outdated(ctx context.Context, spec backend.Spec, inst *backend.Instance) (string, string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return "its image was rebuilt", "img" + f.image, nil
 }
 
 func (f *deployRuntime) Tail(ctx context.Context, inst *backend.Instance) string {
@@ -297,6 +301,41 @@ func TestImageChangedDeploysRunningApp(t *testing.T) {
 		defer l.Release()
 		if l.Upstream.Address != "v2" || rt.retiredList() != "v1" {
 			t.Fatalf("after the image changed: lease on %s, retired %q", l.Upstream.Address, rt.retiredList())
+		}
+	})
+}
+
+// A deploy that failed is not tried again for every image event, only for a new image.
+func TestFailedDeployNotRetriedForOtherImages(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		rt := newDeployRuntime()
+		app, stop := runDeployApp(t, rt, Policy{Idle: time.Hour, StartTimeout: 5 * time.Second})
+		defer stop()
+		acquireFrom(t, app).Release()
+		rt.mu.Lock()
+		rt.nextBroke, rt.image = true, "broken"
+		rt.mu.Unlock()
+		rt.events <- backend.WatchEvent{Kind: backend.ImageChanged}
+		time.Sleep(6 * time.Second)
+		synctest.Wait()
+		if st := app.Status(); st.DeployFailures != 1 {
+			t.Fatalf("%d failed deploys after the broken image, want 1", st.DeployFailures)
+		}
+		rt.events <- backend.WatchEvent{Kind: backend.ImageChanged} // another image's tag
+		time.Sleep(6 * time.Second)
+		synctest.Wait()
+		if st := app.Status(); st.DeployFailures != 1 || rt.gen != 2 {
+			t.Fatalf("the failed version was tried again for another image: %d failures, %d incarnations", st.DeployFailures, rt.gen)
+		}
+		rt.mu.Lock()
+		rt.nextBroke, rt.image = false, "fixed"
+		rt.mu.Unlock()
+		rt.events <- backend.WatchEvent{Kind: backend.ImageChanged}
+		synctest.Wait()
+		l := acquireFrom(t, app)
+		defer l.Release()
+		if st := app.Status(); l.Upstream.Address != "v3" || st.Deploys != 1 || st.LastError != "" {
+			t.Fatalf("the fixed image was not deployed: lease on %s, %+v", l.Upstream.Address, st)
 		}
 	})
 }

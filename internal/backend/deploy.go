@@ -24,8 +24,9 @@ type Deployer interface {
 	// and removes it: an old one after its drain, or a next one that never got ready.
 	Retire(ctx context.Context, spec Spec, inst *Instance, grace time.Duration) error
 	// Outdated says why the running inst is not what spec makes now ("its image was
-	// rebuilt"), or "" if it is.
-	Outdated(ctx context.Context, spec Spec, inst *Instance) (string, error)
+	// rebuilt"), or "" if it is; and names what spec makes now (its settings and image),
+	// so that a version whose deploy failed is not tried again for every image event.
+	Outdated(ctx context.Context, spec Spec, inst *Instance) (why, version string, err error)
 	// Tail returns inst's last log lines, for the log line that reports a failed deploy.
 	Tail(ctx context.Context, inst *Instance) string
 }

@@ -142,28 +142,31 @@ func (r *Runtime) Retire(ctx context.Context, spec backend.Spec, inst *backend.I
 }
 
 // Outdated compares the running container with what spec would make now.
-func (r *Runtime) Outdated(ctx context.Context, spec backend.Spec, inst *backend.Instance) (string, error) {
+func (r *Runtime) Outdated(ctx context.Context, spec backend.Spec, inst *backend.Instance) (why, version string, err error) {
 	if spec.Container != "" {
-		return "", nil // not sact's to remake
+		return "", "", nil // not sact's to remake
 	}
 	ins, err := r.cli.ContainerInspect(ctx, inst.ID, client.ContainerInspectOptions{})
 	if err != nil {
-		return "", fmt.Errorf("inspecting container %s of app %s: %w", inst.ID, spec.Name, err)
+		return "", "", fmt.Errorf("inspecting container %s of app %s: %w", inst.ID, spec.Name, err)
 	}
 	c := ins.Container
-	if c.Config != nil && c.Config.Labels[LabelConfig] != spec.Hash {
-		return "the app's settings changed", nil
-	}
+	image := ""
 	if spec.Image != "" {
 		img, err := r.cli.ImageInspect(ctx, spec.Image)
 		if err != nil {
-			return "", fmt.Errorf("inspecting image %s of app %s: %w", spec.Image, spec.Name, err)
+			return "", "", fmt.Errorf("inspecting image %s of app %s: %w", spec.Image, spec.Name, err)
 		}
-		if img.ID != "" && img.ID != c.Image {
-			return "its image was rebuilt", nil
-		}
+		image = img.ID
 	}
-	return "", nil
+	version = spec.Hash + "@" + image
+	switch {
+	case c.Config != nil && c.Config.Labels[LabelConfig] != spec.Hash:
+		return "the app's settings changed", version, nil
+	case image != "" && image != c.Image:
+		return "its image was rebuilt", version, nil
+	}
+	return "", version, nil
 }
 
 // Tail returns the container's last log lines.
