@@ -274,6 +274,14 @@ func TestDeployFailedKeepsOldVersion(t *testing.T) {
 	if body, err := httpGet(addr, "/"); err != nil || !strings.Contains(body, name+"-v1") {
 		t.Errorf("after the failed deploy: %q, %v; want v1", body, err)
 	}
+	// Another image built on the engine does not retry the failed version.
+	unrelated := "sact-e2e-unrelated:" + name
+	docker(t, "tag", testImage, unrelated)
+	t.Cleanup(func() { exec.Command("docker", "rmi", "-f", unrelated).Run() })
+	time.Sleep(2 * time.Second)
+	if n := d.countLog(`"msg":"deploying app"&&` + name); n != 1 {
+		t.Errorf("%d deploys of the failed version after an unrelated image was tagged, want 1", n)
+	}
 }
 
 // TestStartedByHandIsAdopted: the app's container, started by hand while sact runs and
