@@ -40,13 +40,6 @@ func deployApp(name, addr, mode, version, extraEnv string) string {
 `, name, testImage, version, deployReady, extraEnv, head, route)
 }
 
-// removeIncarnations removes the containers of a deploy under way when the test ends.
-func removeIncarnations(t *testing.T, name string) {
-	t.Cleanup(func() {
-		exec.Command("docker", "rm", "-f", "sact-"+name+"-Next", "sact-"+name+"-Old").Run()
-	})
-}
-
 // reqLoop sends requests for / one after another, on new connections or on one kept
 // alive, and records what it saw.
 type reqLoop struct {
@@ -154,7 +147,6 @@ func TestDeployWithoutColdStart(t *testing.T) {
 	for _, mode := range []string{"proxy", "front"} {
 		t.Run(mode, func(t *testing.T) {
 			name := uniqueName(t, "deploy-"+mode)
-			removeIncarnations(t, name)
 			addr := freeAddr(t)
 			d := startSact(t, deployApp(name, addr, mode, "v1", ""))
 			host := name + ".test"
@@ -225,7 +217,6 @@ func TestDeployWithoutColdStart(t *testing.T) {
 func TestDeployFailedKeepsOldVersion(t *testing.T) {
 	needDocker(t)
 	name := uniqueName(t, "deploy-fail")
-	removeIncarnations(t, name)
 	addr := freeAddr(t)
 	d := startSact(t, deployApp(name, addr, "proxy", "v1", ""))
 	if body, err := httpGet(addr, "/"); err != nil || !strings.Contains(body, name+"-v1") {
@@ -353,7 +344,6 @@ func waitGone(t *testing.T, name string, timeout time.Duration) {
 func TestDeployOnRebuiltImage(t *testing.T) {
 	other := needHostileImage(t)
 	name := uniqueName(t, "deploy-image")
-	removeIncarnations(t, name)
 	tag := "sact-e2e-deploy:" + name
 	docker(t, "tag", testImage, tag)
 	t.Cleanup(func() { exec.Command("docker", "rmi", "-f", tag).Run() })
@@ -386,7 +376,6 @@ func TestDeployOnRebuiltImage(t *testing.T) {
 func TestDeployLeftoverRemoved(t *testing.T) {
 	needDocker(t)
 	name := uniqueName(t, "deploy-left")
-	removeIncarnations(t, name)
 	addr := freeAddr(t)
 	d := startSact(t, deployApp(name, addr, "proxy", "v1", ""))
 	c := dialTCP(t, addr) // kept open: the old version drains it

@@ -81,7 +81,8 @@ func uniqueName(t *testing.T, base string) string {
 	rand.Read(b)
 	name := "e2e-" + base + "-" + hex.EncodeToString(b)
 	t.Cleanup(func() {
-		exec.Command("docker", "rm", "-f", "sact-"+name).Run()
+		// With those of a deploy cut short (activator/deploy.go).
+		exec.Command("docker", "rm", "-f", "sact-"+name, "sact-"+name+"-Next", "sact-"+name+"-Old").Run()
 	})
 	return name
 }
