@@ -329,7 +329,7 @@ func (a *App) Refresh() {
 	if a.closed {
 		return
 	}
-	if a.state == Running && a.deployer() != nil {
+	if a.state == Running && a.canDeploy() {
 		a.beginDeploy("config changed") // no wait for idle, no cold start
 		return
 	}

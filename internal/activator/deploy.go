@@ -59,6 +59,14 @@ func (a *App) deployer() backend.Deployer {
 	return d
 }
 
+// canDeploy reports whether a running app can get its new version beside the old one.
+// A handoff app cannot yet: both would share sact's listening sockets, but the handoff
+// socket gives them only to the first process of the app's container, and there is no
+// telling when the new one accepts.
+func (a *App) canDeploy() bool {
+	return a.deployer() != nil && a.pol().Spec.Handoff == nil
+}
+
 // Restart restarts the app by hand (sact restart NAME, the dashboard) and waits until its
 // new incarnation serves or failed. A running app is deployed: the new one starts beside
 // it and no client waits; one that cannot be (a handoff app, a fixed upstream) or a
@@ -66,7 +74,7 @@ func (a *App) deployer() backend.Deployer {
 // started.
 func (a *App) Restart(ctx context.Context) error {
 	a.mu.Lock()
-	if a.state == Running && a.deployer() != nil && !a.closed {
+	if a.state == Running && a.canDeploy() && !a.closed {
 		d := a.beginDeploy("restart")
 		a.mu.Unlock()
 		select {
@@ -154,7 +162,6 @@ func (a *App) deployOnce(d *deployment, old *backend.Instance) {
 	dep := a.deployer()
 	spec := a.pol().Spec
 	began := time.Now()
-	a.log.Info("deploying app", "reason", d.reason, "container", old.ID)
 	ctx, cancel := context.WithTimeout(a.ctx, a.pol().StartTimeout)
 	defer cancel()
 	_, version, verr := dep.Outdated(ctx, spec, old)
@@ -174,6 +181,7 @@ func (a *App) deployOnce(d *deployment, old *backend.Instance) {
 		return
 	}
 	if err == nil {
+		a.log.Info("deploying app", "reason", d.reason, "container", next.ID, "old_container", old.ID)
 		if err = a.waitReady(ctx, next); err != nil {
 			if ctx.Err() != nil && a.ctx.Err() == nil && !errors.Is(err, errExited) {
 				err = fmt.Errorf("%w: start_timeout %s: %w", ErrStartTimeout, a.pol().StartTimeout, err)
@@ -332,7 +340,7 @@ func (a *App) deployIfChanged() {
 	a.mu.Lock()
 	inst, running := a.inst, a.state == Running && !a.closed
 	a.mu.Unlock()
-	if dep == nil || !running {
+	if !running || !a.canDeploy() {
 		return
 	}
 	ctx, cancel := context.WithTimeout(a.ctx, 10*time.Second)
