@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/sact-project/sact/internal/backend"
@@ -162,6 +163,24 @@ func (a *App) deployOnce(d *deployment, old *backend.Instance) {
 	dep := a.deployer()
 	spec := a.pol().Spec
 	began := time.Now()
+	untoken := func() {}
+	defer func() { untoken() }()
+	if a.pool != nil {
+		// A reload that changes 250 apps deploys them start_concurrency at a time, as
+		// their cold starts would go. The running slot is the app's already.
+		qctx, qcancel := context.WithTimeout(a.ctx, QueueWait)
+		done, err := a.pool.startToken(qctx)
+		qcancel()
+		if err != nil {
+			a.mu.Lock()
+			d.err = fmt.Errorf("deploy not begun: %w", err)
+			a.mu.Unlock()
+			a.log.Warn("deploy not begun; the old version goes on serving", "reason", d.reason, "err", err)
+			close(d.ready)
+			return
+		}
+		untoken = sync.OnceFunc(done)
+	}
 	ctx, cancel := context.WithTimeout(a.ctx, a.pol().StartTimeout)
 	defer cancel()
 	_, version, verr := dep.Outdated(ctx, spec, old)
@@ -247,6 +266,7 @@ func (a *App) deployOnce(d *deployment, old *backend.Instance) {
 	a.log.Info("deployed app; new connections go to the new version", "reason", d.reason, "duration", took,
 		"container", next.ID, "old_container", old.ID, "upstream", next.Upstream.String(), "draining", open)
 	close(d.ready)
+	untoken() // the start is over; a drain must not hold up other apps' cold starts
 
 	// The old one's connections end on their own, up to the drain timeout.
 	t := time.NewTimer(a.drainTimeout())
@@ -419,4 +439,15 @@ func (a *App) adoptStarted(ctx context.Context) {
 	a.log.Info("adopted app started outside sact", "container", inst.ID, "upstream", inst.Upstream.String())
 	a.lastErr = nil
 	a.becomeRunning(inst)
+}
+
+// startToken takes one of the pool's start_concurrency tokens, for a start that needs no
+// running slot of its own: a deploy's new incarnation.
+func (p *Pool) startToken(ctx context.Context) (func(), error) {
+	select {
+	case p.starts <- struct{}{}:
+		return func() { <-p.starts }, nil
+	case <-ctx.Done():
+		return nil, fmt.Errorf("waiting for one of %d concurrent starts (start_concurrency): %w", cap(p.starts), ctx.Err())
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -336,6 +337,59 @@ func TestFailedDeployNotRetriedForOtherImages(t *testing.T) {
 		defer l.Release()
 		if st := app.Status(); l.Upstream.Address != "v3" || st.Deploys != 1 || st.LastError != "" {
 			t.Fatalf("the fixed image was not deployed: lease on %s, %+v", l.Upstream.Address, st)
+		}
+	})
+}
+
+// Deploys take start_concurrency tokens as cold starts do, and give them back once the
+// new one is ready, not after the old one's drain.
+func TestDeploysShareStartConcurrency(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		pool := NewPool(0, 1)
+		var apps []*App
+		var rts []*deployRuntime
+		for _, name := range []string{"a", "b"} {
+			rt := newDeployRuntime()
+			rt.bootTime = 2 * time.Second
+			app := New(rt, Policy{Spec: backend.Spec{Name: name}, Idle: time.Hour, DrainTimeout: time.Hour}, Options{Dial: rt.dial, Pool: pool})
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error)
+			go func() { done <- app.Run(ctx) }()
+			defer func() { cancel(); <-done }()
+			apps, rts = append(apps, app), append(rts, rt)
+		}
+		var held []*Lease
+		for _, app := range apps {
+			held = append(held, acquireFrom(t, app)) // each old version keeps a connection: a drain of an hour
+		}
+		defer func() {
+			for _, l := range held {
+				l.Release()
+			}
+		}()
+		began := time.Now()
+		apps[0].Refresh()
+		apps[1].Refresh()
+		synctest.Wait()
+		time.Sleep(2*time.Second + time.Millisecond)
+		synctest.Wait()
+		versions := func() string {
+			var v []string
+			for _, app := range apps {
+				l := acquireFrom(t, app)
+				v = append(v, l.Upstream.Address)
+				l.Release()
+			}
+			slices.Sort(v)
+			return strings.Join(v, ",")
+		}
+		if v := versions(); v != "v1,v2" {
+			t.Fatalf("2s in: leases on %s, want one deploy done (v2) and one waiting for the token (v1)", v)
+		}
+		time.Sleep(2*time.Second + 100*time.Millisecond)
+		synctest.Wait()
+		if v := versions(); v != "v2,v2" {
+			t.Fatalf("%v in: leases on %s: the first deploy's drain holds its token", time.Since(began), v)
 		}
 	})
 }
