@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/sact-project/sact/internal/backend"
+	"github.com/sact-project/sact/internal/events"
 )
 
 // Deploys without a cold start (issue 17). When what a running app runs changes (a reload
@@ -201,6 +202,9 @@ func (a *App) deployOnce(d *deployment, old *backend.Instance) {
 	}
 	if err == nil {
 		a.log.Info("deploying app", "reason", d.reason, "container", next.ID, "old_container", old.ID)
+		a.mu.Lock()
+		a.deployStep("begun", d.reason, 0, "")
+		a.mu.Unlock()
 		if err = a.waitReady(ctx, next); err != nil {
 			if ctx.Err() != nil && a.ctx.Err() == nil && !errors.Is(err, errExited) {
 				err = fmt.Errorf("%w: start_timeout %s: %w", ErrStartTimeout, a.pol().StartTimeout, err)
@@ -225,7 +229,7 @@ func (a *App) deployOnce(d *deployment, old *backend.Instance) {
 			a.dep.lastErr = fmt.Errorf("%w; last log lines:\n%s", a.dep.lastErr, logs)
 		}
 		d.err = a.dep.lastErr
-		a.observe("deploy_failed", time.Since(began))
+		a.deployStep("failed", d.reason, time.Since(began), d.err.Error())
 		a.mu.Unlock()
 		a.log.Error("deploy failed; the old version goes on serving", "reason", d.reason, "err", err, "logs", logs, "duration", time.Since(began), "container", old.ID)
 		close(d.ready)
@@ -249,6 +253,7 @@ func (a *App) deployOnce(d *deployment, old *backend.Instance) {
 		a.dep.failures++
 		a.dep.lastErr = fmt.Errorf("deploy failed (%s): %w", d.reason, err)
 		d.err = a.dep.lastErr
+		a.deployStep("failed", d.reason, time.Since(began), d.err.Error())
 		a.mu.Unlock()
 		a.log.Error("deploy failed; the old version goes on serving", "reason", d.reason, "err", err)
 		a.retire(next, "deploy failed")
@@ -260,7 +265,7 @@ func (a *App) deployOnce(d *deployment, old *backend.Instance) {
 	a.dep.lastErr = nil
 	a.dep.failedVersion = ""
 	took := time.Since(began)
-	a.observe("deploy", took)
+	a.deployStep("ready", d.reason, took, "")
 	open := len(a.dep.draining)
 	a.mu.Unlock()
 	a.log.Info("deployed app; new connections go to the new version", "reason", d.reason, "duration", took,
@@ -289,6 +294,24 @@ func (a *App) deployOnce(d *deployment, old *backend.Instance) {
 		a.log.Info("drain timeout: closing the old version's connections still open", "open_connections", left, "drain_timeout", a.drainTimeout())
 	}
 	a.retire(old, "deployed")
+	a.mu.Lock()
+	a.deployStep("done", d.reason, time.Since(began), "")
+	a.mu.Unlock()
+}
+
+// deployStep reports a step of a deploy on the event stream: "begun" (the new one runs),
+// "ready" (it takes the new connections), "done" (the old one is gone) or "failed";
+// Details says why the deploy was made, and for a failure why it failed. Called with
+// a.mu held.
+func (a *App) deployStep(step, why string, took time.Duration, failure string) {
+	e := events.Event{Kind: events.Deploy, Reason: step, Details: why}
+	if failure != "" {
+		e.Details = failure // names why too: "deploy failed (config changed): ..."
+	}
+	if took > 0 {
+		e.Took = took.Round(time.Millisecond).String()
+	}
+	a.emit(e)
 }
 
 // cancelCtx is a context with its cancel, for the drain.

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/sact-project/sact/internal/backend"
+	"github.com/sact-project/sact/internal/events"
 )
 
 // deployRuntime is a Runtime, Deployer and Watcher whose incarnations are told apart by
@@ -125,8 +126,12 @@ func (f *deployRuntime) retiredList() string {
 }
 
 func runDeployApp(t *testing.T, rt *deployRuntime, p Policy) (*App, func()) {
+	return runDeployAppReporting(t, rt, p, nil)
+}
+
+func runDeployAppReporting(t *testing.T, rt *deployRuntime, p Policy, report func(events.Event)) (*App, func()) {
 	p.Spec.Name = "web"
-	app := New(rt, p, Options{Dial: rt.dial})
+	app := New(rt, p, Options{Dial: rt.dial, Report: report})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error)
 	go func() { done <- app.Run(ctx) }()
@@ -390,6 +395,45 @@ func TestDeploysShareStartConcurrency(t *testing.T) {
 		synctest.Wait()
 		if v := versions(); v != "v2,v2" {
 			t.Fatalf("%v in: leases on %s: the first deploy's drain holds its token", time.Since(began), v)
+		}
+	})
+}
+
+// A deploy's steps are on the event stream: begun, ready, done; a failed one's reason too.
+func TestDeployEvents(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		rt := newDeployRuntime()
+		var mu sync.Mutex
+		var got []string
+		report := func(e events.Event) {
+			if e.Kind == events.Deploy {
+				mu.Lock()
+				got = append(got, e.Reason+" "+e.Details)
+				mu.Unlock()
+			}
+		}
+		app, stop := runDeployAppReporting(t, rt, Policy{Idle: time.Hour, StartTimeout: 5 * time.Second}, report)
+		defer stop()
+		acquireFrom(t, app).Release()
+		if err := app.Restart(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		synctest.Wait()
+		rt.mu.Lock()
+		rt.nextBroke = true
+		rt.mu.Unlock()
+		app.Restart(context.Background())
+		synctest.Wait()
+		mu.Lock()
+		defer mu.Unlock()
+		want := []string{"begun restart", "ready restart", "done restart", "begun restart", "failed deploy failed (restart)"}
+		if len(got) != len(want) {
+			t.Fatalf("deploy events %q, want %q", got, want)
+		}
+		for i := range want {
+			if !strings.HasPrefix(got[i], want[i]) {
+				t.Fatalf("deploy events %q, want %q", got, want)
+			}
 		}
 	})
 }

@@ -93,9 +93,6 @@ func (m *metrics) fail(app, reason string, n int) {
 }
 
 func (m *metrics) observe(app, event string, took time.Duration) {
-	if event != "start" && event != "start_failed" {
-		return // a deploy ("deploy", "deploy_failed") is no cold start
-	}
 	outcome := "ok"
 	if event == "start_failed" {
 		outcome = "failed"
