@@ -126,10 +126,21 @@ func (d *daemon) followLogs(ctx context.Context, name string, tail int, w io.Wri
 			return nil
 		}
 		since = time.Now()
+		var begun time.Time
 		for {
 			e, err := sub.Next(ctx)
 			if err != nil {
 				return nil
+			}
+			if e.App == name && e.Kind == events.Deploy && e.Reason == "begun" {
+				begun = e.Time
+			}
+			if e.App == name && e.Kind == events.Deploy && e.Reason == "ready" && !begun.IsZero() {
+				// A deploy: the follow of the old container ended with its drain, long
+				// after the new one began to write. A minute before the new one was
+				// announced is before it was made: all of its lines.
+				since = begun.Add(-time.Minute)
+				break
 			}
 			if e.App == name && e.Kind == events.Start || e.Kind == events.Lost {
 				break

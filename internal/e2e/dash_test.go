@@ -392,13 +392,14 @@ func TestCLIDayTwo(t *testing.T) {
 	if out, err := sactCLI(t, d, "restart", web); err != nil || !strings.Contains(out, web+": running") {
 		t.Fatalf("sact restart %s (running): %v\n%s", web, err, out)
 	}
-	// The same container ran twice: -f went on across the stop and the start.
+	// A running app's restart is a deploy (a new container beside the old one): -f went
+	// on from the old container, to its stop, to the new one.
 	waitUntil(t, "logs -f across a restart", 20*time.Second, func() bool { return strings.Count(logs.String(), "listening on") >= 2 })
 	stopLogs()
 	if !strings.Contains(logs.String(), "exiting in") {
-		t.Errorf("logs -f lacks the stop's line:\n%s", logs.String())
+		t.Errorf("logs -f lacks the old container's stop line:\n%s", logs.String())
 	}
-	d.waitLog(`"msg":"stopped app"&&"app":"`+web+`"&&"reason":"restart"`, 10*time.Second)
+	d.waitLog(`"msg":"deployed app;&&"app":"`+web+`"&&"reason":"restart"`, 10*time.Second)
 
 	if out, err := sactCLI(t, d, "start", "dash-fails"); err == nil {
 		t.Fatalf("start of an app that exits: %s", out)
@@ -452,7 +453,8 @@ func TestCLIDayTwo(t *testing.T) {
 			t.Errorf("start_failed without the app's log lines: %q", e.Details)
 		}
 	}
-	want := []string{web + " start ", web + " stop restart", web + " start ", "dash-fails start_failed ", "dash-fails start_failed "}
+	// The running app's restart is a deploy, no stop and cold start (issue 17).
+	want := []string{web + " start ", web + " deploy begun", web + " deploy ready", web + " deploy done", "dash-fails start_failed ", "dash-fails start_failed "}
 	if strings.Join(kinds, "|") != strings.Join(want, "|") {
 		t.Errorf("events:\n%s\nwant\n%s", strings.Join(kinds, "\n"), strings.Join(want, "\n"))
 	}
