@@ -64,9 +64,12 @@ func (a *App) deployer() backend.Deployer {
 // canDeploy reports whether a running app can get its new version beside the old one.
 // A handoff app cannot yet: both would share sact's listening sockets, but the handoff
 // socket gives them only to the first process of the app's container, and there is no
-// telling when the new one accepts.
+// telling when the new one accepts. Nor can an app only its dependents use (a
+// database): they connect to it themselves, so sact can neither move nor drain their
+// connections, and two of it on one volume would both write there.
 func (a *App) canDeploy() bool {
-	return a.deployer() != nil && a.pol().Spec.Handoff == nil
+	p := a.pol()
+	return a.deployer() != nil && p.Spec.Handoff == nil && !p.DependencyOnly
 }
 
 // Restart restarts the app by hand (sact restart NAME, the dashboard) and waits until its

@@ -437,3 +437,21 @@ func TestDeployEvents(t *testing.T) {
 		}
 	})
 }
+
+// An app only its dependents use is not deployed beside itself: it restarts once nothing
+// holds it, as before.
+func TestDependencyOnlyAppIsNotDeployed(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		rt := newDeployRuntime()
+		app, stop := runDeployApp(t, rt, Policy{Idle: time.Hour, DependencyOnly: true})
+		defer stop()
+		if err := app.Start(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		app.Refresh()
+		synctest.Wait()
+		if rt.gen != 1 || rt.stops != 1 {
+			t.Fatalf("%d incarnations, %d stops after a refresh; want the old way: 1 and 1", rt.gen, rt.stops)
+		}
+	})
+}
