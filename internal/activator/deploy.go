@@ -443,11 +443,32 @@ func (a *App) watchOutside(ctx context.Context) {
 // adoptStarted makes a container started by hand the app's running incarnation, if the
 // app is stopped: its idle clock applies from now, and it is stopped when idle.
 func (a *App) adoptStarted(ctx context.Context) {
+	// A docker restart of the running app: the engine reports its exit before this
+	// start, but the exit reaches the activator a moment later (with the container's
+	// last log lines). Every start of sact's own is known to the runtime and never
+	// reported, so a report while the app runs means that exit is on its way.
+	deadline := time.Now().Add(exitArrives)
+	for {
+		a.mu.Lock()
+		state, closed := a.state, a.closed
+		a.mu.Unlock()
+		if closed || state == Starting || state == Stopped {
+			break
+		}
+		if time.Now().After(deadline) {
+			return // it runs, and sact knows it
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 	a.mu.Lock()
 	stopped := a.state == Stopped && !a.closed
 	a.mu.Unlock()
 	if !stopped {
-		return // sact's own start, or one it already knows
+		return // being started by sact, which finds it running and adopts it
 	}
 	inst, err := a.rt.Running(ctx, a.pol().Spec)
 	if err != nil {
@@ -466,6 +487,10 @@ func (a *App) adoptStarted(ctx context.Context) {
 	a.lastErr = nil
 	a.becomeRunning(inst)
 }
+
+// exitArrives bounds how long a start reported by the runtime while the app runs waits
+// for the exit of the incarnation it replaced.
+const exitArrives = 10 * time.Second
 
 // startToken takes one of the pool's start_concurrency tokens, for a start that needs no
 // running slot of its own: a deploy's new incarnation.

@@ -30,10 +30,11 @@ type deployRuntime struct {
 	stops     int
 	running   *backend.Instance // what Running returns
 	events    chan backend.WatchEvent
+	exits     map[string]chan backend.Exit // by ID: to make an incarnation exit
 }
 
 func newDeployRuntime() *deployRuntime {
-	return &deployRuntime{ready: map[string]time.Time{}, events: make(chan backend.WatchEvent, 4)}
+	return &deployRuntime{ready: map[string]time.Time{}, events: make(chan backend.WatchEvent, 4), exits: map[string]chan backend.Exit{}}
 }
 
 func (f *deployRuntime) incarnation(broken bool) *backend.Instance {
@@ -42,7 +43,9 @@ func (f *deployRuntime) incarnation(broken bool) *backend.Instance {
 	if !broken {
 		f.ready[addr] = time.Now().Add(f.bootTime)
 	}
-	return &backend.Instance{ID: addr, Upstream: backend.Addr{Network: "tcp", Address: addr}, Exited: make(chan backend.Exit)}
+	exited := make(chan backend.Exit, 1)
+	f.exits[addr] = exited
+	return &backend.Instance{ID: addr, Upstream: backend.Addr{Network: "tcp", Address: addr}, Exited: exited}
 }
 
 func (f *deployRuntime) Start(ctx context.Context, spec backend.Spec) (*backend.Instance, error) {
@@ -452,6 +455,31 @@ func TestDependencyOnlyAppIsNotDeployed(t *testing.T) {
 		synctest.Wait()
 		if rt.gen != 1 || rt.stops != 1 {
 			t.Fatalf("%d incarnations, %d stops after a refresh; want the old way: 1 and 1", rt.gen, rt.stops)
+		}
+	})
+}
+
+// docker restart: the start by hand is reported before the old incarnation's exit has
+// reached the activator; the app is adopted once it has.
+func TestRestartedOutsideIsAdopted(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		rt := newDeployRuntime()
+		app, stop := runDeployApp(t, rt, Policy{Idle: time.Hour})
+		defer stop()
+		acquireFrom(t, app).Release()
+		rt.mu.Lock()
+		exited := rt.exits["v1"]
+		rt.running = &backend.Instance{ID: "byhand", Upstream: backend.Addr{Network: "tcp", Address: "byhand"}, Exited: make(chan backend.Exit)}
+		rt.mu.Unlock()
+		rt.events <- backend.WatchEvent{Kind: backend.Started}
+		time.Sleep(time.Second)
+		exited <- backend.Exit{Code: 143, Reason: "exited", Killed: true}
+		time.Sleep(time.Second)
+		synctest.Wait()
+		l := acquireFrom(t, app)
+		defer l.Release()
+		if l.Upstream.Address != "byhand" || rt.starts != 1 {
+			t.Fatalf("after a restart by hand: lease on %s with %d starts, want the adopted one", l.Upstream.Address, rt.starts)
 		}
 	})
 }

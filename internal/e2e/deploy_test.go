@@ -304,6 +304,23 @@ func TestStartedByHandIsAdopted(t *testing.T) {
 	}
 	d.waitLog(`"msg":"stopped app"&&`+name+`&&"reason":"idle"`, 30*time.Second)
 	waitContainerState(t, name, "exited", 10*time.Second)
+
+	// docker restart of the running app: its exit, then its start by hand.
+	if out, err := sactCLI(t, d, "start", name); err != nil {
+		t.Fatalf("sact start: %v\n%s", err, out)
+	}
+	docker(t, "restart", "-t", "1", "sact-"+name)
+	d.awaitCount(`"msg":"app exited"&&`+name, 1)
+	for deadline := time.Now().Add(10 * time.Second); statusOf(t, d, name).State != "running"; time.Sleep(100 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("status after docker restart: %+v with the container %s, want running", statusOf(t, d, name), containerState(t, name))
+		}
+	}
+	d.awaitCount(`"msg":"stopped app"&&`+name+`&&"reason":"idle"`, 2)
+	if n := d.countLog(`"msg":"stopped app"&&` + name + `&&"reason":"idle"`); n != 2 {
+		t.Errorf("the app restarted by docker was not stopped when idle (%d idle stops)", n)
+	}
+	waitContainerState(t, name, "exited", 10*time.Second)
 }
 
 // httpGetHost is httpGet with a Host header, for the front door.
