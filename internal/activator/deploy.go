@@ -264,6 +264,7 @@ func (a *App) deployOnce(d *deployment, old *backend.Instance) {
 		return
 	}
 	drained, endDrain := a.swapIn(next)
+	a.instHash = spec.Hash
 	a.dep.deploys++
 	a.dep.lastErr = nil
 	a.dep.failedVersion = ""
@@ -470,7 +471,8 @@ func (a *App) adoptStarted(ctx context.Context) {
 	if !stopped {
 		return // being started by sact, which finds it running and adopts it
 	}
-	inst, err := a.rt.Running(ctx, a.pol().Spec)
+	spec := a.pol().Spec
+	inst, err := a.rt.Running(ctx, spec)
 	if err != nil {
 		a.log.Warn("cannot adopt the app's container started outside sact", "err", err)
 		return
@@ -486,6 +488,7 @@ func (a *App) adoptStarted(ctx context.Context) {
 	a.log.Info("adopted app started outside sact", "container", inst.ID, "upstream", inst.Upstream.String())
 	a.lastErr = nil
 	a.becomeRunning(inst)
+	a.instHash = spec.Hash
 }
 
 // exitArrives bounds how long a start reported by the runtime while the app runs waits

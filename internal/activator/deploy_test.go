@@ -200,6 +200,16 @@ func TestDeployServesOldUntilNewIsReady(t *testing.T) {
 		if st.ColdStarts != 1 || st.Deploys != 1 || st.State != Running || st.LastError != "" {
 			t.Fatalf("status after the deploy: %+v", st)
 		}
+		app.SetPolicy(Policy{Spec: backend.Spec{Name: "web", Hash: "v2"}, Idle: time.Hour, DrainTimeout: time.Minute})
+		if app.RunsCurrentSpec() {
+			t.Fatal("runs the current spec before its deploy")
+		}
+		app.Refresh()
+		time.Sleep(4 * time.Second)
+		synctest.Wait()
+		if !app.RunsCurrentSpec() {
+			t.Fatal("does not run the current spec after its deploy")
+		}
 	})
 }
 
