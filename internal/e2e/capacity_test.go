@@ -96,6 +96,9 @@ func TestDependsOnAndMinRunning(t *testing.T) {
 	if _, err := httpGet(addr, "/"); err != nil {
 		t.Fatal(err)
 	}
+	// sact wrote the line before it answered, but the test reads sact's log from a pipe:
+	// the line may not be read yet (CI saw it missing).
+	d.waitLog(`"msg":"app ready"&&`+web, 10*time.Second)
 	dbReady := d.logs.lines([]string{`"msg":"app ready"`, db})
 	webStart := d.logs.lines([]string{`"msg":"starting app"`, web})
 	if len(dbReady) != 1 || len(webStart) != 1 || strings.Index(d.logs.String(), dbReady[0]) > strings.Index(d.logs.String(), d.logs.lines([]string{`"msg":"app ready"`, web})[0]) {
