@@ -34,14 +34,14 @@ import (
 
 // The fixed names of the swarm's pieces.
 const (
-	NetNS      = "sact-swarmtest"
-	vethHost   = "sactsw0"
-	vethNS     = "sactsw1"
-	ManagerIP  = "10.231.0.1"
-	WorkerIP   = "10.231.0.2"
-	workerBIP  = "172.31.7.1/24"
-	Dir        = "/tmp/sact-swarmtest" // the worker's data, exec root, socket, pidfile
-	lockPath   = "/tmp/sact-swarmtest.lock"
+	NetNS     = "sact-swarmtest"
+	vethHost  = "sactsw0"
+	vethNS    = "sactsw1"
+	ManagerIP = "10.231.0.1"
+	WorkerIP  = "10.231.0.2"
+	workerBIP = "172.31.7.1/24"
+	Dir       = "/tmp/sact-swarmtest" // the worker's data, exec root, socket, pidfile
+	lockPath  = "/tmp/sact-swarmtest.lock"
 	// markPath holds "init" while the host's engine joins a swarm of Start's making, then
 	// its node ID: a later run leaves only a swarm so marked.
 	markPath = "/tmp/sact-swarmtest.manager"
