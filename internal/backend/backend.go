@@ -225,6 +225,9 @@ type Instance struct {
 	ID string
 	// Upstream is where to connect to the running app.
 	Upstream Addr
+	// Node is where the instance runs when that is not this host (the address of the
+	// swarm node of a service's task), for sact status; "" for this host.
+	Node string
 	// Exited receives exactly one Exit when this incarnation stops running, for whatever
 	// reason, and is then closed.
 	Exited <-chan Exit

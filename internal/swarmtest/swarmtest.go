@@ -149,6 +149,9 @@ func (s *Swarm) start(ctx context.Context, images []string) error {
 		"--bip", workerBIP,
 		"--storage-driver", "vfs")
 	s.daemon.Stdout, s.daemon.Stderr = logf, logf
+	// No registry: without this the worker tries to pull every task's image from Docker
+	// Hub first (and the namespace has no route there).
+	s.daemon.Env = append(os.Environ(), "DOCKER_SERVICE_PREFER_OFFLINE_IMAGE=1")
 	if err := s.daemon.Start(); err != nil {
 		logf.Close()
 		return fmt.Errorf("starting the worker's dockerd: %w", err)
@@ -218,6 +221,13 @@ func (s *Swarm) waitReady(ctx context.Context) error {
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
+}
+
+// LabelWorkerEngine labels the worker node with its engine's address (sact.engine), so
+// that sact follows its containers' events.
+func (s *Swarm) LabelWorkerEngine(ctx context.Context) error {
+	_, err := run(ctx, nil, "docker", "node", "update", "--label-add", "sact.engine="+s.WorkerHost, s.WorkerNode)
+	return err
 }
 
 // CopyImage loads the host engine's image into the worker's (docker save | docker load):
