@@ -891,6 +891,9 @@ type Status struct {
 	// failed (deploy.go); a failed one's reason is LastError while the old one serves.
 	Deploys        int
 	DeployFailures int
+	// Node is where the running instance runs when not on this host (a swarm node's
+	// address); "" otherwise.
+	Node string
 }
 
 // State is where the app is now: Status without the bookkeeping, for callers on the
@@ -919,6 +922,9 @@ func (a *App) Status() Status {
 		s.LastError = a.dep.lastErr.Error()
 	}
 	s.Deploys, s.DeployFailures = a.dep.deploys, a.dep.failures
+	if a.inst != nil {
+		s.Node = a.inst.Node
+	}
 	return s
 }
 

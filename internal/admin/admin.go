@@ -151,6 +151,9 @@ type AppStatus struct {
 	// Deploys without a cold start, and the failed ones (their reason is LastError).
 	Deploys        int `json:"deploys,omitempty"`
 	DeployFailures int `json:"deploy_failures,omitempty"`
+	// Node is the address of the swarm node the running app's task is on; absent for an
+	// app on this host.
+	Node string `json:"node,omitempty"`
 	Description
 }
 
@@ -236,7 +239,7 @@ func (s *Server) status(a App) AppStatus {
 		Name: st.Name, State: st.State.String(), Since: st.Since, Open: st.Open, Waiting: st.Waiting,
 		ColdStarts: st.ColdStarts, StopReason: st.StopReason, LastError: st.LastError,
 		Refused: st.Refused, StartFailures: st.StartFailures, Connections: st.Accepted, Stops: st.Stops,
-		Memory:  st.Memory,
+		Memory: st.Memory, Node: st.Node,
 		Deploys: st.Deploys, DeployFailures: st.DeployFailures,
 	}
 	if !st.LastActivity.IsZero() {

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -129,7 +130,14 @@ func status(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "APP\tSTATE\tSINCE\tOPEN\tMEMORY\tLAST ACTIVITY\tCOLD STARTS\tLAST START\tLAST STOP")
+	// A NODE column only when an app runs elsewhere (a swarm node): the table of a
+	// single host stays as it was.
+	nodes := slices.ContainsFunc(list.Apps, func(a admin.AppStatus) bool { return a.Node != "" })
+	head := "APP\tSTATE\tSINCE\tOPEN\tMEMORY\tLAST ACTIVITY\tCOLD STARTS\tLAST START\tLAST STOP"
+	if nodes {
+		head += "\tNODE"
+	}
+	fmt.Fprintln(tw, head)
 	now := time.Now()
 	for _, a := range list.Apps {
 		last := "never"
@@ -144,7 +152,15 @@ func status(ctx context.Context, e *env, args []string) error {
 		if stop == "" {
 			stop = "-"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%d\t%s\t%s\n", a.Name, a.State, ago(now, a.Since), a.Open, bytesText(a.Memory), last, a.ColdStarts, took, stop)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%d\t%s\t%s", a.Name, a.State, ago(now, a.Since), a.Open, bytesText(a.Memory), last, a.ColdStarts, took, stop)
+		if nodes {
+			node := a.Node
+			if node == "" {
+				node = "-"
+			}
+			fmt.Fprintf(tw, "\t%s", node)
+		}
+		fmt.Fprintln(tw)
 	}
 	if err := tw.Flush(); err != nil {
 		return err
