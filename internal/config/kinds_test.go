@@ -61,7 +61,10 @@ var (
 			}
 		},
 	}
-	withSwarm = append(slices.Clone(kinds.All), swarmKind, serviceKind)
+	// base are the kinds of a single host; the messages below list them. The real swarm
+	// kinds (backend/swarm) are in kinds.All, and the test kinds stand in for them here.
+	base      = slices.DeleteFunc(slices.Clone(kinds.All), func(k backend.Kind) bool { return k.Info().Runtime == "swarm" })
+	withSwarm = append(slices.Clone(base), swarmKind, serviceKind)
 )
 
 func TestKindSelection(t *testing.T) {
@@ -107,7 +110,7 @@ func TestKindSelection(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			ks := tt.kinds
 			if ks == nil {
-				ks = kinds.All
+				ks = base
 			}
 			src := "apps:\n  web:\n    " + strings.ReplaceAll(tt.app, "\n", "\n    ") + "\n    listen: [\"tcp:127.0.0.1:9001\"]\n    port: 80\n"
 			cfg, err := Parse("sact.yaml", []byte(src), Options{Kinds: ks, Host: newFakeHost(t)})

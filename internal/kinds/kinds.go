@@ -6,6 +6,7 @@ import (
 	"github.com/sact-project/sact/internal/backend"
 	"github.com/sact-project/sact/internal/backend/docker"
 	"github.com/sact-project/sact/internal/backend/process"
+	"github.com/sact-project/sact/internal/backend/swarm"
 )
 
 // All are the kinds, in the order messages list them ("add image: (a docker image),
@@ -14,4 +15,5 @@ var All = []backend.Kind{
 	docker.Image{},
 	docker.Container{},
 	process.Command{},
+	swarm.Image{}, swarm.Service{},
 }

@@ -606,7 +606,7 @@ func serviceSpec(spec backend.Spec, n uint64) swarm.ServiceSpec {
 	}
 	pl := &swarm.Placement{Constraints: slices.Clone(set.Constraints)}
 	for _, p := range set.Preferences {
-		pl.Preferences = append(pl.Preferences, swarm.PlacementPreference{Spread: &swarm.SpreadOver{SpreadDescriptor: p}})
+		pl.Preferences = append(pl.Preferences, swarm.PlacementPreference{Spread: &swarm.SpreadOver{SpreadDescriptor: strings.TrimPrefix(p, "spread=")}})
 	}
 	ts := swarm.TaskSpec{
 		ContainerSpec: cs, Resources: res, Placement: pl,
