@@ -1,7 +1,7 @@
 # The README's two commands are `go run ./cmd/sact demo` and `make test`.
 GO ?= go
 
-.PHONY: test check-deps build deb bench bench-quick reliability fuzz vet
+.PHONY: test check-deps build deb bench bench-quick bench-swarm reliability fuzz vet
 # Static (CGO_ENABLED=0): in handoff mode the same binary runs inside containers as the
 # shim, in images that may have no C library.
 build:
@@ -43,6 +43,11 @@ bench:
 
 bench-quick:
 	$(GO) run ./bench -quick -out /tmp/BENCHMARKS-quick.md
+
+# Cold start of a Swarm service on a worker node against the same image as a plain
+# container, on a real two-node swarm made on this machine (root; internal/swarmtest).
+bench-swarm:
+	$(GO) run ./scripts/swarm-bench
 
 # The reliability suite (RELIABILITY.md): what `make test` runs of it, plus the long
 # tests (250 cold starts at once, a 10-minute soak; SACT_SOAK=30m for longer), with their

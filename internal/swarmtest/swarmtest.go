@@ -56,7 +56,7 @@ type Swarm struct {
 	// ManagerNode is the host engine's node ID.
 	ManagerNode string
 
-	t      testing.TB
+	t      T
 	daemon *exec.Cmd
 	exited chan struct{}
 }
@@ -83,9 +83,19 @@ func Missing() string {
 	return ""
 }
 
+// T is what Start needs of a test: testing.TB has it, and a benchmark program can too.
+type T interface {
+	Helper()
+	Cleanup(func())
+	Errorf(format string, args ...any)
+	Fatalf(format string, args ...any)
+}
+
+var _ T = testing.TB(nil)
+
 // Start makes the swarm, copies images to the worker with docker save | load, and
 // registers its teardown with t.Cleanup. It fails t if the swarm cannot be made.
-func Start(t testing.TB, images ...string) *Swarm {
+func Start(t T, images ...string) *Swarm {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
