@@ -122,6 +122,10 @@ type Runtime struct {
 	nodes   map[string]*node   // by node ID
 	engines map[string]*engine // followed node engines, by node ID
 	wake    chan struct{}      // a look at the watched tasks is due
+	// dirty are the services and nodes whose watched tasks the checker looks at next;
+	// all means every watched task (after a stream was down).
+	dirty map[string]bool
+	all   bool
 	live    chan struct{}      // closed once the manager's event stream is first up
 	wg      sync.WaitGroup     // the engines' followers
 	runCtx  context.Context    // Run's, for the followers; nil before Run
@@ -182,6 +186,7 @@ func New(ctx context.Context, opts Options) (*Runtime, error) {
 		nodes:   make(map[string]*node),
 		engines: make(map[string]*engine),
 		wake:    make(chan struct{}, 1),
+		dirty:   make(map[string]bool),
 		live:    make(chan struct{}),
 	}, nil
 }
@@ -256,9 +261,9 @@ func (r *Runtime) handleSwarm(m events.Message) {
 		r.mu.Lock()
 		delete(r.nodes, m.Actor.ID) // its address or engine label may have changed
 		r.mu.Unlock()
-		r.kick()
+		r.kickFor(m.Actor.ID)
 	case events.ServiceEventType:
-		r.kick()
+		r.kickFor(m.Actor.ID)
 	}
 }
 
@@ -308,6 +313,22 @@ func (r *Runtime) ended(w *watch, e backend.Exit) {
 
 // kick asks the checker for a look at every watched task.
 func (r *Runtime) kick() {
+	r.mu.Lock()
+	r.all = true
+	r.mu.Unlock()
+	r.wakeChecker()
+}
+
+// kickFor asks the checker for a look at the watched tasks of a service or on a node
+// (one ID or the other: both are swarm object IDs).
+func (r *Runtime) kickFor(id string) {
+	r.mu.Lock()
+	r.dirty[id] = true
+	r.mu.Unlock()
+	r.wakeChecker()
+}
+
+func (r *Runtime) wakeChecker() {
 	select {
 	case r.wake <- struct{}{}:
 	default:
@@ -331,15 +352,20 @@ func (r *Runtime) checker(ctx context.Context) {
 	}
 }
 
-// recheck fires the watches whose task no longer runs; unfollowed limits it to tasks on
-// nodes whose engine is not followed.
+// recheck fires the watches whose task no longer runs: those the events marked dirty, or
+// (unfollowed) those on nodes whose engine is not followed.
 func (r *Runtime) recheck(ctx context.Context, unfollowed bool) {
 	r.mu.Lock()
 	var ws []*watch
 	for _, w := range r.watches {
-		if !unfollowed || r.engines[w.node] == nil && w.node != r.self {
+		if unfollowed && r.engines[w.node] == nil && w.node != r.self ||
+			!unfollowed && (r.all || r.dirty[w.service] || r.dirty[w.node]) {
 			ws = append(ws, w)
 		}
+	}
+	if !unfollowed {
+		r.all = false
+		clear(r.dirty)
 	}
 	r.mu.Unlock()
 	for _, w := range ws {
@@ -360,8 +386,13 @@ func (r *Runtime) recheck(ctx context.Context, unfollowed bool) {
 			if t.Status.ContainerStatus != nil && t.Status.State != swarm.TaskStateRunning {
 				e.Code = t.Status.ContainerStatus.ExitCode
 			}
-			if t.DesiredState != swarm.TaskStateRunning && t.Status.State == swarm.TaskStateRunning {
-				e.Reason = "rescheduled" // still running, but swarm is shutting it down
+			switch {
+			case t.DesiredState == swarm.TaskStateRemove:
+				e.Reason = "removed" // its service was removed
+			case t.DesiredState != swarm.TaskStateRunning:
+				// Swarm shuts it down (scaled down, updated, its node drained) on someone
+				// else's word: stopped from outside, not failed.
+				e.Reason, e.Killed = "killed", true
 			}
 			e.Logs = t.Status.Err
 		}

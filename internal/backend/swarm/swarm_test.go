@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -138,17 +139,39 @@ func TestRuntime(t *testing.T) {
 		t.Errorf("after the task died the service has %s replicas, want 0", out)
 	}
 
-	// Started again; then adopted by a second runtime (sact restarted).
+	// Started again by racing starts from 0: one update of the service, a scale-up, and
+	// no forced update by a start that finds it at 1 before its task exists.
+	time.Sleep(1100 * time.Millisecond) // events have second granularity
+	since := time.Now()
 	began = time.Now()
-	sctx, scancel := context.WithTimeout(ctx, 20*time.Second)
-	inst2, err := rt.Start(sctx, spec)
-	scancel()
-	if err != nil {
-		out, _ := exec.Command("sh", "-c", "docker service ps --no-trunc sact-swarm-rt; docker service inspect -f '{{json .Spec.Mode}} {{json .Spec.TaskTemplate.ForceUpdate}} {{.Version.Index}}' sact-swarm-rt; docker events --since 2m --until 0s --filter type=service --format '{{.Action}} {{json .Actor.Attributes}}'").CombinedOutput()
-		t.Fatalf("%v\n%s", err, out)
+	insts := make([]*backend.Instance, 10)
+	for i := range insts {
+		wg.Go(func() {
+			sctx, scancel := context.WithTimeout(ctx, 60*time.Second)
+			defer scancel()
+			inst, err := rt.Start(sctx, spec)
+			if err != nil {
+				out, _ := exec.Command("docker", "service", "ps", "--no-trunc", "sact-swarm-rt").CombinedOutput()
+				t.Errorf("%v\n%s", err, out)
+			}
+			insts[i] = inst
+		})
+	}
+	wg.Wait()
+	if t.Failed() {
+		t.FailNow()
+	}
+	inst2 := insts[0]
+	for _, i := range insts {
+		if i.Upstream != inst2.Upstream {
+			t.Errorf("racing starts gave %v and %v", i.Upstream, inst2.Upstream)
+		}
 	}
 	waitAccept(t, inst2.Upstream.Address)
 	t.Logf("warm-image cold start (scale 0 -> 1): %v", time.Since(began))
+	if n := serviceUpdates(t, "sact-swarm-rt", since); n != 1 {
+		t.Errorf("10 racing starts updated the service %d times, want 1", n)
+	}
 	rt2, err := swarm.New(ctx, swarm.Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -169,4 +192,30 @@ func TestRuntime(t *testing.T) {
 	if i, err := rt.Running(ctx, spec); err != nil || i != nil {
 		t.Fatalf("Running after Stop = %v, %v", i, err)
 	}
+
+	// Removed behind sact's back: noticed from the events.
+	inst3, err := rt.Start(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("docker", "service", "rm", "sact-swarm-rt").CombinedOutput(); err != nil {
+		t.Fatalf("docker service rm: %v: %s", err, out)
+	}
+	select {
+	case e := <-inst3.Exited:
+		t.Logf("removed service noticed: %v", e)
+	case <-time.After(swarm.NodeCheckEvery / 2):
+		t.Fatal("a removed service was not noticed from the events")
+	}
+}
+
+// serviceUpdates counts the updates of a service since a time, from the manager's events.
+func serviceUpdates(t *testing.T, service string, since time.Time) int {
+	t.Helper()
+	out, err := exec.Command("docker", "events", "--since", strconv.FormatInt(since.Unix(), 10), "--until", strconv.FormatInt(time.Now().Add(time.Second).Unix(), 10),
+		"--filter", "type=service", "--filter", "service="+service, "--filter", "event=update", "--format", "{{.Action}}").Output()
+	if err != nil {
+		t.Fatalf("docker events: %v", err)
+	}
+	return strings.Count(string(out), "update")
 }
