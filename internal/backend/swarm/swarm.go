@@ -124,11 +124,11 @@ type Runtime struct {
 	wake    chan struct{}      // a look at the watched tasks is due
 	// dirty are the services and nodes whose watched tasks the checker looks at next;
 	// all means every watched task (after a stream was down).
-	dirty map[string]bool
-	all   bool
-	live    chan struct{}      // closed once the manager's event stream is first up
-	wg      sync.WaitGroup     // the engines' followers
-	runCtx  context.Context    // Run's, for the followers; nil before Run
+	dirty  map[string]bool
+	all    bool
+	live   chan struct{}   // closed once the manager's event stream is first up
+	wg     sync.WaitGroup  // the engines' followers
+	runCtx context.Context // Run's, for the followers; nil before Run
 }
 
 type node struct {
