@@ -387,9 +387,9 @@ func (r *Runtime) recheck(ctx context.Context, unfollowed bool) {
 				e.Code = t.Status.ContainerStatus.ExitCode
 			}
 			switch {
-			case t.DesiredState == swarm.TaskStateRemove:
+			case t.DesiredState == swarm.TaskStateRemove && !failed(t.Status.State):
 				e.Reason = "removed" // its service was removed
-			case t.DesiredState != swarm.TaskStateRunning:
+			case t.Status.State == swarm.TaskStateShutdown || !terminal(t.Status.State) && t.DesiredState != swarm.TaskStateRunning:
 				// Swarm shuts it down (scaled down, updated, its node drained) on someone
 				// else's word: stopped from outside, not failed.
 				e.Reason, e.Killed = "killed", true
@@ -749,6 +749,12 @@ func (r *Runtime) tasks(ctx context.Context, name string) ([]swarm.Task, error) 
 // liveTask reports whether t runs or is on its way to.
 func liveTask(t swarm.Task) bool {
 	return t.DesiredState == swarm.TaskStateRunning && !terminal(t.Status.State)
+}
+
+// failed reports whether a task ended by itself (or its container was killed on its
+// node), not on swarm's word.
+func failed(s swarm.TaskState) bool {
+	return s == swarm.TaskStateFailed || s == swarm.TaskStateComplete || s == swarm.TaskStateRejected
 }
 
 func terminal(s swarm.TaskState) bool {

@@ -219,3 +219,52 @@ func serviceUpdates(t *testing.T, service string, since time.Time) int {
 	}
 	return strings.Count(string(out), "update")
 }
+
+// TestRuntimeUnlabelledNode: a worker whose engine sact cannot follow (no sact.engine
+// label) has its tasks checked every NodeCheckEvery: a killed task is noticed then.
+func TestRuntimeUnlabelledNode(t *testing.T) {
+	need(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	img, err := testimage.TestServer(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sw := swarmtest.Start(t, img)
+	old := swarm.NodeCheckEvery
+	swarm.NodeCheckEvery = time.Second
+	t.Cleanup(func() { swarm.NodeCheckEvery = old })
+	rt, err := swarm.New(ctx, swarm.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rctx, stop := context.WithCancel(ctx)
+	done := make(chan error)
+	go func() { done <- rt.Run(rctx) }()
+	defer func() { stop(); <-done }()
+	spec := backend.Spec{
+		Name: "swarm-unlabelled", Image: img, Port: 8080, Hash: "h1",
+		Extra: swarm.Settings{Constraints: []string{"node.role==worker"}},
+	}
+	inst, err := rt.Start(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cid, err := sw.Worker(ctx, "ps", "-q", "--filter", "label=com.docker.swarm.service.name=sact-swarm-unlabelled")
+	if err != nil || cid == "" {
+		t.Fatalf("task container on the worker: %q %v", cid, err)
+	}
+	if _, err := sw.Worker(ctx, "kill", cid); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case e := <-inst.Exited:
+		t.Logf("noticed by the fallback check: %v", e)
+		// Its task failed; swarm then wants it shut down, which is no stop from outside.
+		if e.Reason != "exited" || e.Code != 137 || e.Killed {
+			t.Errorf("exit %+v, want exited with code 137, not killed", e)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("a killed task on an unlabelled node was not noticed")
+	}
+}
