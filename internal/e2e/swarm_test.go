@@ -206,6 +206,10 @@ apps:
 	if node := appNode(t, d2, app); node != swarmtest.WorkerIP {
 		t.Errorf("adopted app on node %q, want %s", node, swarmtest.WorkerIP)
 	}
+	// sact logs reads the service's logs as swarm gathers them from the worker.
+	if out, err := sactCLI(t, d2, "logs", app); err != nil {
+		t.Errorf("sact logs %s: %v: %s", app, err, out)
+	}
 }
 
 // TestSwarmServiceMadeElsewhere: service: NAME, made with docker service create at 0
