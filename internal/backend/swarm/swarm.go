@@ -6,12 +6,20 @@
 // host port is in the task's Status.PortStatus, the node's address in its Status.Addr.
 // The routing mesh (ingress) and overlay networks are not needed, and are not used.
 //
-// Two kinds of service:
+// Two kinds of service (kind.go; the keys are decoded here, the config only routes them):
 //
 //   - made by sact from image: and swarm: settings, named "sact-NAME" and labelled
 //     sact.app=NAME, sact.config=HASH; its spec is replaced at a start when the app's
 //     settings changed.
-//   - made elsewhere (service: NAME): sact only scales it between 0 and 1.
+//   - made elsewhere (service: NAME): sact only scales it between 0 and 1. Its port:
+//     must be published in host mode (docker service create --publish
+//     mode=host,target=PORT); its other settings are its own.
+//
+// swarm: takes constraints (as --constraint: node.role==worker), preferences (spread
+// over a node attribute: node.labels.zone), reserve_memory and reserve_cpus; memory: and
+// cpus: are the task's limits. handoff, pause_after, ready: healthcheck and upstream:
+// are refused by sact check, with the reason: a socket cannot cross hosts, swarm has no
+// pause, and the address is the task's.
 //
 // Exits are learnt from event streams, not by polling. A manager's stream carries service
 // and node events but no task events, so each one is followed by a look at the tasks of
@@ -296,19 +304,27 @@ func (r *Runtime) handleContainer(nodeID string, m events.Message) {
 
 // ended reports w's exit, after scaling its service to 0 unless sact is stopping it: a
 // task that died must not come back without sact (swarm restarts the tasks of a service
-// made elsewhere), nor the service stay at 1 with nothing running.
+// made elsewhere), nor the service stay at 1 with nothing running. The scale is an API
+// call: it runs beside the event stream, which must not wait for it. Called by Run's
+// goroutines only, so that Run's wait covers it.
 func (r *Runtime) ended(w *watch, e backend.Exit) {
 	r.mu.Lock()
 	stopping := w.stopping
 	r.mu.Unlock()
-	if !stopping {
+	if stopping {
+		w.deliver(e)
+		return
+	}
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
 		if err := r.scale(ctx, w.service, 0); err != nil && !cerrdefs.IsNotFound(err) {
 			r.log.Warn("cannot scale the service of an exited task to 0", "app", w.app, "service", w.service, "reason", err)
 		}
-		cancel()
-	}
-	w.deliver(e)
+		w.deliver(e)
+	}()
 }
 
 // kick asks the checker for a look at every watched task.
