@@ -2,6 +2,7 @@ package swarmtest
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -68,5 +69,77 @@ func TestSwarm(t *testing.T) {
 	}
 	if _, err := os.Stat(Dir); err == nil {
 		t.Errorf("%s left", Dir)
+	}
+}
+
+// TestCrashedRunCleanedUp: a run killed with SIGKILL leaves the host's engine in swarm
+// mode, the worker's dockerd, the namespace; the next Start removes it all and works, and
+// its teardown leaves nothing.
+func TestCrashedRunCleanedUp(t *testing.T) {
+	if os.Getenv("SWARMTEST_CRASH") == "1" {
+		Start(t)
+		fmt.Println("SWARM UP")
+		select {} // until killed: no cleanup runs
+	}
+	if m := Missing(); m != "" {
+		if os.Getenv("SACT_REQUIRE_DOCKER") == "1" {
+			t.Fatalf("%s is required (SACT_REQUIRE_DOCKER=1)", m)
+		}
+		t.Skipf("%s missing", m)
+	}
+	crash := exec.Command(os.Args[0], "-test.run", "^TestCrashedRunCleanedUp$", "-test.timeout", "5m")
+	crash.Env = append(os.Environ(), "SWARMTEST_CRASH=1")
+	out, err := crash.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := crash.Start(); err != nil {
+		t.Fatal(err)
+	}
+	up := make(chan bool, 1)
+	go func() {
+		b := make([]byte, 4096)
+		var all []byte
+		for {
+			n, err := out.Read(b)
+			all = append(all, b[:n]...)
+			if strings.Contains(string(all), "SWARM UP") {
+				up <- true
+				return
+			}
+			if err != nil {
+				up <- false
+				return
+			}
+		}
+	}()
+	select {
+	case ok := <-up:
+		if !ok {
+			crash.Process.Kill()
+			crash.Wait()
+			t.Fatal("the crashing run did not make its swarm")
+		}
+	case <-time.After(3 * time.Minute):
+		crash.Process.Kill()
+		crash.Wait()
+		t.Fatal("the crashing run did not make its swarm in 3 minutes")
+	}
+	crash.Process.Kill()
+	crash.Wait()
+	if st, _ := exec.Command("docker", "info", "--format", "{{.Swarm.LocalNodeState}}").Output(); strings.TrimSpace(string(st)) != "active" {
+		t.Fatalf("the crashed run left the host in swarm state %s; the test needs it active to mean anything", st)
+	}
+	t.Run("next", func(t *testing.T) {
+		s := Start(t)
+		if s.WorkerNode == "" {
+			t.Fatal("no worker node")
+		}
+	})
+	if st, _ := exec.Command("docker", "info", "--format", "{{.Swarm.LocalNodeState}}").Output(); strings.TrimSpace(string(st)) != "inactive" {
+		t.Errorf("host engine left in swarm state %s", st)
+	}
+	if _, err := os.Stat("/var/run/netns/" + NetNS); err == nil {
+		t.Errorf("netns %s left", NetNS)
 	}
 }
