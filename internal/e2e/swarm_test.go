@@ -218,7 +218,8 @@ func TestSwarmServiceMadeElsewhere(t *testing.T) {
 	needSwarm(t)
 	app := uniqueName(t, "swarm-ext")
 	service := "swarm-ext-" + app
-	out, err := exec.Command("docker", "service", "create", "-d", "--name", service, "--replicas", "0",
+	// --no-resolve-image: else the CLI asks Docker Hub for the image's digest.
+	out, err := exec.Command("docker", "service", "create", "-d", "--no-resolve-image", "--name", service, "--replicas", "0",
 		"--constraint", "node.role==worker", "--publish", "mode=host,target=8080",
 		"--env", "NAME="+app, "--env", "LISTEN=tcp:0.0.0.0:8080", testImage).CombinedOutput()
 	if err != nil {

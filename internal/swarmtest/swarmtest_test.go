@@ -32,7 +32,8 @@ func TestSwarm(t *testing.T) {
 	}
 	t.Run("up", func(t *testing.T) {
 		s := Start(t, img)
-		out, err := exec.Command("docker", "service", "create", "-d", "--name", "swarm-harness",
+		// --no-resolve-image: else the CLI asks Docker Hub for the image's digest.
+		out, err := exec.Command("docker", "service", "create", "-d", "--no-resolve-image", "--name", "swarm-harness",
 			"--constraint", "node.id=="+s.WorkerNode, "--publish", "mode=host,target=8080",
 			"--env", "NAME=harness", img).CombinedOutput()
 		if err != nil {
