@@ -24,8 +24,9 @@ func (r *Runtime) Run(ctx context.Context) error {
 	r.runCtx = ctx
 	r.mu.Unlock()
 	defer r.wg.Wait()
-	r.wg.Add(1)
+	r.wg.Add(2)
 	go func() { defer r.wg.Done(); r.checker(ctx) }()
+	go func() { defer r.wg.Done(); r.learnNodes(ctx) }()
 	first := true
 	since := time.Now().Add(-time.Second)
 	delay := 100 * time.Millisecond
@@ -48,7 +49,7 @@ func (r *Runtime) Run(ctx context.Context) error {
 
 func swarmFilter() client.Filters {
 	return make(client.Filters).Add("type", string(events.ServiceEventType), string(events.NodeEventType), string(events.ContainerEventType)).
-		Add("event", string(events.ActionUpdate), string(events.ActionRemove), string(events.ActionDie), string(events.ActionDestroy))
+		Add("event", string(events.ActionUpdate), string(events.ActionRemove), string(events.ActionStart), string(events.ActionDie), string(events.ActionDestroy))
 }
 
 // follow reads one event stream until it fails, handing each message to handle.
@@ -98,6 +99,19 @@ func (r *Runtime) handleSwarm(m events.Message) {
 func (r *Runtime) handleContainer(nodeID string, m events.Message) {
 	task := m.Actor.Attributes[labelTask]
 	if task == "" {
+		return
+	}
+	if m.Action == events.ActionStart {
+		// A task's container started: a start waiting for it looks at once.
+		r.mu.Lock()
+		ch := r.starting[m.Actor.Attributes[labelService]]
+		r.mu.Unlock()
+		if ch != nil {
+			select {
+			case ch <- struct{}{}:
+			default:
+			}
+		}
 		return
 	}
 	r.mu.Lock()
@@ -240,6 +254,24 @@ func (r *Runtime) recheck(ctx context.Context, unfollowed bool) {
 	}
 }
 
+// learnNodes looks up every node once, so that the engines named by sact.engine labels
+// are followed from the start: the first start on a node then hears its task's container
+// start, and an exit there is an event from the first task on.
+func (r *Runtime) learnNodes(ctx context.Context) {
+	lctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	res, err := r.cli.NodeList(lctx, client.NodeListOptions{})
+	if err != nil {
+		r.log.Warn("cannot list the swarm's nodes; each is looked up at its first task", "reason", err)
+		return
+	}
+	for _, n := range res.Items {
+		if _, err := r.nodeOf(lctx, n.ID); err != nil {
+			r.log.Warn("cannot look up a swarm node", "node_id", n.ID, "reason", err)
+		}
+	}
+}
+
 // nodeOf returns what sact knows of a node, looking it up on first use, and starts
 // following its engine if it names one.
 func (r *Runtime) nodeOf(ctx context.Context, id string) (*node, error) {
@@ -294,7 +326,7 @@ func (r *Runtime) followEngine(id, host, hostname string) {
 	ctx, cancel := context.WithCancel(r.runCtx)
 	r.engines[id] = &engine{host: host, cancel: cancel}
 	f := make(client.Filters).Add("type", string(events.ContainerEventType)).
-		Add("event", string(events.ActionDie), string(events.ActionDestroy)).Add("label", labelTask)
+		Add("event", string(events.ActionStart), string(events.ActionDie), string(events.ActionDestroy)).Add("label", labelTask)
 	r.wg.Add(1)
 	go func() {
 		defer r.wg.Done()

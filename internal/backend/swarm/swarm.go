@@ -60,8 +60,9 @@ const (
 	LabelApp    = "sact.app"
 	LabelConfig = "sact.config"
 	LabelEngine = "sact.engine"
-	// labelTask is on every task's container: swarm's own.
-	labelTask = "com.docker.swarm.task.id"
+	// labelTask and labelService are on every task's container: swarm's own.
+	labelTask    = "com.docker.swarm.task.id"
+	labelService = "com.docker.swarm.service.name"
 )
 
 // NodeCheckEvery is how often a task on a node whose engine sact cannot follow is looked
@@ -124,6 +125,9 @@ type Runtime struct {
 	nodes   map[string]*node   // by node ID
 	engines map[string]*engine // followed node engines, by node ID
 	wake    chan struct{}      // a look at the watched tasks is due
+	// starting wakes the start waiting for a task of a service (by name) when a task's
+	// container starts on a followed engine.
+	starting map[string]chan struct{}
 	// dirty are the services and nodes whose watched tasks the checker looks at next;
 	// all means every watched task (after a stream was down).
 	dirty  map[string]bool
@@ -184,12 +188,13 @@ func New(ctx context.Context, opts Options) (*Runtime, error) {
 	}
 	return &Runtime{
 		cli: cli, log: log, self: info.Info.Swarm.NodeID,
-		watches: make(map[string]*watch),
-		nodes:   make(map[string]*node),
-		engines: make(map[string]*engine),
-		wake:    make(chan struct{}, 1),
-		dirty:   make(map[string]bool),
-		live:    make(chan struct{}),
+		watches:  make(map[string]*watch),
+		nodes:    make(map[string]*node),
+		engines:  make(map[string]*engine),
+		wake:     make(chan struct{}, 1),
+		dirty:    make(map[string]bool),
+		starting: make(map[string]chan struct{}),
+		live:     make(chan struct{}),
 	}, nil
 }
 
@@ -310,8 +315,19 @@ func setReplicas(s *swarm.ServiceSpec, n uint64) {
 
 // await waits until a task of the service runs with its host port, and returns it as the
 // instance. The wait polls the task list (a manager's events have no task state), from
-// 2 ms up to 50 ms apart: every ms here is added to the first request.
+// 2 ms up to 50 ms apart, and again from 2 ms when the task's container starts on a
+// followed engine (the manager learns it a little later): every ms here is added to the
+// first request. Starts of one service are serialized (lockService): one waiter.
 func (r *Runtime) await(ctx context.Context, spec backend.Spec, name string, old map[string]bool) (*backend.Instance, error) {
+	started := make(chan struct{}, 1)
+	r.mu.Lock()
+	r.starting[name] = started
+	r.mu.Unlock()
+	defer func() {
+		r.mu.Lock()
+		delete(r.starting, name)
+		r.mu.Unlock()
+	}()
 	delay := 2 * time.Millisecond
 	for {
 		inst, failed, err := r.running(ctx, spec, name, old)
@@ -319,7 +335,8 @@ func (r *Runtime) await(ctx context.Context, spec backend.Spec, name string, old
 			return inst, err
 		}
 		if failed != nil {
-			// The task died as it started (restart policy none: nothing else will come).
+			// The task died as it started: swarm's next try comes after its restart
+			// delay, and the activator reports the failure and backs off meanwhile.
 			msg := failed.Status.Err
 			if msg == "" {
 				msg = failed.Status.Message
@@ -331,6 +348,10 @@ func (r *Runtime) await(ctx context.Context, spec backend.Spec, name string, old
 		case <-ctx.Done():
 			t.Stop()
 			return nil, fmt.Errorf("waiting for a task of service %s to run: %w", name, ctx.Err())
+		case <-started:
+			t.Stop()
+			delay = 2 * time.Millisecond
+			continue
 		case <-t.C:
 		}
 		delay = min(delay*3/2+time.Millisecond, 50*time.Millisecond)
