@@ -21,6 +21,7 @@
 //     reverse_proxy and HAProxy.
 //   - scale: 1000 configured apps at rest (start time, memory, CPU, wakeups), many cold
 //     starts at once, memory per open relayed connection.
+//   - swarm: a Swarm service's cold start against a plain container's (scripts/swarm-bench).
 package main
 
 import (
@@ -42,7 +43,7 @@ import (
 )
 
 // scenarios in the order they run and appear in the report.
-var scenarios = []string{"cold", "warm", "capacity", "http", "scale"}
+var scenarios = []string{"cold", "warm", "capacity", "http", "scale", "swarm"}
 
 func main() {
 	quick := flag.Bool("quick", false, "fewer repetitions (CI-sized)")
@@ -105,6 +106,7 @@ func run(ctx context.Context, quick bool, only, out string) error {
 		"capacity": b.capacity,
 		"http":     b.front,
 		"scale":    b.scale,
+		"swarm":    b.swarm,
 	}
 	began := time.Now()
 	for _, s := range scenarios {
