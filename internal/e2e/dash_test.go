@@ -440,23 +440,28 @@ func TestCLIDayTwo(t *testing.T) {
 	})
 	stopEvents()
 	t.Logf("sact events printed:\n%s", evs.String())
-	var kinds []string
+	kinds := map[string][]string{} // per app: a deploy ends while the next commands run
 	for _, line := range strings.Split(strings.TrimSpace(evs.String()), "\n") {
 		var e struct{ Kind, App, Reason, Details string }
 		if err := json.Unmarshal([]byte(line), &e); err != nil {
 			t.Fatalf("sact events printed a line that is not JSON: %q", line)
 		}
 		if e.App == web || e.App == "dash-fails" {
-			kinds = append(kinds, e.App+" "+e.Kind+" "+e.Reason)
+			kinds[e.App] = append(kinds[e.App], e.App+" "+e.Kind+" "+e.Reason)
 		}
 		if e.Kind == "start_failed" && !strings.Contains(e.Details, "dash second line") {
 			t.Errorf("start_failed without the app's log lines: %q", e.Details)
 		}
 	}
 	// The running app's restart is a deploy, no stop and cold start (issue 17).
-	want := []string{web + " start ", web + " deploy begun", web + " deploy ready", web + " deploy done", "dash-fails start_failed ", "dash-fails start_failed "}
-	if strings.Join(kinds, "|") != strings.Join(want, "|") {
-		t.Errorf("events:\n%s\nwant\n%s", strings.Join(kinds, "\n"), strings.Join(want, "\n"))
+	want := map[string][]string{
+		web:          {web + " start ", web + " deploy begun", web + " deploy ready", web + " deploy done"},
+		"dash-fails": {"dash-fails start_failed ", "dash-fails start_failed "},
+	}
+	for app, w := range want {
+		if strings.Join(kinds[app], "|") != strings.Join(w, "|") {
+			t.Errorf("events of %s:\n%s\nwant\n%s", app, strings.Join(kinds[app], "\n"), strings.Join(w, "\n"))
+		}
 	}
 	if out, err := exec.Command(sactBin, "help", "events").CombinedOutput(); err != nil || !strings.Contains(string(out), "JSON object per line") {
 		t.Errorf("sact help events: %v\n%s", err, out)
