@@ -358,8 +358,52 @@ func TestMemoryBudget(t *testing.T) {
 	})
 }
 
+// kernelSource is a Source whose kernel is a counter the test sets: a look every second
+// reports it open (and busy), and active when it changed.
+type kernelSource struct {
+	open    *atomic.Int64
+	pending chan string
+	refused atomic.Int64
+}
+
+func newKernelSource(open *atomic.Int64) *kernelSource {
+	return &kernelSource{open: open, pending: make(chan string)}
+}
+
+func (k *kernelSource) Pending(ctx context.Context, paused bool) (string, error) {
+	select {
+	case l := <-k.pending:
+		return l, nil
+	case <-ctx.Done():
+		return "", ctx.Err()
+	}
+}
+
+func (k *kernelSource) Refuse(string) int { k.refused.Add(1); return 1 }
+
+func (k *kernelSource) Watch(ctx context.Context, report func(Activity)) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	prev := int64(-1)
+	for {
+		n := k.open.Load()
+		report(Activity{Active: n != prev, Open: int(n), Busy: int(n)})
+		prev = n
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// serveSource runs Serve for a with src until ctx ends, under wg.
+func serveSource(ctx context.Context, wg *sync.WaitGroup, a *App, src Source) {
+	wg.Go(func() { a.Serve(ctx, src) })
+}
+
 // TestUnseenOpenConnections: connections an app accepted itself (handoff), counted by
-// Options.Open, make it busy as leases do: never evicted, paused or refreshed while one
+// its Source, make it busy as leases do: never evicted, paused or refreshed while one
 // is open, and shown in the status (issue 12).
 func TestUnseenOpenConnections(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
@@ -369,17 +413,21 @@ func TestUnseenOpenConnections(t *testing.T) {
 		ctx, cancel := context.WithCancel(context.Background())
 		var wg sync.WaitGroup
 		defer func() { cancel(); wg.Wait() }()
-		newApp := func(name string, p Policy, o func() int) *App {
+		newApp := func(name string, p Policy, src Source) *App {
 			p.Spec.Name = name
-			a := New(rt, p, Options{Dial: readyDial, Pool: pool, Open: o})
+			a := New(rt, p, Options{Dial: readyDial, Pool: pool})
 			wg.Go(func() { a.Run(ctx) })
+			if src != nil {
+				serveSource(ctx, &wg, a, src)
+			}
 			return a
 		}
-		busy := newApp("handoff", Policy{Idle: time.Hour, PauseAfter: 10 * time.Second}, func() int { return int(open.Load()) })
+		busy := newApp("handoff", Policy{Idle: time.Hour, PauseAfter: 10 * time.Second}, newKernelSource(&open))
 		other := newApp("other", Policy{Idle: time.Hour}, nil)
 
 		use(t, busy).Release() // the wake; then the app accepts by itself
 		open.Store(1)
+		time.Sleep(1500 * time.Millisecond) // the source's next look
 		if st := busy.Status(); st.Open != 1 {
 			t.Errorf("status shows %d open connections, want the 1 the kernel counts", st.Open)
 		}
@@ -404,7 +452,7 @@ func TestUnseenOpenConnections(t *testing.T) {
 			t.Fatalf("refreshed with a connection open: %v", st)
 		}
 
-		open.Store(0) // the connection ends: evicted for the waiting start
+		open.Store(0) // the connection ends: evicted for the waiting start, or refreshed
 		if err := <-got; err != nil {
 			t.Fatal(err)
 		}
@@ -424,8 +472,9 @@ func TestUnseenOpenPausesAfterClose(t *testing.T) {
 		var wg sync.WaitGroup
 		defer func() { cancel(); wg.Wait() }()
 		a := New(rt, Policy{Spec: backend.Spec{Name: "web"}, Idle: time.Minute, PauseAfter: 10 * time.Second},
-			Options{Dial: readyDial, Open: func() int { return int(open.Load()) }})
+			Options{Dial: readyDial})
 		wg.Go(func() { a.Run(ctx) })
+		serveSource(ctx, &wg, a, newKernelSource(&open))
 		use(t, a).Release()
 		open.Store(1)
 		time.Sleep(30 * time.Second)
@@ -435,16 +484,16 @@ func TestUnseenOpenPausesAfterClose(t *testing.T) {
 		if err := a.Pause(context.Background()); err == nil || !strings.Contains(err.Error(), "1 open connections") {
 			t.Errorf("a pause by hand with a connection open: %v, want refused", err)
 		}
-		open.Store(0)
-		a.Touch() // the watch sees it close
-		time.Sleep(11 * time.Second)
+		open.Store(0) // the source's next look, within a second, sees it close
+		time.Sleep(12 * time.Second)
 		if st := a.State(); st != Paused {
 			t.Fatalf("a pause_after after the connection ended: %v, want paused", st)
 		}
 
 		use(t, a).Release()
-		open.Store(1) // silent, open for good: idle still stops the app
-		time.Sleep(61 * time.Second)
+		open.Store(1)                        // silent, open for good: idle still stops the app
+		time.Sleep(62500 * time.Millisecond) // idle after the look that saw it open
+
 		if st := a.Status(); st.State != Stopped || st.StopReason != "idle" {
 			t.Fatalf("a silent connection past idle: %v (%s), want stopped for idle", st.State, st.StopReason)
 		}

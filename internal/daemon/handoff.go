@@ -152,9 +152,6 @@ type handoffApp struct {
 	// cfg is the app's config; a reload may replace it (never its listen addresses).
 	cfg atomic.Pointer[config.App]
 	act *activator.App
-	// refresh asks for a restart once no connection is open: the reload changed the
-	// app's settings (activator.Refresh, for an app whose connections sact cannot see).
-	refresh atomic.Bool
 	// failed counts connections refused (metrics).
 	failed func(app, reason string, n int)
 	// setBroken reports whether the app is broken (metrics); nil does nothing.
@@ -171,10 +168,10 @@ type handoffApp struct {
 	// counters are the kernel's counts of every connection and byte on the listeners
 	// (bpfwatch), or nil where the kernel does not allow them: sock_diag alone then.
 	counters *bpfwatch.Watcher
-	// open and accepted are the app's connections as the kernel counts them, for its
-	// status: open now (while it runs), and accepted since sact started.
-	open, accepted atomic.Int64
-	exact          atomic.Bool
+	// accepted counts the app's connections as the kernel counts them, since sact
+	// started, for its status; exact, whether it counts all of them.
+	accepted atomic.Int64
+	exact    atomic.Bool
 	// marks are the programs' counters of each listener (nil where they do not
 	// count), from startUnit on; prevMarks what the watch read last; tried which
 	// listeners watchListeners tried.
@@ -184,9 +181,6 @@ type handoffApp struct {
 	// addrs are the listeners' addresses as watchListeners found them, for the watch
 	// of a listener that a reload has moved to another unit meanwhile.
 	addrs []net.Addr
-	// retiring is set when a reload takes the app out while it runs: its connections
-	// drain with the watch still counting them, and it is never started again.
-	retiring atomic.Bool
 
 	mu  sync.Mutex
 	srv *handoff.Server
@@ -335,18 +329,6 @@ func (h *handoffApp) setUser(user string) {
 	h.log.Info("handoff socket handed to the app's new user", "user", user)
 }
 
-// retire marks the app as taken out by a reload and reports whether it runs, so that
-// its connections must drain before it is stopped: the watch goes on counting them,
-// and the app is not started again.
-func (h *handoffApp) retire() bool {
-	h.retiring.Store(true)
-	switch h.act.State() {
-	case activator.Running, activator.Starting, activator.Waking:
-		return true
-	}
-	return false
-}
-
 func (h *handoffApp) close() {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -448,25 +430,10 @@ func (h *handoffApp) closePending() {
 	h.pending = nil
 }
 
-// settled waits out the app's transitions and returns the state it settles in.
-func (h *handoffApp) settled(ctx context.Context) activator.State {
-	for {
-		st := h.act.State()
-		switch st {
-		case activator.Running, activator.Paused, activator.Stopped:
-			return st
-		}
-		select {
-		case <-ctx.Done():
-			return st
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
-}
-
 // waitPendingPaused waits for a client in the backlog of a paused app. The app holds the
 // sockets, frozen, and their blocking mode is the app's business: poll(2) from a thread
-// of its own, waking every 200 ms to notice the end of ctx, rather than touch the flag.
+// of its own, waking every 200 ms to notice the end of ctx (the activator ends it when
+// the app is thawed or stopped by someone else), rather than touch the flag.
 func (h *handoffApp) waitPendingPaused(ctx context.Context) (int, error) {
 	fds := make([]unix.PollFd, len(h.lns))
 	for i, ln := range h.lns {
@@ -485,9 +452,6 @@ func (h *handoffApp) waitPendingPaused(ctx context.Context) (int, error) {
 			if n > 0 && fds[i].Revents&unix.POLLIN != 0 {
 				return i, nil
 			}
-		}
-		if h.act.State() != activator.Paused {
-			return -1, nil // thawed or stopped by someone else: look again
 		}
 	}
 	return 0, ctx.Err()
@@ -517,8 +481,8 @@ func (h *handoffApp) rejectQueued() int {
 	return n
 }
 
-// run is the app's life in handoff mode: wait for a client, start the app, watch its
-// sockets' activity while it runs, and again.
+// run is the app's life in handoff mode: its handoff server, then the activator's Serve
+// with the kernel's view of the app's sockets as its Source.
 func (h *handoffApp) run(ctx context.Context) {
 	defer h.close()
 	if !h.listen(ctx) {
@@ -526,83 +490,34 @@ func (h *handoffApp) run(ctx context.Context) {
 	}
 	h.watchListeners() // those a reload moved in since startUnit
 	defer h.closeMarks()
-	backoff := time.Duration(0)
-	for {
-		wake := activator.Wake{Remote: "backlog"}
-		state := h.settled(ctx)
-		if h.retiring.Load() && state != activator.Running {
-			<-ctx.Done() // taken out by a reload: drained, it is stopped, never started
-			return
-		}
-		switch state {
-		case activator.Running:
-			// Adopted, or running already: watch it.
-		case activator.Paused:
-			// Frozen with the sockets: a client in the backlog thaws it.
-			i, err := h.waitPendingPaused(ctx)
-			if err != nil {
-				return
-			}
-			if i < 0 {
-				continue
-			}
-			wake.Listen = h.conf().Listen[i].String()
-		default:
-			i, err := h.waitPending(ctx)
-			if err != nil {
-				if ctx.Err() == nil {
-					h.log.Error("cannot watch the app's sockets", "reason", err)
-				}
-				return
-			}
-			wake.Listen = h.conf().Listen[i].String()
-		}
-		listen := wake.Listen
-		if state := h.act.State(); state != activator.Running && state != activator.Paused {
-			h.refresh.Store(false) // this start uses the current settings
-		}
-		lease, err := h.act.Acquire(ctx, wake)
-		if err != nil {
-			if ctx.Err() != nil {
-				return
-			}
-			n := h.rejectQueued()
-			h.log.Warn("connections refused", "listen", listen, "count", n, "reason", err)
-			h.failed(h.conf().Name, activator.FailureReason(err), n)
-			continue
-		}
-		live := lease.Context()
-		lease.Release()
-		began := time.Now()
-		h.watch(ctx, live)
-		if ctx.Err() != nil {
-			return
-		}
-		if st := h.settled(ctx); st == activator.Paused || st == activator.Running {
-			continue // paused, not stopped: the app keeps its sockets
-		}
-		// An app that exits soon after its start, with clients still queued, would be
-		// started again at once by them: refuse them and pause, as after a failed start.
-		st := h.act.Status()
-		if !st.StopAsked && !st.StopKilled && time.Since(began) < 10*time.Second {
-			backoff = min(max(2*backoff, time.Second), 16*time.Second)
-			n := h.rejectQueued()
-			h.failed(h.conf().Name, "app_exited", n)
-			h.log.Warn("app exited soon after its start; refusing queued connections", "reason", st.StopReason, "count", n, "retry_in", backoff)
-			select {
-			case <-time.After(backoff):
-			case <-ctx.Done():
-				return
-			}
-		} else {
-			backoff = 0
-		}
-	}
+	h.act.Serve(ctx, h)
 }
 
-// watch asks the kernel about the app's sockets until live ends (the app stopped), and
-// tells the activator whenever they show activity.
-func (h *handoffApp) watch(ctx context.Context, live context.Context) {
+// Pending is activator.Source's: a client in a listener's backlog of the stopped or
+// paused app.
+func (h *handoffApp) Pending(ctx context.Context, paused bool) (string, error) {
+	wait := h.waitPending
+	if paused {
+		wait = h.waitPendingPaused
+	}
+	i, err := wait(ctx)
+	if err != nil {
+		return "", err
+	}
+	return h.conf().Listen[i].String(), nil
+}
+
+// Refuse is activator.Source's: the clients queued on the listeners are closed and
+// counted as not served.
+func (h *handoffApp) Refuse(reason string) int {
+	n := h.rejectQueued()
+	h.failed(h.conf().Name, reason, n)
+	return n
+}
+
+// Watch is activator.Source's: it asks the kernel about the app's sockets until ctx
+// ends (the app stopped or paused), and reports what it sees.
+func (h *handoffApp) Watch(ctx context.Context, report func(activator.Activity)) {
 	every := min(max(h.conf().Idle/10, 100*time.Millisecond), time.Second)
 	addrs := make([]net.Addr, len(h.lns))
 	for i, ln := range h.lns {
@@ -616,7 +531,6 @@ func (h *handoffApp) watch(ctx context.Context, live context.Context) {
 	}
 	prev := make([]sockdiag.Activity, len(addrs))
 	marks, prevMarks, cpu := h.marks, h.prevMarks, h.cpuTime(ctx)
-	defer h.open.Store(0)
 	var prevCPU time.Duration
 	if cpu != nil {
 		prevCPU, _ = cpu.Read()
@@ -626,11 +540,9 @@ func (h *handoffApp) watch(ctx context.Context, live context.Context) {
 	defer t.Stop()
 	for first := true; ; first = false {
 		// The first look is at once: the open count keeps the app from being evicted
-		// or paused (activator.Options.Open) from its first connection on.
+		// or paused from its first connection on.
 		if !first {
 			select {
-			case <-live.Done():
-				return
 			case <-ctx.Done():
 				return
 			case <-t.C:
@@ -639,12 +551,14 @@ func (h *handoffApp) watch(ctx context.Context, live context.Context) {
 		now := time.Now()
 		acts, err := h.probe.Probe(ctx, addrs...)
 		if err != nil {
-			// Without the kernel's word, assume busy: stopping an app that serves is
-			// worse than keeping an idle one a little longer.
+			if ctx.Err() != nil {
+				return
+			}
 			h.log.Warn("cannot read socket activity; counting the app as busy", "reason", err)
-			h.act.Touch()
+			report(activator.Activity{Unknown: true})
 			continue
 		}
+		active := false
 		busy, open, unseen := 0, 0, false
 		for i, a := range acts {
 			p := prev[i]
@@ -652,7 +566,7 @@ func (h *handoffApp) watch(ctx context.Context, live context.Context) {
 				a.BytesReceived != p.BytesReceived || a.BytesSent != p.BytesSent ||
 				a.LastActivity.After(last.Add(-10*time.Millisecond)) ||
 				(h.conf().KeepWhileOpen && a.Open > 0) {
-				h.act.Touch()
+				active = true
 			}
 			busy += a.Open + a.Queued + int(min(a.Pending, 1))
 			prev[i] = a
@@ -661,12 +575,12 @@ func (h *handoffApp) watch(ctx context.Context, live context.Context) {
 			if m := marks[i]; m != nil {
 				c, err := m.Activity()
 				if err != nil {
-					h.act.Touch()
+					active = true
 					continue
 				}
 				pc := prevMarks[i]
 				if c != pc {
-					h.act.Touch()
+					active = true
 					h.accepted.Add(int64(c.Connects - pc.Connects))
 				}
 				prevMarks[i] = c
@@ -683,29 +597,14 @@ func (h *handoffApp) watch(ctx context.Context, live context.Context) {
 			open += a.Open + a.Queued
 			unseen = unseen || a.Open > 0
 		}
-		h.open.Store(int64(open))
 		if cpu != nil {
 			used, err := cpu.Read()
 			if err == nil && unseen && used-prevCPU >= cpuBusy {
-				h.act.Touch()
+				active = true
 			}
 			prevCPU = used
 		}
-		if busy == 0 && h.refresh.Load() && h.act.RunsCurrentSpec() {
-			// Started with the new settings already: the reload came while its start
-			// waited for the pool (issue 13).
-			h.refresh.Store(false)
-		}
-		if busy == 0 && h.refresh.CompareAndSwap(true, false) {
-			h.log.Info("restarting app with its new settings", "reason", "config changed; no connection is open")
-			go func() {
-				sctx, cancel := context.WithTimeout(ctx, h.conf().StopTimeout+10*time.Second)
-				defer cancel()
-				if err := h.act.StopFor(sctx, "config changed"); err != nil {
-					h.log.Warn("cannot stop app to apply its new settings", "reason", err)
-				}
-			}()
-		}
+		report(activator.Activity{Active: active, Open: open, Busy: busy})
 		last = now
 	}
 }
@@ -784,11 +683,11 @@ func (h *handoffApp) cpuTime(ctx context.Context) *bpfwatch.CPU {
 	return cpu
 }
 
-// counts is the app's connections as the kernel counts them: open now, and accepted
-// since sact started; exact when the programs count on every listener (zero where they
-// do not count).
-func (h *handoffApp) counts() (open, accepted int, exact bool) {
-	return int(h.open.Load()), int(h.accepted.Load()), h.exact.Load()
+// counts is the app's connections as the kernel counts them: accepted since sact
+// started; exact when the programs count on every listener (zero where they do not
+// count).
+func (h *handoffApp) counts() (accepted int, exact bool) {
+	return int(h.accepted.Load()), h.exact.Load()
 }
 
 // reclaim takes back the listening sockets of a handoff app that still runs from an

@@ -338,11 +338,7 @@ func (d *daemon) update(u *unit, app *config.App, lns []net.Listener) {
 	}
 	if specChanged {
 		d.log.Info("app settings changed; a running app gets a new container beside its old one, else at its next start", "app", app.Name)
-		if u.handoff != nil {
-			u.handoff.refresh.Store(true)
-		} else {
-			u.act.Refresh()
-		}
+		u.act.Refresh() // a handed-off app: restarted once nothing is busy (its sockets go to one container only)
 	}
 }
 

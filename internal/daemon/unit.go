@@ -103,14 +103,6 @@ func (d *daemon) newUnit(app *config.App, lns []net.Listener, rt backend.Runtime
 	pol := d.policy(app)
 	u := &unit{app: app, lns: lns, spec: pol.Spec, rt: rt, done: make(chan struct{}), rebind: make(chan struct{}, 1)}
 	opts := activator.Options{Logger: d.log, Pool: d.pool, Observe: d.m.observe, Dial: d.dialUpstream, Report: d.events.Publish}
-	if app.Handoff {
-		// The app accepts its connections itself: the kernel's count of those open keeps
-		// it from being evicted or paused while it serves (issue 12).
-		opts.Open = func() int {
-			open, _, _ := u.handoff.counts()
-			return open
-		}
-	}
 	u.act = activator.New(rt, pol, opts)
 	if app.Handoff {
 		d.setUpHandoff(u)
@@ -173,7 +165,7 @@ type handoffView struct {
 
 func (v handoffView) Status() activator.Status {
 	st := v.App.Status()
-	if _, accepted, exact := v.h.counts(); exact {
+	if accepted, exact := v.h.counts(); exact {
 		st.Accepted = accepted // every connection, the ones that woke the app included
 	} else {
 		st.Accepted += accepted
@@ -347,7 +339,7 @@ func (d *daemon) retire(u *unit, reason string) <-chan struct{} {
 	// A running handoff app holds its sockets and accepts by itself: its listeners stay
 	// (a unix one's path is how the kernel's count finds its connections) and its watch
 	// counts its open connections until they drain (issue 12: they were cut at once).
-	drainHandoff := u.handoff != nil && u.stopWatch != nil && u.handoff.retire()
+	drainHandoff := u.handoff != nil && u.stopWatch != nil && u.act.Retire()
 	if !drainHandoff {
 		u.closeListeners()
 		if u.stopWatch != nil {
