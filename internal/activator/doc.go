@@ -12,22 +12,23 @@
 // States and transitions (the table is transitions, in states.go; setState refuses any
 // other move):
 //
-//	                 first connection                 upstream accepts
-//	   stopped ───────────────────────────▶ starting ─────────────────▶ running ◀──┐
-//	    ▲ ▲ ▲ ▲                                │                         │ │  ▲     │
-//	    │ │ │ └──── start failed, timed out ───┘                         │ │  │     │
-//	    │ │ └────── exited on its own (crash, OOM, docker stop) ─────────┘ │  │     │
-//	    │ └──────── adopted by Run (an instance already runs) ─────────────┼──┘     │
-//	    │                                                                  │        │
-//	    │        idle, evicted, manual, config changed,                    │        │ thawed
-//	    │        dependents stopped, drained, sact exiting                 │        │
-//	 stopping ◀────────────────────────────────────────────────────────────┤        │
-//	    ▲                                                      pause_after ▼        │
-//	    │                                      (pause failed: back to running) pausing │
-//	    │                                                                  │ frozen │
-//	    │        idle, evicted, manual, thaw failed                        ▼        │
-//	    └─────────────────────────────────────────────────────────────── paused ─▶ waking
-//	                                                                      a connection
+//	                first connection                 upstream accepts
+//	  stopped ───────────────────────────▶ starting ─────────────────▶ running ◀──┐
+//	   ▲ │ ▲ ▲                                │                         │ │  ▲     │
+//	   │ │ │ └──── start failed, timed out ───┘                         │ │  │     │
+//	   │ │ └────── exited on its own (crash, OOM, docker stop) ─────────┘ │  │     │
+//	   │ └──────── adopted by Run (an instance already runs) ─────────────┼──┘     │
+//	   │                                                                  │        │
+//	   │        idle, evicted, manual, config changed,                    │        │ thawed
+//	   │        dependents stopped, drained, sact exiting                 │        │
+//	stopping ◀────────────────────────────────────────────────────────────┤        │
+//	   ▲                                                      pause_after ▼        │
+//	   │                                                               pausing     │
+//	   │                                           (or back to running if │ frozen │
+//	   │                                            the pause fails)      │        │
+//	   │        idle, evicted, manual, thaw failed                        ▼        │
+//	   └─────────────────────────────────────────────────────────────── paused ─▶ waking
+//	                                                                     a connection
 //
 // Every move, as the table has them:
 //

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/sact-project/sact/internal/backend"
+	"github.com/sact-project/sact/internal/backend/fake"
 )
 
 // upRuntime starts instances at a fixed upstream that the test serves for real.
@@ -279,7 +280,7 @@ func TestReadyExitWhileChecking(t *testing.T) {
 // evicted when an app limited to 512 MiB starts. Counted as 0, it was not.
 func TestMemoryBudgetCountsMeasuredUse(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		rt := &hostRuntime{startTime: 500 * time.Millisecond}
+		rt := newHostRuntime(&fake.Runtime{StartTime: 500 * time.Millisecond})
 		pool := NewPool(0, 2)
 		pool.SetMemoryBudget(1 << 30)
 		unlimited := host(t, rt, pool, Policy{Idle: time.Hour, StartTimeout: 10 * time.Second}, "fat")["fat"]
