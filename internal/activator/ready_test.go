@@ -321,7 +321,7 @@ func TestReadyHTTPNeverFollowsLink(t *testing.T) {
 	secret := answer(t, filepath.Join(secretDir, "engine.sock"), "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
 	sock := filepath.Join(dir, "app.sock")
 	os.Symlink(filepath.Join(secretDir, "engine.sock"), sock)
-	app := New(&unixRuntime{path: sock}, Policy{
+	app := New(unixRuntime(sock), Policy{
 		Spec:         backend.Spec{Name: "web", Volumes: []string{dir + ":/app/tmp"}},
 		StartTimeout: 500 * time.Millisecond,
 		Ready:        Readiness{HTTP: &HTTPCheck{Path: "/up"}},

@@ -19,6 +19,7 @@ import (
 
 	"github.com/sact-project/sact/internal/activator"
 	"github.com/sact-project/sact/internal/backend"
+	"github.com/sact-project/sact/internal/backend/fake"
 	"github.com/sact-project/sact/internal/config"
 	"github.com/sact-project/sact/internal/listen"
 )
@@ -89,17 +90,6 @@ func TestReclaim(t *testing.T) {
 	}
 }
 
-// stoppedRuntime runs nothing: every app is stopped, and a start fails.
-type stoppedRuntime struct{}
-
-func (stoppedRuntime) Start(context.Context, backend.Spec) (*backend.Instance, error) {
-	return nil, errors.New("not in this test")
-}
-func (stoppedRuntime) Stop(context.Context, backend.Spec, time.Duration) error { return nil }
-func (stoppedRuntime) Running(context.Context, backend.Spec) (*backend.Instance, error) {
-	return nil, nil
-}
-
 // An app whose handoff cannot be set up is broken, alone: its clients are refused at
 // once, it is retried with backoff, and it serves again once the cause is gone.
 func TestHandoffBrokenRetried(t *testing.T) {
@@ -117,7 +107,9 @@ func TestHandoffBrokenRetried(t *testing.T) {
 	app := &config.App{Name: "app", Handoff: true, Listen: []listen.Addr{{Network: "tcp", Address: ln.Addr().String()}}}
 	var logs syncBuffer
 	log := slog.New(slog.NewJSONHandler(&logs, nil))
-	act := activator.New(stoppedRuntime{}, activator.Policy{Spec: backend.Spec{Name: "app"}}, activator.Options{Logger: log})
+	// A runtime that runs nothing: every app is stopped, and a start fails.
+	rt := &fake.Runtime{StartErr: errors.New("not in this test")}
+	act := activator.New(rt, activator.Policy{Spec: backend.Spec{Name: "app"}}, activator.Options{Logger: log})
 	var refused atomic.Int64
 	var brokenNow atomic.Bool
 	h := New(app, []net.Listener{ln}, act, Options{Dir: filepath.Join(parent, "app"), Logger: log,
