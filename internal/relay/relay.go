@@ -92,12 +92,8 @@ func (s *Server) accept(ln net.Listener, app *activator.App, addr string) {
 	}
 }
 
-// dialUpstream connects to the lease's upstream, bounded by 5 s and by the instance's life.
-func dialUpstream(lease *activator.Lease) (net.Conn, error) {
-	ctx, cancel := context.WithTimeout(lease.Context(), 5*time.Second)
-	defer cancel()
-	return lease.Dial(ctx)
-}
+// dialTimeout bounds a dial of a running app's upstream.
+const dialTimeout = 5 * time.Second
 
 // hangupPoll is how often a connection that waits for its app to start is checked for a
 // client that hung up, which then gives its max_waiting slot back.
@@ -129,41 +125,31 @@ func (s *Server) handle(client net.Conn, app *activator.App, addr string) {
 	if remote == "" || remote == "@" {
 		remote = "unix"
 	}
-	var lease *activator.Lease
-	var up net.Conn
-	for attempt := 1; ; attempt++ {
-		var err error
-		lease, err = s.acquire(client, app, activator.Wake{Remote: remote, Listen: addr})
-		if errors.Is(err, proxy.ErrClientGone) {
-			s.log.Info("client gone while waiting for start", "app", app.Name(), "listen", addr, "remote", remote, "reason", "client_gone")
-			s.failed(app.Name(), "client_gone", 1)
-			return
-		}
-		if err != nil {
-			s.log.Warn("connection refused", "app", app.Name(), "listen", addr, "remote", remote, "reason", err)
-			s.failed(app.Name(), activator.FailureReason(err), 1)
-			return
-		}
-		if up, err = dialUpstream(lease); err == nil {
-			break
-		}
-		lease.Release()
-		if errors.As(err, new(*upstream.UnsafePathError)) {
-			// A link the app planted: never followed. The activator logs each cause once;
-			// every connection counts.
-			s.failed(app.Name(), "upstream_unsafe", 1)
-			return
-		}
-		// An instance that died a moment ago (a crash, docker kill) is only known dead
-		// once the engine's event arrives: a dial in between fails. Nothing of the
-		// client's has been read yet, so if the instance turns out to have ended, the
-		// connection goes to a fresh start instead of being dropped.
-		if attempt < 3 && lease.EndedWithin(time.Second) {
-			s.log.Info("upstream gone while connecting; starting the app again", "app", app.Name(), "remote", remote, "reason", err)
-			continue
-		}
-		s.log.Warn("connection failed", "app", app.Name(), "upstream", lease.Upstream.String(), "remote", remote, "reason", err)
+	// A connection whose instance died under it (a crash, docker kill) before the engine
+	// said so goes to a fresh start: nothing of the client's has been read yet.
+	lease, up, err := activator.Connect(s.connsCtx, func() (*activator.Lease, error) {
+		return s.acquire(client, app, activator.Wake{Remote: remote, Listen: addr})
+	}, dialTimeout, func(err error) {
+		s.log.Info("upstream gone while connecting; starting the app again", "app", app.Name(), "remote", remote, "reason", err)
+	})
+	var derr *activator.DialError
+	switch {
+	case errors.Is(err, proxy.ErrClientGone):
+		s.log.Info("client gone while waiting for start", "app", app.Name(), "listen", addr, "remote", remote, "reason", "client_gone")
+		s.failed(app.Name(), "client_gone", 1)
+		return
+	case errors.As(err, &derr) && errors.As(derr, new(*upstream.UnsafePathError)):
+		// A link the app planted: never followed. The activator logs each cause once;
+		// every connection counts.
+		s.failed(app.Name(), "upstream_unsafe", 1)
+		return
+	case derr != nil:
+		s.log.Warn("connection failed", "app", app.Name(), "upstream", derr.Upstream.String(), "remote", remote, "reason", derr.Err)
 		s.failed(app.Name(), "upstream_unreachable", 1)
+		return
+	case err != nil:
+		s.log.Warn("connection refused", "app", app.Name(), "listen", addr, "remote", remote, "reason", err)
+		s.failed(app.Name(), activator.FailureReason(err), 1)
 		return
 	}
 	defer lease.Release()
