@@ -251,7 +251,9 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 		})
 	}
 	log.Info("serving", "apps", len(cfg.Apps), "config", cfg.File, "http", len(d.httpLns), "admin", AdminSocket(cfg, d.runDir))
-	go func() {
+	var collecting sync.WaitGroup
+	defer collecting.Wait()
+	collecting.Go(func() {
 		// Startup (the config, one engine query per app) leaves garbage and grown
 		// goroutine stacks that an idle sact, allocating nothing, would keep for good:
 		// with 1000 apps, tens of MB. One collection once every app has looked for its
@@ -264,7 +266,7 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 			}
 		}
 		debug.FreeOSMemory()
-	}()
+	})
 	if opts.Ready != nil {
 		opts.Ready(addrs)
 	}
