@@ -12,7 +12,7 @@
 // States and transitions (the table is transitions, in states.go; setState refuses any
 // other move):
 //
-//	                first connection                 upstream accepts
+//	                first connection                 ready: Readiness
 //	  stopped ───────────────────────────▶ starting ─────────────────▶ running ◀──┐
 //	   ▲ │ ▲ ▲                                │                         │ │  ▲     │
 //	   │ │ │ └──── start failed, timed out ───┘                         │ │  │     │
@@ -33,7 +33,8 @@
 // Every move, as the table has them:
 //
 //	stopped  → starting (a connection, keep_warm, a dependent, by hand), running (adopted)
-//	starting → running (ready), stopped (failed, timed out, exited while starting)
+//	starting → running (ready by its Readiness: accepts, HTTP check, healthcheck),
+//	           stopped (failed, timed out, exited while starting)
 //	running  → stopping (idle, evicted, manual, config changed, dependents stopped,
 //	           drained after a reload, sact exiting with on_exit: stop), pausing
 //	           (pause_after, by hand), stopped (exited on its own)
