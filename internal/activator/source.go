@@ -90,6 +90,9 @@ func (a *App) Serve(ctx context.Context, src Source) {
 				return
 			}
 			wake.Listen = listen
+			if a.retiring.Load() {
+				continue // retired meanwhile: the client stays queued until the listeners close
+			}
 		}
 		lease, err := a.Acquire(ctx, wake)
 		if err != nil {
