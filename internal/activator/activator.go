@@ -246,7 +246,7 @@ type App struct {
 	// cancelled at the next change of state (whileIn).
 	src              bool
 	srcOpen, srcBusy int
-	changed          []context.CancelFunc
+	changed          []stateWait
 	// retiring: a reload took the app out; Serve never starts it again.
 	retiring atomic.Bool
 }

@@ -2,6 +2,7 @@ package activator
 
 import (
 	"context"
+	"slices"
 	"time"
 )
 
@@ -169,13 +170,22 @@ func (a *App) look(act Activity) {
 func (a *App) whileIn(ctx context.Context, state State) (context.Context, context.CancelFunc) {
 	sctx, cancel := context.WithCancel(ctx)
 	a.mu.Lock()
+	defer a.mu.Unlock()
+	// Those of earlier waits that ended without a change (a client came, and its start
+	// failed fast) go: a flood of refused clients must not grow the list.
+	a.changed = slices.DeleteFunc(a.changed, func(w stateWait) bool { return w.ctx.Err() != nil })
 	if a.state != state {
 		cancel()
 	} else {
-		a.changed = append(a.changed, cancel)
+		a.changed = append(a.changed, stateWait{sctx, cancel})
 	}
-	a.mu.Unlock()
 	return sctx, cancel
+}
+
+// stateWait is a whileIn context, ended at the next change of state.
+type stateWait struct {
+	ctx    context.Context
+	cancel context.CancelFunc
 }
 
 // Retire marks the app as taken out by a reload and reports whether it runs, so that its

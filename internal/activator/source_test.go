@@ -2,6 +2,7 @@ package activator
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -237,3 +238,28 @@ func TestServeThawsForABacklogClient(t *testing.T) {
 }
 
 var _ backend.Runtime = (*fake.Runtime)(nil)
+
+// Clients refused one after another (the app fails to start) leave no waits behind: a
+// flood must not grow what a change of state has to end.
+func TestServeRefusedFloodKeepsNoWaits(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		rt := &fake.Runtime{StartErr: errors.New("no such image")}
+		b := newBacklog()
+		a := serveApp(t, rt, Policy{Idle: time.Hour}, b)
+		for range 100 {
+			if !b.arrive(time.Second) {
+				t.Fatal("Serve stopped taking clients")
+			}
+		}
+		synctest.Wait()
+		if n := len(b.refusals()); n < 99 {
+			t.Errorf("%d clients refused, want every one", n)
+		}
+		a.mu.Lock()
+		n := len(a.changed)
+		a.mu.Unlock()
+		if n > 1 {
+			t.Errorf("%d waits for a change of state kept, want at most the current one", n)
+		}
+	})
+}

@@ -31,8 +31,8 @@ func (a *App) setState(to State) {
 		illegalTransitions.Add(1)
 	}
 	a.state = to
-	for _, cancel := range a.changed {
-		cancel()
+	for _, w := range a.changed {
+		w.cancel()
 	}
 	a.changed = nil
 }
