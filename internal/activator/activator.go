@@ -159,12 +159,6 @@ type Options struct {
 	// Observe, if set, is told of every start ("start", "start_failed") and how long it
 	// took, for metrics. It is called with the app's lock held: it must be quick.
 	Observe func(app, event string, took time.Duration)
-	// Open, if set, counts the app's open connections that hold no lease: those of a
-	// handoff app, which accepts them itself, as the kernel counts them. They keep the
-	// app from being evicted, paused or refreshed like leases do (issue 12). It is
-	// called with the app's lock held: it must be quick and must not call the App. Nil
-	// counts none.
-	Open func() int
 	// Report, if set, is told of every start, failed start, stop, exit and pause as an
 	// event (GET /api/events). It is called with the app's lock held: it must not block.
 	Report func(events.Event)
@@ -190,7 +184,6 @@ type App struct {
 	adopted  chan struct{} // closed once Run has looked for an already running instance
 	pool     *Pool
 	observer func(app, event string, took time.Duration)
-	unseen   func() int // Options.Open, or nil
 	report   func(events.Event)
 	deps     []*App // started before this app, kept while it runs
 
@@ -248,6 +241,14 @@ type App struct {
 	// instHash is the Spec.Hash the running instance was started or adopted with.
 	instHash string
 	dep      deployState // deploys without a cold start (deploy.go)
+	// src is whether a Source (Serve) tells the app's connections: srcOpen those open
+	// at its last look, srcBusy those open or queued (-1: not known). changed are
+	// cancelled at the next change of state (whileIn).
+	src              bool
+	srcOpen, srcBusy int
+	changed          []stateWait
+	// retiring: a reload took the app out; Serve never starts it again.
+	retiring atomic.Bool
 }
 
 // New returns an app; nothing happens until Run.
@@ -262,7 +263,6 @@ func New(rt backend.Runtime, policy Policy, opts Options) *App {
 		conns:    make(map[*Lease]struct{}),
 		pool:     opts.Pool,
 		observer: opts.Observe,
-		unseen:   opts.Open,
 		report:   opts.Report,
 		stops:    make(map[string]int),
 	}
@@ -349,7 +349,11 @@ func (a *App) RunsCurrentSpec() bool {
 // refreshIfIdle stops the app for a pending Refresh if nothing holds it. Called with a.mu
 // held.
 func (a *App) refreshIfIdle() {
-	if !a.refresh || a.closed || a.open() > 0 || a.pins > 0 {
+	busy := a.open() > 0
+	if a.src {
+		busy = len(a.conns) > 0 || a.srcBusy != 0
+	}
+	if !a.refresh || a.closed || busy || a.pins > 0 {
 		return
 	}
 	switch a.state {
@@ -415,7 +419,7 @@ func (a *App) Run(ctx context.Context) error {
 	stop := a.pol().StopOnExit && (a.state == Running || wasPaused)
 	if stop {
 		a.killLive()
-		a.state = Stopping
+		a.setState(Stopping)
 	}
 	a.mu.Unlock()
 	if stop {
@@ -513,7 +517,7 @@ func (a *App) failBackoff() time.Duration {
 
 // beginStart moves Stopped -> Starting. Called with a.mu held.
 func (a *App) beginStart(w Wake, manual bool) {
-	a.state = Starting
+	a.setState(Starting)
 	a.since = time.Now()
 	a.done = make(chan struct{})
 	a.lastStart = a.since
@@ -584,7 +588,7 @@ func (a *App) start(wokeBy []any) {
 		a.lastErr = fmt.Errorf("%w: %w", ErrStartFailed, err)
 		a.observe("start_failed", took)
 		a.failedAt = time.Now()
-		a.state = Stopped
+		a.setState(Stopped)
 		a.since = a.failedAt
 		a.stopReason = "start failed"
 		a.stopAsked = false
@@ -637,7 +641,7 @@ func (a *App) becomeRunning(inst *backend.Instance) {
 	if a.pool != nil {
 		a.pool.markRunning(a)
 	}
-	a.state = Running
+	a.setState(Running)
 	a.inst = inst
 	a.since = time.Now()
 	a.lastActive = a.since
@@ -676,7 +680,7 @@ func (a *App) watchExit(inst *backend.Instance, live context.Context) {
 
 // enterStopped ends the current incarnation. Called with a.mu held.
 func (a *App) enterStopped() {
-	a.state = Stopped
+	a.setState(Stopped)
 	a.since = time.Now()
 	a.inst = nil
 	a.refresh = false // the next start uses the current policy
@@ -749,7 +753,7 @@ func (a *App) checkIdle() {
 func (a *App) beginStop(reason string, idleFor time.Duration) {
 	inst := a.inst
 	wasPaused := a.state == Paused
-	a.state = Stopping
+	a.setState(Stopping)
 	a.since = time.Now()
 	a.done = make(chan struct{})
 	a.killLive() // closes connections still open: silent ones, or all on a manual stop
@@ -947,16 +951,17 @@ func (a *App) lastActivity() time.Time {
 	return last
 }
 
-// open counts the app's open connections: its leases and those it cannot see (Options.Open).
+// open counts the app's open connections: its leases and those its Source sees.
 // Called with a.mu held.
 func (a *App) open() int { return len(a.conns) + a.unseenOpen() }
 
-// unseenOpen is Options.Open's count, or 0. Called with a.mu held.
+// unseenOpen counts the open connections that hold no lease, as the Source saw them
+// last: the app accepted them itself, and sact cannot close them. Called with a.mu held.
 func (a *App) unseenOpen() int {
-	if a.unseen == nil || a.inst == nil {
+	if !a.src || a.inst == nil {
 		return 0
 	}
-	return max(a.unseen(), 0)
+	return a.srcOpen
 }
 
 // newLease registers a connection on the running incarnation. Called with a.mu held.

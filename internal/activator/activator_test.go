@@ -3,7 +3,6 @@ package activator
 import (
 	"context"
 	"errors"
-	"net"
 	"strings"
 	"sync"
 	"testing"
@@ -11,98 +10,27 @@ import (
 	"time"
 
 	"github.com/sact-project/sact/internal/backend"
+	"github.com/sact-project/sact/internal/backend/fake"
 )
 
-// fakeRuntime is a backend.Runtime whose apps become ready after bootTime (of fake time).
-type fakeRuntime struct {
-	mu       sync.Mutex
-	bootTime time.Duration
-	startErr error
-	// exitOnStart makes the instance exit right after Start, with these logs.
-	exitOnStart *backend.Exit
-	neverReady  bool
-	running     *backend.Instance // returned by Running
-	starts      int
-	stops       int
-	readyAt     time.Time
-	ready       bool
-	exited      chan backend.Exit
-	lastSpec    backend.Spec // given to the last Start
-}
-
-func (f *fakeRuntime) Start(ctx context.Context, spec backend.Spec) (*backend.Instance, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.starts++
-	f.lastSpec = spec
-	if f.startErr != nil {
-		return nil, f.startErr
-	}
-	f.exited = make(chan backend.Exit, 1)
-	if f.exitOnStart != nil {
-		f.exited <- *f.exitOnStart
-		close(f.exited)
-	}
-	f.ready = !f.neverReady && f.exitOnStart == nil
-	f.readyAt = time.Now().Add(f.bootTime)
-	return &backend.Instance{ID: "c1", Upstream: backend.Addr{Network: "tcp", Address: "app:80"}, Exited: f.exited}, nil
-}
-
-func (f *fakeRuntime) Stop(ctx context.Context, spec backend.Spec, grace time.Duration) error {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.stops++
-	f.ready = false
-	time.Sleep(200 * time.Millisecond) // docker stop takes a while; races happen in here
-	return nil
-}
-
-func (f *fakeRuntime) Running(ctx context.Context, spec backend.Spec) (*backend.Instance, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.running != nil {
-		f.ready = true
-	}
-	return f.running, nil
-}
-
-// crash makes the running instance exit as if killed from outside.
-func (f *fakeRuntime) crash() {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.ready = false
-	f.exited <- backend.Exit{Code: 137, Reason: "killed"}
-	close(f.exited)
-}
-
-func (f *fakeRuntime) dial(ctx context.Context, network, address string) (net.Conn, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.ready && !time.Now().Before(f.readyAt) {
-		c1, c2 := net.Pipe()
-		c2.Close()
-		return c1, nil
-	}
-	return nil, errors.New("connection refused")
-}
-
-func (f *fakeRuntime) counts() (starts, stops int) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.starts, f.stops
+// newFakeRuntime is the shared fake as this file's tests use it: a stop takes 200 ms
+// (docker stop takes a while; races happen in there).
+func newFakeRuntime(rt *fake.Runtime) *fake.Runtime {
+	rt.StopTime = 200 * time.Millisecond
+	return rt
 }
 
 // harness runs one App under synctest's fake clock.
 type harness struct {
 	t    *testing.T
-	rt   *fakeRuntime
+	rt   *fake.Runtime
 	app  *App
 	stop func()
 }
 
-func newHarness(t *testing.T, rt *fakeRuntime, p Policy) *harness {
+func newHarness(t *testing.T, rt *fake.Runtime, p Policy) *harness {
 	p.Spec.Name = "web"
-	app := New(rt, p, Options{Dial: rt.dial})
+	app := New(rt, p, Options{Dial: rt.Dial})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error)
 	go func() { done <- app.Run(ctx) }()
@@ -135,7 +63,7 @@ func (h *harness) wantState(want State) {
 
 func TestConcurrentFirstConnectionsStartOnce(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		rt := &fakeRuntime{bootTime: 500 * time.Millisecond}
+		rt := newFakeRuntime(&fake.Runtime{BootTime: 500 * time.Millisecond})
 		h := newHarness(t, rt, Policy{Idle: time.Minute})
 		defer h.stop()
 
@@ -156,7 +84,7 @@ func TestConcurrentFirstConnectionsStartOnce(t *testing.T) {
 		for err := range errs {
 			t.Errorf("Acquire: %v", err)
 		}
-		if starts, _ := rt.counts(); starts != 1 {
+		if starts, _ := rt.Counts(); starts != 1 {
 			t.Errorf("starts = %d, want 1", starts)
 		}
 		if s := h.app.Status(); s.ColdStarts != 1 || s.Waiting != 0 || s.Open != 0 {
@@ -207,7 +135,7 @@ func TestIdle(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
-				rt := &fakeRuntime{}
+				rt := newFakeRuntime(&fake.Runtime{})
 				h := newHarness(t, rt, Policy{Idle: idle, KeepWhileOpen: tt.keepWhileOpen})
 				defer h.stop()
 				l := h.acquire()
@@ -228,7 +156,7 @@ func TestIdle(t *testing.T) {
 					t.Error("open connection not closed when the app stopped")
 				}
 				l.Release()
-				if _, stops := rt.counts(); stops != 1 {
+				if _, stops := rt.Counts(); stops != 1 {
 					t.Errorf("stops = %d, want 1", stops)
 				}
 				if r := h.app.Status().StopReason; r != "idle" {
@@ -241,7 +169,7 @@ func TestIdle(t *testing.T) {
 
 func TestIdleCountsFromLastClose(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		rt := &fakeRuntime{}
+		rt := newFakeRuntime(&fake.Runtime{})
 		h := newHarness(t, rt, Policy{Idle: time.Minute, KeepWhileOpen: true})
 		defer h.stop()
 		l := h.acquire()
@@ -256,7 +184,7 @@ func TestIdleCountsFromLastClose(t *testing.T) {
 
 func TestConnectionDuringStopIsServedByFreshStart(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		rt := &fakeRuntime{bootTime: 300 * time.Millisecond}
+		rt := newFakeRuntime(&fake.Runtime{BootTime: 300 * time.Millisecond})
 		h := newHarness(t, rt, Policy{Idle: time.Minute})
 		defer h.stop()
 		h.acquire().Release()
@@ -267,7 +195,7 @@ func TestConnectionDuringStopIsServedByFreshStart(t *testing.T) {
 		if s := h.app.Status(); s.State != Running || s.ColdStarts != 2 {
 			t.Errorf("status = %+v, want running after a second cold start", s)
 		}
-		if starts, stops := rt.counts(); starts != 2 || stops != 1 {
+		if starts, stops := rt.Counts(); starts != 2 || stops != 1 {
 			t.Errorf("starts, stops = %d, %d; want 2, 1", starts, stops)
 		}
 	})
@@ -276,25 +204,25 @@ func TestConnectionDuringStopIsServedByFreshStart(t *testing.T) {
 func TestFailedStart(t *testing.T) {
 	tests := []struct {
 		name    string
-		rt      *fakeRuntime
+		rt      *fake.Runtime
 		wantErr string
 		// wantStop: the half-started instance must be stopped.
 		wantStop bool
 	}{
 		{
 			name:    "runtime error",
-			rt:      &fakeRuntime{startErr: errors.New(`image "nope:1" not found locally`)},
+			rt:      newFakeRuntime(&fake.Runtime{StartErr: errors.New(`image "nope:1" not found locally`)}),
 			wantErr: `image "nope:1" not found locally`,
 		},
 		{
 			name:     "exits at once",
-			rt:       &fakeRuntime{exitOnStart: &backend.Exit{Code: 3, Reason: "exited", Logs: "boom: no config"}},
+			rt:       newFakeRuntime(&fake.Runtime{ExitOnStart: &backend.Exit{Code: 3, Reason: "exited", Logs: "boom: no config"}}),
 			wantErr:  "exit code 3",
 			wantStop: true,
 		},
 		{
 			name:     "never ready",
-			rt:       &fakeRuntime{neverReady: true},
+			rt:       newFakeRuntime(&fake.Runtime{NeverReady: true}),
 			wantErr:  "start_timeout 5s",
 			wantStop: true,
 		},
@@ -320,7 +248,7 @@ func TestFailedStart(t *testing.T) {
 						t.Errorf("last error %q lacks the app's log lines", err)
 					}
 				}
-				starts, stops := tt.rt.counts()
+				starts, stops := tt.rt.Counts()
 				if starts != 1 {
 					t.Errorf("starts = %d, want 1", starts)
 				}
@@ -336,14 +264,14 @@ func TestFailedStart(t *testing.T) {
 				if time.Since(began) != 0 {
 					t.Errorf("Acquire in backoff took %v, want at once", time.Since(began))
 				}
-				if starts, _ := tt.rt.counts(); starts != 1 {
+				if starts, _ := tt.rt.Counts(); starts != 1 {
 					t.Errorf("starts = %d after backoff hit, want 1", starts)
 				}
 
 				// After the backoff: tried again.
 				time.Sleep(2 * time.Second)
 				h.app.Acquire(context.Background(), Wake{})
-				if starts, _ := tt.rt.counts(); starts != 2 {
+				if starts, _ := tt.rt.Counts(); starts != 2 {
 					t.Errorf("starts = %d after backoff, want 2", starts)
 				}
 			})
@@ -353,11 +281,11 @@ func TestFailedStart(t *testing.T) {
 
 func TestCrashThenNextConnectionStarts(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		rt := &fakeRuntime{}
+		rt := newFakeRuntime(&fake.Runtime{})
 		h := newHarness(t, rt, Policy{Idle: time.Hour})
 		defer h.stop()
 		l := h.acquire()
-		rt.crash()
+		rt.Crash("web")
 		h.wantState(Stopped)
 		if l.Context().Err() == nil {
 			t.Error("connection to the crashed app not closed")
@@ -366,7 +294,7 @@ func TestCrashThenNextConnectionStarts(t *testing.T) {
 			t.Errorf("stop reason = %q, want killed", r)
 		}
 		h.acquire().Release()
-		if starts, _ := rt.counts(); starts != 2 {
+		if starts, _ := rt.Counts(); starts != 2 {
 			t.Errorf("starts = %d, want 2", starts)
 		}
 	})
@@ -375,12 +303,12 @@ func TestCrashThenNextConnectionStarts(t *testing.T) {
 func TestAdoptRunning(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		exited := make(chan backend.Exit)
-		rt := &fakeRuntime{running: &backend.Instance{ID: "old", Upstream: backend.Addr{Network: "tcp", Address: "app:80"}, Exited: exited}}
+		rt := newFakeRuntime(&fake.Runtime{Adopt: &backend.Instance{ID: "old", Upstream: backend.Addr{Network: "tcp", Address: "app:80"}, Exited: exited}})
 		h := newHarness(t, rt, Policy{Idle: time.Minute})
 		defer h.stop()
 		h.wantState(Running)
 		h.acquire().Release()
-		if starts, _ := rt.counts(); starts != 0 {
+		if starts, _ := rt.Counts(); starts != 0 {
 			t.Errorf("starts = %d, want 0: the running app is adopted", starts)
 		}
 		// The idle clock starts at adoption.
@@ -391,7 +319,7 @@ func TestAdoptRunning(t *testing.T) {
 
 func TestQueueBound(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		rt := &fakeRuntime{bootTime: time.Second}
+		rt := newFakeRuntime(&fake.Runtime{BootTime: time.Second})
 		h := newHarness(t, rt, Policy{Idle: time.Minute, MaxWaiting: 3})
 		defer h.stop()
 		results := make(chan error, 5)
@@ -426,7 +354,7 @@ func TestQueueBound(t *testing.T) {
 
 func TestWaiterGivesUp(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		rt := &fakeRuntime{bootTime: time.Minute}
+		rt := newFakeRuntime(&fake.Runtime{BootTime: time.Minute})
 		h := newHarness(t, rt, Policy{Idle: time.Hour, StartTimeout: 2 * time.Minute})
 		defer h.stop()
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
@@ -442,7 +370,7 @@ func TestWaiterGivesUp(t *testing.T) {
 
 func TestManualStartStop(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		rt := &fakeRuntime{bootTime: 100 * time.Millisecond}
+		rt := newFakeRuntime(&fake.Runtime{BootTime: 100 * time.Millisecond})
 		h := newHarness(t, rt, Policy{Idle: time.Hour})
 		defer h.stop()
 		if err := h.app.Start(context.Background()); err != nil {
@@ -466,7 +394,7 @@ func TestManualStartStop(t *testing.T) {
 func TestStopOnExit(t *testing.T) {
 	for _, stopOnExit := range []bool{false, true} {
 		synctest.Test(t, func(t *testing.T) {
-			rt := &fakeRuntime{}
+			rt := newFakeRuntime(&fake.Runtime{})
 			h := newHarness(t, rt, Policy{Idle: time.Hour, StopOnExit: stopOnExit})
 			h.acquire().Release()
 			h.stop()
@@ -474,7 +402,7 @@ func TestStopOnExit(t *testing.T) {
 			if stopOnExit {
 				want = 1
 			}
-			if _, stops := rt.counts(); stops != want {
+			if _, stops := rt.Counts(); stops != want {
 				t.Errorf("StopOnExit=%v: stops = %d, want %d", stopOnExit, stops, want)
 			}
 			if _, err := h.app.Acquire(context.Background(), Wake{}); !errors.Is(err, ErrClosed) {
@@ -486,7 +414,7 @@ func TestStopOnExit(t *testing.T) {
 
 func TestSetPolicyAndRefresh(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		rt := &fakeRuntime{}
+		rt := newFakeRuntime(&fake.Runtime{})
 		h := newHarness(t, rt, Policy{Spec: backend.Spec{Image: "v1"}, Idle: time.Hour})
 		defer h.stop()
 		l := h.acquire()
@@ -505,8 +433,8 @@ func TestSetPolicyAndRefresh(t *testing.T) {
 			t.Errorf("stop reason = %q, want config changed", r)
 		}
 		h.acquire().Release()
-		if rt.lastSpec.Image != "v2" {
-			t.Errorf("started %q after the refresh, want v2", rt.lastSpec.Image)
+		if rt.LastSpec().Image != "v2" {
+			t.Errorf("started %q after the refresh, want v2", rt.LastSpec().Image)
 		}
 		// Refreshed once: the new incarnation is not stopped again.
 		h.wantState(Running)
@@ -515,7 +443,7 @@ func TestSetPolicyAndRefresh(t *testing.T) {
 
 func TestSetPolicyShorterIdleAppliesAtOnce(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		rt := &fakeRuntime{}
+		rt := newFakeRuntime(&fake.Runtime{})
 		h := newHarness(t, rt, Policy{Idle: time.Hour})
 		defer h.stop()
 		h.acquire().Release()
@@ -532,7 +460,7 @@ func TestSetPolicyShorterIdleAppliesAtOnce(t *testing.T) {
 
 func TestRefreshWaitsForDependents(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		rt := &fakeRuntime{}
+		rt := newFakeRuntime(&fake.Runtime{})
 		h := newHarness(t, rt, Policy{Idle: time.Hour})
 		defer h.stop()
 		h.acquire().Release()

@@ -220,7 +220,7 @@ func (a *App) evict() bool {
 // connection thaws it. Called with a.mu held.
 func (a *App) beginPause(reason string, quiet time.Duration) {
 	inst := a.inst
-	a.state = Pausing
+	a.setState(Pausing)
 	a.since = time.Now()
 	a.done = make(chan struct{})
 	done := a.done
@@ -245,10 +245,10 @@ func (a *App) beginPause(reason string, quiet time.Duration) {
 		}()
 		if err != nil {
 			a.log.Warn("cannot pause app; it keeps running", "err", err)
-			a.state = Running
+			a.setState(Running)
 			a.armIdle(a.pol().Idle - a.pol().PauseAfter)
 		} else {
-			a.state = Paused
+			a.setState(Paused)
 			a.emit(events.Event{Kind: events.Pause, Reason: reason})
 			a.log.Info("paused app", "reason", reason, "idle_for", quiet.Round(time.Millisecond), "duration", time.Since(began), "container", inst.ID, "closed_connections", open)
 			a.armIdle(max(a.pol().Idle-quiet, 0))
@@ -261,7 +261,7 @@ func (a *App) beginPause(reason string, quiet time.Duration) {
 // beginWake moves Paused -> Waking -> Running. Called with a.mu held.
 func (a *App) beginWake(w Wake) {
 	inst := a.inst
-	a.state = Waking
+	a.setState(Waking)
 	a.since = time.Now()
 	a.done = make(chan struct{})
 	done := a.done
@@ -276,12 +276,12 @@ func (a *App) beginWake(w Wake) {
 		defer a.mu.Unlock()
 		if err != nil {
 			a.log.Error("cannot unpause app; stopping it", "err", err, "remote", w.Remote)
-			a.state = Paused
+			a.setState(Paused)
 			a.beginStop("unpause failed", 0)
 			close(done) // the waiters wait again, on the stop
 			return
 		}
-		a.state = Running
+		a.setState(Running)
 		a.since = time.Now()
 		a.lastActive = a.since
 		a.armIdle(a.pol().PauseAfter)

@@ -2,7 +2,6 @@ package activator
 
 import (
 	"context"
-	"net"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -11,84 +10,22 @@ import (
 	"time"
 
 	"github.com/sact-project/sact/internal/backend"
+	"github.com/sact-project/sact/internal/backend/fake"
 )
 
-// hostRuntime is a fake runtime for many apps: each start takes startTime, every app is
-// ready at once, and it records what happened in order.
-type hostRuntime struct {
-	mu        sync.Mutex
-	startTime time.Duration
-	starting  int
-	peak      int // most starts at once
-	events    []string
-	paused    map[string]bool
+// newHostRuntime is the shared fake as a host of many apps: each start takes StartTime,
+// a stop 100 ms, every app is ready at once (readyDial), and it records what happened in
+// order.
+func newHostRuntime(rt *fake.Runtime) *fake.Runtime {
+	rt.StopTime = 100 * time.Millisecond
+	return rt
 }
 
-func (h *hostRuntime) log(e string) {
-	h.events = append(h.events, e)
-}
-
-func (h *hostRuntime) Start(ctx context.Context, spec backend.Spec) (*backend.Instance, error) {
-	h.mu.Lock()
-	h.starting++
-	h.peak = max(h.peak, h.starting)
-	h.log("start " + spec.Name)
-	h.mu.Unlock()
-	time.Sleep(h.startTime)
-	h.mu.Lock()
-	h.starting--
-	h.mu.Unlock()
-	return &backend.Instance{ID: spec.Name, Upstream: backend.Addr{Network: "tcp", Address: spec.Name}, Exited: make(chan backend.Exit)}, nil
-}
-
-func (h *hostRuntime) Stop(ctx context.Context, spec backend.Spec, grace time.Duration) error {
-	h.mu.Lock()
-	h.log("stop " + spec.Name)
-	h.mu.Unlock()
-	time.Sleep(100 * time.Millisecond)
-	return nil
-}
-
-func (h *hostRuntime) Running(context.Context, backend.Spec) (*backend.Instance, error) {
-	return nil, nil
-}
-
-func (h *hostRuntime) Pause(ctx context.Context, spec backend.Spec) error {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	h.log("pause " + spec.Name)
-	h.paused[spec.Name] = true
-	return nil
-}
-
-func (h *hostRuntime) Unpause(ctx context.Context, spec backend.Spec) error {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	h.log("unpause " + spec.Name)
-	h.paused[spec.Name] = false
-	return nil
-}
-
-func (h *hostRuntime) isPaused(name string) bool {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return h.paused[name]
-}
-
-func (h *hostRuntime) history() []string {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return append([]string(nil), h.events...)
-}
-
-func readyDial(context.Context, string, string) (net.Conn, error) {
-	c1, c2 := net.Pipe()
-	c2.Close()
-	return c1, nil
-}
+// readyDial answers every dial: the upstream of these tests does not matter.
+var readyDial = fake.Ready
 
 // host runs apps named names with policy p on one pool.
-func host(t *testing.T, rt *hostRuntime, pool *Pool, p Policy, names ...string) map[string]*App {
+func host(t *testing.T, rt *fake.Runtime, pool *Pool, p Policy, names ...string) map[string]*App {
 	apps := make(map[string]*App)
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
@@ -114,7 +51,7 @@ func use(t *testing.T, a *App) *Lease {
 
 func TestPoolEvictsLeastRecentlyUsedIdleApp(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		rt := &hostRuntime{startTime: 500 * time.Millisecond}
+		rt := newHostRuntime(&fake.Runtime{StartTime: 500 * time.Millisecond})
 		pool := NewPool(2, 2)
 		apps := host(t, rt, pool, Policy{Idle: time.Hour, StartTimeout: 10 * time.Second}, "a", "b", "c", "d")
 
@@ -164,7 +101,7 @@ func TestPoolEvictsLeastRecentlyUsedIdleApp(t *testing.T) {
 
 func TestPoolStartConcurrency(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		rt := &hostRuntime{startTime: time.Second}
+		rt := newHostRuntime(&fake.Runtime{StartTime: time.Second})
 		names := make([]string, 30)
 		for i := range names {
 			names[i] = string(rune('A'+i/26)) + string(rune('a'+i%26))
@@ -176,9 +113,7 @@ func TestPoolStartConcurrency(t *testing.T) {
 			wg.Go(func() { use(t, apps[n]).Release() })
 		}
 		wg.Wait()
-		rt.mu.Lock()
-		peak := rt.peak
-		rt.mu.Unlock()
+		peak := rt.Peak()
 		if peak != 3 {
 			t.Errorf("at most %d starts at once, want 3 (start_concurrency)", peak)
 		}
@@ -190,16 +125,16 @@ func TestPoolStartConcurrency(t *testing.T) {
 
 func TestPauseThenWake(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		rt := &hostRuntime{paused: map[string]bool{}}
+		rt := newHostRuntime(&fake.Runtime{})
 		apps := host(t, rt, nil, Policy{Idle: time.Minute, PauseAfter: 10 * time.Second}, "web")
 		web := apps["web"]
 		use(t, web).Release()
 		time.Sleep(11 * time.Second)
-		if st := web.Status().State; st != Paused || !rt.isPaused("web") {
+		if st := web.Status().State; st != Paused || !rt.IsPaused("web") {
 			t.Fatalf("after pause_after: %v, want paused", st)
 		}
 		use(t, web).Release()
-		if st := web.Status().State; st != Running || rt.isPaused("web") {
+		if st := web.Status().State; st != Running || rt.IsPaused("web") {
 			t.Fatalf("after a connection: %v, want running", st)
 		}
 		time.Sleep(11 * time.Second) // paused again
@@ -208,7 +143,7 @@ func TestPauseThenWake(t *testing.T) {
 			t.Fatalf("after idle: %v (%s), want stopped for idle", st.State, st.StopReason)
 		}
 		want := []string{"start web", "pause web", "unpause web", "pause web", "unpause web", "stop web"}
-		if got := rt.history(); len(got) != len(want) || got[1] != want[1] || got[2] != want[2] || got[len(got)-1] != want[len(want)-1] {
+		if got := rt.Events(); len(got) != len(want) || got[1] != want[1] || got[2] != want[2] || got[len(got)-1] != want[len(want)-1] {
 			t.Errorf("history %v, want %v", got, want)
 		}
 	})
@@ -216,7 +151,7 @@ func TestPauseThenWake(t *testing.T) {
 
 func TestKeepRunningWindow(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		rt := &hostRuntime{}
+		rt := newHostRuntime(&fake.Runtime{})
 		start := time.Now()
 		// "Open" from the 2nd to the 5th minute of fake time.
 		keep := func(now time.Time) bool {
@@ -246,7 +181,7 @@ func TestKeepRunningWindow(t *testing.T) {
 
 func TestDependencies(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		rt := &hostRuntime{startTime: 100 * time.Millisecond}
+		rt := newHostRuntime(&fake.Runtime{StartTime: 100 * time.Millisecond})
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
 		db := New(rt, Policy{Spec: backend.Spec{Name: "db"}, Idle: time.Minute, DependencyOnly: true}, Options{Dial: readyDial})
@@ -262,14 +197,14 @@ func TestDependencies(t *testing.T) {
 		defer func() { cancel(); wg.Wait() }()
 
 		use(t, web).Release()
-		if got := rt.history(); len(got) != 3 || got[0] != "start db" || got[1] != "start cache" || got[2] != "start web" {
+		if got := rt.Events(); len(got) != 3 || got[0] != "start db" || got[1] != "start cache" || got[2] != "start web" {
 			t.Fatalf("start order %v, want db, cache, then web", got)
 		}
 		use(t, api).Release()
 		time.Sleep(5 * time.Minute) // far past the dependencies' own idle
 		// web stopped after 10s: cache (only web's) went with it; db stays for api until api
 		// stops after 20s, then goes too.
-		h := rt.history()
+		h := rt.Events()
 		idx := func(e string) int {
 			for i, x := range h {
 				if x == e {
@@ -290,7 +225,7 @@ func TestDependencies(t *testing.T) {
 // Freed slots go to the waiting starts in arrival order.
 func TestPoolSlotsInArrivalOrder(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		rt := &hostRuntime{startTime: 100 * time.Millisecond}
+		rt := newHostRuntime(&fake.Runtime{StartTime: 100 * time.Millisecond})
 		pool := NewPool(1, 1)
 		apps := host(t, rt, pool, Policy{Idle: time.Hour, StartTimeout: time.Minute}, "a", "b", "c", "d")
 		busy := use(t, apps["a"])
@@ -303,7 +238,7 @@ func TestPoolSlotsInArrivalOrder(t *testing.T) {
 		busy.Release() // a becomes evictable: b goes first, then c, then d
 		wg.Wait()
 		var order []string
-		for _, e := range rt.history() {
+		for _, e := range rt.Events() {
 			if strings.HasPrefix(e, "start ") {
 				order = append(order, strings.TrimPrefix(e, "start "))
 			}
@@ -318,7 +253,7 @@ func TestPoolSlotsInArrivalOrder(t *testing.T) {
 // last waits 9s for its turn with a start_timeout of 2s, and must still start.
 func TestQueueDoesNotCountAgainstStartTimeout(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		rt := &hostRuntime{startTime: time.Second}
+		rt := newHostRuntime(&fake.Runtime{StartTime: time.Second})
 		names := []string{"a", "b", "c", "d", "e", "f", "g", "h", "i", "j"}
 		apps := host(t, rt, NewPool(0, 1), Policy{Idle: time.Hour, StartTimeout: 2 * time.Second}, names...)
 		var wg sync.WaitGroup
@@ -338,7 +273,7 @@ func TestQueueDoesNotCountAgainstStartTimeout(t *testing.T) {
 // third start evicts the least recently used idle one, as max_running would.
 func TestMemoryBudget(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		rt := &hostRuntime{startTime: 500 * time.Millisecond}
+		rt := newHostRuntime(&fake.Runtime{StartTime: 500 * time.Millisecond})
 		pool := NewPool(0, 2)
 		pool.SetMemoryBudget(1 << 30)
 		apps := host(t, rt, pool, Policy{Idle: time.Hour, StartTimeout: 10 * time.Second, Spec: backend.Spec{Memory: 512 << 20}}, "a", "b", "c")
@@ -358,33 +293,81 @@ func TestMemoryBudget(t *testing.T) {
 	})
 }
 
+// kernelSource is a Source whose kernel is a counter the test sets: a look every second
+// reports it open (and busy), and active when it changed.
+type kernelSource struct {
+	open    *atomic.Int64
+	pending chan string
+	refused atomic.Int64
+}
+
+func newKernelSource(open *atomic.Int64) *kernelSource {
+	return &kernelSource{open: open, pending: make(chan string)}
+}
+
+func (k *kernelSource) Pending(ctx context.Context, paused bool) (string, error) {
+	select {
+	case l := <-k.pending:
+		return l, nil
+	case <-ctx.Done():
+		return "", ctx.Err()
+	}
+}
+
+func (k *kernelSource) Refuse(string) int { k.refused.Add(1); return 1 }
+
+func (k *kernelSource) Watch(ctx context.Context, report func(Activity)) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	prev := int64(-1)
+	for {
+		n := k.open.Load()
+		report(Activity{Active: n != prev, Open: int(n), Busy: int(n)})
+		prev = n
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// serveSource runs Serve for a with src until ctx ends, under wg.
+func serveSource(ctx context.Context, wg *sync.WaitGroup, a *App, src Source) {
+	wg.Go(func() { a.Serve(ctx, src) })
+}
+
 // TestUnseenOpenConnections: connections an app accepted itself (handoff), counted by
-// Options.Open, make it busy as leases do: never evicted, paused or refreshed while one
+// its Source, make it busy as leases do: never evicted, paused or refreshed while one
 // is open, and shown in the status (issue 12).
 func TestUnseenOpenConnections(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		rt := &hostRuntime{paused: map[string]bool{}}
+		rt := newHostRuntime(&fake.Runtime{})
 		pool := NewPool(1, 1)
 		var open atomic.Int64
 		ctx, cancel := context.WithCancel(context.Background())
 		var wg sync.WaitGroup
 		defer func() { cancel(); wg.Wait() }()
-		newApp := func(name string, p Policy, o func() int) *App {
+		newApp := func(name string, p Policy, src Source) *App {
 			p.Spec.Name = name
-			a := New(rt, p, Options{Dial: readyDial, Pool: pool, Open: o})
+			a := New(rt, p, Options{Dial: readyDial, Pool: pool})
 			wg.Go(func() { a.Run(ctx) })
+			if src != nil {
+				serveSource(ctx, &wg, a, src)
+			}
 			return a
 		}
-		busy := newApp("handoff", Policy{Idle: time.Hour, PauseAfter: 10 * time.Second}, func() int { return int(open.Load()) })
+		busy := newApp("handoff", Policy{Idle: time.Hour, PauseAfter: 10 * time.Second}, newKernelSource(&open))
 		other := newApp("other", Policy{Idle: time.Hour}, nil)
 
 		use(t, busy).Release() // the wake; then the app accepts by itself
 		open.Store(1)
+		time.Sleep(1500 * time.Millisecond) // the source's next look
 		if st := busy.Status(); st.Open != 1 {
 			t.Errorf("status shows %d open connections, want the 1 the kernel counts", st.Open)
 		}
 		time.Sleep(time.Minute) // far past pause_after
-		if st := busy.Status().State; st != Running || rt.isPaused("handoff") {
+		if st := busy.Status().State; st != Running || rt.IsPaused("handoff") {
 			t.Fatalf("with a connection open: %v, want running, never paused", st)
 		}
 
@@ -404,7 +387,7 @@ func TestUnseenOpenConnections(t *testing.T) {
 			t.Fatalf("refreshed with a connection open: %v", st)
 		}
 
-		open.Store(0) // the connection ends: evicted for the waiting start
+		open.Store(0) // the connection ends: evicted for the waiting start, or refreshed
 		if err := <-got; err != nil {
 			t.Fatal(err)
 		}
@@ -418,14 +401,15 @@ func TestUnseenOpenConnections(t *testing.T) {
 // pause_after later, and idle stops it even while a connection stays open.
 func TestUnseenOpenPausesAfterClose(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		rt := &hostRuntime{paused: map[string]bool{}}
+		rt := newHostRuntime(&fake.Runtime{})
 		var open atomic.Int64
 		ctx, cancel := context.WithCancel(context.Background())
 		var wg sync.WaitGroup
 		defer func() { cancel(); wg.Wait() }()
 		a := New(rt, Policy{Spec: backend.Spec{Name: "web"}, Idle: time.Minute, PauseAfter: 10 * time.Second},
-			Options{Dial: readyDial, Open: func() int { return int(open.Load()) }})
+			Options{Dial: readyDial})
 		wg.Go(func() { a.Run(ctx) })
+		serveSource(ctx, &wg, a, newKernelSource(&open))
 		use(t, a).Release()
 		open.Store(1)
 		time.Sleep(30 * time.Second)
@@ -435,16 +419,16 @@ func TestUnseenOpenPausesAfterClose(t *testing.T) {
 		if err := a.Pause(context.Background()); err == nil || !strings.Contains(err.Error(), "1 open connections") {
 			t.Errorf("a pause by hand with a connection open: %v, want refused", err)
 		}
-		open.Store(0)
-		a.Touch() // the watch sees it close
-		time.Sleep(11 * time.Second)
+		open.Store(0) // the source's next look, within a second, sees it close
+		time.Sleep(12 * time.Second)
 		if st := a.State(); st != Paused {
 			t.Fatalf("a pause_after after the connection ended: %v, want paused", st)
 		}
 
 		use(t, a).Release()
-		open.Store(1) // silent, open for good: idle still stops the app
-		time.Sleep(61 * time.Second)
+		open.Store(1)                        // silent, open for good: idle still stops the app
+		time.Sleep(62500 * time.Millisecond) // idle after the look that saw it open
+
 		if st := a.Status(); st.State != Stopped || st.StopReason != "idle" {
 			t.Fatalf("a silent connection past idle: %v (%s), want stopped for idle", st.State, st.StopReason)
 		}

@@ -11,11 +11,12 @@ import (
 	"time"
 
 	"github.com/sact-project/sact/internal/backend"
+	"github.com/sact-project/sact/internal/backend/fake"
 )
 
 // depHost runs apps on one pool; deps maps an app to the apps it depends on, and an app
 // that is only a dependency is DependencyOnly, as the daemon makes it.
-func depHost(t *testing.T, rt *hostRuntime, pool *Pool, p Policy, deps map[string][]string, names ...string) map[string]*App {
+func depHost(t *testing.T, rt *fake.Runtime, pool *Pool, p Policy, deps map[string][]string, names ...string) map[string]*App {
 	t.Helper()
 	needed := make(map[string]bool)
 	for _, ds := range deps {
@@ -68,7 +69,7 @@ func peakRunning(events []string) int {
 // holding a slot, and starts once the first pair can be evicted.
 func TestDependsOnDoesNotDeadlockPool(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		rt := &hostRuntime{startTime: 500 * time.Millisecond}
+		rt := newHostRuntime(&fake.Runtime{StartTime: 500 * time.Millisecond})
 		pool := NewPool(2, 2)
 		apps := depHost(t, rt, pool, Policy{Idle: time.Hour, StartTimeout: 10 * time.Second},
 			map[string][]string{"web1": {"db1"}, "web2": {"db2"}}, "web1", "db1", "web2", "db2")
@@ -89,7 +90,7 @@ func TestDependsOnDoesNotDeadlockPool(t *testing.T) {
 		}
 		first := <-got
 		if first.err != nil {
-			t.Fatalf("%s not served within 60s: %v (pool %+v, history %v)", first.name, first.err, pool.Status(), rt.history())
+			t.Fatalf("%s not served within 60s: %v (pool %+v, history %v)", first.name, first.err, pool.Status(), rt.Events())
 		}
 		// The second pair waits without holding a slot while the first one is busy.
 		time.Sleep(10 * time.Second)
@@ -105,11 +106,11 @@ func TestDependsOnDoesNotDeadlockPool(t *testing.T) {
 		first.l.Release()
 		second := <-got
 		if second.err != nil {
-			t.Fatalf("%s not served after %s went idle: %v (pool %+v, history %v)", second.name, first.name, second.err, pool.Status(), rt.history())
+			t.Fatalf("%s not served after %s went idle: %v (pool %+v, history %v)", second.name, first.name, second.err, pool.Status(), rt.Events())
 		}
 		second.l.Release()
-		if p := peakRunning(rt.history()); p > 2 {
-			t.Errorf("%d apps ran at once under max_running 2: %v", p, rt.history())
+		if p := peakRunning(rt.Events()); p > 2 {
+			t.Errorf("%d apps ran at once under max_running 2: %v", p, rt.Events())
 		}
 		firstDB := strings.Replace(first.name, "web", "db", 1)
 		if st := apps[first.name].Status(); st.State != Stopped || st.StopReason != "evicted" {
@@ -129,7 +130,7 @@ func TestDependsOnDoesNotDeadlockPool(t *testing.T) {
 // TestDependsOnChain: a -> b -> c fills max_running 3 exactly; c, then b, then a start.
 func TestDependsOnChain(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		rt := &hostRuntime{startTime: 100 * time.Millisecond}
+		rt := newHostRuntime(&fake.Runtime{StartTime: 100 * time.Millisecond})
 		pool := NewPool(3, 1)
 		apps := depHost(t, rt, pool, Policy{Idle: time.Hour, StartTimeout: 10 * time.Second},
 			map[string][]string{"a": {"b"}, "b": {"c"}}, "a", "b", "c")
@@ -140,7 +141,7 @@ func TestDependsOnChain(t *testing.T) {
 			t.Fatalf("a -> b -> c under max_running 3: %v (pool %+v)", err, pool.Status())
 		}
 		l.Release()
-		if got := strings.Join(rt.history(), ","); got != "start c,start b,start a" {
+		if got := strings.Join(rt.Events(), ","); got != "start c,start b,start a" {
 			t.Errorf("history %s, want start c, b, then a", got)
 		}
 		if st := pool.Status(); st.Running != 3 {
@@ -154,7 +155,7 @@ func TestDependsOnChain(t *testing.T) {
 // but pinned by its running dependent p), and a and b both start.
 func TestDependsOnEvictsForWholeReservation(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		rt := &hostRuntime{startTime: 100 * time.Millisecond}
+		rt := newHostRuntime(&fake.Runtime{StartTime: 100 * time.Millisecond})
 		pool := NewPool(4, 2)
 		apps := depHost(t, rt, pool, Policy{Idle: time.Hour, StartTimeout: 10 * time.Second},
 			map[string][]string{"p": {"q"}, "a": {"b"}}, "p", "q", "x", "a", "b")
@@ -168,7 +169,7 @@ func TestDependsOnEvictsForWholeReservation(t *testing.T) {
 		defer cancel()
 		l, err := apps["a"].Acquire(ctx, Wake{})
 		if err != nil {
-			t.Fatalf("a -> b: %v (pool %+v, history %v)", err, pool.Status(), rt.history())
+			t.Fatalf("a -> b: %v (pool %+v, history %v)", err, pool.Status(), rt.Events())
 		}
 		l.Release()
 		for n, want := range map[string]State{"p": Running, "q": Running, "x": Stopped, "a": Running, "b": Running} {
@@ -190,7 +191,7 @@ func TestDependsOnEvictsForWholeReservation(t *testing.T) {
 // without taking memory, then start when the first pair is evicted.
 func TestDependsOnMemoryBudget(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		rt := &hostRuntime{startTime: 500 * time.Millisecond}
+		rt := newHostRuntime(&fake.Runtime{StartTime: 500 * time.Millisecond})
 		pool := NewPool(0, 2)
 		pool.SetMemoryBudget(1 << 30)
 		apps := depHost(t, rt, pool, Policy{Idle: time.Hour, StartTimeout: 10 * time.Second, Spec: backend.Spec{Memory: 512 << 20}},
@@ -213,10 +214,10 @@ func TestDependsOnMemoryBudget(t *testing.T) {
 		wg.Wait()
 		close(errs)
 		for err := range errs {
-			t.Errorf("not served: %v (pool %+v, history %v)", err, pool.Status(), rt.history())
+			t.Errorf("not served: %v (pool %+v, history %v)", err, pool.Status(), rt.Events())
 		}
-		if p := peakRunning(rt.history()); p > 2 {
-			t.Errorf("%d apps of 512 MiB ran at once under a 1 GiB budget: %v", p, rt.history())
+		if p := peakRunning(rt.Events()); p > 2 {
+			t.Errorf("%d apps of 512 MiB ran at once under a 1 GiB budget: %v", p, rt.Events())
 		}
 	})
 }
@@ -225,7 +226,7 @@ func TestDependsOnMemoryBudget(t *testing.T) {
 // fails at once, naming the limit, instead of waiting QueueWait for nothing.
 func TestDependsOnCannotFit(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		rt := &hostRuntime{startTime: 100 * time.Millisecond}
+		rt := newHostRuntime(&fake.Runtime{StartTime: 100 * time.Millisecond})
 		pool := NewPool(1, 1)
 		apps := depHost(t, rt, pool, Policy{Idle: time.Hour, StartTimeout: 10 * time.Second},
 			map[string][]string{"web": {"db"}}, "web", "db")
@@ -253,7 +254,7 @@ func TestDependsOnCannotFit(t *testing.T) {
 // waits for two: db1 must not queue behind web2, whose room only web1 could give back.
 func TestDependsOnDependencyStoppingDuringReserve(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		rt := &hostRuntime{startTime: 500 * time.Millisecond}
+		rt := newHostRuntime(&fake.Runtime{StartTime: 500 * time.Millisecond})
 		pool := NewPool(2, 2)
 		apps := depHost(t, rt, pool, Policy{Idle: time.Hour, StartTimeout: 10 * time.Second},
 			map[string][]string{"web1": {"db1"}, "web2": {"db2"}}, "web1", "db1", "web2", "db2")
@@ -281,7 +282,7 @@ func TestDependsOnDependencyStoppingDuringReserve(t *testing.T) {
 		}
 		for range 2 {
 			if err := <-errs; err != nil {
-				t.Errorf("not served within 60s: %v (pool %+v, history %v)", err, pool.Status(), rt.history())
+				t.Errorf("not served within 60s: %v (pool %+v, history %v)", err, pool.Status(), rt.Events())
 			}
 		}
 	})

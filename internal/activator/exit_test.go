@@ -6,13 +6,15 @@ import (
 	"testing"
 	"testing/synctest"
 	"time"
+
+	"github.com/sact-project/sact/internal/backend/fake"
 )
 
 // TestStopOnExitThawsPausedApps: with on_exit: stop, an app that is paused when sact exits
 // is thawed and stopped, not left frozen (issue 13).
 func TestStopOnExitThawsPausedApps(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		rt := &hostRuntime{paused: map[string]bool{}}
+		rt := newHostRuntime(&fake.Runtime{})
 		a := New(rt, Policy{Idle: time.Hour, PauseAfter: 10 * time.Second, StopOnExit: true}, Options{Dial: readyDial})
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan error, 1)
@@ -26,8 +28,8 @@ func TestStopOnExitThawsPausedApps(t *testing.T) {
 		if err := <-done; err != nil {
 			t.Fatal(err)
 		}
-		h := rt.history()
-		if rt.isPaused("") || !slices.Contains(h, "stop ") || slices.Index(h, "unpause ") > slices.Index(h, "stop ") || slices.Index(h, "unpause ") < 0 {
+		h := rt.Events()
+		if rt.IsPaused("") || !slices.Contains(h, "stop ") || slices.Index(h, "unpause ") > slices.Index(h, "stop ") || slices.Index(h, "unpause ") < 0 {
 			t.Errorf("history %q: want the paused app thawed, then stopped", h)
 		}
 	})

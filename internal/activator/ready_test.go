@@ -16,36 +16,12 @@ import (
 	"time"
 
 	"github.com/sact-project/sact/internal/backend"
+	"github.com/sact-project/sact/internal/backend/fake"
 )
 
 // upRuntime starts instances at a fixed upstream that the test serves for real.
-type upRuntime struct {
-	up     backend.Addr
-	health chan struct{} // closed when the instance is healthy (HealthWaiter)
-	exited chan backend.Exit
-}
-
-func (r *upRuntime) Start(ctx context.Context, spec backend.Spec) (*backend.Instance, error) {
-	exited := r.exited // set by a test that makes the instance exit
-	if exited == nil {
-		exited = make(chan backend.Exit, 1)
-	}
-	return &backend.Instance{ID: "c1", Upstream: r.up, Exited: exited}, nil
-}
-func (r *upRuntime) Stop(context.Context, backend.Spec, time.Duration) error { return nil }
-func (r *upRuntime) Running(context.Context, backend.Spec) (*backend.Instance, error) {
-	return nil, nil
-}
-
-type healthRuntime struct{ *upRuntime }
-
-func (r healthRuntime) WaitHealthy(ctx context.Context, spec backend.Spec, inst *backend.Instance) error {
-	select {
-	case <-r.health:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+func upRuntime(up backend.Addr) *fake.Runtime {
+	return &fake.Runtime{Upstream: func(backend.Spec) backend.Addr { return up }}
 }
 
 // bootingServer accepts at once but answers its health path 503 until ready is set, as a
@@ -117,7 +93,7 @@ func TestReadyHTTPHoldsClientsUntilHealthy(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			s := newBootingServer(t, nil)
-			a := runApp(t, &upRuntime{up: s.addr()}, Policy{Ready: tt.ready, StartTimeout: 10 * time.Second})
+			a := runApp(t, upRuntime(s.addr()), Policy{Ready: tt.ready, StartTimeout: 10 * time.Second})
 			go func() {
 				time.Sleep(300 * time.Millisecond)
 				s.ready.Store(true)
@@ -158,7 +134,7 @@ func TestReadyHTTPStatusRange(t *testing.T) {
 		}
 		http.Redirect(w, r, "/elsewhere", http.StatusFound)
 	})
-	a := runApp(t, &upRuntime{up: s.addr()}, Policy{Ready: Readiness{HTTP: &HTTPCheck{Path: "/up", StatusMin: 200, StatusMax: 299}}, StartTimeout: time.Second})
+	a := runApp(t, upRuntime(s.addr()), Policy{Ready: Readiness{HTTP: &HTTPCheck{Path: "/up", StatusMin: 200, StatusMax: 299}}, StartTimeout: time.Second})
 	_, err := a.Acquire(context.Background(), Wake{})
 	if !errors.Is(err, ErrStartTimeout) || !strings.Contains(err.Error(), "got status 302") {
 		t.Fatalf("err = %v, want a start timeout that says 302", err)
@@ -167,7 +143,7 @@ func TestReadyHTTPStatusRange(t *testing.T) {
 		t.Error("the check followed the redirect")
 	}
 	// The default range counts the redirect as the answer: ready.
-	b := runApp(t, &upRuntime{up: s.addr()}, Policy{Ready: Readiness{HTTP: &HTTPCheck{Path: "/up"}}, StartTimeout: 5 * time.Second})
+	b := runApp(t, upRuntime(s.addr()), Policy{Ready: Readiness{HTTP: &HTTPCheck{Path: "/up"}}, StartTimeout: 5 * time.Second})
 	l, err := b.Acquire(context.Background(), Wake{})
 	if err != nil {
 		t.Fatal(err)
@@ -214,7 +190,7 @@ func TestReadyHTTPHostileApp(t *testing.T) {
 					go func() { defer c.Close(); tt.serve(c) }()
 				}
 			}()
-			a := runApp(t, &upRuntime{up: backend.Addr{Network: "tcp", Address: ln.Addr().String()}},
+			a := runApp(t, upRuntime(backend.Addr{Network: "tcp", Address: ln.Addr().String()}),
 				Policy{Ready: Readiness{HTTP: &HTTPCheck{Path: "/up"}}, StartTimeout: 3 * time.Second})
 			began := time.Now()
 			_, err = a.Acquire(context.Background(), Wake{})
@@ -232,13 +208,13 @@ func TestReadyHTTPHostileApp(t *testing.T) {
 // upstream to accept; a runtime without health checks fails the start.
 func TestReadyHealthcheck(t *testing.T) {
 	s := newBootingServer(t, func(w http.ResponseWriter, r *http.Request) {})
-	rt := &upRuntime{up: s.addr(), health: make(chan struct{})}
-	a := runApp(t, healthRuntime{rt}, Policy{Ready: Readiness{Healthcheck: true}, StartTimeout: 10 * time.Second})
+	rt := fake.HealthWaiting{Runtime: upRuntime(s.addr()), Healthy: make(chan struct{})}
+	a := runApp(t, rt, Policy{Ready: Readiness{Healthcheck: true}, StartTimeout: 10 * time.Second})
 	healthy := make(chan time.Time, 1)
 	go func() {
 		time.Sleep(300 * time.Millisecond)
 		healthy <- time.Now()
-		close(rt.health)
+		close(rt.Healthy)
 	}()
 	l, err := a.Acquire(context.Background(), Wake{})
 	if err != nil {
@@ -251,7 +227,7 @@ func TestReadyHealthcheck(t *testing.T) {
 		t.Fatal("the lease came before the runtime said healthy")
 	}
 
-	b := runApp(t, &upRuntime{up: s.addr()}, Policy{Ready: Readiness{Healthcheck: true}, StartTimeout: 10 * time.Second})
+	b := runApp(t, upRuntime(s.addr()), Policy{Ready: Readiness{Healthcheck: true}, StartTimeout: 10 * time.Second})
 	if _, err := b.Acquire(context.Background(), Wake{}); err == nil || !strings.Contains(err.Error(), "health checks") {
 		t.Fatalf("err = %v, want: this runtime has no health checks", err)
 	}
@@ -261,11 +237,11 @@ func TestReadyHealthcheck(t *testing.T) {
 // start at once, with its logs, not at start_timeout.
 func TestReadyExitWhileChecking(t *testing.T) {
 	s := newBootingServer(t, nil) // answers 503 for ever
-	rt := &upRuntime{up: s.addr(), exited: make(chan backend.Exit, 1)}
+	rt := upRuntime(s.addr())
 	a := runApp(t, rt, Policy{Ready: Readiness{HTTP: &HTTPCheck{Path: "/up"}}, StartTimeout: time.Minute})
 	go func() {
 		time.Sleep(200 * time.Millisecond)
-		rt.exited <- backend.Exit{Code: 1, Reason: "exited", Logs: "boom"}
+		rt.Exit("web", backend.Exit{Code: 1, Reason: "exited", Logs: "boom"})
 	}()
 	began := time.Now()
 	_, err := a.Acquire(context.Background(), Wake{})
@@ -279,7 +255,7 @@ func TestReadyExitWhileChecking(t *testing.T) {
 // evicted when an app limited to 512 MiB starts. Counted as 0, it was not.
 func TestMemoryBudgetCountsMeasuredUse(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		rt := &hostRuntime{startTime: 500 * time.Millisecond}
+		rt := newHostRuntime(&fake.Runtime{StartTime: 500 * time.Millisecond})
 		pool := NewPool(0, 2)
 		pool.SetMemoryBudget(1 << 30)
 		unlimited := host(t, rt, pool, Policy{Idle: time.Hour, StartTimeout: 10 * time.Second}, "fat")["fat"]
@@ -320,7 +296,7 @@ func TestReadyHTTPNeverFollowsLink(t *testing.T) {
 	secret := answer(t, filepath.Join(secretDir, "engine.sock"), "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
 	sock := filepath.Join(dir, "app.sock")
 	os.Symlink(filepath.Join(secretDir, "engine.sock"), sock)
-	app := New(&unixRuntime{path: sock}, Policy{
+	app := New(unixRuntime(sock), Policy{
 		Spec:         backend.Spec{Name: "web", Volumes: []string{dir + ":/app/tmp"}},
 		StartTimeout: 500 * time.Millisecond,
 		Ready:        Readiness{HTTP: &HTTPCheck{Path: "/up"}},

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/sact-project/sact/internal/backend"
+	"github.com/sact-project/sact/internal/backend/fake"
 )
 
 // A reload that changes an app while its start waits for the pool (max_running: 1,
@@ -18,9 +19,9 @@ func TestRefreshDuringQueuedStartKeepsTheNewInstance(t *testing.T) {
 		pool := NewPool(1, 0)
 		ctx, cancel := context.WithCancel(context.Background())
 		var runs []chan error
-		newApp := func(name string) (*App, *fakeRuntime) {
-			rt := &fakeRuntime{bootTime: 100 * time.Millisecond}
-			a := New(rt, Policy{Spec: backend.Spec{Name: name, Image: "v1", Hash: "h1"}, Idle: time.Hour}, Options{Dial: rt.dial, Pool: pool})
+		newApp := func(name string) (*App, *fake.Runtime) {
+			rt := newFakeRuntime(&fake.Runtime{BootTime: 100 * time.Millisecond})
+			a := New(rt, Policy{Spec: backend.Spec{Name: name, Image: "v1", Hash: "h1"}, Idle: time.Hour}, Options{Dial: rt.Dial, Pool: pool})
 			done := make(chan error, 1)
 			go func() { done <- a.Run(ctx) }()
 			runs = append(runs, done)
@@ -64,8 +65,8 @@ func TestRefreshDuringQueuedStartKeepsTheNewInstance(t *testing.T) {
 		hl.Release()
 		holder.Stop(context.Background()) // frees the slot
 		l := <-got
-		if rt.lastSpec.Image != "v2" {
-			t.Fatalf("started %q, want v2 (the config of the reload)", rt.lastSpec.Image)
+		if rt.LastSpec().Image != "v2" {
+			t.Fatalf("started %q, want v2 (the config of the reload)", rt.LastSpec().Image)
 		}
 		l.Release()
 		time.Sleep(5 * time.Second)
@@ -73,7 +74,7 @@ func TestRefreshDuringQueuedStartKeepsTheNewInstance(t *testing.T) {
 		if s := queued.Status(); s.State != Running {
 			t.Fatalf("queued app is %v (stop reason %q) after its first connection ended, want running: it already runs the new config", s.State, s.StopReason)
 		}
-		if starts, stops := rt.counts(); starts != 1 || stops != 0 {
+		if starts, stops := rt.Counts(); starts != 1 || stops != 0 {
 			t.Errorf("starts, stops = %d, %d; want 1, 0", starts, stops)
 		}
 	})

@@ -11,6 +11,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/sact-project/sact/internal/backend"
+	"github.com/sact-project/sact/internal/backend/fake"
 	"github.com/sact-project/sact/internal/events"
 )
 
@@ -21,8 +22,8 @@ func TestReportAndRestart(t *testing.T) {
 		var mu sync.Mutex
 		var got []string
 		var details string
-		rt := &fakeRuntime{bootTime: 100 * time.Millisecond}
-		app := New(rt, Policy{Spec: backend.Spec{Name: "web"}, Idle: time.Hour}, Options{Dial: rt.dial, FailBackoff: time.Millisecond,
+		rt := newFakeRuntime(&fake.Runtime{BootTime: 100 * time.Millisecond})
+		app := New(rt, Policy{Spec: backend.Spec{Name: "web"}, Idle: time.Hour}, Options{Dial: rt.Dial, FailBackoff: time.Millisecond,
 			Report: func(e events.Event) {
 				mu.Lock()
 				defer mu.Unlock()
@@ -45,11 +46,11 @@ func TestReportAndRestart(t *testing.T) {
 		if st := app.Status(); st.State != Running || st.ColdStarts != 2 || st.Stops["restart"] != 1 {
 			t.Errorf("after two restarts: %+v", st)
 		}
-		rt.crash()
+		rt.Crash("web")
 		synctest.Wait()
-		rt.mu.Lock()
-		rt.exitOnStart = &backend.Exit{Code: 1, Reason: "exited", Logs: "line one\nline two"}
-		rt.mu.Unlock()
+		rt.Change(func(rt *fake.Runtime) {
+			rt.ExitOnStart = &backend.Exit{Code: 1, Reason: "exited", Logs: "line one\nline two"}
+		})
 		if err := app.Start(context.Background()); err == nil {
 			t.Fatal("start of an app that exits at once succeeded")
 		}
@@ -70,7 +71,7 @@ func TestReportEviction(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		var mu sync.Mutex
 		var got []string
-		rt := &hostRuntime{startTime: 100 * time.Millisecond}
+		rt := newHostRuntime(&fake.Runtime{StartTime: 100 * time.Millisecond})
 		pool := NewPool(1, 1)
 		ctx, cancel := context.WithCancel(context.Background())
 		var wg sync.WaitGroup

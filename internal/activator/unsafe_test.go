@@ -16,18 +16,13 @@ import (
 	"time"
 
 	"github.com/sact-project/sact/internal/backend"
+	"github.com/sact-project/sact/internal/backend/fake"
 	"github.com/sact-project/sact/internal/upstream"
 )
 
 // unixRuntime runs nothing: its instance's upstream is a unix path the test controls.
-type unixRuntime struct{ path string }
-
-func (r *unixRuntime) Start(ctx context.Context, spec backend.Spec) (*backend.Instance, error) {
-	return &backend.Instance{ID: "c1", Upstream: backend.Addr{Network: "unix", Address: r.path}, Exited: make(chan backend.Exit)}, nil
-}
-func (r *unixRuntime) Stop(context.Context, backend.Spec, time.Duration) error { return nil }
-func (r *unixRuntime) Running(context.Context, backend.Spec) (*backend.Instance, error) {
-	return nil, nil
+func unixRuntime(path string) *fake.Runtime {
+	return &fake.Runtime{Upstream: func(backend.Spec) backend.Addr { return backend.Addr{Network: "unix", Address: path} }}
 }
 
 type syncBuffer struct {
@@ -79,7 +74,7 @@ func TestUnsafeUpstreamNotFollowed(t *testing.T) {
 	os.Symlink(filepath.Join(secretDir, "engine.sock"), sock)
 
 	logs := &syncBuffer{}
-	app := New(&unixRuntime{path: sock}, Policy{
+	app := New(unixRuntime(sock), Policy{
 		Spec:         backend.Spec{Name: "web", Volumes: []string{dir + ":/app/tmp"}},
 		StartTimeout: 300 * time.Millisecond,
 	}, Options{Logger: slog.New(slog.NewJSONHandler(logs, nil))})

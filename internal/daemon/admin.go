@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -244,6 +245,7 @@ func (d *daemon) startAdmin(ctx context.Context, cfg *config.Config) (func(), er
 	srv := admin.New(opts)
 
 	var servers []*http.Server
+	var serving sync.WaitGroup // the servers' goroutines; stop waits for them
 	serve := func(ln net.Listener, overHTTP bool) {
 		// admin.listen may be reachable by local users (and, on a public address, by
 		// anyone): the same limits as the front door's, so that nobody can hold it
@@ -251,16 +253,17 @@ func (d *daemon) startAdmin(ctx context.Context, cfg *config.Config) (func(), er
 		hs := &http.Server{Handler: srv.Handler(overHTTP), ReadHeaderTimeout: 10 * time.Second,
 			ReadTimeout: time.Minute, IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 64 << 10}
 		servers = append(servers, hs)
-		go func() {
+		serving.Go(func() {
 			if err := hs.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				log.Error("admin API stopped", "listen", ln.Addr().String(), "reason", err)
 			}
-		}()
+		})
 	}
 	stop := func() {
 		for _, hs := range servers {
 			hs.Close()
 		}
+		serving.Wait()
 	}
 	sock := listen.Addr{Network: "unix", Address: AdminSocket(cfg, runDir), Mode: 0o660, Group: cfg.Admin.Group}
 	if filepath.Dir(sock.Address) == filepath.Clean(runDir) || sock.Address == config.DefaultAdminSocket {

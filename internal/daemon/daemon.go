@@ -1,5 +1,7 @@
 // Package daemon wires sact together: it binds every app's listeners, runs one activator per
-// app, and relays each accepted connection to the app's upstream.
+// app with what serves it (the relay's accept loops, package relay; a handed-off app's
+// server and kernel watch, package handoff/host; the HTTP front door, package front), and
+// applies a reload's diff (reload.go).
 //
 // Data flows one way: a listener accepts -> the activator hands out an upstream (starting the
 // app if it must) -> the proxy relays -> closing the connection tells the activator.
@@ -33,9 +35,9 @@ import (
 	"github.com/sact-project/sact/internal/config"
 	"github.com/sact-project/sact/internal/events"
 	"github.com/sact-project/sact/internal/front"
+	"github.com/sact-project/sact/internal/handoff/host"
 	"github.com/sact-project/sact/internal/listen"
-	"github.com/sact-project/sact/internal/proxy"
-	"github.com/sact-project/sact/internal/upstream"
+	"github.com/sact-project/sact/internal/relay"
 )
 
 // Options configure Run; the zero value of each field works. The runtimes come from the
@@ -106,7 +108,7 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 	reclaimed := make(map[string][]net.Listener)
 	for _, app := range cfg.Apps {
 		if app.Handoff && rts[runtimeKind(app)] != nil {
-			spec := handoffSpec(app.Spec(), d.shim, handoffDir(d.runDir, app))
+			spec := host.Spec(app.Spec(), d.shim, handoffDir(d.runDir, app))
 			if lns := takeBack(ctx, log, rts[runtimeKind(app)], app, spec); lns != nil {
 				reclaimed[app.Name] = lns
 			}
@@ -137,13 +139,13 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 	d.pool = activator.NewPool(cfg.Pool.MaxRunning, cfg.Pool.StartConcurrency)
 	d.pool.SetMemoryBudget(cfg.Pool.MemoryBudget)
 	d.m = newMetrics()
-	d.srv = &server{log: log, connsCtx: connsCtx, failed: d.m.fail, relayed: d.m.relay}
-	logRelayMode(log)
+	d.srv = relay.NewServer(connsCtx, relay.Options{Logger: log, Failed: d.m.fail, Relayed: d.m.relay})
+	relay.LogMode(log)
 	d.units = make(map[string]*unit)
 	closeAll := func() {
 		for _, u := range d.units {
 			if u.handoff != nil {
-				u.handoff.close()
+				u.handoff.Close()
 			}
 		}
 		closeListeners(lns)
@@ -249,7 +251,9 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 		})
 	}
 	log.Info("serving", "apps", len(cfg.Apps), "config", cfg.File, "http", len(d.httpLns), "admin", AdminSocket(cfg, d.runDir))
-	go func() {
+	var collecting sync.WaitGroup
+	defer collecting.Wait()
+	collecting.Go(func() {
 		// Startup (the config, one engine query per app) leaves garbage and grown
 		// goroutine stacks that an idle sact, allocating nothing, would keep for good:
 		// with 1000 apps, tens of MB. One collection once every app has looked for its
@@ -262,7 +266,7 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 			}
 		}
 		debug.FreeOSMemory()
-	}()
+	})
 	if opts.Ready != nil {
 		opts.Ready(addrs)
 	}
@@ -325,7 +329,7 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 	for _, u := range units {
 		u.closeListeners()
 	}
-	d.srv.accepting.Wait()
+	d.srv.WaitAccepting()
 	drained := make(chan struct{})
 	go func() {
 		if d.fsrv != nil {
@@ -335,7 +339,7 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 			cancel()
 		}
 		fronting.Wait()
-		d.srv.conns.Wait()
+		d.srv.WaitConns()
 		close(drained)
 	}()
 	select {
@@ -497,7 +501,7 @@ func takeBack(ctx context.Context, log *slog.Logger, rt backend.Runtime, app *co
 	if pr, ok := rt.(backend.Pider); ok {
 		pid, err := pr.Pid(ctx, spec)
 		if err == nil && pid > 0 {
-			lns, err := reclaim(pid, app.Listen)
+			lns, err := host.Reclaim(pid, app.Listen)
 			if err == nil {
 				log.Info("took back the listening sockets of a running handoff app", "app", app.Name, "container", inst.ID, "pid", pid)
 				return lns
@@ -579,147 +583,4 @@ func buildRuntimes(ctx context.Context, cfg *config.Config, have map[string]back
 		rts[kind] = rt
 	}
 	return rts, nil
-}
-
-// server runs the accept loops of proxied apps and their connections.
-type server struct {
-	log       *slog.Logger
-	failed    func(app, reason string, n int)
-	relayed   func(app string, s proxy.Stats) // counts a relayed connection (metrics); may be nil
-	connsCtx  context.Context
-	accepting sync.WaitGroup
-	conns     sync.WaitGroup
-}
-
-// accept runs one listener's accept loop until the listener is closed.
-func (s *server) accept(ln net.Listener, app *activator.App, addr string) {
-	var delay time.Duration
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return
-			}
-			// Out of fds or a similar passing condition: back off like net/http does,
-			// rather than spin or give up on the listener.
-			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
-			s.log.Error("accept failed", "app", app.Name(), "listen", addr, "err", err, "retry_in", delay)
-			time.Sleep(delay)
-			continue
-		}
-		delay = 0
-		s.conns.Add(1)
-		go func() {
-			defer s.conns.Done()
-			s.handle(c, app, addr)
-		}()
-	}
-}
-
-// dialUpstream connects to the lease's upstream, bounded by 5 s and by the instance's life.
-func dialUpstream(lease *activator.Lease) (net.Conn, error) {
-	ctx, cancel := context.WithTimeout(lease.Context(), 5*time.Second)
-	defer cancel()
-	return lease.Dial(ctx)
-}
-
-// hangupPoll is how often a connection that waits for its app to start is checked for a
-// client that hung up, which then gives its max_waiting slot back.
-const hangupPoll = 100 * time.Millisecond
-
-// acquire gets a lease for client's connection, and gives up with proxy.ErrClientGone if
-// the client hangs up while the app starts. (A running app's lease comes before the
-// first poll: the watch costs a context and a timer.)
-func (s *server) acquire(client net.Conn, app *activator.App, w activator.Wake) (*activator.Lease, error) {
-	if app.State() == activator.Running {
-		// The warm path: the lease comes at once, and there is no wait to give up. (An
-		// app that stops just now makes this one connection wait unwatched, bounded by
-		// the start like any.)
-		return app.Acquire(s.connsCtx, w)
-	}
-	ctx, stop := proxy.WatchHangup(s.connsCtx, client, hangupPoll)
-	defer stop()
-	l, err := app.Acquire(ctx, w)
-	if err != nil && errors.Is(context.Cause(ctx), proxy.ErrClientGone) {
-		return nil, proxy.ErrClientGone
-	}
-	return l, err
-}
-
-// handle serves one client connection: get the app running, dial it, relay.
-func (s *server) handle(client net.Conn, app *activator.App, addr string) {
-	defer client.Close()
-	remote := client.RemoteAddr().String()
-	if remote == "" || remote == "@" {
-		remote = "unix"
-	}
-	var lease *activator.Lease
-	var up net.Conn
-	for attempt := 1; ; attempt++ {
-		var err error
-		lease, err = s.acquire(client, app, activator.Wake{Remote: remote, Listen: addr})
-		if errors.Is(err, proxy.ErrClientGone) {
-			s.log.Info("client gone while waiting for start", "app", app.Name(), "listen", addr, "remote", remote, "reason", "client_gone")
-			s.failed(app.Name(), "client_gone", 1)
-			return
-		}
-		if err != nil {
-			s.log.Warn("connection refused", "app", app.Name(), "listen", addr, "remote", remote, "reason", err)
-			s.failed(app.Name(), activator.FailureReason(err), 1)
-			return
-		}
-		if up, err = dialUpstream(lease); err == nil {
-			break
-		}
-		lease.Release()
-		if errors.As(err, new(*upstream.UnsafePathError)) {
-			// A link the app planted: never followed. The activator logs each cause once;
-			// every connection counts.
-			s.failed(app.Name(), "upstream_unsafe", 1)
-			return
-		}
-		// An instance that died a moment ago (a crash, docker kill) is only known dead
-		// once the engine's event arrives: a dial in between fails. Nothing of the
-		// client's has been read yet, so if the instance turns out to have ended, the
-		// connection goes to a fresh start instead of being dropped.
-		if attempt < 3 && lease.EndedWithin(time.Second) {
-			s.log.Info("upstream gone while connecting; starting the app again", "app", app.Name(), "remote", remote, "reason", err)
-			continue
-		}
-		s.log.Warn("connection failed", "app", app.Name(), "upstream", lease.Upstream.String(), "remote", remote, "reason", err)
-		s.failed(app.Name(), "upstream_unreachable", 1)
-		return
-	}
-	defer lease.Release()
-
-	// The relay ends when the app stops (the lease's context) or when shutdown gives up
-	// on draining (connsCtx).
-	rctx, stop := context.WithCancel(lease.Context())
-	defer stop()
-	defer context.AfterFunc(s.connsCtx, stop)()
-	st, err := proxy.Relay(rctx, client, up, proxy.Options{Activity: lease.Touch})
-	if err != nil {
-		s.log.Debug("relay ended", "app", app.Name(), "remote", remote, "path", st.Path, "err", err)
-	}
-	if s.relayed != nil {
-		s.relayed(app.Name(), st)
-	}
-}
-
-// logRelayMode says how proxied connections will move their bytes (SACT_RELAY), and why
-// not in the kernel when it was asked for and cannot be.
-func logRelayMode(log *slog.Logger) {
-	mode, err := proxy.EnvMode()
-	if err != nil {
-		log.Warn("relay mode", "reason", err, "mode", mode)
-	}
-	if mode == proxy.ModeSplice {
-		log.Info("relay", "mode", mode)
-		return
-	}
-	if kerr := proxy.KernelRelay(); kerr != nil {
-		log.Warn("relay: the kernel relay is not available; connections are spliced", "mode", mode, "reason", kerr)
-		return
-	}
-	log.Info("relay", "mode", mode, "kernel", "loaded")
 }

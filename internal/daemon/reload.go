@@ -231,7 +231,7 @@ func (d *daemon) apply(ctx context.Context, cfg *config.Config) (admin.ReloadRes
 	// Listeners that change units get a new fd first, which ends the old accept loop.
 	for _, t := range takes {
 		ln := t.from.u.lns[t.from.i]
-		moved, err := moveListener(ln)
+		moved, err := listen.Move(ln)
 		if err != nil {
 			d.log.Error("cannot keep a listening socket across the reload; binding it anew", "app", t.to, "listen", ln.Addr().String(), "reason", err)
 			ln.Close()
@@ -312,9 +312,9 @@ func (d *daemon) update(u *unit, app *config.App, lns []net.Listener) {
 	if u.handoff != nil {
 		// Same addresses, same sockets: only the settings change, and the handoff
 		// socket's owner with the user the app runs as.
-		u.handoff.cfg.Store(app)
+		u.handoff.SetConfig(app)
 		if u.app.Run.User != app.Run.User {
-			u.handoff.setUser(app.Run.User)
+			u.handoff.SetUser(app.Run.User)
 		}
 	} else {
 		u.lnMu.Lock()
@@ -338,11 +338,7 @@ func (d *daemon) update(u *unit, app *config.App, lns []net.Listener) {
 	}
 	if specChanged {
 		d.log.Info("app settings changed; a running app gets a new container beside its old one, else at its next start", "app", app.Name)
-		if u.handoff != nil {
-			u.handoff.refresh.Store(true)
-		} else {
-			u.act.Refresh()
-		}
+		u.act.Refresh() // a handed-off app: restarted once nothing is busy (its sockets go to one container only)
 	}
 }
 

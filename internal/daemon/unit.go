@@ -2,12 +2,10 @@ package daemon
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
 	"net"
-	"os"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -21,6 +19,8 @@ import (
 	"github.com/sact-project/sact/internal/config"
 	"github.com/sact-project/sact/internal/events"
 	"github.com/sact-project/sact/internal/front"
+	"github.com/sact-project/sact/internal/handoff/host"
+	"github.com/sact-project/sact/internal/relay"
 	"github.com/sact-project/sact/internal/sockdiag"
 	"github.com/sact-project/sact/internal/sockdiag/bpfwatch"
 )
@@ -36,7 +36,7 @@ type daemon struct {
 	appsCtx context.Context // parent of every unit's context; ends after connections drain
 	rtCtx   context.Context
 	rtGroup errgroup.Group
-	srv     *server
+	srv     *relay.Server
 	pool    *activator.Pool
 	m       *metrics
 	// events is the stream of GET /api/events; hist, the apps' daily activity.
@@ -89,7 +89,7 @@ type unit struct {
 	// dormant is why the unit has no runtime (set before it is published): it never runs,
 	// and is replaced once the runtime is set up (noruntime.go).
 	dormant string
-	handoff *handoffApp
+	handoff *host.App
 	spec    backend.Spec
 	rt      backend.Runtime
 
@@ -98,19 +98,18 @@ type unit struct {
 	done      chan struct{}      // closed when they have returned
 }
 
+// Backoff between attempts to serve a broken app (a handoff that cannot be set up, a
+// listener that cannot be bound, a runtime that cannot be reached).
+const (
+	brokenRetryFirst = host.BrokenRetryFirst
+	brokenRetryMax   = host.BrokenRetryMax
+)
+
 // newUnit makes the unit of app with its listeners; nothing runs until startUnit.
 func (d *daemon) newUnit(app *config.App, lns []net.Listener, rt backend.Runtime) *unit {
 	pol := d.policy(app)
 	u := &unit{app: app, lns: lns, spec: pol.Spec, rt: rt, done: make(chan struct{}), rebind: make(chan struct{}, 1)}
 	opts := activator.Options{Logger: d.log, Pool: d.pool, Observe: d.m.observe, Dial: d.dialUpstream, Report: d.events.Publish}
-	if app.Handoff {
-		// The app accepts its connections itself: the kernel's count of those open keeps
-		// it from being evicted or paused while it serves (issue 12).
-		opts.Open = func() int {
-			open, _, _ := u.handoff.counts()
-			return open
-		}
-	}
 	u.act = activator.New(rt, pol, opts)
 	if app.Handoff {
 		d.setUpHandoff(u)
@@ -123,7 +122,7 @@ func (d *daemon) policy(app *config.App) activator.Policy {
 	pol := policy(app)
 	pol.DrainTimeout = d.drain // a deploy's old incarnation drains as a shutdown does
 	if app.Handoff {
-		pol.Spec = handoffSpec(pol.Spec, d.shim, handoffDir(d.runDir, app))
+		pol.Spec = host.Spec(pol.Spec, d.shim, handoffDir(d.runDir, app))
 	}
 	return pol
 }
@@ -133,13 +132,12 @@ func (d *daemon) policy(app *config.App) activator.Policy {
 // an app whose handoff cannot be set up is broken, alone.
 func (d *daemon) setUpHandoff(u *unit) {
 	act := u.act
-	h := newHandoffApp(u.app, u.lns, handoffDir(d.runDir, u.app), u.rt,
-		func() backend.Spec { return act.Policy().Spec }, d.probe, d.log)
-	h.act = act
-	h.failed = d.m.fail
-	h.setBroken = d.m.setBroken
-	h.counters = d.counters
-	u.handoff = h
+	opts := host.Options{Dir: handoffDir(d.runDir, u.app), Probe: d.probe, Counters: d.counters,
+		Failed: d.m.fail, SetBroken: d.m.setBroken, Logger: d.log}
+	if pr, ok := u.rt.(backend.Pider); ok {
+		opts.Pid = func(ctx context.Context) (int, error) { return pr.Pid(ctx, act.Policy().Spec) }
+	}
+	u.handoff = host.New(u.app, u.lns, act, opts)
 }
 
 // adminApp is the unit's app as the admin API shows it: broken while its handoff cannot
@@ -168,12 +166,12 @@ func (u *unit) adminApp() admin.App {
 // as the kernel counts them (its open ones are in the activator's own count).
 type handoffView struct {
 	*activator.App
-	h *handoffApp
+	h *host.App
 }
 
 func (v handoffView) Status() activator.Status {
 	st := v.App.Status()
-	if _, accepted, exact := v.h.counts(); exact {
+	if accepted, exact := v.h.Counts(); exact {
 		st.Accepted = accepted // every connection, the ones that woke the app included
 	} else {
 		st.Accepted += accepted
@@ -206,7 +204,7 @@ func (d *daemon) prepareHandoff(cfg *config.Config) error {
 	if d.shim != "" || !anyHandoff(cfg) {
 		return nil
 	}
-	shim, err := prepareShim(filepath.Join(d.runDir, "handoff"))
+	shim, err := host.PrepareShim(filepath.Join(d.runDir, "handoff"))
 	if err != nil {
 		return err
 	}
@@ -254,7 +252,7 @@ func (d *daemon) startUnit(u *unit, after []<-chan struct{}) {
 	u.lnMu.Unlock()
 	app := u.app
 	if u.handoff != nil {
-		u.handoff.watchListeners() // now, not when its goroutine gets to it: clients come as sact serves
+		u.handoff.WatchListeners() // now, not when its goroutine gets to it: clients come as sact serves
 	}
 	if missing && u.handoff != nil {
 		// Bound with backoff; a handoff app starts once it has them all.
@@ -271,7 +269,7 @@ func (d *daemon) startUnit(u *unit, after []<-chan struct{}) {
 			case <-c:
 			case <-ctx.Done():
 				if u.handoff != nil {
-					u.handoff.closeMarks()
+					u.handoff.CloseMarks()
 				}
 				u.closeListeners()
 				return
@@ -280,9 +278,9 @@ func (d *daemon) startUnit(u *unit, after []<-chan struct{}) {
 		var watching sync.WaitGroup
 		if u.handoff != nil {
 			if missing {
-				u.handoff.watchListeners() // the ones bound since
+				u.handoff.WatchListeners() // the ones bound since
 			}
-			watching.Go(func() { u.handoff.run(watchCtx) })
+			watching.Go(func() { u.handoff.Run(watchCtx) })
 		} else {
 			u.lnMu.Lock()
 			if !u.lnsClosed {
@@ -312,10 +310,7 @@ func (d *daemon) accept(ln net.Listener, act *activator.App, addr string) {
 	if ln == nil {
 		return // lost in a reload (logged there)
 	}
-	if err := setNonblock(ln); err != nil {
-		d.log.Warn("cannot put a listener in non-blocking mode; accepting on it anyway", "listen", addr, "err", err)
-	}
-	d.srv.accepting.Go(func() { d.srv.accept(ln, act, addr) })
+	d.srv.Accept(ln, act, addr)
 }
 
 // closeListeners closes the unit's listeners; nil ones went to another unit.
@@ -347,7 +342,7 @@ func (d *daemon) retire(u *unit, reason string) <-chan struct{} {
 	// A running handoff app holds its sockets and accepts by itself: its listeners stay
 	// (a unix one's path is how the kernel's count finds its connections) and its watch
 	// counts its open connections until they drain (issue 12: they were cut at once).
-	drainHandoff := u.handoff != nil && u.stopWatch != nil && u.handoff.retire()
+	drainHandoff := u.handoff != nil && u.stopWatch != nil && u.act.Retire()
 	if !drainHandoff {
 		u.closeListeners()
 		if u.stopWatch != nil {
@@ -428,36 +423,4 @@ func (d *daemon) snapshot() map[string]*unit {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return maps.Clone(d.units)
-}
-
-// moveListener gives a listener a new fd for the same socket and closes the old one, so
-// that an accept loop on the old one ends while the socket, its address and the clients
-// in its backlog stay: how a listener changes apps in a reload.
-func moveListener(ln net.Listener) (net.Listener, error) {
-	fl, ok := ln.(interface{ File() (*os.File, error) })
-	if !ok {
-		return nil, errors.New("listener cannot be duplicated")
-	}
-	f, err := fl.File()
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	rc, err := f.SyscallConn() // not f.Fd(): it would make the socket blocking
-	if err != nil {
-		return nil, err
-	}
-	fd := -1
-	rc.Control(func(raw uintptr) { fd = int(raw) })
-	// A running handoff app shares the socket's blocking mode: keep it.
-	moved, err := keepStatusFlags(fd, func() (net.Listener, error) { return net.FileListener(f) })
-	if err != nil {
-		return nil, err
-	}
-	if ul, ok := ln.(*net.UnixListener); ok {
-		ul.SetUnlinkOnClose(false)
-		moved.(*net.UnixListener).SetUnlinkOnClose(true)
-	}
-	ln.Close()
-	return moved, nil
 }

@@ -264,7 +264,7 @@ func (s *Server) newRoute(r Route) *route {
 			// The instance ended under the request (and not the client): ServeHTTP
 			// starts the app again and resends.
 			if p, _ := r.Context().Value(ctxKey{}).(*proxied); p != nil && p.replay &&
-				(p.lease.Context().Err() != nil || r.Context().Err() == nil && p.lease.EndedWithin(time.Second)) {
+				p.lease.Died(r.Context()) {
 				p.retry = true
 				return
 			}

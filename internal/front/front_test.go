@@ -15,6 +15,7 @@ import (
 
 	"github.com/sact-project/sact/internal/activator"
 	"github.com/sact-project/sact/internal/backend"
+	"github.com/sact-project/sact/internal/backend/fake"
 )
 
 func TestTable(t *testing.T) {
@@ -64,24 +65,7 @@ func TestTable(t *testing.T) {
 	}
 }
 
-// fakeRuntime "starts" an app that is an httptest server already listening.
-type fakeRuntime struct {
-	addr   string
-	starts atomic.Int32
-	delay  time.Duration
-}
-
-func (f *fakeRuntime) Start(ctx context.Context, spec backend.Spec) (*backend.Instance, error) {
-	f.starts.Add(1)
-	time.Sleep(f.delay)
-	return &backend.Instance{ID: "fake", Upstream: backend.Addr{Network: "tcp", Address: f.addr}, Exited: make(chan backend.Exit)}, nil
-}
-func (f *fakeRuntime) Stop(context.Context, backend.Spec, time.Duration) error { return nil }
-func (f *fakeRuntime) Running(context.Context, backend.Spec) (*backend.Instance, error) {
-	return nil, nil
-}
-
-func newFront(t *testing.T, delay time.Duration, route Route) (*httptest.Server, *fakeRuntime, func()) {
+func newFront(t *testing.T, delay time.Duration, route Route) (*httptest.Server, *fake.Runtime, func()) {
 	t.Helper()
 	release := make(chan struct{})
 	var once sync.Once
@@ -92,7 +76,7 @@ func newFront(t *testing.T, delay time.Duration, route Route) (*httptest.Server,
 		fmt.Fprintf(w, "app saw %s %s", r.Host, r.URL.Path)
 	}))
 	t.Cleanup(func() { once.Do(func() { close(release) }); up.Close() })
-	rt := &fakeRuntime{addr: up.Listener.Addr().String(), delay: delay}
+	rt := &fake.Runtime{Addr: up.Listener.Addr().String(), StartTime: delay}
 	act := activator.New(rt, activator.Policy{Spec: backend.Spec{Name: "app"}, Idle: time.Hour}, activator.Options{})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -134,7 +118,7 @@ func TestServe(t *testing.T) {
 	for _, q := range [][]string{{"/robots.txt"}, {"/favicon.ico"}, {"/", "User-Agent", "SomeBot/1"}, {"/.sact/status"}} {
 		get(t, srv, "app.test", q[0], q[1:]...)
 	}
-	if n := rt.starts.Load(); n != 0 {
+	if n, _ := rt.Counts(); n != 0 {
 		t.Fatalf("%d starts for quiet requests", n)
 	}
 	resp, body := get(t, srv, "app.test", "/hello")
@@ -157,7 +141,7 @@ func TestServe(t *testing.T) {
 	}
 	release()
 	wg.Wait()
-	if n := rt.starts.Load(); n != 1 {
+	if n, _ := rt.Counts(); n != 1 {
 		t.Errorf("%d starts, want 1", n)
 	}
 }
@@ -201,8 +185,8 @@ func BenchmarkServe(b *testing.B) {
 }
 
 func TestSetRoutes(t *testing.T) {
-	act := activator.New(&fakeRuntime{}, activator.Policy{Spec: backend.Spec{Name: "a"}}, activator.Options{})
-	other := activator.New(&fakeRuntime{}, activator.Policy{Spec: backend.Spec{Name: "b"}}, activator.Options{})
+	act := activator.New(&fake.Runtime{}, activator.Policy{Spec: backend.Spec{Name: "a"}}, activator.Options{})
+	other := activator.New(&fake.Runtime{}, activator.Policy{Spec: backend.Spec{Name: "b"}}, activator.Options{})
 	a := Route{App: act, Hosts: []string{"a.test"}}
 	s, err := New([]Route{a}, Options{})
 	if err != nil {
@@ -243,44 +227,32 @@ func TestSetRoutes(t *testing.T) {
 	}
 }
 
-// dyingRuntime's first instance dies under the first request it gets (the connection is
-// cut, and the exit is reported just after, as the engine's event comes after the
-// kill); later instances are healthy.
-type dyingRuntime struct {
-	healthy, dying string
-	starts         atomic.Int32
-	exited         chan backend.Exit
-}
-
-func (f *dyingRuntime) Start(ctx context.Context, spec backend.Spec) (*backend.Instance, error) {
-	addr := f.healthy
-	exited := make(chan backend.Exit, 1)
-	if f.starts.Add(1) == 1 {
-		addr, f.exited = f.dying, exited
-	}
-	return &backend.Instance{ID: "fake", Upstream: backend.Addr{Network: "tcp", Address: addr}, Exited: exited}, nil
-}
-func (f *dyingRuntime) Stop(context.Context, backend.Spec, time.Duration) error { return nil }
-func (f *dyingRuntime) Running(context.Context, backend.Spec) (*backend.Instance, error) {
-	return nil, nil
-}
-
 func TestRequestToADyingInstanceIsSentAgain(t *testing.T) {
 	healthy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprint(w, "fresh")
 	}))
 	defer healthy.Close()
-	rt := &dyingRuntime{healthy: healthy.Listener.Addr().String()}
+	// The first instance of each round dies under the first request it gets (the
+	// connection is cut, and the exit is reported just after, as the engine's event
+	// comes after the kill); later instances are healthy.
+	var round atomic.Int32
+	var dyingAddr string
+	rt := &fake.Runtime{Upstream: func(backend.Spec) backend.Addr {
+		if round.Add(1) == 1 {
+			return backend.Addr{Network: "tcp", Address: dyingAddr}
+		}
+		return backend.Addr{Network: "tcp", Address: healthy.Listener.Addr().String()}
+	}}
 	dying := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		c, _, _ := w.(http.Hijacker).Hijack()
 		c.Close() // killed mid-request
 		go func() {
 			time.Sleep(100 * time.Millisecond)
-			rt.exited <- backend.Exit{Code: 137, Reason: "exited"}
+			rt.Crash("app")
 		}()
 	}))
 	defer dying.Close()
-	rt.dying = dying.Listener.Addr().String()
+	dyingAddr = dying.Listener.Addr().String()
 
 	act := activator.New(rt, activator.Policy{Spec: backend.Spec{Name: "app"}, Idle: time.Hour}, activator.Options{})
 	ctx, cancel := context.WithCancel(context.Background())
@@ -297,11 +269,11 @@ func TestRequestToADyingInstanceIsSentAgain(t *testing.T) {
 	if resp, body := get(t, srv, "app.test", "/"); resp.StatusCode != 200 || body != "fresh" {
 		t.Errorf("GET to an instance that died under it: %d %q, want 200 from a fresh start", resp.StatusCode, body)
 	}
-	if n := rt.starts.Load(); n != 2 {
+	if n, _ := rt.Counts(); n != 2 {
 		t.Errorf("%d starts, want 2", n)
 	}
 	// A POST is not sent twice: it gets the 502.
-	rt.starts.Store(0)
+	round.Store(0)
 	act.Stop(context.Background())
 	req, _ := http.NewRequest("POST", srv.URL+"/", strings.NewReader("x"))
 	req.Host = "app.test"

@@ -15,6 +15,7 @@ import (
 
 	"github.com/sact-project/sact/internal/activator"
 	"github.com/sact-project/sact/internal/backend"
+	"github.com/sact-project/sact/internal/backend/fake"
 )
 
 // recorder is a real upstream that keeps every byte its clients sent it.
@@ -85,7 +86,7 @@ func recordedFront(t *testing.T) (addr string, a, b *recorder) {
 	a, b = newRecorder(t, "a"), newRecorder(t, "b")
 	var routes []Route
 	for _, r := range []*recorder{a, b} {
-		act := activator.New(&fakeRuntime{addr: r.ln.Addr().String()}, activator.Policy{Spec: backend.Spec{Name: r.name}, Idle: time.Hour}, activator.Options{})
+		act := activator.New(&fake.Runtime{Addr: r.ln.Addr().String()}, activator.Policy{Spec: backend.Spec{Name: r.name}, Idle: time.Hour}, activator.Options{})
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan struct{})
 		go func() { act.Run(ctx); close(done) }()

@@ -14,6 +14,7 @@ import (
 
 	"github.com/sact-project/sact/internal/activator"
 	"github.com/sact-project/sact/internal/backend"
+	"github.com/sact-project/sact/internal/backend/fake"
 )
 
 // TestUnixPeerTrust checks who may set X-Forwarded-* over a unix socket: a peer on a
@@ -37,7 +38,7 @@ func TestUnixPeerTrust(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			up := newRecorder(t, "a")
-			act := activator.New(&fakeRuntime{addr: up.ln.Addr().String()}, activator.Policy{Spec: backend.Spec{Name: "a"}, Idle: time.Hour}, activator.Options{})
+			act := activator.New(&fake.Runtime{Addr: up.ln.Addr().String()}, activator.Policy{Spec: backend.Spec{Name: "a"}, Idle: time.Hour}, activator.Options{})
 			ctx, cancel := context.WithCancel(context.Background())
 			done := make(chan struct{})
 			go func() { act.Run(ctx); close(done) }()

@@ -15,6 +15,7 @@ import (
 
 	"github.com/sact-project/sact/internal/activator"
 	"github.com/sact-project/sact/internal/backend"
+	"github.com/sact-project/sact/internal/backend/fake"
 )
 
 // slowFront is a front door to one app whose start takes delay, with max_waiting 5.
@@ -22,7 +23,7 @@ func slowFront(t *testing.T, delay time.Duration, route Route) (*httptest.Server
 	t.Helper()
 	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, "real answer") }))
 	t.Cleanup(up.Close)
-	act := activator.New(&fakeRuntime{addr: up.Listener.Addr().String(), delay: delay},
+	act := activator.New(&fake.Runtime{Addr: up.Listener.Addr().String(), StartTime: delay},
 		activator.Policy{Spec: backend.Spec{Name: "app"}, Idle: time.Hour, MaxWaiting: 5}, activator.Options{})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})

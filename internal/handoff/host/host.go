@@ -1,4 +1,15 @@
-package daemon
+// Package host is sact's side of handoff mode for one app, around the activator: its
+// handoff server, the kernel's view of its sockets as the activator's Source, and taking
+// its sockets back from an instance an earlier sact left running.
+//
+// Handoff mode: the app's listeners are passed into it, and sact never accepts on them.
+// While the app is stopped, sact waits for a listener to become readable (a client in the
+// backlog), starts the app and steps aside; the client waits in the kernel until the app
+// accepts it. While the app runs, sact reads the kernel's count of every connection and
+// byte on the listeners (bpfwatch, where the kernel allows it) and asks it (sock_diag)
+// about the connections still open, to keep the idle clock; for open connections whose
+// bytes it cannot see (unix) the container's CPU time tells whether the app works.
+package host
 
 import (
 	"context"
@@ -33,15 +44,7 @@ import (
 	"github.com/sact-project/sact/internal/sockdiag/bpfwatch"
 )
 
-// Handoff mode: the app's listeners are passed into it, and sact never accepts on them.
-// While the app is stopped, sact waits for a listener to become readable (a client in the
-// backlog), starts the app and steps aside; the client waits in the kernel until the app
-// accepts it. While the app runs, sact reads the kernel's count of every connection and
-// byte on the listeners (bpfwatch, where the kernel allows it) and asks it (sock_diag)
-// about the connections still open, to keep the idle clock; for open connections whose
-// bytes it cannot see (unix) the container's CPU time tells whether the app works.
-
-// prepareShim puts a copy of the running sact binary at dir/sact for containers to mount
+// PrepareShim puts a copy of the running sact binary at dir/sact for containers to mount
 // as their entrypoint. A copy, not the binary itself: its path stays the same across
 // upgrades and test runs, so containers need not be recreated, and a running container
 // keeps the file it started with when the copy is replaced.
@@ -50,7 +53,7 @@ import (
 // its socket through this directory's path (a container, through its mounts), but nobody
 // may list or change it. Each app's socket in it is 0600 and that app's uid's, and the
 // Server lets in only the app's first process.
-func prepareShim(dir string) (string, error) {
+func PrepareShim(dir string) (string, error) {
 	if err := os.MkdirAll(dir, 0o711); err != nil {
 		return "", fmt.Errorf("making the handoff directory: %w", err)
 	}
@@ -137,24 +140,21 @@ func fileHash(path string) string {
 	return hex.EncodeToString(h.Sum(nil))
 }
 
-// handoffSpec adds the shim to spec. The paths go into the hash: a container that mounts
+// Spec adds the shim to spec. The paths go into the hash: a container that mounts
 // other paths must be recreated. So does the way the directory is mounted: containers
 // made before it was read-only ("ro") are made anew.
-func handoffSpec(spec backend.Spec, binary, dir string) backend.Spec {
+func Spec(spec backend.Spec, binary, dir string) backend.Spec {
 	spec.Handoff = &backend.Handoff{Binary: binary, Dir: dir}
 	sum := sha256.Sum256([]byte(spec.Hash + "\x00" + binary + "\x00" + dir + "\x00ro"))
 	spec.Hash = hex.EncodeToString(sum[:8])
 	return spec
 }
 
-// handoffApp is one app in handoff mode.
-type handoffApp struct {
+// App is one app in handoff mode. It implements activator.Source.
+type App struct {
 	// cfg is the app's config; a reload may replace it (never its listen addresses).
 	cfg atomic.Pointer[config.App]
 	act *activator.App
-	// refresh asks for a restart once no connection is open: the reload changed the
-	// app's settings (activator.Refresh, for an app whose connections sact cannot see).
-	refresh atomic.Bool
 	// failed counts connections refused (metrics).
 	failed func(app, reason string, n int)
 	// setBroken reports whether the app is broken (metrics); nil does nothing.
@@ -171,22 +171,22 @@ type handoffApp struct {
 	// counters are the kernel's counts of every connection and byte on the listeners
 	// (bpfwatch), or nil where the kernel does not allow them: sock_diag alone then.
 	counters *bpfwatch.Watcher
-	// open and accepted are the app's connections as the kernel counts them, for its
-	// status: open now (while it runs), and accepted since sact started.
-	open, accepted atomic.Int64
-	exact          atomic.Bool
+	// accepted counts the app's connections as the kernel counts them, since sact
+	// started, for its status; exact, whether it counts all of them.
+	accepted atomic.Int64
+	exact    atomic.Bool
 	// marks are the programs' counters of each listener (nil where they do not
 	// count), from startUnit on; prevMarks what the watch read last; tried which
-	// listeners watchListeners tried.
+	// listeners WatchListeners tried.
 	marks     []*bpfwatch.Handle
 	prevMarks []bpfwatch.Activity
 	tried     []bool
-	// addrs are the listeners' addresses as watchListeners found them, for the watch
+	// addrs are the listeners' addresses as WatchListeners found them, for the watch
 	// of a listener that a reload has moved to another unit meanwhile.
 	addrs []net.Addr
-	// retiring is set when a reload takes the app out while it runs: its connections
-	// drain with the watch still counting them, and it is never started again.
-	retiring atomic.Bool
+
+	// servers are the handoff servers' goroutines; Run waits for them.
+	servers sync.WaitGroup
 
 	mu  sync.Mutex
 	srv *handoff.Server
@@ -194,23 +194,49 @@ type handoffApp struct {
 	srvCtx context.Context
 }
 
-// newHandoffApp readies the app's handoff in dir. Its server is set up by run, where a
-// failure makes this one app broken (and retried), never the daemon.
-func newHandoffApp(app *config.App, lns []net.Listener, dir string, rt backend.Runtime, spec func() backend.Spec, probe *sockdiag.Prober, log *slog.Logger) *handoffApp {
-	h := &handoffApp{lns: lns, dir: dir, log: log.With("app", app.Name), probe: probe}
-	h.cfg.Store(app)
-	h.opts = handoff.Options{User: app.Run.User, Logger: h.log}
-	if pr, ok := rt.(backend.Pider); ok {
-		// Only the container's first process may fetch the sockets. The Server caches
-		// its pid and asks the engine at most every 250ms, however many peers connect.
-		h.opts.Pid = func(ctx context.Context) (int, error) { return pr.Pid(ctx, spec()) }
+// New readies the app's handoff for act, touching nothing yet. Its server is set up by
+// Run, where a failure makes this one app broken (and retried), never the daemon. lns is
+// the caller's: a reload may fill in, before Run, the listeners it moves to the app
+// from another.
+func New(app *config.App, lns []net.Listener, act *activator.App, opts Options) *App {
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
 	}
+	h := &App{lns: lns, dir: opts.Dir, act: act, log: log.With("app", app.Name), probe: opts.Probe,
+		counters: opts.Counters, failed: opts.Failed, setBroken: opts.SetBroken}
+	if h.failed == nil {
+		h.failed = func(string, string, int) {}
+	}
+	h.cfg.Store(app)
+	// Only the container's first process may fetch the sockets. The Server caches its
+	// pid and asks the engine at most every 250ms, however many peers connect.
+	h.opts = handoff.Options{User: app.Run.User, Logger: h.log, Pid: opts.Pid}
 	return h
+}
+
+// Options are what New needs besides the app.
+type Options struct {
+	// Dir is the app's handoff directory, where its handoff socket is made.
+	Dir string
+	// Pid tells the host pid of the app's first process, the only one let in to fetch
+	// the sockets; nil if the runtime cannot tell it.
+	Pid func(ctx context.Context) (int, error)
+	// Probe asks the kernel about the sockets (sock_diag).
+	Probe *sockdiag.Prober
+	// Counters are the kernel's counts of every connection and byte on the listeners
+	// (bpfwatch), or nil where the kernel does not allow them.
+	Counters *bpfwatch.Watcher
+	// Failed counts connections refused, by reason, and SetBroken tells whether the app
+	// is broken (metrics). Either may be nil.
+	Failed    func(app, reason string, n int)
+	SetBroken func(app string, broken bool)
+	Logger    *slog.Logger
 }
 
 // newServer makes the app's handoff server. Called with h.mu held. Its listeners are read only now: those a
 // reload moves to this app from another are filled in when the reload commits.
-func (h *handoffApp) newServer() (*handoff.Server, error) {
+func (h *App) newServer() (*handoff.Server, error) {
 	app := h.conf()
 	var sockets []handoff.Socket
 	for i, ln := range h.lns {
@@ -226,24 +252,25 @@ func (h *handoffApp) newServer() (*handoff.Server, error) {
 	return handoff.NewServer(filepath.Join(h.dir, backend.ShimSocket), sockets, h.opts)
 }
 
-// Backoff between attempts to set up a broken app's handoff server.
+// Backoff between attempts to set up a broken app's handoff server; the daemon retries
+// its other broken apps on the same schedule.
 const (
-	brokenRetryFirst = time.Second
-	brokenRetryMax   = 30 * time.Second
+	BrokenRetryFirst = time.Second
+	BrokenRetryMax   = 30 * time.Second
 )
 
-// listen sets up the app's handoff server, retrying with backoff while it fails: the app
+// serve sets up the app's handoff server, retrying with backoff while it fails: the app
 // is broken meanwhile (status, log, metric), and clients that queue up on its stopped
 // listeners are refused at once. It returns false if ctx ended first.
-func (h *handoffApp) listen(ctx context.Context) bool {
+func (h *App) serve(ctx context.Context) bool {
 	name := h.conf().Name
-	backoff := brokenRetryFirst
+	backoff := BrokenRetryFirst
 	for {
 		h.mu.Lock()
 		srv, err := h.newServer()
 		if err == nil {
 			h.srv, h.srvCtx = srv, ctx
-			go srv.Run(ctx)
+			h.runServer(ctx, srv)
 		}
 		h.mu.Unlock()
 		if err == nil {
@@ -267,14 +294,14 @@ func (h *handoffApp) listen(ctx context.Context) bool {
 			}
 			return false
 		}
-		backoff = min(2*backoff, brokenRetryMax)
+		backoff = min(2*backoff, BrokenRetryMax)
 	}
 }
 
 // refuseFor waits d, refusing at once the clients that queue up on the app's listeners
 // while it is stopped (a running app, adopted from an earlier sact, serves them
 // itself). It returns false if ctx ended.
-func (h *handoffApp) refuseFor(ctx context.Context, d time.Duration) bool {
+func (h *App) refuseFor(ctx context.Context, d time.Duration) bool {
 	wctx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
 	select {
@@ -298,22 +325,35 @@ func (h *handoffApp) refuseFor(ctx context.Context, d time.Duration) bool {
 	return ctx.Err() == nil
 }
 
+// runServer runs srv until ctx ends or it is closed, under h.servers.
+func (h *App) runServer(ctx context.Context, srv *handoff.Server) {
+	h.servers.Go(func() {
+		if err := srv.Run(ctx); err != nil {
+			h.log.Error("handoff server stopped; the app cannot get its sockets until the next reload or a restart of sact", "reason", err)
+		}
+	})
+}
+
 // Broken returns why the app cannot be served, or "".
-func (h *handoffApp) Broken() string {
+func (h *App) Broken() string {
 	if r := h.broken.Load(); r != nil {
 		return *r
 	}
 	return ""
 }
 
-func (h *handoffApp) conf() *config.App { return h.cfg.Load() }
+func (h *App) conf() *config.App { return h.cfg.Load() }
 
-// setUser hands the handoff socket to the app's new user: after a reload changed
+// SetConfig gives the app its new settings after a reload; never other listen addresses
+// (that is a new App).
+func (h *App) SetConfig(app *config.App) { h.cfg.Store(app) }
+
+// SetUser hands the handoff socket to the app's new user: after a reload changed
 // `user:`, the app restarts as that uid, and a socket that is the old uid's (0600)
 // would refuse its shim until sact restarted (issue 12). A new server binds at the same
 // path, then the old one closes; a container still running as the old user has its
 // sockets already.
-func (h *handoffApp) setUser(user string) {
+func (h *App) SetUser(user string) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.opts.User == user {
@@ -331,23 +371,11 @@ func (h *handoffApp) setUser(user string) {
 	}
 	h.srv.Close()
 	h.srv = srv
-	go srv.Run(h.srvCtx)
+	h.runServer(h.srvCtx, srv)
 	h.log.Info("handoff socket handed to the app's new user", "user", user)
 }
 
-// retire marks the app as taken out by a reload and reports whether it runs, so that
-// its connections must drain before it is stopped: the watch goes on counting them,
-// and the app is not started again.
-func (h *handoffApp) retire() bool {
-	h.retiring.Store(true)
-	switch h.act.State() {
-	case activator.Running, activator.Starting, activator.Waking:
-		return true
-	}
-	return false
-}
-
-func (h *handoffApp) close() {
+func (h *App) Close() {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.srv != nil {
@@ -394,7 +422,7 @@ func readable(fd uintptr) bool {
 
 // waitPending blocks until a listener has a client waiting, and returns its index. The
 // app must not be running.
-func (h *handoffApp) waitPending(ctx context.Context) (int, error) {
+func (h *App) waitPending(ctx context.Context) (int, error) {
 	for _, ln := range h.lns {
 		f, err := pendingWatcher(ln.(syscall.Conn), ln.Addr().String())
 		if err != nil {
@@ -441,33 +469,18 @@ func (h *handoffApp) waitPending(ctx context.Context) (int, error) {
 	return i, err
 }
 
-func (h *handoffApp) closePending() {
+func (h *App) closePending() {
 	for _, f := range h.pending {
 		f.Close()
 	}
 	h.pending = nil
 }
 
-// settled waits out the app's transitions and returns the state it settles in.
-func (h *handoffApp) settled(ctx context.Context) activator.State {
-	for {
-		st := h.act.State()
-		switch st {
-		case activator.Running, activator.Paused, activator.Stopped:
-			return st
-		}
-		select {
-		case <-ctx.Done():
-			return st
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
-}
-
 // waitPendingPaused waits for a client in the backlog of a paused app. The app holds the
 // sockets, frozen, and their blocking mode is the app's business: poll(2) from a thread
-// of its own, waking every 200 ms to notice the end of ctx, rather than touch the flag.
-func (h *handoffApp) waitPendingPaused(ctx context.Context) (int, error) {
+// of its own, waking every 200 ms to notice the end of ctx (the activator ends it when
+// the app is thawed or stopped by someone else), rather than touch the flag.
+func (h *App) waitPendingPaused(ctx context.Context) (int, error) {
 	fds := make([]unix.PollFd, len(h.lns))
 	for i, ln := range h.lns {
 		rc, err := ln.(syscall.Conn).SyscallConn()
@@ -486,9 +499,6 @@ func (h *handoffApp) waitPendingPaused(ctx context.Context) (int, error) {
 				return i, nil
 			}
 		}
-		if h.act.State() != activator.Paused {
-			return -1, nil // thawed or stopped by someone else: look again
-		}
 	}
 	return 0, ctx.Err()
 }
@@ -496,7 +506,7 @@ func (h *handoffApp) waitPendingPaused(ctx context.Context) (int, error) {
 // rejectQueued closes the connections waiting in the listeners' backlogs, so their clients
 // learn at once that the app failed rather than wait for a timeout. Only while the app
 // does not run: then nobody else accepts.
-func (h *handoffApp) rejectQueued() int {
+func (h *App) rejectQueued() int {
 	n := 0
 	for _, ln := range h.lns {
 		rc, err := ln.(syscall.Conn).SyscallConn()
@@ -517,92 +527,44 @@ func (h *handoffApp) rejectQueued() int {
 	return n
 }
 
-// run is the app's life in handoff mode: wait for a client, start the app, watch its
-// sockets' activity while it runs, and again.
-func (h *handoffApp) run(ctx context.Context) {
-	defer h.close()
-	if !h.listen(ctx) {
+// Run is the app's life in handoff mode: its handoff server, then the activator's Serve
+// with the kernel's view of the app's sockets as its Source.
+func (h *App) Run(ctx context.Context) {
+	defer h.servers.Wait()
+	defer h.Close()
+	if !h.serve(ctx) {
 		return
 	}
-	h.watchListeners() // those a reload moved in since startUnit
-	defer h.closeMarks()
-	backoff := time.Duration(0)
-	for {
-		wake := activator.Wake{Remote: "backlog"}
-		state := h.settled(ctx)
-		if h.retiring.Load() && state != activator.Running {
-			<-ctx.Done() // taken out by a reload: drained, it is stopped, never started
-			return
-		}
-		switch state {
-		case activator.Running:
-			// Adopted, or running already: watch it.
-		case activator.Paused:
-			// Frozen with the sockets: a client in the backlog thaws it.
-			i, err := h.waitPendingPaused(ctx)
-			if err != nil {
-				return
-			}
-			if i < 0 {
-				continue
-			}
-			wake.Listen = h.conf().Listen[i].String()
-		default:
-			i, err := h.waitPending(ctx)
-			if err != nil {
-				if ctx.Err() == nil {
-					h.log.Error("cannot watch the app's sockets", "reason", err)
-				}
-				return
-			}
-			wake.Listen = h.conf().Listen[i].String()
-		}
-		listen := wake.Listen
-		if state := h.act.State(); state != activator.Running && state != activator.Paused {
-			h.refresh.Store(false) // this start uses the current settings
-		}
-		lease, err := h.act.Acquire(ctx, wake)
-		if err != nil {
-			if ctx.Err() != nil {
-				return
-			}
-			n := h.rejectQueued()
-			h.log.Warn("connections refused", "listen", listen, "count", n, "reason", err)
-			h.failed(h.conf().Name, activator.FailureReason(err), n)
-			continue
-		}
-		live := lease.Context()
-		lease.Release()
-		began := time.Now()
-		h.watch(ctx, live)
-		if ctx.Err() != nil {
-			return
-		}
-		if st := h.settled(ctx); st == activator.Paused || st == activator.Running {
-			continue // paused, not stopped: the app keeps its sockets
-		}
-		// An app that exits soon after its start, with clients still queued, would be
-		// started again at once by them: refuse them and pause, as after a failed start.
-		st := h.act.Status()
-		if !st.StopAsked && !st.StopKilled && time.Since(began) < 10*time.Second {
-			backoff = min(max(2*backoff, time.Second), 16*time.Second)
-			n := h.rejectQueued()
-			h.failed(h.conf().Name, "app_exited", n)
-			h.log.Warn("app exited soon after its start; refusing queued connections", "reason", st.StopReason, "count", n, "retry_in", backoff)
-			select {
-			case <-time.After(backoff):
-			case <-ctx.Done():
-				return
-			}
-		} else {
-			backoff = 0
-		}
-	}
+	h.WatchListeners() // those a reload moved in since startUnit
+	defer h.CloseMarks()
+	h.act.Serve(ctx, h)
 }
 
-// watch asks the kernel about the app's sockets until live ends (the app stopped), and
-// tells the activator whenever they show activity.
-func (h *handoffApp) watch(ctx context.Context, live context.Context) {
+// Pending is activator.Source's: a client in a listener's backlog of the stopped or
+// paused app.
+func (h *App) Pending(ctx context.Context, paused bool) (string, error) {
+	wait := h.waitPending
+	if paused {
+		wait = h.waitPendingPaused
+	}
+	i, err := wait(ctx)
+	if err != nil {
+		return "", err
+	}
+	return h.conf().Listen[i].String(), nil
+}
+
+// Refuse is activator.Source's: the clients queued on the listeners are closed and
+// counted as not served.
+func (h *App) Refuse(reason string) int {
+	n := h.rejectQueued()
+	h.failed(h.conf().Name, reason, n)
+	return n
+}
+
+// Watch is activator.Source's: it asks the kernel about the app's sockets until ctx
+// ends (the app stopped or paused), and reports what it sees.
+func (h *App) Watch(ctx context.Context, report func(activator.Activity)) {
 	every := min(max(h.conf().Idle/10, 100*time.Millisecond), time.Second)
 	addrs := make([]net.Addr, len(h.lns))
 	for i, ln := range h.lns {
@@ -616,7 +578,6 @@ func (h *handoffApp) watch(ctx context.Context, live context.Context) {
 	}
 	prev := make([]sockdiag.Activity, len(addrs))
 	marks, prevMarks, cpu := h.marks, h.prevMarks, h.cpuTime(ctx)
-	defer h.open.Store(0)
 	var prevCPU time.Duration
 	if cpu != nil {
 		prevCPU, _ = cpu.Read()
@@ -626,11 +587,9 @@ func (h *handoffApp) watch(ctx context.Context, live context.Context) {
 	defer t.Stop()
 	for first := true; ; first = false {
 		// The first look is at once: the open count keeps the app from being evicted
-		// or paused (activator.Options.Open) from its first connection on.
+		// or paused from its first connection on.
 		if !first {
 			select {
-			case <-live.Done():
-				return
 			case <-ctx.Done():
 				return
 			case <-t.C:
@@ -639,12 +598,14 @@ func (h *handoffApp) watch(ctx context.Context, live context.Context) {
 		now := time.Now()
 		acts, err := h.probe.Probe(ctx, addrs...)
 		if err != nil {
-			// Without the kernel's word, assume busy: stopping an app that serves is
-			// worse than keeping an idle one a little longer.
+			if ctx.Err() != nil {
+				return
+			}
 			h.log.Warn("cannot read socket activity; counting the app as busy", "reason", err)
-			h.act.Touch()
+			report(activator.Activity{Unknown: true})
 			continue
 		}
+		active := false
 		busy, open, unseen := 0, 0, false
 		for i, a := range acts {
 			p := prev[i]
@@ -652,7 +613,7 @@ func (h *handoffApp) watch(ctx context.Context, live context.Context) {
 				a.BytesReceived != p.BytesReceived || a.BytesSent != p.BytesSent ||
 				a.LastActivity.After(last.Add(-10*time.Millisecond)) ||
 				(h.conf().KeepWhileOpen && a.Open > 0) {
-				h.act.Touch()
+				active = true
 			}
 			busy += a.Open + a.Queued + int(min(a.Pending, 1))
 			prev[i] = a
@@ -661,12 +622,12 @@ func (h *handoffApp) watch(ctx context.Context, live context.Context) {
 			if m := marks[i]; m != nil {
 				c, err := m.Activity()
 				if err != nil {
-					h.act.Touch()
+					active = true
 					continue
 				}
 				pc := prevMarks[i]
 				if c != pc {
-					h.act.Touch()
+					active = true
 					h.accepted.Add(int64(c.Connects - pc.Connects))
 				}
 				prevMarks[i] = c
@@ -683,29 +644,14 @@ func (h *handoffApp) watch(ctx context.Context, live context.Context) {
 			open += a.Open + a.Queued
 			unseen = unseen || a.Open > 0
 		}
-		h.open.Store(int64(open))
 		if cpu != nil {
 			used, err := cpu.Read()
 			if err == nil && unseen && used-prevCPU >= cpuBusy {
-				h.act.Touch()
+				active = true
 			}
 			prevCPU = used
 		}
-		if busy == 0 && h.refresh.Load() && h.act.RunsCurrentSpec() {
-			// Started with the new settings already: the reload came while its start
-			// waited for the pool (issue 13).
-			h.refresh.Store(false)
-		}
-		if busy == 0 && h.refresh.CompareAndSwap(true, false) {
-			h.log.Info("restarting app with its new settings", "reason", "config changed; no connection is open")
-			go func() {
-				sctx, cancel := context.WithTimeout(ctx, h.conf().StopTimeout+10*time.Second)
-				defer cancel()
-				if err := h.act.StopFor(sctx, "config changed"); err != nil {
-					h.log.Warn("cannot stop app to apply its new settings", "reason", err)
-				}
-			}()
-		}
+		report(activator.Activity{Active: active, Open: open, Busy: busy})
 		last = now
 	}
 }
@@ -716,13 +662,13 @@ func (h *handoffApp) watch(ctx context.Context, live context.Context) {
 // 220-400 µs, on a new one 450 µs or more.
 const cpuBusy = 50 * time.Microsecond
 
-// watchListeners starts the programs' counts for the app's listeners, before the app
+// WatchListeners starts the programs' counts for the app's listeners, before the app
 // runs or sact serves: a connection that wakes the app is then counted from its
 // handshake (the kernel counts no connection made before its listener was watched).
 // Where they cannot count (no programs, or unix without connect_unix) the mark stays
 // nil. Called again, it tries only the listeners it has not tried (those a reload
-// moved in later). Not concurrently with itself, watch or closeMarks.
-func (h *handoffApp) watchListeners() {
+// moved in later). Not concurrently with itself, watch or CloseMarks.
+func (h *App) WatchListeners() {
 	if h.marks == nil {
 		h.marks = make([]*bpfwatch.Handle, len(h.lns))
 		h.prevMarks = make([]bpfwatch.Activity, len(h.lns))
@@ -753,8 +699,8 @@ func (h *handoffApp) watchListeners() {
 	h.exact.Store(all)
 }
 
-// closeMarks ends the programs' counts for the app's listeners.
-func (h *handoffApp) closeMarks() {
+// CloseMarks ends the programs' counts for the app's listeners.
+func (h *App) CloseMarks() {
 	for i, m := range h.marks {
 		if m != nil {
 			m.Close()
@@ -766,7 +712,7 @@ func (h *handoffApp) closeMarks() {
 
 // cpuTime finds the container's CPU time, the backup signal for open connections
 // whose bytes cannot be seen, or nil.
-func (h *handoffApp) cpuTime(ctx context.Context) *bpfwatch.CPU {
+func (h *App) cpuTime(ctx context.Context) *bpfwatch.CPU {
 	if h.opts.Pid == nil {
 		return nil
 	}
@@ -784,18 +730,18 @@ func (h *handoffApp) cpuTime(ctx context.Context) *bpfwatch.CPU {
 	return cpu
 }
 
-// counts is the app's connections as the kernel counts them: open now, and accepted
-// since sact started; exact when the programs count on every listener (zero where they
-// do not count).
-func (h *handoffApp) counts() (open, accepted int, exact bool) {
-	return int(h.open.Load()), int(h.accepted.Load()), h.exact.Load()
+// Counts is the app's connections as the kernel counts them: accepted since sact
+// started; exact when the programs count on every listener (zero where they do not
+// count).
+func (h *App) Counts() (accepted int, exact bool) {
+	return int(h.accepted.Load()), h.exact.Load()
 }
 
-// reclaim takes back the listening sockets of a handoff app that still runs from an
+// Reclaim takes back the listening sockets of a handoff app that still runs from an
 // earlier sact: they live on in the app's first process, and pidfd_getfd(2) duplicates
 // them into sact, so clients never see the socket go away. Every address in addrs must
 // be found, or none is taken.
-func reclaim(pid int, addrs []listen.Addr) ([]net.Listener, error) {
+func Reclaim(pid int, addrs []listen.Addr) ([]net.Listener, error) {
 	pidfd, err := unix.PidfdOpen(pid, 0)
 	if err != nil {
 		return nil, fmt.Errorf("pidfd_open(%d): %w", pid, err)
@@ -833,7 +779,7 @@ func reclaim(pid int, addrs []listen.Addr) ([]net.Listener, error) {
 			continue
 		}
 		f := os.NewFile(uintptr(fd), addrs[i].String())
-		ln, err := keepStatusFlags(fd, func() (net.Listener, error) { return net.FileListener(f) })
+		ln, err := listen.KeepStatusFlags(fd, func() (net.Listener, error) { return net.FileListener(f) })
 		f.Close()
 		if err != nil {
 			closeAll()
@@ -848,47 +794,6 @@ func reclaim(pid int, addrs []listen.Addr) ([]net.Listener, error) {
 		}
 	}
 	return found, nil
-}
-
-// keepStatusFlags runs mk, which makes a listener from a duplicate of fd, and puts the
-// socket's blocking mode back as it was. A duplicate shares the open file description,
-// file status flags included, with every other: net.FileListener's O_NONBLOCK on a
-// socket that a running app holds made an app that accepts in blocking mode get EAGAIN
-// (issue 12). sact never accepts on a handoff app's listener: it polls it, duplicates
-// it and reads its address, none of which needs O_NONBLOCK (pendingWatcher sets it
-// while the app is stopped, d.accept before a relayed app's accept loop).
-func keepStatusFlags(fd int, mk func() (net.Listener, error)) (net.Listener, error) {
-	flags, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0)
-	if err != nil {
-		return nil, fmt.Errorf("reading the socket's flags: %w", err)
-	}
-	ln, err := mk()
-	if err != nil || flags&unix.O_NONBLOCK != 0 {
-		return ln, err
-	}
-	if err := unix.SetNonblock(fd, false); err != nil {
-		ln.Close()
-		return nil, fmt.Errorf("putting the socket back in blocking mode: %w", err)
-	}
-	return ln, nil
-}
-
-// setNonblock puts ln's socket in non-blocking mode, which Go's accept needs: a socket
-// that was a handoff app's may be blocking (keepStatusFlags).
-func setNonblock(ln net.Listener) error {
-	sc, ok := ln.(syscall.Conn)
-	if !ok {
-		return nil
-	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
-		return err
-	}
-	var serr error
-	if err := rc.Control(func(fd uintptr) { serr = unix.SetNonblock(int(fd), true) }); err != nil {
-		return err
-	}
-	return serr
 }
 
 // matchListener returns the index in addrs of the listening stream socket fd, or -1.

@@ -1,4 +1,4 @@
-package daemon
+package host
 
 import (
 	"context"
@@ -19,6 +19,7 @@ import (
 
 	"github.com/sact-project/sact/internal/activator"
 	"github.com/sact-project/sact/internal/backend"
+	"github.com/sact-project/sact/internal/backend/fake"
 	"github.com/sact-project/sact/internal/config"
 	"github.com/sact-project/sact/internal/listen"
 )
@@ -61,7 +62,7 @@ func TestReclaim(t *testing.T) {
 	defer ul.Close()
 	addrs := []listen.Addr{{Network: "unix", Address: path}, {Network: "tcp", Address: tl.Addr().String()}}
 
-	lns, err := reclaim(os.Getpid(), addrs)
+	lns, err := Reclaim(os.Getpid(), addrs)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -84,20 +85,9 @@ func TestReclaim(t *testing.T) {
 	}
 
 	missing := append(addrs, listen.Addr{Network: "tcp", Address: "127.0.0.1:1"})
-	if _, err := reclaim(os.Getpid(), missing); err == nil {
+	if _, err := Reclaim(os.Getpid(), missing); err == nil {
 		t.Errorf("reclaim found a socket nobody listens on")
 	}
-}
-
-// stoppedRuntime runs nothing: every app is stopped, and a start fails.
-type stoppedRuntime struct{}
-
-func (stoppedRuntime) Start(context.Context, backend.Spec) (*backend.Instance, error) {
-	return nil, errors.New("not in this test")
-}
-func (stoppedRuntime) Stop(context.Context, backend.Spec, time.Duration) error { return nil }
-func (stoppedRuntime) Running(context.Context, backend.Spec) (*backend.Instance, error) {
-	return nil, nil
 }
 
 // An app whose handoff cannot be set up is broken, alone: its clients are refused at
@@ -117,23 +107,25 @@ func TestHandoffBrokenRetried(t *testing.T) {
 	app := &config.App{Name: "app", Handoff: true, Listen: []listen.Addr{{Network: "tcp", Address: ln.Addr().String()}}}
 	var logs syncBuffer
 	log := slog.New(slog.NewJSONHandler(&logs, nil))
-	act := activator.New(stoppedRuntime{}, activator.Policy{Spec: backend.Spec{Name: "app"}}, activator.Options{Logger: log})
-	h := newHandoffApp(app, []net.Listener{ln}, filepath.Join(parent, "app"), stoppedRuntime{}, func() backend.Spec { return act.Policy().Spec }, nil, log)
-	h.act = act
+	// A runtime that runs nothing: every app is stopped, and a start fails.
+	rt := &fake.Runtime{StartErr: errors.New("not in this test")}
+	act := activator.New(rt, activator.Policy{Spec: backend.Spec{Name: "app"}}, activator.Options{Logger: log})
 	var refused atomic.Int64
-	h.failed = func(app, reason string, n int) {
-		if reason == "handoff_broken" {
-			refused.Add(int64(n))
-		}
-	}
 	var brokenNow atomic.Bool
-	h.setBroken = func(_ string, b bool) { brokenNow.Store(b) }
+	h := New(app, []net.Listener{ln}, act, Options{Dir: filepath.Join(parent, "app"), Logger: log,
+		Failed: func(app, reason string, n int) {
+			if reason == "handoff_broken" {
+				refused.Add(int64(n))
+			}
+		},
+		SetBroken: func(_ string, b bool) { brokenNow.Store(b) },
+	})
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go act.Run(ctx)
 	done := make(chan bool, 1)
-	go func() { done <- h.listen(ctx) }()
+	go func() { done <- h.serve(ctx) }()
 
 	for deadline := time.Now().Add(5 * time.Second); h.Broken() == "" && time.Now().Before(deadline); {
 		time.Sleep(10 * time.Millisecond)
@@ -164,7 +156,7 @@ func TestHandoffBrokenRetried(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatalf("not repaired 10s after the cause went away; log:\n%s", logs.String())
 	}
-	defer h.close()
+	defer h.Close()
 	if h.Broken() != "" || brokenNow.Load() {
 		t.Errorf("still broken after the repair: %q (metric %v)", h.Broken(), brokenNow.Load())
 	}
@@ -264,12 +256,12 @@ func TestTakeBackKeepsBlockingMode(t *testing.T) {
 				}
 			}
 
-			lns, err := reclaim(os.Getpid(), []listen.Addr{{Network: network, Address: addr}})
+			lns, err := Reclaim(os.Getpid(), []listen.Addr{{Network: network, Address: addr}})
 			if err != nil {
 				t.Fatal(err)
 			}
 			appAccepts("after reclaim")
-			moved, err := moveListener(lns[0])
+			moved, err := listen.Move(lns[0])
 			if err != nil {
 				t.Fatal(err)
 			}

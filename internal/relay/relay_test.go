@@ -1,0 +1,153 @@
+package relay
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/sact-project/sact/internal/activator"
+	"github.com/sact-project/sact/internal/backend"
+	"github.com/sact-project/sact/internal/backend/fake"
+)
+
+// echoServer answers every connection with what it reads, until the test ends.
+func echoServer(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Go(func() { defer c.Close(); io.Copy(c, c) })
+		}
+	})
+	return ln.Addr().String()
+}
+
+// serve runs rt's app "app" behind a relay on a unix socket, until the test ends, and
+// returns the socket and the connections not served, by reason.
+func serve(t *testing.T, rt backend.Runtime) (string, *failures) {
+	t.Helper()
+	act := activator.New(rt, activator.Policy{Spec: backend.Spec{Name: "app"}, Idle: time.Hour}, activator.Options{})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { act.Run(ctx); close(done) }()
+	sock := filepath.Join(t.TempDir(), "app.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &failures{}
+	s := NewServer(ctx, Options{Failed: f.add})
+	s.Accept(ln, act, "unix:"+sock)
+	t.Cleanup(func() {
+		ln.Close()
+		s.WaitAccepting()
+		cancel()
+		s.WaitConns()
+		<-done
+	})
+	return sock, f
+}
+
+type failures struct {
+	mu sync.Mutex
+	by map[string]int
+}
+
+func (f *failures) add(_, reason string, n int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.by == nil {
+		f.by = map[string]int{}
+	}
+	f.by[reason] += n
+}
+
+func (f *failures) String() string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return fmt.Sprint(f.by)
+}
+
+func echo(t *testing.T, sock, line string) {
+	t.Helper()
+	c, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	fmt.Fprintln(c, line)
+	got, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil || got != line+"\n" {
+		t.Fatalf("echo of %q: %q, %v", line, got, err)
+	}
+}
+
+// TestRelayStartsTheApp: the first connection starts the app and is relayed to it; the
+// next one finds it running.
+func TestRelayStartsTheApp(t *testing.T) {
+	rt := &fake.Runtime{Addr: echoServer(t), StartTime: 50 * time.Millisecond}
+	sock, failed := serve(t, rt)
+	echo(t, sock, "one")
+	echo(t, sock, "two")
+	if starts, _ := rt.Counts(); starts != 1 {
+		t.Errorf("%d starts, want 1", starts)
+	}
+	if s := failed.String(); s != "map[]" {
+		t.Errorf("connections not served: %s", s)
+	}
+}
+
+// TestRelayRetriesADeadInstance: an instance that dies between its start and the relay's
+// dial (the engine's word comes after) makes the connection go to a fresh start, not
+// fail.
+func TestRelayRetriesADeadInstance(t *testing.T) {
+	healthy := echoServer(t)
+	dying, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dying.Close()
+	var rt *fake.Runtime
+	var starts atomic.Int32
+	rt = &fake.Runtime{Upstream: func(backend.Spec) backend.Addr {
+		if starts.Add(1) == 1 {
+			return backend.Addr{Network: "tcp", Address: dying.Addr().String()}
+		}
+		return backend.Addr{Network: "tcp", Address: healthy}
+	}}
+	go func() {
+		// The readiness poll's connection is the instance's last: then it is gone, and
+		// the engine says so a moment later.
+		if c, err := dying.Accept(); err == nil {
+			c.Close()
+		}
+		dying.Close()
+		time.Sleep(100 * time.Millisecond)
+		rt.Crash("app")
+	}()
+	sock, failed := serve(t, rt)
+	echo(t, sock, "fresh")
+	if n, _ := rt.Counts(); n != 2 {
+		t.Errorf("%d starts, want 2", n)
+	}
+	if s := failed.String(); s != "map[]" {
+		t.Errorf("connections not served: %s", s)
+	}
+}
