@@ -17,7 +17,7 @@ func TestDependencies(t *testing.T) {
 	dockerClient := func(dep string) bool {
 		return strings.HasPrefix(dep, "github.com/moby/moby/") || strings.HasPrefix(dep, "github.com/docker/docker/")
 	}
-	for _, pkg := range []string{"internal/activator", "internal/config", "internal/front", "internal/proxy", "internal/relay", "internal/events", "internal/handoff"} {
+	for _, pkg := range []string{"internal/activator", "internal/config", "internal/front", "internal/proxy", "internal/relay", "internal/events", "internal/handoff", "internal/handoff/host", "internal/daemon"} {
 		for _, dep := range deps(t, pkg) {
 			if dockerClient(dep) {
 				t.Errorf("%s imports the Docker client (%s); only internal/backend/docker may", pkg, dep)
