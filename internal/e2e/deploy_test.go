@@ -55,7 +55,11 @@ func (l *reqLoop) run(ctx context.Context, addr, host string, keepAlive bool) {
 	tr := &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			var d net.Dialer
-			return d.DialContext(ctx, "tcp", addr)
+			network := "tcp"
+			if strings.HasPrefix(addr, "/") {
+				network = "unix" // a handoff app's unix listener
+			}
+			return d.DialContext(ctx, network, addr)
 		},
 		DisableKeepAlives: !keepAlive,
 	}

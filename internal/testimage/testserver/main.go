@@ -10,6 +10,8 @@
 //	EXIT_CODE    print "exiting with code N" to stderr and exit with N at once
 //	NEVER_READY  never listen (a hung boot)
 //	TERM_DELAY   on SIGTERM keep serving this long before exiting (a slow shutdown)
+//	GRACEFUL     on SIGTERM (after TERM_DELAY) stop accepting and finish the requests
+//	             under way before exiting, instead of closing every connection at once
 //	HANDOFF_FLOOD=N  instead of serving, connect N peers at once to the handoff socket
 //	             and print what they got (handoff.go; for `docker exec` of a second process)
 //	HANDOFF_PROBE=1  instead of serving, try to change the handoff directory and print how
@@ -22,6 +24,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -89,11 +92,18 @@ func run() error {
 
 	srv := &http.Server{Handler: handler(name), ReadHeaderTimeout: 10 * time.Second}
 	sig := make(chan os.Signal, 1)
+	shutDown := make(chan struct{}) // closed once a graceful Shutdown has finished
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
 	go func() {
 		s := <-sig
 		fmt.Fprintf(os.Stderr, "testserver %s: got %v, exiting in %v\n", name, s, termDelay)
 		time.Sleep(termDelay)
+		if os.Getenv("GRACEFUL") != "" {
+			// Stop accepting, finish the requests under way, close idle connections.
+			srv.Shutdown(context.Background())
+			close(shutDown)
+			return
+		}
 		srv.Close()
 	}()
 	errs := make(chan error, len(lns))
@@ -102,6 +112,9 @@ func run() error {
 	}
 	if err := <-errs; err != http.ErrServerClosed {
 		return err
+	}
+	if os.Getenv("GRACEFUL") != "" {
+		<-shutDown // Serve returns at once; the requests under way have not ended yet
 	}
 	return nil
 }
