@@ -246,7 +246,9 @@ type App struct {
 	// cancelled at the next change of state (whileIn).
 	src              bool
 	srcOpen, srcBusy int
-	changed          []stateWait
+	// sharer is the Source, if it lets a deploy's new incarnation share its sockets.
+	sharer  atomic.Pointer[Sharer]
+	changed []stateWait
 	// retiring: a reload took the app out; Serve never starts it again.
 	retiring atomic.Bool
 }

@@ -19,6 +19,15 @@ import (
 // get ready is retired instead and the old one goes on serving; the failure is logged
 // and shown in status. The state stays Running throughout: no client ever waits.
 //
+// A handed-off app (a Source that is a Sharer) has no upstream to move: its new
+// incarnation fetches the same listening sockets as the old one, and both accept from
+// the same backlogs. While the new one boots the old one takes every client, so nobody
+// waits; the new one is ready once it holds a connection it accepted (the kernel's view,
+// Share.Taken), or when start_timeout passes without a new connection to take. Then
+// the names swap, and the old one is stopped gracefully: SIGTERM (it stops accepting
+// and finishes its requests), SIGKILL after the greater of stop_timeout and the drain
+// timeout; what waits in the backlogs goes to the new one.
+//
 // A stopped app needs none of this: its next start makes the new version.
 
 // deployment is one deploy, from its request until its old incarnation is gone.
@@ -62,14 +71,21 @@ func (a *App) deployer() backend.Deployer {
 }
 
 // canDeploy reports whether a running app can get its new version beside the old one.
-// A handoff app cannot yet: both would share sact's listening sockets, but the handoff
-// socket gives them only to the first process of the app's container, and there is no
-// telling when the new one accepts. Nor can an app only its dependents use (a
-// database): they connect to it themselves, so sact can neither move nor drain their
-// connections, and two of it on one volume would both write there.
+// A handoff app can when its Source shares its sockets with the new incarnation (a
+// Sharer). An app only its dependents use (a database) cannot: they connect to it
+// themselves, so sact can neither move nor drain their connections, and two of it on
+// one volume would both write there.
 func (a *App) canDeploy() bool {
 	p := a.pol()
-	return a.deployer() != nil && p.Spec.Handoff == nil && !p.DependencyOnly
+	return a.deployer() != nil && (p.Spec.Handoff == nil || a.sharerOf() != nil) && !p.DependencyOnly
+}
+
+// sharerOf returns the Source that shares the app's sockets in a deploy, or nil.
+func (a *App) sharerOf() Sharer {
+	if sh := a.sharer.Load(); sh != nil {
+		return *sh
+	}
+	return nil
 }
 
 // Restart restarts the app by hand (sact restart NAME, the dashboard) and waits until its
@@ -191,6 +207,11 @@ func (a *App) deployOnce(d *deployment, old *backend.Instance) {
 	if verr != nil {
 		version = "" // unknown: an image event may try it again
 	}
+	var share Share
+	if sh := a.sharerOf(); sh != nil && spec.Handoff != nil {
+		share = sh.Share()
+		defer share.End()
+	}
 	next, err := dep.StartNext(ctx, spec)
 	if errors.Is(err, backend.ErrCannotDeploy) {
 		// Both would use the same upstream: the old way, a restart once it is idle.
@@ -203,12 +224,19 @@ func (a *App) deployOnce(d *deployment, old *backend.Instance) {
 		a.mu.Unlock()
 		return
 	}
+	ready := a.pol().Ready.String()
 	if err == nil {
 		a.log.Info("deploying app", "reason", d.reason, "container", next.ID, "old_container", old.ID)
 		a.mu.Lock()
 		a.deployStep("begun", d.reason, 0, "")
 		a.mu.Unlock()
-		if err = a.waitReady(ctx, next); err != nil {
+		if share != nil {
+			share.Started(next)
+			ready, err = a.waitTaken(ctx, next, share)
+		} else {
+			err = a.waitReady(ctx, next)
+		}
+		if err != nil {
 			if ctx.Err() != nil && a.ctx.Err() == nil && !errors.Is(err, errExited) {
 				err = fmt.Errorf("%w: start_timeout %s: %w", ErrStartTimeout, a.pol().StartTimeout, err)
 			}
@@ -273,7 +301,7 @@ func (a *App) deployOnce(d *deployment, old *backend.Instance) {
 	open := len(a.dep.draining)
 	a.mu.Unlock()
 	a.log.Info("deployed app; new connections go to the new version", "reason", d.reason, "duration", took,
-		"container", next.ID, "old_container", old.ID, "upstream", next.Upstream.String(), "draining", open)
+		"container", next.ID, "old_container", old.ID, "upstream", next.Upstream.String(), "draining", open, "ready", ready)
 	close(d.ready)
 	untoken() // the start is over; a drain must not hold up other apps' cold starts
 
@@ -297,10 +325,46 @@ func (a *App) deployOnce(d *deployment, old *backend.Instance) {
 	if cut && left > 0 {
 		a.log.Info("drain timeout: closing the old version's connections still open", "open_connections", left, "drain_timeout", a.drainTimeout())
 	}
-	a.retire(old, "deployed")
+	grace := a.pol().StopTimeout
+	if share != nil {
+		// It accepts from the sockets until it stops: SIGTERM says stop accepting, and
+		// its open connections are its own to finish, within the drain timeout too.
+		grace = max(grace, a.drainTimeout())
+	}
+	a.retireWithin(old, "deployed", grace)
 	a.mu.Lock()
 	a.deployStep("done", d.reason, time.Since(began), "")
 	a.mu.Unlock()
+}
+
+// waitTaken waits until the new incarnation of a handed-off app has taken a connection
+// from the shared sockets, or until ctx (start_timeout) ends without a new connection
+// for it to take; it says which, for the log. An exit meanwhile is an error with its
+// last log lines, as in waitReady.
+func (a *App) waitTaken(ctx context.Context, next *backend.Instance, share Share) (string, error) {
+	tctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	res := make(chan error, 1)
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		res <- share.Taken(tctx)
+	}()
+	var err error
+	select {
+	case err = <-res:
+	case e, ok := <-next.Exited:
+		cancel()
+		<-res
+		return "", exitedErr(e, ok)
+	}
+	switch {
+	case err == nil:
+		return "it accepted a connection", nil
+	case errors.Is(err, ErrNoTraffic) && a.ctx.Err() == nil:
+		return "no new connection within start_timeout", nil
+	}
+	return "", err
 }
 
 // deployStep reports a step of a deploy on the event stream: "begun" (the new one runs),
@@ -371,9 +435,14 @@ func (a *App) stopDrain() {
 
 // retire stops and removes an incarnation that serves no more.
 func (a *App) retire(inst *backend.Instance, why string) {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(a.ctx), a.pol().StopTimeout+30*time.Second)
+	a.retireWithin(inst, why, a.pol().StopTimeout)
+}
+
+// retireWithin is retire with grace between SIGTERM and SIGKILL.
+func (a *App) retireWithin(inst *backend.Instance, why string, grace time.Duration) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(a.ctx), grace+30*time.Second)
 	defer cancel()
-	if err := a.deployer().Retire(ctx, a.pol().Spec, inst, a.pol().StopTimeout); err != nil {
+	if err := a.deployer().Retire(ctx, a.pol().Spec, inst, grace); err != nil {
 		a.log.Warn("cannot remove an old incarnation of the app", "reason", why, "container", inst.ID, "err", err)
 		return
 	}

@@ -2,8 +2,11 @@ package activator
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"time"
+
+	"github.com/sact-project/sact/internal/backend"
 )
 
 // Source is where the clients, the activity and the open connections of an app come from
@@ -26,6 +29,34 @@ type Source interface {
 	// once ctx has ended.
 	Watch(ctx context.Context, report func(Activity))
 }
+
+// Sharer is a Source whose sockets a second incarnation can fetch beside the running
+// one's, so that a handed-off app deploys without a cold start (deploy.go): both accept
+// from the same backlogs while the new one boots, the old one takes every client until
+// then, and once the new one has taken one the old one is told to stop.
+type Sharer interface {
+	// Shares reports whether it can share (the runtime tells a new incarnation's pid).
+	Shares() bool
+	// Share begins one deploy's sharing, before its new incarnation starts.
+	Share() Share
+}
+
+// Share is one deploy's new incarnation on the app's sockets.
+type Share interface {
+	// Started names the new incarnation: its first process may fetch the sockets from
+	// now on, beside the running one's, until End.
+	Started(inst *backend.Instance)
+	// Taken blocks until a process of the new incarnation holds a connection it accepted
+	// from the sockets (nil), or ctx ends: then ErrNoTraffic if no new connection came
+	// meanwhile (the new one had none to take, and nobody waited), else an error saying
+	// it took none of them.
+	Taken(ctx context.Context) error
+	// End: the deploy is over; the new incarnation, if it serves, is the app's own.
+	End()
+}
+
+// ErrNoTraffic is Share.Taken's when no new connection came while it waited.
+var ErrNoTraffic = errors.New("no new connection came while the new incarnation started")
 
 // Activity is one look of a Source at a running app's sockets.
 type Activity struct {
@@ -60,6 +91,9 @@ func (a *App) Serve(ctx context.Context, src Source) {
 	}
 	a.mu.Lock()
 	a.src = true
+	if sh, ok := src.(Sharer); ok && sh.Shares() {
+		a.sharer.Store(&sh)
+	}
 	a.mu.Unlock()
 	backoff := time.Duration(0)
 	for {

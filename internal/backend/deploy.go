@@ -15,7 +15,8 @@ import (
 type Deployer interface {
 	// StartNext creates a new incarnation from spec beside the running one and starts it.
 	// It returns nil and an error for a spec it cannot run twice at once (a fixed
-	// upstream both would bind, say): ErrCannotDeploy.
+	// upstream both would bind, say): ErrCannotDeploy. A handoff app's two share sact's
+	// listening sockets; the caller lets the new one's shim fetch them.
 	StartNext(ctx context.Context, spec Spec) (*Instance, error)
 	// Promote makes next, from StartNext, the app's incarnation: the one Start, Stop and
 	// Running act on from now on, under the app's usual name. old keeps running.
@@ -29,6 +30,13 @@ type Deployer interface {
 	Outdated(ctx context.Context, spec Spec, inst *Instance) (why, version string, err error)
 	// Tail returns inst's last log lines, for the log line that reports a failed deploy.
 	Tail(ctx context.Context, inst *Instance) string
+}
+
+// InstancePider is implemented by runtimes that can tell the host pid of one
+// incarnation's first process: a deploy's next one, before it has the app's name, which
+// handoff lets fetch the listening sockets beside the running one.
+type InstancePider interface {
+	InstancePid(ctx context.Context, inst *Instance) (int, error)
 }
 
 // Watcher is implemented by runtimes that see what happens to an app outside sact: a

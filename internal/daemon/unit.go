@@ -136,6 +136,9 @@ func (d *daemon) setUpHandoff(u *unit) {
 		Failed: d.m.fail, SetBroken: d.m.setBroken, Logger: d.log}
 	if pr, ok := u.rt.(backend.Pider); ok {
 		opts.Pid = func(ctx context.Context) (int, error) { return pr.Pid(ctx, act.Policy().Spec) }
+		if ip, ok := u.rt.(backend.InstancePider); ok {
+			opts.PidOf = ip.InstancePid // a deploy's new incarnation shares the sockets
+		}
 	}
 	u.handoff = host.New(u.app, u.lns, act, opts)
 }

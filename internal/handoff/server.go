@@ -54,6 +54,13 @@ type Options struct {
 	// the engine. A fresh answer with another pid refuses the peer at once; an answer of
 	// 0 is asked again until the peer's Timeout.
 	Pid func(ctx context.Context) (int, error)
+	// Next, if not nil, names a second process let in beside Pid's while ok is true:
+	// during a deploy, the first process of the app's next incarnation, which shares the
+	// sockets with the running one until that one is gone. It is asked with Pid, under
+	// the same cache; a pid of 0 with ok (the new container starts, the engine has not
+	// recorded its pid yet) is asked again as Pid's 0 is, and no peer is refused at once
+	// meanwhile.
+	Next func(ctx context.Context) (pid int, ok bool, err error)
 	// PidEvery is the least time between two calls of Pid. Zero means 250ms.
 	PidEvery time.Duration
 	// Authorize, if not nil, is asked about every peer that passed the uid and pid
@@ -151,7 +158,7 @@ func NewServer(path string, sockets []Socket, opts Options) (*Server, error) {
 		s.log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	if opts.Pid != nil {
-		s.pids = &pidCache{lookup: opts.Pid, every: opts.PidEvery}
+		s.pids = &pidCache{lookup: opts.Pid, next: opts.Next, every: opts.PidEvery}
 		if s.pids.every <= 0 {
 			s.pids.every = 250 * time.Millisecond
 		}
@@ -576,15 +583,20 @@ func (s *Server) check(ctx context.Context, p Peer, connected time.Time) error {
 // peer of one Server.
 type pidCache struct {
 	lookup func(context.Context) (int, error)
+	next   func(context.Context) (int, bool, error) // nil without Options.Next
 	every  time.Duration
 
-	mu      sync.Mutex
-	pid     int
-	err     error
-	at      time.Time     // when the last lookup began; zero before the first
-	gap     time.Duration // the least time from at to the next lookup
-	zeroGap time.Duration // the gap after an answer of 0: short at first, see match
-	pending chan struct{} // closed when the lookup in flight ends; nil if none
+	mu  sync.Mutex
+	pid int
+	// nextPid is the next incarnation's first process (0: none, or not known yet);
+	// nextWait says one is expected but not known yet.
+	nextPid  int
+	nextWait bool
+	err      error
+	at       time.Time     // when the last lookup began; zero before the first
+	gap      time.Duration // the least time from at to the next lookup
+	zeroGap  time.Duration // the gap after an answer of 0: short at first, see match
+	pending  chan struct{} // closed when the lookup in flight ends; nil if none
 }
 
 // firstZeroGap is the wait after a first answer of 0: the shim of a container that has
@@ -601,11 +613,11 @@ const firstZeroGap = 10 * time.Millisecond
 func (c *pidCache) match(ctx context.Context, pid int, connected time.Time) error {
 	for {
 		c.mu.Lock()
-		if c.pid != 0 && c.pid == pid {
+		if c.pid != 0 && c.pid == pid || c.nextPid != 0 && c.nextPid == pid {
 			c.mu.Unlock()
 			return nil
 		}
-		if c.pending == nil && !c.at.IsZero() && !c.at.Before(connected) && c.err == nil && c.pid != 0 {
+		if c.pending == nil && !c.at.IsZero() && !c.at.Before(connected) && c.err == nil && c.pid != 0 && !c.nextWait {
 			first := c.pid
 			c.mu.Unlock()
 			return fmt.Errorf("process %d is not the container's first process (that is %d); only the app's own container may fetch its sockets", pid, first)
@@ -634,9 +646,18 @@ func (c *pidCache) match(ctx context.Context, pid int, connected time.Time) erro
 		c.pending, c.at = ch, time.Now()
 		c.mu.Unlock()
 		got, err := c.lookup(ctx)
+		nextPid, nextWait := 0, false
+		if c.next != nil {
+			n, ok, nerr := c.next(ctx)
+			if ok && nerr == nil {
+				nextPid = n
+			}
+			nextWait = ok && (n == 0 || nerr != nil)
+		}
 		c.mu.Lock()
 		c.pid, c.err, c.pending = got, err, nil
-		if err != nil || got == 0 {
+		c.nextPid, c.nextWait = nextPid, nextWait
+		if err != nil || got == 0 || nextWait {
 			c.zeroGap = min(max(2*c.zeroGap, firstZeroGap), c.every)
 			c.gap = c.zeroGap
 		} else {

@@ -109,9 +109,44 @@ func (p *Prober) Close() error {
 // failing, ctx ending); an address with nothing listening is not an error but an
 // Activity with Listening false.
 func (p *Prober) Probe(ctx context.Context, addrs ...net.Addr) ([]Activity, error) {
+	q, err := p.probe(ctx, addrs, false)
+	if err != nil {
+		return nil, err
+	}
+	return q.result(), nil
+}
+
+// Sockets is Probe, with, for each address, the inodes of its Open connections: the
+// socket files the processes that accepted them hold, which /proc/PID/fd names
+// "socket:[INODE]". It tells which process took a connection from a listener two
+// processes share (a handoff app's deploy).
+func (p *Prober) Sockets(ctx context.Context, addrs ...net.Addr) ([]Activity, [][]uint32, error) {
+	q, err := p.probe(ctx, addrs, true)
+	if err != nil {
+		return nil, nil, err
+	}
+	inodes := make([][]uint32, len(addrs))
+	for i, s := range q.slotOf {
+		inodes[i] = q.inodes[s]
+	}
+	return q.result(), inodes, nil
+}
+
+func (q *query) result() []Activity {
+	out := make([]Activity, len(q.slotOf))
+	for i, s := range q.slotOf {
+		out[i] = q.slots[s]
+	}
+	return out
+}
+
+func (p *Prober) probe(ctx context.Context, addrs []net.Addr, inodes bool) (*query, error) {
 	q, err := newQuery(addrs)
 	if err != nil {
 		return nil, err
+	}
+	if inodes {
+		q.inodes = make([][]uint32, len(q.slots))
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -132,11 +167,7 @@ func (p *Prober) Probe(ctx context.Context, addrs ...net.Addr) ([]Activity, erro
 		}
 		return nil, err
 	}
-	out := make([]Activity, len(addrs))
-	for i, s := range q.slotOf {
-		out[i] = q.slots[s]
-	}
-	return out, nil
+	return q, nil
 }
 
 // query is one Probe call: the distinct listeners asked about (slots) and how to find
@@ -153,6 +184,8 @@ type query struct {
 	// unixSame lists slots whose path names the same socket file as another slot's
 	// (through "..", a symlink or a hard link): each gets a copy of the other's answer.
 	unixSame []struct{ slot, like int }
+	// inodes, if not nil, gets each slot's Open connections' inodes (Sockets).
+	inodes [][]uint32
 }
 
 type tcpTable struct {
@@ -291,6 +324,9 @@ func (q *query) runTCP(ctx context.Context, c *conn, t *tcpTable) error {
 		a.Open++
 		a.ConnSet += mix(m.cookie)
 		a.Pending += uint64(m.rqueue) + uint64(m.wqueue)
+		if q.inodes != nil {
+			q.inodes[s] = append(q.inodes[s], m.inode)
+		}
 		if n, ok := infoU64(m.info, offBytesRecv); ok {
 			a.BytesReceived += n
 		}
@@ -305,9 +341,16 @@ func (q *query) runTCP(ctx context.Context, c *conn, t *tcpTable) error {
 	for _, s := range t.exact {
 		if !q.slots[s].Listening {
 			q.slots[s] = Activity{}
+			q.dropInodes(s)
 		}
 	}
 	return nil
+}
+
+func (q *query) dropInodes(s int) {
+	if q.inodes != nil {
+		q.inodes[s] = nil
+	}
 }
 
 func (q *query) runUnix(ctx context.Context, c *conn) error {
@@ -364,6 +407,9 @@ func (q *query) runUnix(ctx context.Context, c *conn) error {
 		a.Open++
 		a.ConnSet += mix(m.cookie)
 		a.Pending += uint64(m.rqueue) + uint64(m.wqueue)
+		if q.inodes != nil {
+			q.inodes[s] = append(q.inodes[s], m.ino)
+		}
 	})
 	if err != nil {
 		return fmt.Errorf("dump unix sockets: %w", err)
@@ -373,15 +419,20 @@ func (q *query) runUnix(ctx context.Context, c *conn) error {
 	for _, s := range q.unixVFS {
 		if !q.slots[s].Listening {
 			q.slots[s] = Activity{}
+			q.dropInodes(s)
 		}
 	}
 	for _, s := range q.unixName {
 		if !q.slots[s].Listening {
 			q.slots[s] = Activity{}
+			q.dropInodes(s)
 		}
 	}
 	for _, same := range q.unixSame {
 		q.slots[same.slot] = q.slots[same.like]
+		if q.inodes != nil {
+			q.inodes[same.slot] = q.inodes[same.like]
+		}
 	}
 	return nil
 }

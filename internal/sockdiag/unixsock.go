@@ -34,6 +34,7 @@ type vfsKey struct {
 // unixMsg is the part of one struct unix_diag_msg and its attributes that sockdiag uses.
 type unixMsg struct {
 	state    uint8
+	ino      uint32 // the socket's own inode, as /proc/PID/fd names it
 	cookie   uint64
 	vfs      vfsKey
 	hasVFS   bool
@@ -57,6 +58,7 @@ func parseUnix(b []byte) (unixMsg, bool) {
 	}
 	var m unixMsg
 	m.state = b[2]
+	m.ino = binary.NativeEndian.Uint32(b[4:8])
 	m.cookie = uint64(binary.NativeEndian.Uint32(b[8:12])) | uint64(binary.NativeEndian.Uint32(b[12:16]))<<32
 	attrs(b[sizeofUnixDiagMsg:], func(typ uint16, val []byte) {
 		switch typ {

@@ -28,10 +28,11 @@ func nextName(app string) string { return ContainerName(app) + nextSuffix }
 func oldName(app string) string  { return ContainerName(app) + oldSuffix }
 
 // StartNext creates and starts a new incarnation of the app beside the running one. Only
-// an app reached on its container's own address can have two: a fixed upstream (a unix
-// socket in a volume, a published port) or a handoff socket would be shared by both.
+// an app reached on its container's own address can have two, or a handoff app, whose
+// two share sact's listening sockets: a fixed upstream (a unix socket in a volume, a
+// published port) would be bound by both.
 func (r *Runtime) StartNext(ctx context.Context, spec backend.Spec) (*backend.Instance, error) {
-	if spec.Container != "" || spec.Port == 0 || spec.Handoff != nil {
+	if spec.Container != "" || spec.Port == 0 && spec.Handoff == nil {
 		return nil, backend.ErrCannotDeploy
 	}
 	select {
@@ -169,6 +170,19 @@ func (r *Runtime) Outdated(ctx context.Context, spec backend.Spec, inst *backend
 	return "", version, nil
 }
 
+// InstancePid returns the host pid of inst's first process, 0 while the engine has not
+// recorded it.
+func (r *Runtime) InstancePid(ctx context.Context, inst *backend.Instance) (int, error) {
+	ins, err := r.cli.ContainerInspect(ctx, inst.ID, client.ContainerInspectOptions{})
+	if err != nil {
+		return 0, fmt.Errorf("inspecting container %s: %w", inst.ID, err)
+	}
+	if ins.Container.State == nil || !ins.Container.State.Running {
+		return 0, nil
+	}
+	return ins.Container.State.Pid, nil
+}
+
 // Tail returns the container's last log lines.
 func (r *Runtime) Tail(ctx context.Context, inst *backend.Instance) string {
 	return r.tail(ctx, inst.ID)
@@ -220,6 +234,7 @@ func (r *Runtime) notifyAll(kind backend.WatchKind) {
 }
 
 var (
-	_ backend.Deployer = (*Runtime)(nil)
-	_ backend.Watcher  = (*Runtime)(nil)
+	_ backend.Deployer      = (*Runtime)(nil)
+	_ backend.InstancePider = (*Runtime)(nil)
+	_ backend.Watcher       = (*Runtime)(nil)
 )

@@ -188,6 +188,11 @@ type App struct {
 	// servers are the handoff servers' goroutines; Run waits for them.
 	servers sync.WaitGroup
 
+	// pidOf tells the host pid of one incarnation's first process (a deploy's new one),
+	// nil if the runtime cannot; share is the deploy under way, if any (deploy.go).
+	pidOf func(ctx context.Context, inst *backend.Instance) (int, error)
+	share atomic.Pointer[share]
+
 	mu  sync.Mutex
 	srv *handoff.Server
 	// srvCtx is what srv runs under, for a server made anew (setUser).
@@ -204,14 +209,18 @@ func New(app *config.App, lns []net.Listener, act *activator.App, opts Options) 
 		log = slog.New(slog.DiscardHandler)
 	}
 	h := &App{lns: lns, dir: opts.Dir, act: act, log: log.With("app", app.Name), probe: opts.Probe,
-		counters: opts.Counters, failed: opts.Failed, setBroken: opts.SetBroken}
+		counters: opts.Counters, failed: opts.Failed, setBroken: opts.SetBroken, pidOf: opts.PidOf}
 	if h.failed == nil {
 		h.failed = func(string, string, int) {}
 	}
 	h.cfg.Store(app)
 	// Only the container's first process may fetch the sockets. The Server caches its
 	// pid and asks the engine at most every 250ms, however many peers connect.
+	// During a deploy, the new incarnation's first process too.
 	h.opts = handoff.Options{User: app.Run.User, Logger: h.log, Pid: opts.Pid}
+	if opts.PidOf != nil {
+		h.opts.Next = h.nextPid
+	}
 	return h
 }
 
@@ -222,6 +231,10 @@ type Options struct {
 	// Pid tells the host pid of the app's first process, the only one let in to fetch
 	// the sockets; nil if the runtime cannot tell it.
 	Pid func(ctx context.Context) (int, error)
+	// PidOf tells the host pid of one incarnation's first process: a deploy's new one,
+	// let in beside the running one's (deploy.go). nil if the runtime cannot tell it:
+	// the app then restarts once idle to get a new version.
+	PidOf func(ctx context.Context, inst *backend.Instance) (int, error)
 	// Probe asks the kernel about the sockets (sock_diag).
 	Probe *sockdiag.Prober
 	// Counters are the kernel's counts of every connection and byte on the listeners
