@@ -344,3 +344,45 @@ func floodPids(t *testing.T, maxPeers int) {
 		t.Errorf("%d warnings logged for one flood, want them rate-limited", n)
 	}
 }
+
+// During a deploy the next incarnation's first process is let in beside the running
+// one's (Options.Next): while its pid is not known yet its peer waits rather than being
+// refused, once known it gets the sockets, and once the deploy is over it is refused
+// again like any other process.
+func TestHandoffNextIncarnation(t *testing.T) {
+	var deploying atomic.Bool
+	var nextKnown atomic.Bool
+	var nextCalls atomic.Int32
+	sock := filepath.Join(t.TempDir(), "handoff", "app", "handoff.sock")
+	srv, _ := serveAt(t, sock, Options{
+		Pid: func(context.Context) (int, error) { return 1, nil }, // the running one: not us
+		Next: func(context.Context) (int, bool, error) {
+			nextCalls.Add(1)
+			switch {
+			case !deploying.Load():
+				return 0, false, nil
+			case !nextKnown.Load():
+				return 0, true, nil // being started
+			}
+			return os.Getpid(), true, nil
+		},
+		PidEvery: 20 * time.Millisecond,
+	})
+	if _, _, err := receive(sock, 5*time.Second); err == nil {
+		t.Fatal("another process than the first got the sockets with no deploy under way")
+	}
+	deploying.Store(true)
+	time.AfterFunc(150*time.Millisecond, func() { nextKnown.Store(true) })
+	fds, _, err := receive(sock, 5*time.Second)
+	if err != nil {
+		t.Fatalf("the next incarnation's first process, its pid known a moment after it connected: %v", err)
+	}
+	for _, fd := range fds {
+		unix.Close(fd)
+	}
+	deploying.Store(false)
+	srv.Recheck()
+	if _, _, err := receive(sock, 5*time.Second); err == nil {
+		t.Error("the next incarnation's process still got the sockets after the deploy")
+	}
+}

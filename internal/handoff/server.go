@@ -415,6 +415,19 @@ func (s *Server) secureSocket(gid int) error {
 	return nil
 }
 
+// Recheck drops the pids the Server has cached, so that the next peer is judged on a
+// fresh lookup: at the end of a deploy, a next incarnation that failed is no longer let
+// in under its cached pid.
+func (s *Server) Recheck() {
+	if s.pids == nil {
+		return
+	}
+	c := s.pids
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.pid, c.nextPid, c.nextWait = 0, 0, false
+}
+
 // Path is where the Server listens.
 func (s *Server) Path() string { return s.path }
 
