@@ -64,7 +64,8 @@
 //
 // A running app whose version changes (a new spec, a rebuilt image, a restart) stays
 // Running while its new incarnation starts beside the old one, on a runtime that can run
-// two (backend.Deployer): see deploy.go. A container started outside sact while the app
+// two (backend.Deployer): see deploy.go. A handed-off app's two share its listening
+// sockets, through a Source that is a Sharer. A container started outside sact while the app
 // is stopped (backend.Watcher) moves it to Running as an adoption at Run does.
 //
 // Goroutines: every one the App starts (starts, stops, pauses, thaws, exit watches, the

@@ -24,8 +24,10 @@ import (
 //   - an app whose settings did not change keeps everything: listeners, connections, the
 //     running container;
 //   - an app whose settings changed keeps its listeners and connections; timings (idle,
-//     timeouts) apply at once, and if what it runs changed (image, env, command...), it is
-//     restarted with the new settings once its last connection ends;
+//     timeouts) apply at once, and if what it runs changed (image, env, command...), a
+//     running one gets its new container beside the old one (handoff apps too, on the
+//     same sockets: activator/deploy.go), or, where it cannot, is restarted with the new
+//     settings once its last connection ends;
 //   - an added app is bound and served; a removed app's listeners close, its open
 //     connections get the drain timeout, then it is stopped (a running handoff app's
 //     connections, which the app accepted itself, as the kernel counts them; its
@@ -338,7 +340,7 @@ func (d *daemon) update(u *unit, app *config.App, lns []net.Listener) {
 	}
 	if specChanged {
 		d.log.Info("app settings changed; a running app gets a new container beside its old one, else at its next start", "app", app.Name)
-		u.act.Refresh() // a handed-off app: restarted once nothing is busy (its sockets go to one container only)
+		u.act.Refresh() // deployed beside the old one; one that cannot be, restarted once nothing is busy
 	}
 }
 

@@ -75,7 +75,9 @@
 // refuses a uid other than the configured one (or sact's own, which could read sact's
 // memory anyway). The pid it reads is the host pid, not the one inside the container, so
 // Options.Pid compares it with the container's State.Pid to let in only the container's
-// first process, with the answer cached and asked again at most every 250ms. At most
+// first process, with the answer cached and asked again at most every 250ms. During a
+// deploy (Options.Next) the first process of the app's next container is let in too:
+// both share the listening sockets until the old one is gone. At most
 // MaxPeers (4) peers are served at once, each for at most Timeout (3s); more are closed
 // as they are accepted. So a container that floods its handoff socket costs sact a few
 // goroutines and a few engine calls a second, and only delays its own handoffs.
