@@ -26,6 +26,7 @@ type deployRuntime struct {
 	ready     map[string]time.Time // upstream address -> when it accepts
 	name      string               // the upstream under the app's name (what Stop stops)
 	retired   []string
+	graces    []time.Duration // Retire's, in order
 	starts    int
 	stops     int
 	running   *backend.Instance // what Running returns
@@ -93,6 +94,7 @@ func (f *deployRuntime) Retire(ctx context.Context, spec backend.Spec, inst *bac
 	defer f.mu.Unlock()
 	delete(f.ready, inst.ID)
 	f.retired = append(f.retired, inst.ID)
+	f.graces = append(f.graces, grace)
 	return nil
 }
 
