@@ -181,7 +181,7 @@ func TestReloadHandoffDrains(t *testing.T) {
 }
 
 // TestReloadHandoffUser: a reload that changes a handoff app's user: hands its handoff
-// socket to the new uid, so the app restarted with it gets its sockets (issue 12: the
+// socket to the new uid, so the app deployed with it gets its sockets (issue 12: the
 // socket kept the old uid and the app could not start until sact restarted).
 func TestReloadHandoffUser(t *testing.T) {
 	needDocker(t)
@@ -198,7 +198,14 @@ func TestReloadHandoffUser(t *testing.T) {
 	if out, err := sactCLI(t, d, "reload"); err != nil {
 		t.Fatalf("sact reload: %v\n%s", err, out)
 	}
-	d.waitLog(`"msg":"stopped app"&&"reason":"config changed"&&`+name, 10*time.Second)
+	// Deployed beside the old one: its shim, as the new uid, gets the sockets.
+	for deadline := time.Now().Add(60 * time.Second); d.countLog(`"msg":"deployed app;&&`+name) == 0; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the handoff app with its new user was not deployed within 60s")
+		}
+		httpGetTimeout(tcp, "/", 20*time.Second) // the old one may be cut as it stops
+	}
+	waitGone(t, "sact-"+name+"-Old", 20*time.Second)
 	if body, err := httpGetTimeout(tcp, "/", 20*time.Second); err != nil || !strings.Contains(body, "hello from "+name) {
 		t.Fatalf("after the reload to user 1002: %q, %v", body, err)
 	}

@@ -160,15 +160,19 @@ func TestReload(t *testing.T) {
 	}
 }
 
-// TestReloadHandoff changes a handoff app in place (it restarts with its new settings once
-// its connections end) and turns a proxied app into a handoff app (replaced, on the same
+// TestReloadHandoff changes a handoff app in place (its new container is deployed beside
+// the old one on the same sockets, and the old one, graceful, finishes its stream) and
+// turns a proxied app into a handoff app (replaced, on the same
 // socket, with a request arriving meanwhile).
 func TestReloadHandoff(t *testing.T) {
 	needDocker(t)
 	name, flip := uniqueName(t, "rhand"), uniqueName(t, "rflip")
 	tcp, sock, flipAddr := freeAddr(t), filepath.Join(t.TempDir(), "app.sock"), freeAddr(t)
 	proxied := appConfig(flip, flipAddr, "") + "    user: \"1001\"\n"
-	d := startSact(t, handoffConfig(name, tcp, sock, "")+proxied)
+	graceful := func(c string) string {
+		return strings.Replace(c, "env: {NAME: "+name, "env: {GRACEFUL: \"1\", NAME: "+name, 1)
+	}
+	d := startSact(t, graceful(handoffConfig(name, tcp, sock, ""))+proxied)
 	if _, err := httpGet(tcp, "/"); err != nil {
 		t.Fatal(err)
 	}
@@ -191,7 +195,7 @@ func TestReloadHandoff(t *testing.T) {
 		streamed <- err
 	}()
 	time.Sleep(300 * time.Millisecond)
-	v2 := strings.Replace(handoffConfig(name, tcp, sock, ""), "env: {NAME: "+name+"}", "env: {NAME: "+name+", EXTRA: v2}", 1) +
+	v2 := graceful(strings.Replace(handoffConfig(name, tcp, sock, ""), "env: {NAME: "+name+"}", "env: {NAME: "+name+", EXTRA: v2}", 1)) +
 		strings.Replace(proxied, "    port: 8080\n", "    handoff: true\n", 1)
 	if err := os.WriteFile(d.config, []byte(v2), 0o644); err != nil {
 		t.Fatal(err)
@@ -211,10 +215,16 @@ func TestReloadHandoff(t *testing.T) {
 	if stopsDuringStream != 0 {
 		t.Errorf("handoff app restarted while its stream was open")
 	}
-	d.waitLog(`"msg":"stopped app"&&"reason":"config changed"&&`+name, 10*time.Second)
-	if _, err := httpGet(tcp, "/"); err != nil {
-		t.Fatal(err)
+	// Deployed once the new one has taken a connection.
+	for deadline := time.Now().Add(60 * time.Second); d.countLog(`"msg":"deployed app;&&`+name) == 0; time.Sleep(50 * time.Millisecond) {
+		if _, err := httpGet(tcp, "/"); err != nil {
+			t.Fatalf("during the deploy: %v", err)
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the changed handoff app was not deployed within 60s")
+		}
 	}
+	waitGone(t, "sact-"+name+"-Old", 20*time.Second)
 	if env := docker(t, "inspect", "-f", "{{range .Config.Env}}{{println .}}{{end}}", "sact-"+name); !strings.Contains(env, "EXTRA=v2") {
 		t.Errorf("handoff app runs with env %q after the reload, want EXTRA=v2", env)
 	}
