@@ -21,12 +21,13 @@ func (b *bench) capacity() error {
 	prefix := fmt.Sprintf("bench-crawl-%d-", os.Getpid())
 	var cfg strings.Builder
 	fmt.Fprintf(&cfg, "pool:\n  max_running: %d\napps:\n", maxRunning)
-	addrs := freeAddrs(n)
+	// One call for all: a port freed by freeAddrs may come back from a later freeAddr.
+	addrs := freeAddrs(n + 1)
 	for i := range n {
 		fmt.Fprintf(&cfg, "  %s%d:\n    image: %s\n    env: {NAME: c%d, LISTEN: \"tcp:0.0.0.0:8080\"}\n    listen: [\"tcp:%s\"]\n    port: 8080\n    idle: 10m\n    stop_timeout: 2s\n", prefix, i, b.image, i, addrs[i])
 	}
 	pause := prefix + "paused"
-	pauseAddr := freeAddr()
+	pauseAddr := addrs[n]
 	fmt.Fprintf(&cfg, "  %s:\n    image: %s\n    env: {NAME: paused, LISTEN: \"tcp:0.0.0.0:8080\"}\n    listen: [\"tcp:%s\"]\n    port: 8080\n    pause_after: 1s\n    idle: 1h\n    stop_timeout: 2s\n", pause, b.image, pauseAddr)
 	defer b.removeApps(prefix)
 	d, err := b.startSact(cfg.String())

@@ -138,13 +138,29 @@ func (p *sactProc) stop() {
 }
 
 func freeAddr() string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		panic(err)
+	for {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			panic(err)
+		}
+		a := ln.Addr().String()
+		ln.Close()
+		// The kernel may give a freed port out again: never the same one twice in a run
+		// (the capacity scenario once got one port for two apps).
+		givenMu.Lock()
+		dup := given[a]
+		given[a] = true
+		givenMu.Unlock()
+		if !dup {
+			return a
+		}
 	}
-	defer ln.Close()
-	return ln.Addr().String()
 }
+
+var (
+	givenMu sync.Mutex
+	given   = map[string]bool{}
+)
 
 // waitListening waits up to 2 s for addr to accept and says whether it did.
 func waitListening(addr string) bool {
@@ -208,6 +224,9 @@ func freeAddrs(n int) []string {
 			panic(err)
 		}
 		lns[i], out[i] = ln, ln.Addr().String()
+		givenMu.Lock()
+		given[out[i]] = true
+		givenMu.Unlock()
 	}
 	for _, ln := range lns {
 		ln.Close()
