@@ -162,10 +162,14 @@ const (
 // at addrs. judged holds the sockets ("pid/inode") already found not to be one.
 func tookOne(pid int, addrs []net.Addr, judged map[string]bool) bool {
 	dir := fmt.Sprintf("/proc/%d/fd", pid)
-	ents, err := os.ReadDir(dir)
+	d, err := os.Open(dir)
 	if err != nil {
 		return false
 	}
+	// The first fds only: an app's accepted connections are among its lowest, and a
+	// hostile one with a million open costs no more than this.
+	ents, _ := d.ReadDir(maxFds)
+	d.Close()
 	var pidfd = -1
 	defer func() {
 		if pidfd >= 0 {
@@ -178,7 +182,7 @@ func tookOne(pid int, addrs []net.Addr, judged map[string]bool) bool {
 			continue
 		}
 		key := strconv.Itoa(pid) + "/" + target
-		if judged[key] {
+		if judged[key] || len(judged) >= maxJudged {
 			continue
 		}
 		n, err := strconv.Atoi(e.Name())
@@ -247,12 +251,19 @@ func acceptedFrom(fd int, addrs []net.Addr) bool {
 	return false
 }
 
+// Bounds of Taken's looks into a container that may be hostile.
+const (
+	maxProcs  = 256   // processes of the new container looked at
+	maxFds    = 1024  // fds per process
+	maxJudged = 65536 // sockets judged in one deploy
+)
+
 // descendants returns pid and every process below it: a container's processes, its
 // first one's (orphans are reparented to it, the init of its pid namespace). Read from
 // /proc/PID/task/TID/children; where the kernel has no such file, pid alone.
 func descendants(pid int) []int {
 	out := []int{pid}
-	for i := 0; i < len(out) && len(out) < 4096; i++ {
+	for i := 0; i < len(out) && len(out) < maxProcs; i++ {
 		tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", out[i]))
 		if err != nil {
 			continue
@@ -263,7 +274,7 @@ func descendants(pid int) []int {
 				continue
 			}
 			for _, f := range strings.Fields(string(b)) {
-				if c, err := strconv.Atoi(f); err == nil {
+				if c, err := strconv.Atoi(f); err == nil && len(out) < maxProcs {
 					out = append(out, c)
 				}
 			}
