@@ -81,7 +81,7 @@ func (l *reqLoop) run(ctx context.Context, addr, host string, keepAlive bool) {
 		l.n++
 		l.max = max(l.max, took)
 		if err != nil {
-			l.errs = append(l.errs, fmt.Sprintf("after %v: %v", took, err))
+			l.errs = append(l.errs, fmt.Sprintf("at %s after %v: %v", began.UTC().Format("15:04:05.000"), took, err))
 		} else {
 			v := "?"
 			if i := strings.LastIndex(string(body), "-v"); i >= 0 {

@@ -34,6 +34,8 @@ import (
 	"os/signal"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -63,6 +65,12 @@ func duration(k string) time.Duration {
 	return d
 }
 
+// states is each open connection's last http.ConnState (GRACEFUL's count).
+var states sync.Map
+
+// stopping is set once a graceful stop has closed the listeners.
+var stopping atomic.Bool
+
 func run() error {
 	if ok, err := handoffMode(); ok {
 		return err
@@ -90,7 +98,30 @@ func run() error {
 		fmt.Fprintf(os.Stderr, "testserver %s: listening on %s (pid %d)\n", name, ln.Addr(), os.Getpid())
 	}
 
-	srv := &http.Server{Handler: handler(name), ReadHeaderTimeout: 10 * time.Second}
+	// busy counts the connections accepted and not idle: a graceful stop waits for them
+	// before Shutdown, which closes without an answer a request read after it began.
+	var busy atomic.Int64
+	srv := &http.Server{Handler: handler(name), ReadHeaderTimeout: 10 * time.Second,
+		ConnState: func(c net.Conn, st http.ConnState) {
+			switch st {
+			case http.StateNew:
+				busy.Add(1)
+			case http.StateIdle, http.StateHijacked, http.StateClosed:
+				if prev, _ := states.Swap(c, st); prev != http.StateIdle && prev != http.StateHijacked {
+					busy.Add(-1)
+				}
+				if st == http.StateClosed {
+					states.Delete(c)
+				}
+				return
+			case http.StateActive:
+				if prev, _ := states.Swap(c, st); prev == http.StateIdle {
+					busy.Add(1)
+				}
+				return
+			}
+			states.Store(c, st)
+		}}
 	sig := make(chan os.Signal, 1)
 	shutDown := make(chan struct{}) // closed once a graceful Shutdown has finished
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
@@ -99,7 +130,15 @@ func run() error {
 		fmt.Fprintf(os.Stderr, "testserver %s: got %v, exiting in %v\n", name, s, termDelay)
 		time.Sleep(termDelay)
 		if os.Getenv("GRACEFUL") != "" {
-			// Stop accepting, finish the requests under way, close idle connections.
+			// Stop accepting, finish the connections accepted and the requests under
+			// way, close idle connections.
+			stopping.Store(true)
+			for _, ln := range lns {
+				ln.Close()
+			}
+			for busy.Load() > 0 {
+				time.Sleep(5 * time.Millisecond)
+			}
 			srv.Shutdown(context.Background())
 			close(shutDown)
 			return
@@ -110,11 +149,13 @@ func run() error {
 	for _, ln := range lns {
 		go func() { errs <- srv.Serve(ln) }()
 	}
-	if err := <-errs; err != http.ErrServerClosed {
-		return err
-	}
-	if os.Getenv("GRACEFUL") != "" {
+	err = <-errs
+	if stopping.Load() {
 		<-shutDown // Serve returns at once; the requests under way have not ended yet
+		return nil
+	}
+	if err != http.ErrServerClosed {
+		return err
 	}
 	return nil
 }
