@@ -347,8 +347,8 @@ func floodPids(t *testing.T, maxPeers int) {
 
 // During a deploy the next incarnation's first process is let in beside the running
 // one's (Options.Next): while its pid is not known yet its peer waits rather than being
-// refused, once known it gets the sockets, and once the deploy is over it is refused
-// again like any other process.
+// refused, once known it gets the sockets, marked shared (its shim keeps their mode),
+// and once the deploy is over it is refused again like any other process.
 func TestHandoffNextIncarnation(t *testing.T) {
 	var deploying atomic.Bool
 	var nextKnown atomic.Bool
@@ -373,9 +373,12 @@ func TestHandoffNextIncarnation(t *testing.T) {
 	}
 	deploying.Store(true)
 	time.AfterFunc(150*time.Millisecond, func() { nextKnown.Store(true) })
-	fds, _, err := receive(sock, 5*time.Second)
+	fds, _, shared, err := receiveShared(sock, 5*time.Second)
 	if err != nil {
 		t.Fatalf("the next incarnation's first process, its pid known a moment after it connected: %v", err)
+	}
+	if !shared {
+		t.Error("the next incarnation was not told that the sockets are in use (their mode is the running one's)")
 	}
 	for _, fd := range fds {
 		unix.Close(fd)

@@ -18,6 +18,9 @@ const MaxFiles = 64
 // kind 'H' (shim -> sact): hello, empty body.
 // kind 'F' (sact -> shim): count byte, then count times (name length byte, name), with
 // SCM_RIGHTS carrying exactly count fds in the same packet.
+// kind 'S' (sact -> shim): as 'F', for the next incarnation of a running app during a
+// deploy: the sockets are in use by the running one, whose mode (O_NONBLOCK, one flag
+// for every holder) the shim leaves as it is.
 // kind 'A' (shim -> sact): the fds arrived; empty body.
 // kind 'E' (either way): UTF-8 text saying what went wrong and how to fix it. An error
 // packet is understood whatever its version, so that two sact versions can still tell
@@ -26,10 +29,11 @@ const (
 	magic        = "sact"
 	protoVersion = 1
 
-	kindHello = 'H'
-	kindFiles = 'F'
-	kindAck   = 'A'
-	kindError = 'E'
+	kindHello  = 'H'
+	kindFiles  = 'F'
+	kindShared = 'S'
+	kindAck    = 'A'
+	kindError  = 'E'
 
 	headerLen = len(magic) + 2
 

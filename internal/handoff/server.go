@@ -534,12 +534,20 @@ func (s *Server) serve(ctx context.Context, conn *net.UnixConn) {
 		s.warn("handoff failed", append(args, "err", err)...)
 		return
 	}
-	if err := s.check(ctx, peer, start); err != nil {
+	next, err := s.check(ctx, peer, start)
+	if err != nil {
 		s.warn("handoff peer refused", append(args, "err", err)...)
 		conn.Write(encodeError("sact refused the handoff: " + err.Error()))
 		return
 	}
-	if err := s.send(conn, buf); err != nil {
+	kind := byte(kindFiles)
+	if next {
+		// The running one holds these sockets: their mode (O_NONBLOCK, shared by every
+		// holder) stays what it set, or its accept would block under it.
+		kind = kindShared
+		args = append(args, "next_incarnation", true)
+	}
+	if err := s.send(conn, buf, kind); err != nil {
 		s.warn("handoff failed", append(args, "err", err)...)
 		return
 	}
@@ -574,22 +582,23 @@ func peerOf(conn *net.UnixConn) (Peer, error) {
 	return Peer{PID: int(cred.Pid), UID: int(cred.Uid), GID: int(cred.Gid)}, nil
 }
 
-func (s *Server) check(ctx context.Context, p Peer, connected time.Time) error {
+// check judges a peer, and says whether it is the next incarnation's (Options.Next).
+func (s *Server) check(ctx context.Context, p Peer, connected time.Time) (next bool, err error) {
 	if p.UID != os.Geteuid() && p.UID != s.uid {
 		if s.uid < 0 {
-			return fmt.Errorf("the shim runs as uid %d but sact expected uid %d (the app sets no `user:`); set the app's `user:` to the numeric uid the container runs as", p.UID, os.Geteuid())
+			return false, fmt.Errorf("the shim runs as uid %d but sact expected uid %d (the app sets no `user:`); set the app's `user:` to the numeric uid the container runs as", p.UID, os.Geteuid())
 		}
-		return fmt.Errorf("the shim runs as uid %d but the app's `user:` says uid %d; make `user:` the numeric uid the container really runs as", p.UID, s.uid)
+		return false, fmt.Errorf("the shim runs as uid %d but the app's `user:` says uid %d; make `user:` the numeric uid the container really runs as", p.UID, s.uid)
 	}
 	if s.pids != nil {
-		if err := s.pids.match(ctx, p.PID, connected); err != nil {
-			return err
+		if next, err = s.pids.match(ctx, p.PID, connected); err != nil {
+			return false, err
 		}
 	}
 	if s.authorize != nil {
-		return s.authorize(p)
+		return next, s.authorize(p)
 	}
-	return nil
+	return next, nil
 }
 
 // pidCache is the container's first pid as Options.Pid last told it, shared by every
@@ -623,17 +632,21 @@ const firstZeroGap = 10 * time.Millisecond
 // peers waiting, and at most one per c.every). A fresh answer naming another process
 // refuses the peer without another lookup; "not running yet" (0) or an error is asked
 // again until ctx ends, soon at first (firstZeroGap).
-func (c *pidCache) match(ctx context.Context, pid int, connected time.Time) error {
+func (c *pidCache) match(ctx context.Context, pid int, connected time.Time) (next bool, err error) {
 	for {
 		c.mu.Lock()
-		if c.pid != 0 && c.pid == pid || c.nextPid != 0 && c.nextPid == pid {
+		if c.pid != 0 && c.pid == pid {
 			c.mu.Unlock()
-			return nil
+			return false, nil
+		}
+		if c.nextPid != 0 && c.nextPid == pid {
+			c.mu.Unlock()
+			return true, nil
 		}
 		if c.pending == nil && !c.at.IsZero() && !c.at.Before(connected) && c.err == nil && c.pid != 0 && !c.nextWait {
 			first := c.pid
 			c.mu.Unlock()
-			return fmt.Errorf("process %d is not the container's first process (that is %d); only the app's own container may fetch its sockets", pid, first)
+			return false, fmt.Errorf("process %d is not the container's first process (that is %d); only the app's own container may fetch its sockets", pid, first)
 		}
 		if ch := c.pending; ch != nil {
 			c.mu.Unlock()
@@ -641,7 +654,7 @@ func (c *pidCache) match(ctx context.Context, pid int, connected time.Time) erro
 			case <-ch:
 				continue
 			case <-ctx.Done():
-				return c.timedOut(pid)
+				return false, c.timedOut(pid)
 			}
 		}
 		if wait := time.Until(c.at.Add(c.gap)); wait > 0 {
@@ -652,7 +665,7 @@ func (c *pidCache) match(ctx context.Context, pid int, connected time.Time) erro
 				continue
 			case <-ctx.Done():
 				t.Stop()
-				return c.timedOut(pid)
+				return false, c.timedOut(pid)
 			}
 		}
 		ch := make(chan struct{})
@@ -754,8 +767,8 @@ func (s *Server) hello(conn *net.UnixConn, buf []byte) error {
 }
 
 // send sends the sockets and waits for the shim's ack.
-func (s *Server) send(conn *net.UnixConn, buf []byte) error {
-	if _, _, err := conn.WriteMsgUnix(encode(kindFiles, encodeNames(s.names)), unix.UnixRights(s.files...), nil); err != nil {
+func (s *Server) send(conn *net.UnixConn, buf []byte, files byte) error {
+	if _, _, err := conn.WriteMsgUnix(encode(files, encodeNames(s.names)), unix.UnixRights(s.files...), nil); err != nil {
 		return fmt.Errorf("send sockets: %w", err)
 	}
 	n, err := conn.Read(buf)

@@ -92,11 +92,11 @@ func Shim(args []string, environ []string) error {
 	if sock == "" {
 		sock = DefaultSocket
 	}
-	fds, names, err := receive(sock, shimTimeout)
+	fds, names, shared, err := receiveShared(sock, shimTimeout)
 	if err != nil {
 		return &ExitError{Code: ExitShimFailed, Err: err}
 	}
-	if err := placeFDs(fds); err != nil {
+	if err := placeFDs(fds, !shared); err != nil {
 		return &ExitError{Code: ExitShimFailed, Err: err}
 	}
 	env := listenEnv(environ, len(fds), names, unix.Getpid())
@@ -214,9 +214,16 @@ func execError(path string, err error) error {
 // receive connects to sact at path and returns the fds (close-on-exec, anywhere) and
 // their names. It uses raw system calls only; see Shim.
 func receive(path string, timeout time.Duration) (fds []int, names []string, err error) {
+	fds, names, _, err = receiveShared(path, timeout)
+	return fds, names, err
+}
+
+// receiveShared is receive, and says whether the sockets are in use by a running
+// incarnation already (kindShared).
+func receiveShared(path string, timeout time.Duration) (fds []int, names []string, shared bool, err error) {
 	s, err := unix.Socket(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
-		return nil, nil, fmt.Errorf("create socket: %w", err)
+		return nil, nil, false, fmt.Errorf("create socket: %w", err)
 	}
 	defer unix.Close(s)
 	tv := unix.NsecToTimeval(timeout.Nanoseconds())
@@ -224,10 +231,10 @@ func receive(path string, timeout time.Duration) (fds []int, names []string, err
 	unix.SetsockoptTimeval(s, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
 	unix.SetsockoptTimeval(s, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &tv)
 	if err := retryEINTR(func() error { return unix.Connect(s, &unix.SockaddrUnix{Name: path}) }); err != nil {
-		return nil, nil, connectError(path, err)
+		return nil, nil, false, connectError(path, err)
 	}
 	if err := send(s, encode(kindHello, nil)); err != nil {
-		return nil, nil, fmt.Errorf("say hello to sact: %w", err)
+		return nil, nil, false, fmt.Errorf("say hello to sact: %w", err)
 	}
 
 	buf := make([]byte, maxPacket+1)
@@ -239,9 +246,9 @@ func receive(path string, timeout time.Duration) (fds []int, names []string, err
 	})
 	if err != nil {
 		if errors.Is(err, unix.EAGAIN) {
-			return nil, nil, fmt.Errorf("sact did not send the sockets within %v; see sact's log", timeout)
+			return nil, nil, false, fmt.Errorf("sact did not send the sockets within %v; see sact's log", timeout)
 		}
-		return nil, nil, fmt.Errorf("receive sockets: %w", err)
+		return nil, nil, false, fmt.Errorf("receive sockets: %w", err)
 	}
 	fds, err = rights(oob[:oobn])
 	defer func() {
@@ -253,41 +260,41 @@ func receive(path string, timeout time.Duration) (fds []int, names []string, err
 		}
 	}()
 	if err != nil {
-		return fds, nil, fmt.Errorf("receive sockets: %w", err)
+		return fds, nil, false, fmt.Errorf("receive sockets: %w", err)
 	}
 	if n == 0 {
-		return fds, nil, errors.New("sact closed the handoff connection without sending the sockets; see sact's log")
+		return fds, nil, false, errors.New("sact closed the handoff connection without sending the sockets; see sact's log")
 	}
 	if flags&unix.MSG_CTRUNC != 0 || flags&unix.MSG_TRUNC != 0 {
-		return fds, nil, fmt.Errorf("sact sent more than %d sockets or a longer message than this shim understands; the container runs another sact binary than the daemon, recreate it", MaxFiles)
+		return fds, nil, false, fmt.Errorf("sact sent more than %d sockets or a longer message than this shim understands; the container runs another sact binary than the daemon, recreate it", MaxFiles)
 	}
 	kind, body, err := decode(buf[:n])
 	var perr peerError
 	var verr versionError
 	switch {
 	case errors.As(err, &perr):
-		return fds, nil, errors.New(perr.text)
+		return fds, nil, false, errors.New(perr.text)
 	case errors.As(err, &verr):
-		return fds, nil, fmt.Errorf("sact speaks handoff protocol version %d but this shim speaks version %d: the container runs another sact binary than the daemon; recreate the container (docker rm -f it, sact creates it again)", verr.got, protoVersion)
+		return fds, nil, false, fmt.Errorf("sact speaks handoff protocol version %d but this shim speaks version %d: the container runs another sact binary than the daemon; recreate the container (docker rm -f it, sact creates it again)", verr.got, protoVersion)
 	case errors.Is(err, errNotSact):
-		return fds, nil, fmt.Errorf("%s is not a sact handoff socket (unexpected message); check %s", path, SocketEnv)
-	case kind != kindFiles:
-		return fds, nil, fmt.Errorf("receive sockets: got message kind %q", kind)
+		return fds, nil, false, fmt.Errorf("%s is not a sact handoff socket (unexpected message); check %s", path, SocketEnv)
+	case kind != kindFiles && kind != kindShared:
+		return fds, nil, false, fmt.Errorf("receive sockets: got message kind %q", kind)
 	}
 	names, err = decodeNames(body)
 	if err != nil {
-		return fds, nil, fmt.Errorf("receive sockets: %w", err)
+		return fds, nil, false, fmt.Errorf("receive sockets: %w", err)
 	}
 	if len(names) != len(fds) {
-		return fds, nil, fmt.Errorf("receive sockets: %d names but %d fds arrived", len(names), len(fds))
+		return fds, nil, false, fmt.Errorf("receive sockets: %d names but %d fds arrived", len(names), len(fds))
 	}
 	if len(fds) == 0 {
-		return fds, nil, errors.New("sact sent no sockets")
+		return fds, nil, false, errors.New("sact sent no sockets")
 	}
 	if err := send(s, encode(kindAck, nil)); err != nil {
-		return fds, nil, fmt.Errorf("acknowledge the sockets: %w", err)
+		return fds, nil, false, fmt.Errorf("acknowledge the sockets: %w", err)
 	}
-	return fds, names, nil
+	return fds, names, kind == kindShared, nil
 }
 
 func connectError(path string, err error) error {
@@ -348,7 +355,7 @@ func rights(oob []byte) ([]int, error) {
 // for GOMAXPROCS: a failed read is ignored), never for its epoll and eventfd, which
 // cleanRuntimeFDs has moved out of the way; placeFDs checks again. Marking instead of
 // closing the rest keeps the runtime's own fds working until the exec.
-func placeFDs(fds []int) error {
+func placeFDs(fds []int, blocking bool) error {
 	end := 3 + len(fds)
 	for i, fd := range fds {
 		if fd >= end {
@@ -370,6 +377,9 @@ func placeFDs(fds []int) error {
 		target := 3 + i
 		if err := unix.Dup3(fd, target, 0); err != nil {
 			return fmt.Errorf("move socket to fd %d: %w", target, err)
+		}
+		if !blocking {
+			continue // shared with a running process: its mode is its own
 		}
 		fl, err := unix.FcntlInt(uintptr(target), unix.F_GETFL, 0)
 		if err == nil && fl&unix.O_NONBLOCK != 0 {
