@@ -41,6 +41,8 @@
 //
 //	shim -> sact  'H'  hello
 //	sact -> shim  'F'  count, then count x (length byte, name); SCM_RIGHTS with count fds
+//	sact -> shim  'S'  as 'F', to a deploy's next incarnation: the sockets are in use by
+//	                   the running one, and the shim leaves their O_NONBLOCK as it is
 //	shim -> sact  'A'  ack: the fds arrived
 //	either        'E'  UTF-8 text: what went wrong and how to fix it
 //
@@ -56,7 +58,7 @@
 // them, and also read their options and local address, set options on them, and call
 // shutdown(2) on them, which stops them for sact too. The socket's open file description
 // is shared as well, so its O_NONBLOCK flag is one flag for sact and app: the shim clears
-// it (systemd's default, NonBlocking=no), and app servers set it again as they like. For
+// it (systemd's default, NonBlocking=no), and app servers set it again as they like. A deploy's next incarnation ('S') leaves it as the running one set it. For
 // that reason and because the app owns the queue while it runs, sact must never call
 // Accept on a handed-off listener; to learn that a client is waiting while the app is
 // stopped, wait for readability (syscall.RawConn.Read) instead.
