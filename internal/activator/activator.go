@@ -388,7 +388,7 @@ func (a *App) Run(ctx context.Context) error {
 	}
 	a.mu.Unlock()
 	close(a.adopted)
-	a.watchOutside(ctx)
+	outside, stopWatching := a.watchOutside()
 
 	if inst != nil && len(a.deps) > 0 {
 		// Adopted: its dependencies must be kept (and started, if they are not) as for a
@@ -406,7 +406,15 @@ func (a *App) Run(ctx context.Context) error {
 		a.startKeepWarm()
 		a.mu.Unlock()
 	}
-	<-ctx.Done()
+	for done := false; !done; {
+		select {
+		case <-ctx.Done():
+			done = true
+		case ev := <-outside:
+			a.outside(ctx, ev)
+		}
+	}
+	stopWatching()
 
 	a.mu.Lock()
 	a.closed = true

@@ -482,32 +482,25 @@ func (a *App) deployIfChanged() {
 	a.mu.Unlock()
 }
 
-// watchOutside follows what the runtime sees happen to the app outside sact until ctx
-// ends: a container started by hand is adopted, a rebuilt image deployed.
-func (a *App) watchOutside(ctx context.Context) {
+// watchOutside subscribes to what the runtime sees happen to the app outside sact; Run
+// acts on the events in its own loop (outside), so that a thousand sleeping apps keep no
+// goroutine each for it. With a runtime that sees nothing, events is nil.
+func (a *App) watchOutside() (events <-chan backend.WatchEvent, cancel func()) {
 	w, ok := a.rt.(backend.Watcher)
 	if !ok {
-		return
+		return nil, func() {}
 	}
-	events, cancel := w.Watch(a.Name())
-	a.wg.Add(1)
-	go func() {
-		defer a.wg.Done()
-		defer cancel()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case ev := <-events:
-				switch ev.Kind {
-				case backend.Started:
-					a.adoptStarted(ctx)
-				case backend.ImageChanged:
-					a.deployIfChanged()
-				}
-			}
-		}
-	}()
+	return w.Watch(a.Name())
+}
+
+// outside acts on one event of watchOutside's.
+func (a *App) outside(ctx context.Context, ev backend.WatchEvent) {
+	switch ev.Kind {
+	case backend.Started:
+		a.adoptStarted(ctx)
+	case backend.ImageChanged:
+		a.deployIfChanged()
+	}
 }
 
 // adoptStarted makes a container started by hand the app's running incarnation, if the
