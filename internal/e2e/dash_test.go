@@ -309,28 +309,10 @@ func TestDashboard250Apps(t *testing.T) {
 	t.Logf("dashboard screenshot after the buttons: %s", p)
 }
 
-// lockedBuffer collects a background command's output.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // background runs a client command of the built binary until the test ends it.
-func background(t *testing.T, d *daemon, args ...string) (*lockedBuffer, func()) {
+func background(t *testing.T, d *daemon, args ...string) (*logBuffer, func()) {
 	t.Helper()
-	out := &lockedBuffer{}
+	out := &logBuffer{}
 	cmd := exec.Command(sactBin, append([]string{args[0], "-c", d.config, "-run-dir", d.runDir}, args[1:]...)...)
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
