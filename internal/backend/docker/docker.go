@@ -195,21 +195,29 @@ func (r *Runtime) Run(ctx context.Context) error {
 }
 
 func (r *Runtime) follow(ctx context.Context, since time.Time, first *bool) error {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	f := make(client.Filters).Add("type", "container", "image").
 		Add("event", string(events.ActionDie), string(events.ActionDestroy), string(events.ActionCreate), string(events.ActionKill), string(events.ActionTag), string(events.ActionStart),
 			// A prefix: the engine matches "health_status: healthy" and the others by it.
 			string(events.ActionHealthStatus))
-	res := r.cli.Events(ctx, client.EventsListOptions{
-		Since:   strconv.FormatInt(since.Unix(), 10),
-		Filters: f,
-	})
-	if *first {
-		// The stream's request goes out in the background; "since" replays what it
-		// misses, so being up is as good as being connected.
-		*first = false
-		close(r.live)
+	up := func() {
+		if *first {
+			*first = false
+			close(r.live)
+		}
+	}
+	return FollowEvents(ctx, r.cli, since, f, up, func(m events.Message) { r.handle(ctx, m) })
+}
+
+// FollowEvents reads one stream of the engine's events from since until it fails or ctx
+// ends, handing each message to handle. up is called once the request is made: it goes
+// out in the background, and "since" replays what it misses, so being up is as good as
+// being connected. Runtimes of the engine's kinds (docker, swarm) share it.
+func FollowEvents(ctx context.Context, cli *client.Client, since time.Time, f client.Filters, up func(), handle func(events.Message)) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	res := cli.Events(ctx, client.EventsListOptions{Since: strconv.FormatInt(since.Unix(), 10), Filters: f})
+	if up != nil {
+		up()
 	}
 	for {
 		select {
@@ -221,7 +229,7 @@ func (r *Runtime) follow(ctx context.Context, since time.Time, first *bool) erro
 			}
 			return err
 		case m := <-res.Messages:
-			r.handle(ctx, m)
+			handle(m)
 		}
 	}
 }

@@ -2,7 +2,6 @@ package swarm
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -14,6 +13,7 @@ import (
 	"github.com/moby/moby/client"
 
 	"github.com/sact-project/sact/internal/backend"
+	"github.com/sact-project/sact/internal/backend/docker"
 )
 
 // Run follows the manager's event stream until ctx ends, and the node engines' streams
@@ -52,29 +52,16 @@ func swarmFilter() client.Filters {
 		Add("event", string(events.ActionUpdate), string(events.ActionRemove), string(events.ActionStart), string(events.ActionDie), string(events.ActionDestroy))
 }
 
-// follow reads one event stream until it fails, handing each message to handle.
+// follow reads one event stream until it fails, handing each message to handle; the
+// first stream of the manager's says the runtime is live.
 func (r *Runtime) follow(ctx context.Context, cli *client.Client, since time.Time, f client.Filters, first *bool, handle func(events.Message)) error {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	res := cli.Events(ctx, client.EventsListOptions{Since: strconv.FormatInt(since.Unix(), 10), Filters: f})
-	if first != nil && *first {
-		// "since" replays what the request going out in the background misses.
-		*first = false
-		close(r.live)
-	}
-	for {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case err := <-res.Err:
-			if err == nil {
-				err = errors.New("stream ended")
-			}
-			return err
-		case m := <-res.Messages:
-			handle(m)
+	up := func() {
+		if first != nil && *first {
+			*first = false
+			close(r.live)
 		}
 	}
+	return docker.FollowEvents(ctx, cli, since, f, up, handle)
 }
 
 // handleSwarm handles the manager engine's events: its own containers (it is a node), and
