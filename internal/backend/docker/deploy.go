@@ -227,9 +227,17 @@ func (r *Runtime) notify(app string, kind backend.WatchKind) {
 	}
 }
 
-func (r *Runtime) notifyAll(kind backend.WatchKind) {
-	for app := range r.subs {
-		r.notify(app, kind)
+// notifyRunning sends kind to the subscribers of every app with a running instance (one
+// sact watches): only a running app has anything to deploy, and a thousand sleeping apps
+// woken for every image tagged on the host cost a thousand wakeups each time. Called with
+// r.mu held.
+func (r *Runtime) notifyRunning(kind backend.WatchKind) {
+	seen := make(map[string]bool, len(r.watches))
+	for _, w := range r.watches {
+		if !seen[w.app] {
+			seen[w.app] = true
+			r.notify(w.app, kind)
+		}
 	}
 }
 

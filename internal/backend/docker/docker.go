@@ -248,7 +248,7 @@ func (r *Runtime) handle(ctx context.Context, m events.Message) {
 			// of that name must be checked at its next start (issue 17: a rebuilt image is
 			// used). Rare, so forgetting all is simpler than matching names.
 			clear(r.known)
-			r.notifyAll(backend.ImageChanged)
+			r.notifyRunning(backend.ImageChanged)
 		}
 		r.mu.Unlock()
 		return
