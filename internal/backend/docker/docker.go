@@ -559,6 +559,27 @@ func upstreamOf(spec backend.Spec, c container.InspectResponse) (backend.Addr, e
 	return backend.Addr{}, fmt.Errorf("container %s has no IP address to reach port %d on (network %q); use a bridge or user-defined network, or set upstream: instead", containerRef(spec), spec.Port, spec.Network)
 }
 
+// Labels are the labels of what sact makes for spec (a container, a service): the
+// app's own, and sact's, by which it finds and checks it again.
+func Labels(spec backend.Spec) map[string]string {
+	labels := maps.Clone(spec.Labels)
+	if labels == nil {
+		labels = make(map[string]string)
+	}
+	labels[LabelApp] = spec.Name
+	labels[LabelConfig] = spec.Hash
+	return labels
+}
+
+// Env is spec's environment as the Engine API takes it, in a stable order.
+func Env(spec backend.Spec) []string {
+	env := make([]string, 0, len(spec.Env))
+	for _, k := range slices.Sorted(maps.Keys(spec.Env)) {
+		env = append(env, k+"="+spec.Env[k])
+	}
+	return env
+}
+
 // create makes the app's container from spec.
 func (r *Runtime) create(ctx context.Context, spec backend.Spec) (string, error) {
 	return r.createAs(ctx, spec, ContainerName(spec.Name))
@@ -567,16 +588,7 @@ func (r *Runtime) create(ctx context.Context, spec backend.Spec) (string, error)
 // createAs makes a container from spec named name: the app's own, or its next incarnation
 // during a deploy (deploy.go), which only Promote makes the app's.
 func (r *Runtime) createAs(ctx context.Context, spec backend.Spec, name string) (string, error) {
-	labels := maps.Clone(spec.Labels)
-	if labels == nil {
-		labels = make(map[string]string)
-	}
-	labels[LabelApp] = spec.Name
-	labels[LabelConfig] = spec.Hash
-	env := make([]string, 0, len(spec.Env))
-	for _, k := range slices.Sorted(maps.Keys(spec.Env)) {
-		env = append(env, k+"="+spec.Env[k])
-	}
+	labels, env := Labels(spec), Env(spec)
 	cfg := &container.Config{
 		Image:      spec.Image,
 		Cmd:        spec.Cmd,

@@ -3,7 +3,6 @@ package swarm
 import (
 	"context"
 	"fmt"
-	"maps"
 	"math"
 	"slices"
 	"strings"
@@ -15,6 +14,7 @@ import (
 	"github.com/moby/moby/client"
 
 	"github.com/sact-project/sact/internal/backend"
+	"github.com/sact-project/sact/internal/backend/docker"
 )
 
 // create makes the app's service, at 1 replica.
@@ -30,16 +30,7 @@ func (r *Runtime) create(ctx context.Context, spec backend.Spec) error {
 // serviceSpec is the spec of the service sact makes for spec.
 func serviceSpec(spec backend.Spec, n uint64) swarm.ServiceSpec {
 	set := SettingsOf(spec)
-	labels := maps.Clone(spec.Labels)
-	if labels == nil {
-		labels = make(map[string]string)
-	}
-	labels[LabelApp] = spec.Name
-	labels[LabelConfig] = spec.Hash
-	env := make([]string, 0, len(spec.Env))
-	for _, k := range slices.Sorted(maps.Keys(spec.Env)) {
-		env = append(env, k+"="+spec.Env[k])
-	}
+	labels, env := docker.Labels(spec), docker.Env(spec)
 	cs := &swarm.ContainerSpec{
 		Image: spec.Image, Command: spec.Entrypoint, Args: spec.Cmd, Env: env, User: spec.User,
 		Labels: map[string]string{LabelApp: spec.Name},
