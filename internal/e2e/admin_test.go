@@ -179,6 +179,10 @@ func TestDashboardInChromium(t *testing.T) {
 	step("pasting the token", err)
 	_, err = chromedp.Run(ctx, chromedp.Click(chromedp.CSS("#login button")))
 	step("log in", err)
+	// Before the login's answer the page shows the table read-only (loopback may read),
+	// and a click on start then asks to log in: wait for the session.
+	_, err = chromedp.Run(ctx, chromedp.Poll[bool](`document.getElementById("login").hidden && !document.getElementById("logout").hidden`))
+	step("logged in", err)
 	// The table is redrawn whenever an event arrives (live updates): a node found by one
 	// step may be gone at the next, so each step finds its element anew, in the page.
 	q := func(sel string) string { return fmt.Sprintf("document.querySelector(%q)", sel) }

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -40,9 +41,9 @@ func echoServer(t *testing.T) string {
 
 // serve runs rt's app "app" behind a relay on a unix socket, until the test ends, and
 // returns the socket and the connections not served, by reason.
-func serve(t *testing.T, rt backend.Runtime) (string, *failures) {
+func serve(t *testing.T, rt backend.Runtime, opts activator.Options) (string, *failures) {
 	t.Helper()
-	act := activator.New(rt, activator.Policy{Spec: backend.Spec{Name: "app"}, Idle: time.Hour}, activator.Options{})
+	act := activator.New(rt, activator.Policy{Spec: backend.Spec{Name: "app"}, Idle: time.Hour}, opts)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { act.Run(ctx); close(done) }()
@@ -103,7 +104,7 @@ func echo(t *testing.T, sock, line string) {
 // next one finds it running.
 func TestRelayStartsTheApp(t *testing.T) {
 	rt := &fake.Runtime{Addr: echoServer(t), StartTime: 50 * time.Millisecond}
-	sock, failed := serve(t, rt)
+	sock, failed := serve(t, rt, activator.Options{})
 	echo(t, sock, "one")
 	echo(t, sock, "two")
 	if starts, _ := rt.Counts(); starts != 1 {
@@ -119,30 +120,38 @@ func TestRelayStartsTheApp(t *testing.T) {
 // fail.
 func TestRelayRetriesADeadInstance(t *testing.T) {
 	healthy := echoServer(t)
-	dying, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dying.Close()
+	const dying = "127.0.0.1:1"
 	var rt *fake.Runtime
 	var starts atomic.Int32
 	rt = &fake.Runtime{Upstream: func(backend.Spec) backend.Addr {
 		if starts.Add(1) == 1 {
-			return backend.Addr{Network: "tcp", Address: dying.Addr().String()}
+			return backend.Addr{Network: "tcp", Address: dying}
 		}
 		return backend.Addr{Network: "tcp", Address: healthy}
 	}}
-	go func() {
-		// The readiness poll's connection is the instance's last: then it is gone, and
-		// the engine says so a moment later.
-		if c, err := dying.Accept(); err == nil {
-			c.Close()
+	// The first instance answers the readiness poll's connection, its last: then it is
+	// gone and refuses, and the engine says so a moment later. A dialer stands in for it
+	// because a real listener's backlog may take the relay's dial before it closes.
+	var dials atomic.Int32
+	var crashed sync.WaitGroup
+	t.Cleanup(crashed.Wait)
+	var d net.Dialer
+	dial := func(ctx context.Context, network, address string) (net.Conn, error) {
+		if address != dying {
+			return d.DialContext(ctx, network, address)
 		}
-		dying.Close()
-		time.Sleep(100 * time.Millisecond)
-		rt.Crash("app")
-	}()
-	sock, failed := serve(t, rt)
+		if dials.Add(1) > 1 {
+			return nil, &net.OpError{Op: "dial", Net: network, Err: syscall.ECONNREFUSED}
+		}
+		crashed.Go(func() {
+			time.Sleep(100 * time.Millisecond)
+			rt.Crash("app")
+		})
+		c, s := net.Pipe()
+		s.Close()
+		return c, nil
+	}
+	sock, failed := serve(t, rt, activator.Options{Dial: dial})
 	echo(t, sock, "fresh")
 	if n, _ := rt.Counts(); n != 2 {
 		t.Errorf("%d starts, want 2", n)
