@@ -204,6 +204,10 @@ func explain(what string, err error) error {
 	return fmt.Errorf("%s: %w", what, err)
 }
 
+// CgroupRoot is the cgroup2 root the programs are attached at, where another package's
+// programs for every socket of the host attach too (package bypass).
+func (w *Watcher) CgroupRoot() string { return w.cgroup }
+
 // UnixErr says why unix listeners cannot be watched, or is nil.
 func (w *Watcher) UnixErr() error { return w.unixErr }
 
