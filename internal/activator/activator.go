@@ -162,6 +162,9 @@ type Options struct {
 	// Report, if set, is told of every start, failed start, stop, exit and pause as an
 	// event (GET /api/events). It is called with the app's lock held: it must not block.
 	Report func(events.Event)
+	// Bypass, if set, sends the app's clients on this host past the relay to a running
+	// incarnation (bypass.go). It is the one option that is the app's own.
+	Bypass Bypass
 }
 
 // Wake describes what caused a start, for the log.
@@ -251,6 +254,14 @@ type App struct {
 	changed []stateWait
 	// retiring: a reload took the app out; Serve never starts it again.
 	retiring atomic.Bool
+	// bypass routes local clients past the relay; route is the running incarnation's
+	// route, routeHeld when it was held for an idle decision (zero: not held), and
+	// bypassErr the last cause logged of a route that could not be made (bypass.go).
+	bypass    Bypass
+	route     Route
+	routeHeld time.Time
+	bypassErr string
+	bypassed  uint64 // connects sent past the relay by routes now closed
 }
 
 // New returns an app; nothing happens until Run.
@@ -266,6 +277,7 @@ func New(rt backend.Runtime, policy Policy, opts Options) *App {
 		pool:     opts.Pool,
 		observer: opts.Observe,
 		report:   opts.Report,
+		bypass:   opts.Bypass,
 		stops:    make(map[string]int),
 	}
 	if a.log == nil {
@@ -651,8 +663,8 @@ func (a *App) becomeRunning(inst *backend.Instance) {
 	if a.pool != nil {
 		a.pool.markRunning(a)
 	}
+	a.inst = inst // before Running: entering it routes inst past the relay
 	a.setState(Running)
-	a.inst = inst
 	a.since = time.Now()
 	a.lastActive = a.since
 	a.live, a.killLive = context.WithCancel(context.WithoutCancel(a.ctx))
@@ -727,6 +739,13 @@ func (a *App) checkIdle() {
 	if (a.state != Running && a.state != Paused) || a.closed {
 		return
 	}
+	// A route held for this decision goes back unless the pause or stop goes ahead.
+	proceed := false
+	defer func() {
+		if !proceed {
+			a.resumeRoute()
+		}
+	}()
 	now := time.Now()
 	if a.pol().KeepWhileOpen && a.open() > 0 || a.pins > 0 || a.keepRunning(now) {
 		a.armIdle(a.idleCheckAfter())
@@ -748,12 +767,18 @@ func (a *App) checkIdle() {
 				return
 			}
 		} else if _, ok := a.rt.(backend.Pauser); ok {
+			if proceed = true; a.settleRoute() {
+				return
+			}
 			a.beginPause("idle", quiet)
 			return
 		}
 	}
 	if rest := a.pol().Idle - quiet; rest > 0 {
 		a.armIdle(rest)
+		return
+	}
+	if proceed = true; a.settleRoute() {
 		return
 	}
 	a.beginStop("idle", quiet)
@@ -908,6 +933,10 @@ type Status struct {
 	// Node is where the running instance runs when not on this host (a swarm node's
 	// address); "" otherwise.
 	Node string
+	// Bypassed: local clients reach the running instance past the relay (bypass.go);
+	// BypassedConnects counts the connects sent past it since sact started.
+	Bypassed         bool
+	BypassedConnects uint64
 }
 
 // State is where the app is now: Status without the bookkeeping, for callers on the
@@ -936,6 +965,11 @@ func (a *App) Status() Status {
 		s.LastError = a.dep.lastErr.Error()
 	}
 	s.Deploys, s.DeployFailures = a.dep.deploys, a.dep.failures
+	s.BypassedConnects = a.bypassed
+	if a.route != nil {
+		s.Bypassed = a.routeHeld.IsZero()
+		s.BypassedConnects += a.route.Connects()
+	}
 	if a.inst != nil {
 		s.Node = a.inst.Node
 	}
@@ -958,6 +992,9 @@ func (a *App) lastActivity() time.Time {
 			last = t
 		}
 	}
+	if t, _ := a.routeActivity(); t.After(last) {
+		last = t
+	}
 	return last
 }
 
@@ -968,10 +1005,14 @@ func (a *App) open() int { return len(a.conns) + a.unseenOpen() }
 // unseenOpen counts the open connections that hold no lease, as the Source saw them
 // last: the app accepted them itself, and sact cannot close them. Called with a.mu held.
 func (a *App) unseenOpen() int {
-	if !a.src || a.inst == nil {
+	if a.inst == nil {
 		return 0
 	}
-	return a.srcOpen
+	_, n := a.routeActivity()
+	if a.src {
+		n += a.srcOpen
+	}
+	return n
 }
 
 // newLease registers a connection on the running incarnation. Called with a.mu held.

@@ -403,7 +403,9 @@ func (a *App) swapIn(next *backend.Instance) (<-chan struct{}, cancelCtx) {
 	a.dep.endDrain = cancel
 	end := cancelCtx{ctx, func() { cancel(); oldKill() }}
 
+	a.closeRoute() // connections already past the relay stay with the old one until it stops
 	a.inst = next
+	a.openRoute()
 	a.live, a.killLive = context.WithCancel(context.WithoutCancel(a.ctx))
 	live := a.live
 	a.wg.Add(1)

@@ -30,6 +30,13 @@ func (a *App) setState(to State) {
 		a.log.Error("illegal state transition; please report it", "from", from.String(), "to", to.String(), "reason", "not in the activator's transition table")
 		illegalTransitions.Add(1)
 	}
+	// Clients past the relay reach only a Running incarnation: the route goes before
+	// a stop or freeze, and comes back with a thaw or a failed pause.
+	if from := a.state; from == Running && to != Running {
+		a.closeRoute()
+	} else if from != Running && to == Running {
+		defer a.openRoute()
+	}
 	a.state = to
 	for _, w := range a.changed {
 		w.cancel()

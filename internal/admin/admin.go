@@ -154,6 +154,10 @@ type AppStatus struct {
 	// Node is the address of the swarm node the running app's task is on; absent for an
 	// app on this host.
 	Node string `json:"node,omitempty"`
+	// Bypass: this host's clients reach the running app past the relay (SACT_RELAY=kernel
+	// or auto); BypassConnections counts the connections they made so since sact started.
+	Bypass            bool   `json:"bypass,omitempty"`
+	BypassConnections uint64 `json:"bypass_connections,omitempty"`
 	Description
 }
 
@@ -239,7 +243,7 @@ func (s *Server) status(a App) AppStatus {
 		Name: st.Name, State: st.State.String(), Since: st.Since, Open: st.Open, Waiting: st.Waiting,
 		ColdStarts: st.ColdStarts, StopReason: st.StopReason, LastError: st.LastError,
 		Refused: st.Refused, StartFailures: st.StartFailures, Connections: st.Accepted, Stops: st.Stops,
-		Memory: st.Memory, Node: st.Node,
+		Memory: st.Memory, Node: st.Node, Bypass: st.Bypassed, BypassConnections: st.BypassedConnects,
 		Deploys: st.Deploys, DeployFailures: st.DeployFailures,
 	}
 	if !st.LastActivity.IsZero() {
@@ -389,13 +393,14 @@ var (
 	descStops = prometheus.NewDesc("sact_stops_total", "Stops, by reason (idle, evicted, manual, exited, oom-killed, ...).", []string{"app", "reason"}, nil)
 	descLast  = prometheus.NewDesc("sact_last_activity_timestamp_seconds", "When the app last had a connection or moved a byte.", []string{"app"}, nil)
 	descMem   = prometheus.NewDesc("sact_app_memory_bytes", "Memory the running app uses (as docker stats shows it), sampled every few seconds; absent when unknown.", []string{"app"}, nil)
+	descByp   = prometheus.NewDesc("sact_bypassed_connections_total", "Connections this host's clients made past the relay, straight to the running app (SACT_RELAY=kernel or auto).", []string{"app"}, nil)
 	descPool  = prometheus.NewDesc("sact_pool", "The pool: running apps, max_running, starts waiting for a slot and for a start token.", []string{"what"}, nil)
 )
 
 var states = []activator.State{activator.Stopped, activator.Starting, activator.Running, activator.Stopping, activator.Pausing, activator.Paused, activator.Waking, activator.Broken}
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descState, descCold, descFail, descOpen, descConns, descRef, descWait, descStops, descLast, descMem, descPool} {
+	for _, d := range []*prometheus.Desc{descState, descCold, descFail, descOpen, descConns, descRef, descWait, descStops, descLast, descMem, descByp, descPool} {
 		ch <- d
 	}
 }
@@ -423,6 +428,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		slices.Sort(reasons)
 		for _, r := range reasons {
 			ch <- prometheus.MustNewConstMetric(descStops, prometheus.CounterValue, float64(st.Stops[r]), st.Name, r)
+		}
+		if st.BypassedConnects > 0 {
+			ch <- prometheus.MustNewConstMetric(descByp, prometheus.CounterValue, float64(st.BypassedConnects), st.Name)
 		}
 		if st.Memory > 0 {
 			ch <- prometheus.MustNewConstMetric(descMem, prometheus.GaugeValue, float64(st.Memory), st.Name)

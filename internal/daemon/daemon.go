@@ -95,7 +95,9 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 		return err
 	}
 	d.addWritable(cfg, rts)
+	d.prepareBypass()
 	defer func() {
+		d.closeBypass()
 		if d.probe != nil {
 			d.probe.Close()
 		}

@@ -332,6 +332,7 @@ func (d *daemon) update(u *unit, app *config.App, lns []net.Listener) {
 		}
 		u.lns = lns
 		u.lnMu.Unlock()
+		u.act.Reroute() // local clients past the relay go by the new addresses
 	}
 	u.app = app
 	if u.handoff == nil {

@@ -16,6 +16,7 @@ import (
 	"github.com/sact-project/sact/internal/activator"
 	"github.com/sact-project/sact/internal/admin"
 	"github.com/sact-project/sact/internal/backend"
+	"github.com/sact-project/sact/internal/bypass"
 	"github.com/sact-project/sact/internal/config"
 	"github.com/sact-project/sact/internal/events"
 	"github.com/sact-project/sact/internal/front"
@@ -69,6 +70,10 @@ type daemon struct {
 	// counters count handoff apps' connections and bytes in the kernel; nil where
 	// it does not allow it (then sock_diag alone judges them, as sact said at start).
 	counters *bpfwatch.Watcher
+	// bypass sends local clients past the relay (SACT_RELAY=kernel or auto), nil when
+	// off; bypassCounters is the watcher it opened for itself, when handoff opened none.
+	bypass         *bypass.Bypass
+	bypassCounters *bpfwatch.Watcher
 }
 
 // unit is one app: its config, its activator, its listeners and, in handoff mode, what
@@ -109,7 +114,8 @@ const (
 func (d *daemon) newUnit(app *config.App, lns []net.Listener, rt backend.Runtime) *unit {
 	pol := d.policy(app)
 	u := &unit{app: app, lns: lns, spec: pol.Spec, rt: rt, done: make(chan struct{}), rebind: make(chan struct{}, 1)}
-	opts := activator.Options{Logger: d.log, Pool: d.pool, Observe: d.m.observe, Dial: d.dialUpstream, Report: d.events.Publish}
+	opts := activator.Options{Logger: d.log, Pool: d.pool, Observe: d.m.observe, Dial: d.dialUpstream, Report: d.events.Publish,
+		Bypass: d.bypassFor(u)}
 	u.act = activator.New(rt, pol, opts)
 	if app.Handoff {
 		d.setUpHandoff(u)

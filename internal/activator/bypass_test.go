@@ -1,0 +1,204 @@
+package activator
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/sact-project/sact/internal/backend"
+	"github.com/sact-project/sact/internal/backend/fake"
+)
+
+// fakeBypass records what the activator asks of its routes. The kernel's view of the
+// route's upstream is what the test says: last and open.
+type fakeBypass struct {
+	rt *fake.Runtime
+
+	mu     sync.Mutex
+	log    []string
+	last   time.Time
+	open   int
+	onHold func(*fakeBypass) // called with mu held, as a connect lands just before the hold
+}
+
+func (b *fakeBypass) record(e string) {
+	_, stops := b.rt.Counts()
+	b.log = append(b.log, fmt.Sprintf("%s(stops=%d)", e, stops))
+}
+
+func (b *fakeBypass) events() []string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return slices.Clone(b.log)
+}
+
+func (b *fakeBypass) set(last time.Time, open int) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.last, b.open = last, open
+}
+
+func (b *fakeBypass) Route(up backend.Addr) (Route, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.record("route")
+	return &fakeRoute{b}, nil
+}
+
+type fakeRoute struct{ b *fakeBypass }
+
+func (r *fakeRoute) Hold() error {
+	r.b.mu.Lock()
+	defer r.b.mu.Unlock()
+	r.b.record("hold")
+	if r.b.onHold != nil {
+		r.b.onHold(r.b)
+	}
+	return nil
+}
+
+func (r *fakeRoute) Resume() error {
+	r.b.mu.Lock()
+	defer r.b.mu.Unlock()
+	r.b.record("resume")
+	return nil
+}
+
+func (r *fakeRoute) LastActive() time.Time {
+	r.b.mu.Lock()
+	defer r.b.mu.Unlock()
+	return r.b.last
+}
+
+func (r *fakeRoute) OpenConns() int {
+	r.b.mu.Lock()
+	defer r.b.mu.Unlock()
+	return r.b.open
+}
+
+func (r *fakeRoute) Connects() uint64 { return 0 }
+
+func (r *fakeRoute) Close() error {
+	r.b.mu.Lock()
+	defer r.b.mu.Unlock()
+	r.b.record("close")
+	return nil
+}
+
+func bypassHarness(t *testing.T, p Policy) (*harness, *fakeBypass) {
+	rt := newFakeRuntime(&fake.Runtime{})
+	b := &fakeBypass{rt: rt}
+	p.Spec.Name = "web"
+	app := New(rt, p, Options{Dial: rt.Dial, Bypass: b})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- app.Run(ctx) }()
+	h := &harness{t: t, rt: rt, app: app, stop: func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}}
+	return h, b
+}
+
+// TestBypassRoutesOnlyARunningInstance: the route comes with the start, and goes,
+// held first, before the idle stop reaches the runtime.
+func TestBypassRoutesOnlyARunningInstance(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		h, b := bypassHarness(t, Policy{Idle: time.Minute})
+		defer h.stop()
+		h.acquire().Release()
+		if !h.app.Bypassed() {
+			t.Error("a running app is not bypassed")
+		}
+		time.Sleep(2 * time.Minute)
+		h.wantState(Stopped)
+		want := []string{"route(stops=0)", "hold(stops=0)", "close(stops=0)"}
+		if got := b.events(); !slices.Equal(got, want) {
+			t.Errorf("bypass saw %v, want %v", got, want)
+		}
+		if h.app.Bypassed() {
+			t.Error("a stopped app is bypassed")
+		}
+	})
+}
+
+// TestBypassedTrafficKeepsTheApp: connections that never touch the relay keep the app
+// running while the kernel sees them busy, and it stops an idle period after.
+func TestBypassedTrafficKeepsTheApp(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		h, b := bypassHarness(t, Policy{Idle: time.Minute})
+		defer h.stop()
+		h.acquire().Release()
+		for range 10 {
+			time.Sleep(30 * time.Second)
+			b.set(time.Now(), 1)
+		}
+		h.wantState(Running)
+		b.set(time.Now(), 0)
+		time.Sleep(time.Minute - time.Second)
+		h.wantState(Running)
+		time.Sleep(2 * time.Second)
+		h.wantState(Stopped)
+	})
+}
+
+// TestConnectJustBeforeTheHoldKeepsTheApp: a client the program sent past the relay
+// just before the hold completes its handshake during the grace: the stop does not go
+// ahead, the route comes back.
+func TestConnectJustBeforeTheHoldKeepsTheApp(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		h, b := bypassHarness(t, Policy{Idle: time.Minute})
+		defer h.stop()
+		landed := false
+		b.onHold = func(b *fakeBypass) {
+			if !landed {
+				landed = true
+				b.last, b.open = time.Now().Add(routeGrace/2), 1
+			}
+		}
+		h.acquire().Release()
+		time.Sleep(time.Minute + time.Second)
+		h.wantState(Running)
+		if got, want := b.events(), []string{"route(stops=0)", "hold(stops=0)", "resume(stops=0)"}; !slices.Equal(got, want) {
+			t.Errorf("bypass saw %v, want %v", got, want)
+		}
+		b.set(time.Now(), 0)
+		time.Sleep(time.Minute + time.Second)
+		h.wantState(Stopped)
+	})
+}
+
+// TestBypassedConnectionBlocksThePause: a connection past the relay cannot be closed
+// by sact, so the app is not frozen under it; without one, the route goes before the
+// freeze and comes back with the thaw.
+func TestBypassedConnectionBlocksThePause(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		h, b := bypassHarness(t, Policy{Idle: time.Hour, PauseAfter: 10 * time.Second})
+		defer h.stop()
+		h.acquire().Release()
+		b.set(time.Time{}, 1)
+		time.Sleep(time.Minute)
+		h.wantState(Running)
+		b.set(time.Time{}, 0)
+		time.Sleep(time.Minute)
+		h.wantState(Paused)
+		if h.app.Bypassed() {
+			t.Error("a paused app is bypassed")
+		}
+		h.acquire().Release()
+		h.wantState(Running)
+		if !h.app.Bypassed() {
+			t.Error("a thawed app is not bypassed")
+		}
+		got := b.events()
+		if want := []string{"route(stops=0)", "hold(stops=0)", "close(stops=0)", "route(stops=0)"}; !slices.Equal(got[len(got)-4:], want) {
+			t.Errorf("bypass saw %v, want it to end %v", got, want)
+		}
+	})
+}

@@ -1,0 +1,132 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// bypassStatus is an app's bypass in `sact status -json`.
+type bypassStatus struct {
+	Name              string `json:"name"`
+	State             string `json:"state"`
+	Bypass            bool   `json:"bypass"`
+	BypassConnections int    `json:"bypass_connections"`
+	ColdStarts        int    `json:"cold_starts"`
+}
+
+func bypassOf(t *testing.T, d *daemon, app string) bypassStatus {
+	t.Helper()
+	out, err := sactCLI(t, d, "status", "-json")
+	if err != nil {
+		t.Fatalf("sact status: %v: %s", err, out)
+	}
+	var list struct{ Apps []bypassStatus }
+	if err := json.Unmarshal([]byte(out), &list); err != nil {
+		t.Fatalf("sact status -json: %v: %s", err, out)
+	}
+	for _, a := range list.Apps {
+		if a.Name == app {
+			return a
+		}
+	}
+	t.Fatalf("sact status shows no app %s: %s", app, out)
+	return bypassStatus{}
+}
+
+// TestBypassLocalClients: with SACT_RELAY=kernel, a local client's connections to a
+// running app go past the relay, straight to the container: they are served while sact
+// itself is frozen (SIGSTOP), steady light traffic on one keep-alive connection past the
+// relay keeps the app running beyond its idle time, and once silent the app stops and
+// the next client starts it again through sact.
+func TestBypassLocalClients(t *testing.T) {
+	needDocker(t)
+	if os.Geteuid() != 0 {
+		if required() {
+			t.Fatal("the bypass needs root (CI or SACT_REQUIRE_DOCKER=1)")
+		}
+		t.Skip("needs root")
+	}
+	name := uniqueName(t, "bypass")
+	addr := freeAddr(t)
+	path := filepath.Join(t.TempDir(), "sact.yaml")
+	if err := os.WriteFile(path, []byte("apps:"+appConfig(name, addr, "")+"    idle: 3s\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d := startSactFileEnv(t, path, "SACT_RELAY=kernel")
+	d.waitLog(`"msg":"local clients reach running apps past the relay"`, 5*time.Second)
+
+	if _, err := httpGet(addr, "/"); err != nil {
+		t.Fatalf("cold request: %v", err)
+	}
+	if st := bypassOf(t, d, name); !st.Bypass || st.State != "running" {
+		t.Fatalf("after the cold start: %+v, want running and bypassed", st)
+	}
+
+	// Frozen, sact relays nothing: what is served now went past it.
+	d.cmd.Process.Signal(syscall.SIGSTOP)
+	frozen := true
+	thaw := func() {
+		if frozen {
+			d.cmd.Process.Signal(syscall.SIGCONT)
+			frozen = false
+		}
+	}
+	defer thaw()
+	for i := range 5 {
+		if _, err := httpGetTimeout(addr, "/", 5*time.Second); err != nil {
+			thaw()
+			t.Fatalf("request %d while sact is stopped: %v", i, err)
+		}
+	}
+	thaw()
+	if st := bypassOf(t, d, name); st.BypassConnections < 5 {
+		t.Errorf("bypass_connections = %d, want at least the 5 made while sact was stopped", st.BypassConnections)
+	}
+
+	// Steady light traffic on one pooled connection, twice the idle time: sact sees it
+	// only as the kernel counts it, and must not stop the app under it.
+	dials := 0
+	tr := &http.Transport{DialContext: func(ctx context.Context, network, a string) (net.Conn, error) {
+		dials++
+		var dd net.Dialer
+		return dd.DialContext(ctx, "tcp", addr)
+	}}
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Transport: tr, Timeout: 5 * time.Second}
+	for i := range 12 {
+		resp, err := client.Get("http://sact/")
+		if err != nil {
+			t.Fatalf("keep-alive request %d: %v", i, err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		time.Sleep(500 * time.Millisecond)
+	}
+	if dials != 1 {
+		t.Errorf("%d connections for the keep-alive requests, want 1 (the app was stopped under it?)", dials)
+	}
+	if st := bypassOf(t, d, name); st.State != "running" || st.ColdStarts != 1 {
+		t.Errorf("after steady traffic past the relay: %+v, want running after 1 cold start", st)
+	}
+	tr.CloseIdleConnections()
+
+	// Silent: stopped on idle; the next client goes to sact, which starts it again.
+	d.waitLog(`"msg":"stopped app"&&"reason":"idle"&&`+name, 20*time.Second)
+	if st := bypassOf(t, d, name); st.Bypass {
+		t.Errorf("a stopped app is still bypassed: %+v", st)
+	}
+	if _, err := httpGet(addr, "/"); err != nil {
+		t.Fatalf("request after the idle stop: %v", err)
+	}
+	if st := bypassOf(t, d, name); st.ColdStarts != 2 || !st.Bypass {
+		t.Errorf("after the second cold start: %+v, want 2 cold starts, bypassed", st)
+	}
+}
