@@ -14,9 +14,10 @@ import (
 // stop or pause it holds the route and looks again routeGrace later, so a client that
 // connected past the relay just before keeps its instance.
 type Bypass interface {
-	// Route routes the app's clients to up. It returns nil, nil when the app cannot be
-	// bypassed (no TCP listen address, an upstream the kernel cannot be sent to).
-	Route(up backend.Addr) (Route, error)
+	// Route routes the app's clients to inst's upstream. It returns nil, nil when the
+	// app cannot be bypassed (no TCP listen address, an upstream the kernel cannot be
+	// sent to, an instance not on this host).
+	Route(inst *backend.Instance) (Route, error)
 }
 
 // Route is one incarnation's bypass.
@@ -45,7 +46,7 @@ func (a *App) openRoute() {
 	if a.bypass == nil || a.route != nil || a.inst == nil {
 		return
 	}
-	r, err := a.bypass.Route(a.inst.Upstream)
+	r, err := a.bypass.Route(a.inst)
 	switch {
 	case err != nil:
 		// The relay serves every client meanwhile: worth a line, once per cause.

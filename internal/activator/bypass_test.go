@@ -42,7 +42,7 @@ func (b *fakeBypass) set(last time.Time, open int) {
 	b.last, b.open = last, open
 }
 
-func (b *fakeBypass) Route(up backend.Addr) (Route, error) {
+func (b *fakeBypass) Route(*backend.Instance) (Route, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.record("route")

@@ -228,6 +228,10 @@ type Instance struct {
 	// Node is where the instance runs when that is not this host (the address of the
 	// swarm node of a service's task), for sact status; "" for this host.
 	Node string
+	// Pid is the instance's first process (a container's init) when the runtime knows
+	// it without asking again, on this host; 0 otherwise. The bypass looks up the
+	// instance's listener in its network namespace.
+	Pid int
 	// Exited receives exactly one Exit when this incarnation stops running, for whatever
 	// reason, and is then closed.
 	Exited <-chan Exit

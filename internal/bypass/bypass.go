@@ -73,13 +73,15 @@ const (
 )
 
 // Layout of the routes map: the key is an IPv4 address and port as a client connects
-// to them, the value the upstream's and the count of connects rewritten.
+// to them, the value the upstream's, the count of connects rewritten and the id of the
+// instance's network namespace, where its listener is looked up.
 const (
 	keySize     = 8 // ip4[4], port[2] big-endian, 2 zero bytes
 	valIP4      = 0
 	valPort     = 4 // as the key's
 	valConnects = 8 // u64
-	valSize     = 16
+	valNetns    = 16
+	valSize     = 24
 )
 
 // maxRoutes bounds the map: addresses, not connections (a listener on 0.0.0.0 takes one
@@ -105,6 +107,27 @@ func program(routes int, netns uint64) asm.Instructions {
 		asm.FnMapLookupElem.Call(),
 		asm.JEq.Imm(asm.R0, 0, "allow"),
 		asm.Mov.Reg(asm.R7, asm.R0),
+
+		// Only to a listener that is there now: the clients of an instance that crashed
+		// (before the engine says so) or closed its listener go to sact, which starts it
+		// anew or tells them why not. The tuple (struct bpf_sock_tuple's ipv4) asks for
+		// upstream's address and port in the instance's namespace.
+		asm.StoreImm(asm.RFP, -24, 0, asm.Word),
+		asm.LoadMem(asm.R2, asm.R7, valIP4, asm.Word),
+		asm.StoreMem(asm.RFP, -20, asm.R2, asm.Word),
+		asm.StoreImm(asm.RFP, -16, 0, asm.Half),
+		asm.LoadMem(asm.R2, asm.R7, valPort, asm.Half),
+		asm.StoreMem(asm.RFP, -14, asm.R2, asm.Half),
+		asm.Mov.Reg(asm.R1, asm.R6),
+		asm.Mov.Reg(asm.R2, asm.RFP),
+		asm.Add.Imm(asm.R2, -24),
+		asm.Mov.Imm(asm.R3, 12),
+		asm.LoadMem(asm.R4, asm.R7, valNetns, asm.Word),
+		asm.Mov.Imm(asm.R5, 0),
+		asm.FnSkLookupTcp.Call(),
+		asm.JEq.Imm(asm.R0, 0, "allow"),
+		asm.Mov.Reg(asm.R1, asm.R0),
+		asm.FnSkRelease.Call(),
 
 		// A socket bound to a loopback address cannot reach a non-loopback upstream:
 		// leave its connect to sact.
@@ -215,15 +238,23 @@ func (b *Bypass) Close() error {
 // the relay serves such an app as before.
 var ErrNotRoutable = errors.New("not routable past the relay")
 
-// Route sends the host's connects to listen to up, and counts the instance's
-// connections there, until Hold or Close. An address another Route held is taken from
-// it (the app's new incarnation, say).
-func (b *Bypass) Route(listen []netip.AddrPort, up netip.AddrPort) (*Route, error) {
+// Route sends the host's connects to listen to up, where process pid (the instance's,
+// on this host) listens, and counts the instance's connections there, until Hold or
+// Close. A connect is sent only while the instance's listener is there. An address
+// another Route held is taken from it (the app's new incarnation, say).
+func (b *Bypass) Route(listen []netip.AddrPort, up netip.AddrPort, pid int) (*Route, error) {
 	up = netip.AddrPortFrom(up.Addr().Unmap(), up.Port())
 	if !up.Addr().Is4() || up.Port() == 0 {
 		return nil, fmt.Errorf("upstream %s: %w (IPv4 TCP only)", up, ErrNotRoutable)
 	}
+	if pid <= 0 {
+		return nil, fmt.Errorf("upstream %s: %w (not a process of this host)", up, ErrNotRoutable)
+	}
 	keys, err := b.keys(listen, up)
+	if err != nil {
+		return nil, err
+	}
+	netns, err := netnsOf(pid)
 	if err != nil {
 		return nil, err
 	}
@@ -235,6 +266,7 @@ func (b *Bypass) Route(listen []netip.AddrPort, up netip.AddrPort) (*Route, erro
 	ip := up.Addr().As4()
 	copy(r.val[valIP4:], ip[:])
 	binary.BigEndian.PutUint16(r.val[valPort:], up.Port())
+	binary.NativeEndian.PutUint32(r.val[valNetns:], netns)
 	if err := r.Resume(); err != nil {
 		h.Close()
 		return nil, err

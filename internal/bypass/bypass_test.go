@@ -119,7 +119,7 @@ func TestRouteSendsConnectsToTheInstance(t *testing.T) {
 		sact := listen(t, "127.0.0.1:0", "sact")
 		inst := listen(t, "10.234.0.1:0", "instance")
 		b := openBypass(t)
-		r, err := b.Route([]netip.AddrPort{sact}, inst)
+		r, err := b.Route([]netip.AddrPort{sact}, inst, unix.Gettid())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -148,6 +148,23 @@ func TestRouteSendsConnectsToTheInstance(t *testing.T) {
 			t.Fatal(err)
 		}
 		step("resumed", "", "instance")
+		// An instance whose listener is gone (crashed, before the engine says so) is
+		// not sent clients: sact gets them, and starts it anew.
+		gone, err := net.Listen("tcp4", "10.234.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		goneAddr := gone.Addr().(*net.TCPAddr).AddrPort()
+		gone.Close()
+		other := listen(t, "127.0.0.1:0", "sact for the crashed one")
+		r2, err := b.Route([]netip.AddrPort{other}, goneAddr, unix.Gettid())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := reached(t, other, ""); got != "sact for the crashed one" {
+			t.Errorf("a connect to an instance with no listener reached %q, want sact", got)
+		}
+		r2.Close()
 		if err := r.Close(); err != nil {
 			t.Fatal(err)
 		}
@@ -170,7 +187,7 @@ func TestRouteOfAnUnspecifiedListener(t *testing.T) {
 		port := uint16(ln.Addr().(*net.TCPAddr).Port)
 		inst := listen(t, "127.0.0.1:0", "instance")
 		b := openBypass(t)
-		r, err := b.Route([]netip.AddrPort{netip.AddrPortFrom(netip.IPv4Unspecified(), port)}, inst)
+		r, err := b.Route([]netip.AddrPort{netip.AddrPortFrom(netip.IPv4Unspecified(), port)}, inst, unix.Gettid())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -191,7 +208,7 @@ func TestOtherNamespacesAreNotRewritten(t *testing.T) {
 		sact := listen(t, "127.0.0.1:0", "sact")
 		inst := listen(t, "10.234.0.1:0", "instance")
 		b := openBypass(t)
-		r, err := b.Route([]netip.AddrPort{sact}, inst)
+		r, err := b.Route([]netip.AddrPort{sact}, inst, unix.Gettid())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -214,12 +231,45 @@ func TestRouteRefusesWhatItCannotTake(t *testing.T) {
 	if _, err := b.keys([]netip.AddrPort{netip.MustParseAddrPort("[::1]:80")}, netip.MustParseAddrPort("10.0.0.1:80")); err == nil {
 		t.Error("an IPv6-only listener was taken")
 	}
-	if _, err := b.Route(nil, netip.MustParseAddrPort("[fe80::1]:80")); err == nil {
+	if _, err := b.Route(nil, netip.MustParseAddrPort("[fe80::1]:80"), 1); err == nil {
 		t.Error("an IPv6 upstream was taken")
 	}
 	keys, err := b.keys([]netip.AddrPort{netip.MustParseAddrPort("10.0.0.1:80"), netip.MustParseAddrPort("127.0.0.1:81")}, netip.MustParseAddrPort("10.0.0.1:80"))
 	if err != nil || len(keys) != 1 || keyString(keys[0]) != "127.0.0.1:81" {
 		t.Errorf("keys %v, %v: want only 127.0.0.1:81 (never the upstream itself)", keys, err)
+	}
+}
+
+// TestNetnsOf: a namespace other than sact's gets an id here, which the program's
+// listener lookup takes; sact's own is "the connecting socket's".
+func TestNetnsOf(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	own, err := netnsOf(unix.Gettid())
+	if err != nil || own != currentNetns {
+		t.Errorf("netnsOf(own thread) = %#x, %v; want currentNetns", own, err)
+	}
+	var tid int
+	ready, release := make(chan struct{}), make(chan struct{})
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread and its namespace die with it
+		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+			t.Errorf("unshare: %v", err)
+		}
+		tid = unix.Gettid()
+		close(ready)
+		<-release
+	}()
+	<-ready
+	defer close(release)
+	id, err := netnsOf(tid)
+	if err != nil || id == currentNetns {
+		t.Fatalf("netnsOf(another namespace) = %#x, %v; want an id", id, err)
+	}
+	again, err := netnsOf(tid)
+	if err != nil || again != id {
+		t.Errorf("the id changed: %d then %d (%v)", id, again, err)
 	}
 }
 

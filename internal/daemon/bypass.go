@@ -56,8 +56,9 @@ type unitBypass struct {
 	u *unit
 }
 
-func (ub unitBypass) Route(up backend.Addr) (activator.Route, error) {
-	if up.Network != "tcp" {
+func (ub unitBypass) Route(inst *backend.Instance) (activator.Route, error) {
+	up := inst.Upstream
+	if up.Network != "tcp" || inst.Pid <= 0 || inst.Node != "" {
 		return nil, nil
 	}
 	to, err := netip.ParseAddrPort(up.Address)
@@ -76,7 +77,7 @@ func (ub unitBypass) Route(up backend.Addr) (activator.Route, error) {
 	if len(listen) == 0 {
 		return nil, nil
 	}
-	r, err := ub.b.Route(listen, to)
+	r, err := ub.b.Route(listen, to, inst.Pid)
 	if errors.Is(err, bypass.ErrNotRoutable) {
 		return nil, nil
 	}

@@ -130,3 +130,33 @@ func TestBypassLocalClients(t *testing.T) {
 		t.Errorf("after the second cold start: %+v, want 2 cold starts, bypassed", st)
 	}
 }
+
+// kernelPath is the test whose subtests run sact with SACT_RELAY=kernel (the harness
+// sees their names): the relay's e2e tests again, on the kernel's path, where this
+// host's clients go past the relay and others through the sockmap.
+const kernelPath = "TestKernelPath"
+
+// TestKernelPath runs the tests of what the relay must get right (cold start and idle
+// stop, a connection during a stop, a container killed mid-request, the idle stop's
+// race, silent and half-closed connections, a deploy without a cold start) with
+// SACT_RELAY=kernel, side by side.
+func TestKernelPath(t *testing.T) {
+	needDocker(t)
+	for _, tt := range []struct {
+		name string
+		f    func(*testing.T)
+	}{
+		{"ColdStartServedThenIdleStop", TestColdStartServedThenIdleStop},
+		{"ConnectionDuringStopIsServed", TestConnectionDuringStopIsServed},
+		{"ContainerKilledMidRequest", TestContainerKilledMidRequest},
+		{"IdleStopRace", TestIdleStopRace},
+		{"SilentAndHalfClosedConnections", TestSilentAndHalfClosedConnections},
+		{"DeployWithoutColdStart", TestDeployWithoutColdStart},
+		{"Idle", TestIdle},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			tt.f(t)
+		})
+	}
+}

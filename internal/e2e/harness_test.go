@@ -143,6 +143,9 @@ func startSactFileEnv(t *testing.T, path string, env ...string) *daemon {
 	d := &daemon{t: t, config: path, logs: &logBuffer{}, done: make(chan struct{})}
 	d.runDir = runDirFor(t, path)
 	d.cmd = exec.Command(sactBin, "serve", "-c", path, "-log-format", "json", "-log-level", "debug", "-run-dir", d.runDir, "-state-dir", filepath.Join(d.runDir, "state"), "-labels", labelSelector)
+	if strings.HasPrefix(t.Name(), kernelPath+"/") {
+		env = append([]string{"SACT_RELAY=kernel"}, env...)
+	}
 	if len(env) > 0 {
 		d.cmd.Env = append(os.Environ(), env...)
 	}

@@ -493,7 +493,7 @@ func (r *Runtime) start(ctx context.Context, spec backend.Spec, id string) (*bac
 		// %w keeps NotFound visible to Start's fallback.
 		return nil, fmt.Errorf("starting container %s: %w", containerRef(spec), err)
 	}
-	up, err := r.upstream(ctx, spec, id)
+	up, pid, err := r.upstream(ctx, spec, id)
 	if err != nil {
 		// A container that exits at once has lost its address by the time it is
 		// inspected; its exit, which the event stream reports with the code and the
@@ -513,7 +513,7 @@ func (r *Runtime) start(ctx context.Context, spec backend.Spec, id string) (*bac
 		}
 		return nil, err
 	}
-	return &backend.Instance{ID: shortID(id), Upstream: up, Exited: w.exited}, nil
+	return &backend.Instance{ID: shortID(id), Upstream: up, Pid: pid, Exited: w.exited}, nil
 }
 
 // instance describes a container that already runs.
@@ -524,20 +524,29 @@ func (r *Runtime) instance(spec backend.Spec, c container.InspectResponse) (*bac
 		return nil, err
 	}
 	// Exited before the watch existed? Then no event will come for it.
-	return &backend.Instance{ID: shortID(c.ID), Upstream: up, Exited: w.exited}, nil
+	pid := 0
+	if c.State != nil {
+		pid = c.State.Pid
+	}
+	return &backend.Instance{ID: shortID(c.ID), Upstream: up, Pid: pid, Exited: w.exited}, nil
 }
 
 // upstream is where the started container accepts connections: spec.Upstream, or Port on
-// the container's own address, which only exists once it runs.
-func (r *Runtime) upstream(ctx context.Context, spec backend.Spec, id string) (backend.Addr, error) {
+// the container's own address, which only exists once it runs; and then its process.
+func (r *Runtime) upstream(ctx context.Context, spec backend.Spec, id string) (backend.Addr, int, error) {
 	if spec.Port == 0 {
-		return spec.Upstream, nil
+		return spec.Upstream, 0, nil
 	}
 	ins, err := r.cli.ContainerInspect(ctx, id, client.ContainerInspectOptions{})
 	if err != nil {
-		return backend.Addr{}, fmt.Errorf("finding the address of container %s: %w", containerRef(spec), err)
+		return backend.Addr{}, 0, fmt.Errorf("finding the address of container %s: %w", containerRef(spec), err)
 	}
-	return upstreamOf(spec, ins.Container)
+	up, err := upstreamOf(spec, ins.Container)
+	pid := 0
+	if ins.Container.State != nil {
+		pid = ins.Container.State.Pid
+	}
+	return up, pid, err
 }
 
 func upstreamOf(spec backend.Spec, c container.InspectResponse) (backend.Addr, error) {

@@ -126,7 +126,7 @@ func (r *Runtime) Start(ctx context.Context, spec backend.Spec) (*backend.Instan
 	if up.IsZero() && spec.Port != 0 {
 		up = backend.Addr{Network: "tcp", Address: "127.0.0.1:" + strconv.Itoa(spec.Port)}
 	}
-	return &backend.Instance{ID: strconv.Itoa(cmd.Process.Pid), Upstream: up, Exited: exited}, nil
+	return &backend.Instance{ID: strconv.Itoa(cmd.Process.Pid), Upstream: up, Pid: cmd.Process.Pid, Exited: exited}, nil
 }
 
 // hostEnv are sact's own variables that describe the host's service manager: an app that
