@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -161,7 +162,7 @@ func (b *bench) warm() error {
 	if err := b.bulk(bulk, rounds); err != nil {
 		return err
 	}
-	return b.warmFromNetns(ns, nsErr, []target{
+	return b.warmFromNetns(ns, nsErr, filepath.Join(b.dir, "run-kernel", "admin.sock"), kapp, []target{
 		{"direct to the container (forwarded by the host)", direct},
 		{"sact L4 relay (tcp -> container IP)", nsRelay},
 		{"nginx stream proxy (tcp -> container IP)", nsStream},
@@ -172,8 +173,9 @@ func (b *bench) warm() error {
 // warmFromNetns is the warm path from another network namespace, where a client of
 // sact's kernel relay is not local and goes through the relay itself. targets are direct,
 // the relay, nginx stream and the kernel relay, in that order; ns is nil, and why says
-// why, if there is no namespace.
-func (b *bench) warmFromNetns(ns *benchNetns, why error, targets []target) error {
+// why, if there is no namespace. kernelSock and kernelApp are the kernel relay's admin
+// socket and app, whose counts show which way its connections went.
+func (b *bench) warmFromNetns(ns *benchNetns, why error, kernelSock, kernelApp string, targets []target) error {
 	const (
 		goalRPS    = "warm L4 kernel relay from another netns vs direct (requests/s)"
 		goalStream = "warm L4 kernel relay from another netns vs nginx stream (requests/s)"
@@ -187,6 +189,10 @@ func (b *bench) warmFromNetns(ns *benchNetns, why error, targets []target) error
 		}
 		return nil
 	}
+	before, err := appCounts(kernelSock, kernelApp)
+	if err != nil {
+		return err
+	}
 	rounds, dur := b.wrkRounds()
 	results, err := wrkAllFrom(ns.command(), targets, rounds, dur)
 	if err != nil {
@@ -197,8 +203,18 @@ func (b *bench) warmFromNetns(ns *benchNetns, why error, targets []target) error
 	if err != nil {
 		return err
 	}
+	after, err := appCounts(kernelSock, kernelApp)
+	if err != nil {
+		return err
+	}
 	fmt.Fprintf(&b.md, "The client runs in a network namespace the bench makes (%s), joined to the host by a veth pair (%s there, %s on the host): it is not local to sact, as one on another host would not be, minus the wire. sact (its relay and, in a second process, its kernel relay) and nginx also listen on %s and dial the container from the host; direct goes through the host's forwarding to the container's bridge, and is this section's baseline. ", ns.name, netnsIP, netnsHostIP, netnsHostIP)
-	fmt.Fprintf(&b.md, "Compare within this section only: the loopback rows above have no veth and no forwarding in them.\n\n")
+	fmt.Fprintf(&b.md, "Compare within this section only: the loopback rows above have no veth and no forwarding in them. ")
+	relayed, bypassed := after.Connections-before.Connections, after.BypassConnections-before.BypassConnections
+	fmt.Fprintf(&b.md, "In this section the kernel relay's sact accepted %d connection(s) and routed %d past the relay (its admin API's counts)", relayed, bypassed)
+	if bypassed > 0 {
+		fmt.Fprintf(&b.md, ": **some of the kernel relay's rows below did not go through the relay**")
+	}
+	fmt.Fprintf(&b.md, ".\n\n")
 	fmt.Fprintf(&b.md, "### Small HTTP requests\n\n`ip netns exec %s wrk -t2 -c32 -d%s --latency`, keep-alive, `GET /` answering 16 bytes; %d round(s), targets interleaved; medians over rounds (min-max of requests/s in brackets).\n\n", ns.name, dur, rounds)
 	fmt.Fprintf(&b.md, "| path | requests/s | vs direct | p50 | p99 |\n| --- | ---: | ---: | ---: | ---: |\n")
 	base := medianF(results[0].rps)
@@ -425,4 +441,33 @@ func download(dial dialFunc, addr string, n int64) (mbps float64, err error) {
 		return 0, fmt.Errorf("got %d bytes, want %d", got, n)
 	}
 	return float64(n) / 1e6 / time.Since(began).Seconds(), nil
+}
+
+// appStatus is the part of an app's status in sact's admin API the bench reads.
+type appStatus struct {
+	Connections       uint64 `json:"connections_total"`
+	BypassConnections uint64 `json:"bypass_connections"`
+}
+
+// appCounts reads app's status from the admin API at the unix socket sock.
+func appCounts(sock, app string) (appStatus, error) {
+	tr := &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+	}}
+	defer tr.CloseIdleConnections()
+	c := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+	resp, err := c.Get("http://sact/api/apps/" + app)
+	if err != nil {
+		return appStatus{}, fmt.Errorf("reading %s's status: %w", app, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, 1000))
+		return appStatus{}, fmt.Errorf("reading %s's status: %s: %s", app, resp.Status, body)
+	}
+	var st appStatus
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+		return appStatus{}, fmt.Errorf("reading %s's status: %w", app, err)
+	}
+	return st, nil
 }
