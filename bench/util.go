@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -137,9 +138,12 @@ func (p *sactProc) stop() {
 	p.cmd.Wait()
 }
 
-func freeAddr() string {
+func freeAddr() string { return freeAddrOn("127.0.0.1") }
+
+// freeAddrOn is freeAddr on another of the host's addresses.
+func freeAddrOn(ip string) string {
 	for {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		ln, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
 		if err != nil {
 			panic(err)
 		}
@@ -248,11 +252,16 @@ func (b *bench) wrkRounds() (int, string) {
 // wrkAll runs wrk against every target, rounds times, interleaved so that drift in the
 // machine's load hits all targets alike.
 func wrkAll(targets []target, rounds int, dur string, args ...string) ([]wrkResult, error) {
+	return wrkAllFrom(nil, targets, rounds, dur, args...)
+}
+
+// wrkAllFrom is wrkAll with wrk run under a command prefix (ip netns exec NS, say).
+func wrkAllFrom(prefix []string, targets []target, rounds int, dur string, args ...string) ([]wrkResult, error) {
 	results := make([]wrkResult, len(targets))
 	for r := range rounds {
 		for i, t := range targets {
 			fmt.Fprintf(os.Stderr, "wrk round %d: %s\n", r+1, t.name)
-			rps, p50, p99, err := wrk("http://"+t.addr+"/", dur, args...)
+			rps, p50, p99, err := wrk(prefix, "http://"+t.addr+"/", dur, args...)
 			if err != nil {
 				return nil, fmt.Errorf("wrk against %s: %w", t.name, err)
 			}
@@ -277,4 +286,18 @@ func (b *bench) containerAddr(ref string) (string, error) {
 		}
 	}
 	return "", fmt.Errorf("container %s has no IP address", ref)
+}
+
+// containerNet is the network of a running container's address, as containerAddr finds it.
+func (b *bench) containerNet(ref string) (netip.Prefix, error) {
+	ins, err := b.dc.ContainerInspect(b.ctx, ref, client.ContainerInspectOptions{})
+	if err != nil {
+		return netip.Prefix{}, err
+	}
+	for _, n := range ins.Container.NetworkSettings.Networks {
+		if n.IPAddress.IsValid() {
+			return netip.PrefixFrom(n.IPAddress, n.IPPrefixLen).Masked(), nil
+		}
+	}
+	return netip.Prefix{}, fmt.Errorf("container %s has no IP address", ref)
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -18,8 +19,31 @@ import (
 )
 
 // warm compares the warm path: direct, through sact (relay and handoff), through
-// systemd-socket-proxyd (the glue sact replaces) and through nginx's stream proxy.
+// systemd-socket-proxyd (the glue sact replaces) and through nginx's stream proxy; from
+// this host's loopback, then from a network namespace of the bench's own.
 func (b *bench) warm() error {
+	// The namespace comes first: sact and nginx listen on its gateway address too.
+	ns, nsErr := makeNetns()
+	if nsErr != nil {
+		if benchRequired() {
+			return fmt.Errorf("making the bench's network namespace: %w", nsErr)
+		}
+		fmt.Fprintf(os.Stderr, "bench: no warm path from another network namespace: %v\n", nsErr)
+	} else {
+		defer func() {
+			if err := ns.remove(); err != nil {
+				fmt.Fprintf(os.Stderr, "bench: removing the network namespace: %v\n", err)
+			}
+		}()
+	}
+	// Where sact's relay, its kernel relay and nginx listen for the namespace, as extra
+	// entries of their listen lists.
+	var nsRelay, nsKernel, nsStream, relayListen, kernelListen string
+	if ns != nil {
+		nsRelay, nsKernel, nsStream = freeAddrOn(netnsHostIP), freeAddrOn(netnsHostIP), freeAddrOn(netnsHostIP)
+		relayListen, kernelListen = fmt.Sprintf(`, "tcp:%s"`, nsRelay), fmt.Sprintf(`, "tcp:%s"`, nsKernel)
+	}
+
 	app := fmt.Sprintf("bench-warm-%d", os.Getpid())
 	hand := fmt.Sprintf("bench-warm-handoff-%d", os.Getpid())
 	kapp := fmt.Sprintf("bench-warm-kernel-%d", os.Getpid())
@@ -30,7 +54,7 @@ func (b *bench) warm() error {
   %[1]s:
     image: %[2]s
     env: {NAME: warm, LISTEN: "tcp:0.0.0.0:8080"}
-    listen: ["tcp:%[3]s", "unix:%[6]s"]
+    listen: ["tcp:%[3]s", "unix:%[6]s"%[7]s]
     port: 8080
     idle: 1h
     stop_timeout: 2s
@@ -43,7 +67,7 @@ func (b *bench) warm() error {
     idle: 1h
     stop_timeout: 2s
     on_exit: stop
-`, app, b.image, sactAddr, hand, handAddr, sactUnix))
+`, app, b.image, sactAddr, hand, handAddr, sactUnix, relayListen))
 	if err != nil {
 		return err
 	}
@@ -54,11 +78,11 @@ func (b *bench) warm() error {
   %[1]s:
     image: %[2]s
     env: {NAME: warm-kernel, LISTEN: "tcp:0.0.0.0:8080"}
-    listen: ["tcp:%[3]s"]
+    listen: ["tcp:%[3]s"%[4]s]
     port: 8080
     idle: 1h
     stop_timeout: 2s
-`, kapp, b.image, kernelAddr), filepath.Join(b.dir, "run-kernel"), []string{"SACT_RELAY=kernel"})
+`, kapp, b.image, kernelAddr, kernelListen), filepath.Join(b.dir, "run-kernel"), []string{"SACT_RELAY=kernel"})
 	if err != nil {
 		return err
 	}
@@ -72,6 +96,15 @@ func (b *bench) warm() error {
 	if err != nil {
 		return err
 	}
+	if ns != nil {
+		subnet, err := b.containerNet("sact-" + app)
+		if err != nil {
+			return err
+		}
+		if err := ns.routeTo(subnet); err != nil {
+			return err
+		}
+	}
 
 	proxydAddr := freeAddr()
 	proxyd := exec.Command("systemd-socket-activate", "-l", proxydAddr, "/lib/systemd/systemd-socket-proxyd", direct)
@@ -82,7 +115,11 @@ func (b *bench) warm() error {
 	waitListening(proxydAddr)
 
 	streamAddr := freeAddr()
-	stopStream, err := b.nginxStream(streamAddr, direct)
+	var streamMore []string
+	if ns != nil {
+		streamMore = []string{nsStream}
+	}
+	stopStream, err := b.nginxStream(streamAddr, direct, streamMore...)
 	if err != nil {
 		return err
 	}
@@ -122,7 +159,82 @@ func (b *bench) warm() error {
 		return err
 	}
 	bulk := append(slices.Clone(targets), target{"sact L4 relay (unix -> container IP)", "unix:" + sactUnix})
-	return b.bulk(bulk, rounds)
+	if err := b.bulk(bulk, rounds); err != nil {
+		return err
+	}
+	return b.warmFromNetns(ns, nsErr, filepath.Join(b.dir, "run-kernel", "admin.sock"), kapp, []target{
+		{"direct to the container (forwarded by the host)", direct},
+		{"sact L4 relay (tcp -> container IP)", nsRelay},
+		{"nginx stream proxy (tcp -> container IP)", nsStream},
+		{"sact L4 kernel relay (tcp -> container IP, SACT_RELAY=kernel)", nsKernel},
+	})
+}
+
+// warmFromNetns is the warm path from another network namespace, where a client of
+// sact's kernel relay is not local and goes through the relay itself. targets are direct,
+// the relay, nginx stream and the kernel relay, in that order; ns is nil, and why says
+// why, if there is no namespace. kernelSock and kernelApp are the kernel relay's admin
+// socket and app, whose counts show which way its connections went.
+func (b *bench) warmFromNetns(ns *benchNetns, why error, kernelSock, kernelApp string, targets []target) error {
+	const (
+		goalRPS    = "warm L4 kernel relay from another netns vs direct (requests/s)"
+		goalStream = "warm L4 kernel relay from another netns vs nginx stream (requests/s)"
+		goalBulk   = "warm L4 kernel relay from another netns vs direct (bulk MB/s)"
+	)
+	fmt.Fprintf(&b.md, "## Warm path from another network namespace\n\n")
+	if ns == nil {
+		fmt.Fprintf(&b.md, "Not measured: %v.\n\n", why)
+		for _, g := range []struct{ what, target string }{{goalRPS, ">= 0.80×"}, {goalStream, ">= 1.30×"}, {goalBulk, ">= 0.90×"}} {
+			b.goal(g.what, g.target, false, "not measured")
+		}
+		return nil
+	}
+	before, err := appCounts(kernelSock, kernelApp)
+	if err != nil {
+		return err
+	}
+	rounds, dur := b.wrkRounds()
+	results, err := wrkAllFrom(ns.command(), targets, rounds, dur)
+	if err != nil {
+		return err
+	}
+	size := b.bulkSize()
+	rates, err := bulkRates(ns.dial, targets, rounds, size)
+	if err != nil {
+		return err
+	}
+	after, err := appCounts(kernelSock, kernelApp)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(&b.md, "The client runs in a network namespace the bench makes (%s), joined to the host by a veth pair (%s there, %s on the host): it is not local to sact, as one on another host would not be, minus the wire. sact (its relay and, in a second process, its kernel relay) and nginx also listen on %s and dial the container from the host; direct goes through the host's forwarding to the container's bridge, and is this section's baseline. ", ns.name, netnsIP, netnsHostIP, netnsHostIP)
+	fmt.Fprintf(&b.md, "Compare within this section only: the loopback rows above have no veth and no forwarding in them. ")
+	relayed, bypassed := after.Connections-before.Connections, after.BypassConnections-before.BypassConnections
+	fmt.Fprintf(&b.md, "In this section the kernel relay's sact accepted %d connection(s) and routed %d past the relay (its admin API's counts)", relayed, bypassed)
+	if bypassed > 0 {
+		fmt.Fprintf(&b.md, ": **some of the kernel relay's rows below did not go through the relay**")
+	}
+	fmt.Fprintf(&b.md, ".\n\n")
+	fmt.Fprintf(&b.md, "### Small HTTP requests\n\n`ip netns exec %s wrk -t2 -c32 -d%s --latency`, keep-alive, `GET /` answering 16 bytes; %d round(s), targets interleaved; medians over rounds (min-max of requests/s in brackets).\n\n", ns.name, dur, rounds)
+	fmt.Fprintf(&b.md, "| path | requests/s | vs direct | p50 | p99 |\n| --- | ---: | ---: | ---: | ---: |\n")
+	base := medianF(results[0].rps)
+	for i, t := range targets {
+		rps := medianF(results[i].rps)
+		fmt.Fprintf(&b.md, "| %s | %.0f%s | %.2f | %.2f ms | %.2f ms |\n", t.name, rps, spread(results[i].rps), rps/base, medianF(results[i].p50), medianF(results[i].p99))
+	}
+	fmt.Fprintf(&b.md, "\n### Bulk download\n\nOne `GET /bytes?n=%d` on one connection made in the namespace, %d round(s), interleaved; medians (min-max in brackets).\n\n| path | MB/s | vs direct |\n| --- | ---: | ---: |\n", size, rounds)
+	baseBulk := medianF(rates[0])
+	for i, t := range targets {
+		m := medianF(rates[i])
+		fmt.Fprintf(&b.md, "| %s | %.0f%s | %.2f |\n", t.name, m, spread(rates[i]), m/baseBulk)
+	}
+	b.md.WriteString("\n")
+	kernel, stream := medianF(results[3].rps), medianF(results[2].rps)
+	b.goal(goalRPS, ">= 0.80×", kernel >= 0.8*base, fmt.Sprintf("%.2f×", kernel/base))
+	b.goal(goalStream, ">= 1.30×", kernel >= 1.3*stream, fmt.Sprintf("%.2f×", kernel/stream))
+	k := medianF(rates[3])
+	b.goal(goalBulk, ">= 0.90×", k >= 0.9*baseBulk, fmt.Sprintf("%.2f×", k/baseBulk))
+	return nil
 }
 
 // unixLoad compares sact's unix listener with its tcp one and with the app directly. wrk
@@ -162,27 +274,39 @@ func (b *bench) unixLoad(direct, sactTCP, sactUnix string, rounds int, dur strin
 	return nil
 }
 
-// bulk measures one large download through each target.
-func (b *bench) bulk(targets []target, rounds int) error {
-	size := int64(1 << 30)
+// bulkSize is the size of the bulk download.
+func (b *bench) bulkSize() int64 {
 	if b.quick {
-		size = 256 << 20
+		return 256 << 20
 	}
-	fmt.Fprintf(&b.md, "\n## Warm path: bulk download\n\nOne `GET /bytes?n=%d` on one connection, %d round(s); medians (min-max in brackets).\n\n| path | MB/s | vs direct |\n| --- | ---: | ---: |\n", size, rounds)
-	var baseBulk float64
-	var rates [][]float64
+	return 1 << 30
+}
+
+// bulkRates downloads size bytes through each target, rounds times, interleaved; the
+// rates in MB/s, per target.
+func bulkRates(dial dialFunc, targets []target, rounds int, size int64) ([][]float64, error) {
+	rates := make([][]float64, len(targets))
 	for range rounds {
 		for i, t := range targets {
 			fmt.Fprintf(os.Stderr, "download: %s\n", t.name)
-			rate, err := download(t.addr, size)
+			rate, err := download(dial, t.addr, size)
 			if err != nil {
-				return fmt.Errorf("download through %s: %w", t.name, err)
-			}
-			if len(rates) <= i {
-				rates = append(rates, nil)
+				return nil, fmt.Errorf("download through %s: %w", t.name, err)
 			}
 			rates[i] = append(rates[i], rate)
 		}
+	}
+	return rates, nil
+}
+
+// bulk measures one large download through each target.
+func (b *bench) bulk(targets []target, rounds int) error {
+	size := b.bulkSize()
+	fmt.Fprintf(&b.md, "\n## Warm path: bulk download\n\nOne `GET /bytes?n=%d` on one connection, %d round(s); medians (min-max in brackets).\n\n| path | MB/s | vs direct |\n| --- | ---: | ---: |\n", size, rounds)
+	var baseBulk float64
+	rates, err := bulkRates(nil, targets, rounds, size)
+	if err != nil {
+		return err
 	}
 	for i, t := range targets {
 		m := medianF(rates[i])
@@ -212,15 +336,20 @@ func spread(v []float64) string {
 	return fmt.Sprintf(" (%.0f-%.0f)", slices.Min(v), slices.Max(v))
 }
 
-// nginxStream runs Debian's nginx as a plain L4 proxy (its stream module) from addr to
-// upstream: the other common way to put a socket in front of a container.
-func (b *bench) nginxStream(addr, upstream string) (stop func(), err error) {
+// nginxStream runs Debian's nginx as a plain L4 proxy (its stream module) from addr, and
+// any more addresses, to upstream: the other common way to put a socket in front of a
+// container.
+func (b *bench) nginxStream(addr, upstream string, more ...string) (stop func(), err error) {
 	const module = "/usr/lib/nginx/modules/ngx_stream_module.so"
 	if _, err := os.Stat(module); err != nil {
 		return nil, fmt.Errorf("nginx's stream module is missing (apt-get install libnginx-mod-stream, see scripts/install-deps): %w", err)
 	}
 	dir := filepath.Join(b.dir, "nginx-stream")
-	return runNginx(dir, addr, fmt.Sprintf(`load_module %[1]s;
+	listen := "listen " + addr + ";"
+	for _, a := range more {
+		listen += "\n    listen " + a + ";"
+	}
+	stop, err = runNginx(dir, addr, fmt.Sprintf(`load_module %[1]s;
 worker_processes auto;
 daemon off;
 pid %[2]s/nginx.pid;
@@ -228,18 +357,30 @@ error_log %[2]s/error.log;
 events { worker_connections 1024; }
 stream {
   server {
-    listen %[3]s;
+    %[3]s
     proxy_pass %[4]s;
   }
 }
-`, module, dir, addr, upstream))
+`, module, dir, listen, upstream))
+	if err != nil {
+		return nil, err
+	}
+	for _, a := range more {
+		if !waitListening(a) {
+			stop()
+			return nil, fmt.Errorf("nginx never listened on %s", a)
+		}
+	}
+	return stop, nil
 }
 
 var wrkRPS = regexp.MustCompile(`Requests/sec:\s+([0-9.]+)`)
 var wrkPct = regexp.MustCompile(`(?m)^\s+(50|99)%\s+([0-9.]+)(us|ms|s)\s*$`)
 
-func wrk(url, dur string, args ...string) (rps, p50, p99 float64, err error) {
-	out, err := exec.Command("wrk", append([]string{"-t2", "-c32", "-d" + dur, "--latency", url}, args...)...).CombinedOutput()
+// wrk runs wrk against url, under prefix if there is one (ip netns exec NS, say).
+func wrk(prefix []string, url, dur string, args ...string) (rps, p50, p99 float64, err error) {
+	argv := append(slices.Clone(prefix), "wrk", "-t2", "-c32", "-d"+dur, "--latency", url)
+	out, err := exec.Command(argv[0], append(argv[1:], args...)...).CombinedOutput()
 	if err != nil {
 		return 0, 0, 0, fmt.Errorf("%v: %s", err, out)
 	}
@@ -268,15 +409,21 @@ func wrk(url, dur string, args ...string) (rps, p50, p99 float64, err error) {
 	return rps, p50, p99, nil
 }
 
+// dialFunc makes a connection, maybe from somewhere other than the bench's own namespace.
+type dialFunc func(ctx context.Context, network, addr string) (net.Conn, error)
+
 // download fetches n bytes from the test server at addr (host:port, or unix:/path) and
-// returns the rate.
-func download(addr string, n int64) (mbps float64, err error) {
+// returns the rate. A nil dial is the plain dialer.
+func download(dial dialFunc, addr string, n int64) (mbps float64, err error) {
 	network, dialAddr := "tcp", addr
 	if p, ok := strings.CutPrefix(addr, "unix:"); ok {
 		network, dialAddr, addr = "unix", p, "bench"
 	}
+	if dial == nil {
+		dial = (&net.Dialer{}).DialContext
+	}
 	tr := &http.Transport{DisableCompression: true, DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		return (&net.Dialer{}).DialContext(ctx, network, dialAddr)
+		return dial(ctx, network, dialAddr)
 	}}
 	defer tr.CloseIdleConnections()
 	c := &http.Client{Transport: tr}
@@ -294,4 +441,33 @@ func download(addr string, n int64) (mbps float64, err error) {
 		return 0, fmt.Errorf("got %d bytes, want %d", got, n)
 	}
 	return float64(n) / 1e6 / time.Since(began).Seconds(), nil
+}
+
+// appStatus is the part of an app's status in sact's admin API the bench reads.
+type appStatus struct {
+	Connections       uint64 `json:"connections_total"`
+	BypassConnections uint64 `json:"bypass_connections"`
+}
+
+// appCounts reads app's status from the admin API at the unix socket sock.
+func appCounts(sock, app string) (appStatus, error) {
+	tr := &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+	}}
+	defer tr.CloseIdleConnections()
+	c := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+	resp, err := c.Get("http://sact/api/apps/" + app)
+	if err != nil {
+		return appStatus{}, fmt.Errorf("reading %s's status: %w", app, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, 1000))
+		return appStatus{}, fmt.Errorf("reading %s's status: %s: %s", app, resp.Status, body)
+	}
+	var st appStatus
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+		return appStatus{}, fmt.Errorf("reading %s's status: %w", app, err)
+	}
+	return st, nil
 }
