@@ -35,6 +35,9 @@ type deployment struct {
 	reason string
 	ready  chan struct{} // closed when the new one serves or failed
 	err    error         // why it failed; set before ready is closed
+	// seen is the version an outside event found outdated, for a deploy only such
+	// events asked for; "" once anyone asks (a reload, a restart).
+	seen string
 }
 
 // deployState is the app's deploy bookkeeping, guarded by App.mu.
@@ -126,6 +129,7 @@ func (a *App) beginDeploy(reason string) *deployment {
 		if a.dep.queued == nil {
 			a.dep.queued = &deployment{reason: reason, ready: make(chan struct{})}
 		}
+		a.dep.queued.seen = "" // asked for: it runs whatever failed before
 		return a.dep.queued
 	}
 	d := &deployment{reason: reason, ready: make(chan struct{})}
@@ -146,6 +150,12 @@ func (a *App) deploy(d *deployment, old *backend.Instance) {
 		a.mu.Lock()
 		a.dep.cur, d = nil, a.dep.queued
 		a.dep.queued = nil
+		if d != nil && d.seen != "" && d.seen == a.dep.failedVersion {
+			// Queued by an event (another image tagged) while the version it saw ran its
+			// deploy, which failed: not tried again, as after the failure (deployIfChanged).
+			close(d.ready)
+			d = nil
+		}
 		if d != nil {
 			if a.state != Running || a.closed {
 				// Stopped meanwhile: its next start makes the newest version anyway.
@@ -479,7 +489,13 @@ func (a *App) deployIfChanged() {
 		return
 	}
 	if a.state == Running && a.inst == inst && !a.closed {
-		a.beginDeploy(why)
+		switch {
+		case a.dep.cur == nil:
+			a.beginDeploy(why)
+		case a.dep.queued == nil:
+			// Behind the deploy under way: dropped if that one fails on this version.
+			a.dep.queued = &deployment{reason: why, ready: make(chan struct{}), seen: version}
+		}
 	}
 	a.mu.Unlock()
 }

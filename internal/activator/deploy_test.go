@@ -364,6 +364,40 @@ func TestFailedDeployNotRetriedForOtherImages(t *testing.T) {
 	})
 }
 
+// TestFailedDeployNotRetriedForAnImageDuringIt: an image tagged while the deploy of a
+// broken version runs queues a deploy behind it; once that one fails, the queued one is
+// the very version that failed and is dropped, not started again (CI saw two failed
+// deploys for one broken version while other tests tagged images). A restart asked for
+// meanwhile still runs.
+func TestFailedDeployNotRetriedForAnImageDuringIt(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		rt := newDeployRuntime()
+		app, stop := runDeployApp(t, rt, Policy{Idle: time.Hour, StartTimeout: 5 * time.Second})
+		defer stop()
+		acquireFrom(t, app).Release()
+		rt.mu.Lock()
+		rt.nextBroke, rt.image = true, "broken"
+		rt.mu.Unlock()
+		rt.events <- backend.WatchEvent{Kind: backend.ImageChanged}
+		time.Sleep(time.Second)
+		rt.events <- backend.WatchEvent{Kind: backend.ImageChanged} // another image's tag, during the deploy
+		time.Sleep(12 * time.Second)
+		synctest.Wait()
+		if st := app.Status(); st.DeployFailures != 1 || rt.gen != 2 {
+			t.Fatalf("the failed version was tried again for an image tagged during its deploy: %d failures, %d incarnations", st.DeployFailures, rt.gen)
+		}
+		rt.mu.Lock()
+		rt.nextBroke = false
+		rt.mu.Unlock()
+		if err := app.Restart(context.Background()); err != nil {
+			t.Fatalf("a restart after the failed deploy: %v", err)
+		}
+		if st := app.Status(); st.Deploys != 1 {
+			t.Fatalf("the restart did not deploy: %+v", st)
+		}
+	})
+}
+
 // Deploys take start_concurrency tokens as cold starts do, and give them back once the
 // new one is ready, not after the old one's drain.
 func TestDeploysShareStartConcurrency(t *testing.T) {

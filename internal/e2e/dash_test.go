@@ -417,8 +417,15 @@ func TestCLIDayTwo(t *testing.T) {
 		}
 	}
 
-	waitUntil(t, "the events of the start --all", 10*time.Second, func() bool {
-		return strings.Contains(evs.String(), `"app":"dash-proc"`)
+	// The restart's deploy ends (its old container stopped) whenever it does: under
+	// load, after the start --all.
+	waitUntil(t, "the events of the start --all and the end of the restart's deploy", 20*time.Second, func() bool {
+		s := evs.String()
+		done := false
+		for _, line := range strings.Split(s, "\n") {
+			done = done || strings.Contains(line, `"kind":"deploy","app":"`+web+`"`) && strings.Contains(line, `"reason":"done"`)
+		}
+		return strings.Contains(s, `"app":"dash-proc"`) && done
 	})
 	stopEvents()
 	t.Logf("sact events printed:\n%s", evs.String())
