@@ -131,7 +131,7 @@ func (b *bench) warm() error {
 		{"systemd-socket-proxyd (tcp -> container IP)", proxydAddr},
 		{"nginx stream proxy (tcp -> container IP)", streamAddr},
 		{"sact handoff (the app accepts on sact's socket)", handAddr},
-		{"sact L4 kernel relay (tcp -> container IP, SACT_RELAY=kernel)", kernelAddr},
+		{"sact L4 kernel relay, local client (tcp -> container IP, SACT_RELAY=kernel: the connect-time bypass, past the relay)", kernelAddr},
 	}
 	kernelIdx := len(targets) - 1
 	rounds, dur := b.wrkRounds()
