@@ -934,7 +934,8 @@ type Status struct {
 	// address); "" otherwise.
 	Node string
 	// Bypassed: local clients reach the running instance past the relay (bypass.go);
-	// BypassedConnects counts the connects sent past it since sact started.
+	// BypassedConnects counts the connects sent past it since sact started (Accepted
+	// includes them).
 	Bypassed         bool
 	BypassedConnects uint64
 }
@@ -970,6 +971,9 @@ func (a *App) Status() Status {
 		s.Bypassed = a.routeHeld.IsZero()
 		s.BypassedConnects += a.route.Connects()
 	}
+	// Served too, if not by the relay: the daily activity and "no traffic for 30 days"
+	// count them.
+	s.Accepted += int(s.BypassedConnects)
 	if a.inst != nil {
 		s.Node = a.inst.Node
 	}

@@ -20,6 +20,7 @@ type bypassStatus struct {
 	Bypass            bool   `json:"bypass"`
 	BypassConnections int    `json:"bypass_connections"`
 	ColdStarts        int    `json:"cold_starts"`
+	Connections       int    `json:"connections_total"`
 }
 
 func bypassOf(t *testing.T, d *daemon, app string) bypassStatus {
@@ -87,8 +88,8 @@ func TestBypassLocalClients(t *testing.T) {
 		}
 	}
 	thaw()
-	if st := bypassOf(t, d, name); st.BypassConnections < 5 {
-		t.Errorf("bypass_connections = %d, want at least the 5 made while sact was stopped", st.BypassConnections)
+	if st := bypassOf(t, d, name); st.BypassConnections < 5 || st.Connections < st.BypassConnections+1 {
+		t.Errorf("bypass_connections = %d, connections_total = %d: want at least the 5 made while sact was stopped, and all counted as served", st.BypassConnections, st.Connections)
 	}
 
 	// Steady light traffic on one pooled connection, twice the idle time: sact sees it
