@@ -2,8 +2,11 @@ package activator
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"testing/synctest"
@@ -202,3 +205,52 @@ func TestBypassedConnectionBlocksThePause(t *testing.T) {
 		}
 	})
 }
+
+// refusingBypass cannot route: the kernel refused (no BPF, a namespace gone).
+type refusingBypass struct{ calls int }
+
+func (b *refusingBypass) Route(*backend.Instance) (Route, error) {
+	b.calls++
+	return nil, errors.New("operation not permitted")
+}
+
+// TestBypassRefusedRelaysEveryone: a route the kernel refuses leaves the app served by
+// the relay, as without a bypass, and says so once per cause, not once per start.
+func TestBypassRefusedRelaysEveryone(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		rt := newFakeRuntime(&fake.Runtime{})
+		b := &refusingBypass{}
+		var logs strings.Builder
+		var mu sync.Mutex
+		log := slog.New(slog.NewTextHandler(writerFunc(func(p []byte) (int, error) {
+			mu.Lock()
+			defer mu.Unlock()
+			return logs.Write(p)
+		}), nil))
+		app := New(rt, Policy{Spec: backend.Spec{Name: "web"}, Idle: time.Minute}, Options{Dial: rt.Dial, Bypass: b, Logger: log})
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error)
+		go func() { done <- app.Run(ctx) }()
+		defer func() { cancel(); <-done }()
+		for range 2 {
+			l, err := app.Acquire(context.Background(), Wake{})
+			if err != nil {
+				t.Fatalf("a client of an app whose bypass is refused: %v", err)
+			}
+			l.Release()
+			if app.Bypassed() {
+				t.Error("bypassed although the route was refused")
+			}
+			time.Sleep(2 * time.Minute) // idle: stopped, and started again by the next
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if b.calls != 2 || strings.Count(logs.String(), "cannot route local clients past the relay") != 1 {
+			t.Errorf("%d routes asked, log:\n%s\nwant 2 asks and one line", b.calls, logs.String())
+		}
+	})
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
