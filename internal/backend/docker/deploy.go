@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"slices"
+	"strings"
 	"time"
 
 	cerrdefs "github.com/containerd/errdefs"
@@ -85,6 +86,9 @@ func (r *Runtime) removeID(ctx context.Context, id string) error {
 // hands over to a new one while it drains an old container loses that drain.
 func (r *Runtime) removeLeftovers(ctx context.Context, spec backend.Spec) {
 	for _, name := range []string{nextName(spec.Name), oldName(spec.Name)} {
+		if !r.mayExist(name) {
+			continue
+		}
 		ins, err := r.cli.ContainerInspect(ctx, name, client.ContainerInspectOptions{})
 		if err != nil || ins.Container.Config == nil || ins.Container.Config.Labels[LabelApp] != spec.Name {
 			continue
@@ -93,6 +97,40 @@ func (r *Runtime) removeLeftovers(ctx context.Context, spec backend.Spec) {
 		if err := r.removeID(ctx, ins.Container.ID); err != nil {
 			r.log.Warn("cannot remove a container left by an interrupted deploy", "app", spec.Name, "container", name, "reason", err)
 		}
+	}
+}
+
+// isDeployName says whether name is one a deploy gives an incarnation (-Next, -Old).
+func isDeployName(name string) bool {
+	return strings.HasPrefix(name, "sact-") && (strings.HasSuffix(name, nextSuffix) || strings.HasSuffix(name, oldSuffix))
+}
+
+// mayExist says whether a container called name (a deploy name) may be on the engine.
+func (r *Runtime) mayExist(name string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.deployNames == nil || r.deployNames[name]
+}
+
+// noteDeployName keeps deployNames up with a create, rename or destroy event. Called
+// with r.mu held.
+func (r *Runtime) noteDeployName(m events.Message) {
+	if r.deployNames == nil || m.Type != events.ContainerEventType {
+		return
+	}
+	name := m.Actor.Attributes["name"]
+	switch m.Action {
+	case events.ActionCreate:
+		if isDeployName(name) {
+			r.deployNames[name] = true
+		}
+	case events.ActionRename:
+		delete(r.deployNames, strings.TrimPrefix(m.Actor.Attributes["oldName"], "/"))
+		if isDeployName(name) {
+			r.deployNames[name] = true
+		}
+	case events.ActionDestroy:
+		delete(r.deployNames, name)
 	}
 }
 

@@ -66,6 +66,12 @@ type Runtime struct {
 	live  chan struct{}   // closed once the event stream is first up
 	// subs are the Watch subscriptions, by app name.
 	subs map[string][]chan backend.WatchEvent
+	// deployNames are the names of the deploy incarnations (sact-NAME-Next, -Old) on the
+	// engine: listed at New, kept up by the create, rename and destroy events. An app's
+	// first look (Running) inspects only those for leftovers, not two names per app: with
+	// 1000 apps, 2000 engine requests at startup. Nil if the list failed: every name is
+	// inspected then.
+	deployNames map[string]bool
 
 	// writable are the host sources of every container's read-write mounts, for
 	// WritableDirs: listed at New, added to on each create event; never shrunk.
@@ -120,8 +126,14 @@ func New(ctx context.Context, opts Options) (*Runtime, error) {
 	if res, err := cli.ContainerList(pctx, client.ContainerListOptions{All: true}); err != nil {
 		log.Warn("cannot list the containers' mounts; only the apps' volumes count as written by containers", "reason", err)
 	} else {
+		r.deployNames = make(map[string]bool)
 		for _, c := range res.Items {
 			r.addMounts(c.Mounts)
+			for _, n := range c.Names {
+				if n = strings.TrimPrefix(n, "/"); isDeployName(n) {
+					r.deployNames[n] = true
+				}
+			}
 		}
 	}
 	return r, nil
@@ -196,7 +208,7 @@ func (r *Runtime) Run(ctx context.Context) error {
 
 func (r *Runtime) follow(ctx context.Context, since time.Time, first *bool) error {
 	f := make(client.Filters).Add("type", "container", "image").
-		Add("event", string(events.ActionDie), string(events.ActionDestroy), string(events.ActionCreate), string(events.ActionKill), string(events.ActionTag), string(events.ActionStart),
+		Add("event", string(events.ActionDie), string(events.ActionDestroy), string(events.ActionCreate), string(events.ActionKill), string(events.ActionTag), string(events.ActionStart), string(events.ActionRename),
 			// A prefix: the engine matches "health_status: healthy" and the others by it.
 			string(events.ActionHealthStatus))
 	up := func() {
@@ -250,6 +262,11 @@ func (r *Runtime) handle(ctx context.Context, m events.Message) {
 			clear(r.known)
 			r.notifyRunning(backend.ImageChanged)
 		}
+		r.mu.Unlock()
+		return
+	}
+	r.noteDeployName(m)
+	if m.Action == events.ActionRename {
 		r.mu.Unlock()
 		return
 	}
