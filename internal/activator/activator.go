@@ -387,7 +387,7 @@ func (a *App) Run(ctx context.Context) error {
 	a.mu.Unlock()
 
 	adoptSpec := a.pol().Spec
-	inst, err := a.rt.Running(ctx, adoptSpec)
+	inst, err := a.lookUp(ctx, adoptSpec)
 	if err != nil {
 		// Not fatal: the next connection starts it, and Start finds a running container.
 		a.log.Warn("cannot tell whether app already runs", "err", err)
