@@ -204,7 +204,7 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 	}
 	saveCtx, stopSaving := context.WithCancel(context.WithoutCancel(ctx))
 	defer func() { stopSaving(); saving.Wait() }()
-	saving.Go(func() { d.hist.keep(saveCtx, opts.StateFile, d.statuses, log) })
+	saving.Go(func() { d.hist.keep(saveCtx, opts.StateFile, d.activities, log) })
 	var retrying sync.WaitGroup // runtimes that could not be set up
 	retryCtx, stopRetrying := context.WithCancel(ctx)
 	defer func() { stopRetrying(); retrying.Wait() }()

@@ -25,13 +25,16 @@ func (d *daemon) meterMemory(ctx context.Context, every time.Duration) {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	failed := make(map[string]bool) // apps whose last sample failed, to log once per run of failures
+	var units []*unit               // reused: a new copy of 1000 units every 10s was garbage
 	for {
-		for _, u := range d.snapshot() {
+		units = d.appendUnits(units[:0])
+		for _, u := range units {
 			if ctx.Err() != nil {
 				return
 			}
 			d.sampleMemory(ctx, u, failed)
 		}
+		clear(units) // holds no unit a reload removes until the next sample
 		select {
 		case <-ctx.Done():
 			return

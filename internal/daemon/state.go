@@ -42,6 +42,10 @@ type history struct {
 	mu   sync.Mutex
 	now  func() time.Time
 	apps map[string]*appHistory
+	// dirty is whether a known_since or a daily count changed since the last save (an
+	// app came or went, a connection was counted, a day was dropped). A last activity
+	// that changed is told by appHistory.saved.
+	dirty bool
 }
 
 type appHistory struct {
@@ -51,6 +55,20 @@ type appHistory struct {
 	// sample: the next one adds what came since.
 	accepted int
 	last     time.Time
+	// saved is the last activity the file holds, once saved.
+	saved time.Time
+}
+
+// activity is what the history takes of an app's status. Small, so that a map of 1000
+// holds them in place: a map of Status (larger than a map keeps inline) allocated each
+// one anew at every minute's sample.
+type activity struct {
+	Accepted, Open int
+	LastActivity   time.Time
+}
+
+func activityOf(st activator.Status) activity {
+	return activity{Accepted: st.Accepted, Open: st.Open, LastActivity: st.LastActivity}
 }
 
 func newHistory(now func() time.Time) *history {
@@ -66,13 +84,14 @@ func (h *history) app(name string) *appHistory {
 	if a == nil {
 		a = &appHistory{knownSince: h.now(), daily: make(map[string]int)}
 		h.apps[name] = a
+		h.dirty = true
 	}
 	return a
 }
 
 // pending is what st adds to a since its last sample: connections, or 1 for bytes moved
 // on a connection that stayed open. A start by hand is no traffic. Called with h.mu held.
-func (a *appHistory) pending(st activator.Status) int {
+func (a *appHistory) pending(st activity) int {
 	n := st.Accepted - a.accepted
 	if n < 0 { // a new activator (the app was replaced by a reload) counts from 0
 		n = st.Accepted
@@ -85,7 +104,7 @@ func (a *appHistory) pending(st activator.Status) int {
 
 // sample adds what the apps did since the last sample to today's counts, and forgets
 // the apps that are gone and the days that are too old.
-func (h *history) sample(sts map[string]activator.Status) {
+func (h *history) sample(sts map[string]activity) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	now := h.now().UTC()
@@ -95,6 +114,7 @@ func (h *history) sample(sts map[string]activator.Status) {
 		a := h.app(name)
 		if n := a.pending(st); n > 0 {
 			a.daily[today] += n
+			h.dirty = true
 		}
 		a.accepted = st.Accepted
 		if st.LastActivity.After(a.last) {
@@ -103,14 +123,32 @@ func (h *history) sample(sts map[string]activator.Status) {
 		for d := range a.daily {
 			if d < oldest {
 				delete(a.daily, d)
+				h.dirty = true
 			}
 		}
 	}
 	for name := range h.apps {
 		if _, ok := sts[name]; !ok {
 			delete(h.apps, name)
+			h.dirty = true
 		}
 	}
+}
+
+// changed says whether the file, as the last save wrote it, differs from what a save of
+// sts would write.
+func (h *history) changed(sts map[string]activity) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.dirty || len(sts) != len(h.apps) {
+		return true
+	}
+	for name, st := range sts {
+		if a := h.apps[name]; a == nil || !a.saved.Equal(st.LastActivity) {
+			return true
+		}
+	}
+	return false
 }
 
 // of returns name's known_since and its counts of the last HistoryDays days, oldest
@@ -124,7 +162,7 @@ func (h *history) of(name string, st activator.Status) admin.History {
 	for i := range days {
 		days[i] = a.daily[now.AddDate(0, 0, i-(HistoryDays-1)).Format(dayLayout)]
 	}
-	days[HistoryDays-1] += a.pending(st)
+	days[HistoryDays-1] += a.pending(activityOf(st))
 	return admin.History{KnownSince: a.knownSince, Days: days}
 }
 
@@ -169,7 +207,7 @@ func (h *history) load(path string, acts map[string]*activator.App, log *slog.Lo
 }
 
 // save writes the activity file atomically.
-func (h *history) save(path string, sts map[string]activator.Status) error {
+func (h *history) save(path string, sts map[string]activity) error {
 	h.mu.Lock()
 	st := savedState{Apps: make(map[string]savedApp, len(sts))}
 	for name, s := range sts {
@@ -188,24 +226,39 @@ func (h *history) save(path string, sts map[string]activator.Status) error {
 	if err := os.WriteFile(tmp, b, 0o644); err != nil {
 		return err
 	}
-	return os.Rename(tmp, path)
+	if err := os.Rename(tmp, path); err != nil {
+		return err
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for name, s := range sts {
+		if rec := h.apps[name]; rec != nil {
+			rec.saved = s.LastActivity
+		}
+	}
+	h.dirty = false
+	return nil
 }
 
 // keep samples the apps and saves the activity file every minute until ctx ends, and
-// once more then.
-func (h *history) keep(ctx context.Context, path string, statuses func() map[string]activator.Status, log *slog.Logger) {
+// once more then. A minute in which nothing changed writes nothing: a sleeping sact's
+// save of 1000 apps was a megabyte of garbage a minute, kept until the next collection.
+// activities fills the map it is given with every app's activity.
+func (h *history) keep(ctx context.Context, path string, activities func(map[string]activity), log *slog.Logger) {
 	t := time.NewTicker(time.Minute)
 	defer t.Stop()
 	warned := false
+	sts := make(map[string]activity) // reused, as the minute's garbage would be
 	for {
 		select {
 		case <-ctx.Done():
 		case <-t.C:
 		}
-		sts := statuses()
+		clear(sts)
+		activities(sts)
 		h.sample(sts)
-		if path == "" {
-			// No state file: the history lasts as long as this sact.
+		if path == "" || !h.changed(sts) {
+			// No state file (the history lasts as long as this sact), or nothing to add.
 		} else if err := h.save(path, sts); err != nil && !warned {
 			log.Warn("cannot save the activity file; the dashboard's idle-days reset when sact restarts", "file", path, "reason", err)
 			warned = true

@@ -35,9 +35,9 @@ func TestHistory(t *testing.T) {
 		t.Errorf("new app known since %v, want now", got)
 	}
 
-	h.sample(map[string]activator.Status{"old": {LastActivity: last}, "new": {Accepted: 3, LastActivity: now}})
+	h.sample(map[string]activity{"old": {LastActivity: last}, "new": {Accepted: 3, LastActivity: now}})
 	now = now.Add(2 * time.Hour) // the next UTC day
-	h.sample(map[string]activator.Status{"old": {LastActivity: last}, "new": {Accepted: 5, LastActivity: now}})
+	h.sample(map[string]activity{"old": {LastActivity: last}, "new": {Accepted: 5, LastActivity: now}})
 	got := h.of("new", activator.Status{Accepted: 6, LastActivity: now}) // one not sampled yet
 	if len(got.Days) != HistoryDays || got.Days[HistoryDays-2] != 3 || got.Days[HistoryDays-1] != 3 {
 		t.Errorf("new's last days %v, want ... 3 3", got.Days[HistoryDays-3:])
@@ -45,7 +45,7 @@ func TestHistory(t *testing.T) {
 	if d := h.of("old", activator.Status{LastActivity: last}).Days; d[HistoryDays-1] != 0 {
 		t.Errorf("old counted activity it did not have: %v", d[HistoryDays-3:])
 	}
-	if err := h.save(path, map[string]activator.Status{"old": {LastActivity: last}, "new": {Accepted: 5, LastActivity: now}}); err != nil {
+	if err := h.save(path, map[string]activity{"old": {LastActivity: last}, "new": {Accepted: 5, LastActivity: now}}); err != nil {
 		t.Fatal(err)
 	}
 
@@ -57,7 +57,7 @@ func TestHistory(t *testing.T) {
 		t.Errorf("after a load: known since %v (want %v), today %d (want 2)", got.KnownSince, born, got.Days[HistoryDays-1])
 	}
 	now = now.AddDate(0, 0, 100)
-	h2.sample(map[string]activator.Status{"new": {}})
+	h2.sample(map[string]activity{"new": {}})
 	for _, n := range h2.of("new", activator.Status{}).Days {
 		if n != 0 {
 			t.Fatalf("days older than %d kept: %v", HistoryDays, h2.apps["new"].daily)

@@ -412,19 +412,28 @@ func (d *daemon) acts() map[string]*activator.App {
 	return acts
 }
 
-// statuses returns every app's status as the admin API shows it, for the history.
-func (d *daemon) statuses() map[string]activator.Status {
+// activities puts every app's activity, as the admin API shows it, into sts (for the
+// history).
+func (d *daemon) activities(sts map[string]activity) {
 	d.mu.Lock()
 	apps := make([]admin.App, 0, len(d.units))
 	for _, u := range d.units {
 		apps = append(apps, u.adminApp())
 	}
 	d.mu.Unlock()
-	sts := make(map[string]activator.Status, len(apps))
 	for _, a := range apps {
-		sts[a.Name()] = a.Status()
+		sts[a.Name()] = activityOf(a.Status())
 	}
-	return sts
+}
+
+// appendUnits appends the units to dst.
+func (d *daemon) appendUnits(dst []*unit) []*unit {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, u := range d.units {
+		dst = append(dst, u)
+	}
+	return dst
 }
 
 // snapshot returns the units, for shutdown.
