@@ -29,8 +29,13 @@ type harness struct {
 }
 
 func newHarness(t *testing.T, rt *fake.Runtime, p Policy) *harness {
+	return newHarnessWith(t, rt, p, Options{Dial: rt.Dial})
+}
+
+// newHarnessWith is newHarness with the app's options.
+func newHarnessWith(t *testing.T, rt *fake.Runtime, p Policy, opts Options) *harness {
 	p.Spec.Name = "web"
-	app := New(rt, p, Options{Dial: rt.Dial})
+	app := New(rt, p, opts)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error)
 	go func() { done <- app.Run(ctx) }()

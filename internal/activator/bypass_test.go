@@ -95,18 +95,7 @@ func (r *fakeRoute) Close() error {
 func bypassHarness(t *testing.T, p Policy) (*harness, *fakeBypass) {
 	rt := newFakeRuntime(&fake.Runtime{})
 	b := &fakeBypass{rt: rt}
-	p.Spec.Name = "web"
-	app := New(rt, p, Options{Dial: rt.Dial, Bypass: b})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error)
-	go func() { done <- app.Run(ctx) }()
-	h := &harness{t: t, rt: rt, app: app, stop: func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	}}
-	return h, b
+	return newHarnessWith(t, rt, p, Options{Dial: rt.Dial, Bypass: b}), b
 }
 
 // TestBypassRoutesOnlyARunningInstance: the route comes with the start, and goes,

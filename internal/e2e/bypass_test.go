@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"context"
-	"encoding/json"
 	"io"
 	"net"
 	"net/http"
@@ -25,21 +24,7 @@ type bypassStatus struct {
 
 func bypassOf(t *testing.T, d *daemon, app string) bypassStatus {
 	t.Helper()
-	out, err := sactCLI(t, d, "status", "-json")
-	if err != nil {
-		t.Fatalf("sact status: %v: %s", err, out)
-	}
-	var list struct{ Apps []bypassStatus }
-	if err := json.Unmarshal([]byte(out), &list); err != nil {
-		t.Fatalf("sact status -json: %v: %s", err, out)
-	}
-	for _, a := range list.Apps {
-		if a.Name == app {
-			return a
-		}
-	}
-	t.Fatalf("sact status shows no app %s: %s", app, out)
-	return bypassStatus{}
+	return appStatusAs[bypassStatus](t, d, app)
 }
 
 // TestBypassLocalClients: with SACT_RELAY=kernel, a local client's connections to a

@@ -115,21 +115,33 @@ type deployStatus struct {
 
 func statusOf(t *testing.T, d *daemon, app string) deployStatus {
 	t.Helper()
+	return appStatusAs[deployStatus](t, d, app)
+}
+
+// appStatusAs decodes app's entry in `sact status -json` into the fields T has.
+func appStatusAs[T any](t *testing.T, d *daemon, app string) T {
+	t.Helper()
 	out, err := sactCLI(t, d, "status", "-json")
 	if err != nil {
 		t.Fatalf("sact status: %v: %s", err, out)
 	}
-	var list struct{ Apps []deployStatus }
+	var list struct{ Apps []json.RawMessage }
 	if err := json.Unmarshal([]byte(out), &list); err != nil {
 		t.Fatalf("sact status -json: %v: %s", err, out)
 	}
-	for _, a := range list.Apps {
-		if a.Name == app {
-			return a
+	for _, raw := range list.Apps {
+		var named struct{ Name string }
+		if json.Unmarshal(raw, &named) == nil && named.Name == app {
+			var v T
+			if err := json.Unmarshal(raw, &v); err != nil {
+				t.Fatalf("sact status -json, app %s: %v", app, err)
+			}
+			return v
 		}
 	}
 	t.Fatalf("sact status shows no app %s: %s", app, out)
-	return deployStatus{}
+	var zero T
+	return zero
 }
 
 func reloadTo(t *testing.T, d *daemon, config string) {
