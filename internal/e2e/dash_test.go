@@ -279,7 +279,12 @@ func TestDashboard250Apps(t *testing.T) {
 	// The restart button needs the token, as every change over HTTP.
 	token, err := os.ReadFile(filepath.Join(stateDir, "admin.token"))
 	step("the token", err)
-	_, err = chromedp.Run(ctx, chromedp.Click(chromedp.CSS(`tr[data-app="dash-ok-2"] button[data-action="restart"]`)))
+	// The table is drawn anew on every event: a node found by one step may be gone at
+	// the next, so a click finds its element and clicks it in one go, in the page.
+	click := func(sel string) chromedp.Action[bool] {
+		return chromedp.Poll[bool](fmt.Sprintf(`(() => { const e = document.querySelector(%q); if (!e) return false; e.click(); return true })()`, sel))
+	}
+	_, err = chromedp.Run(ctx, click(`tr[data-app="dash-ok-2"] button[data-action="restart"]`))
 	step("restart without a session", err)
 	_, err = chromedp.Run(ctx, chromedp.WaitVisible(chromedp.CSS("#login #token")))
 	step("the login asked for", err)
@@ -289,16 +294,16 @@ func TestDashboard250Apps(t *testing.T) {
 	step("log in", err)
 	_, err = chromedp.Run(ctx, chromedp.Poll[bool](`document.getElementById("login").hidden`))
 	step("logged in", err)
-	_, err = chromedp.Run(ctx, chromedp.Click(chromedp.CSS(`tr[data-app="dash-ok-2"] button[data-action="restart"]`)))
+	_, err = chromedp.Run(ctx, click(`tr[data-app="dash-ok-2"] button[data-action="restart"]`))
 	step("restart", err)
 	_, err = chromedp.Run(ctx, chromedp.Poll[bool](`document.querySelector('tr[data-app="dash-ok-2"] td:nth-child(7)').textContent === "2"`))
 	step("dash-ok-2's second cold start shown", err)
 	d.waitLog(`"msg":"stopping app"&&"app":"dash-ok-2"&&"reason":"restart"`, 10*time.Second)
-	_, err = chromedp.Run(ctx, chromedp.Click(chromedp.CSS(`tr[data-app="dash-ok-1"] button[data-action="start"]`)))
+	_, err = chromedp.Run(ctx, click(`tr[data-app="dash-ok-1"] button[data-action="start"]`))
 	step("start", err)
 	_, err = chromedp.Run(ctx, chromedp.Poll[bool](`document.querySelector('tr[data-app="dash-ok-1"] .state').textContent === "running"`))
 	step("dash-ok-1 running again", err)
-	_, err = chromedp.Run(ctx, chromedp.Click(chromedp.CSS(`tr[data-app="dash-app-007"] details summary`)))
+	_, err = chromedp.Run(ctx, click(`tr[data-app="dash-app-007"] details summary`))
 	step("open the error", err)
 	_, err = chromedp.Run(ctx, chromedp.Poll[bool](`document.querySelector('tr[data-app="dash-app-007"] pre.logs').textContent.includes("dash line two")`))
 	step("the app's log lines under its error", err)
