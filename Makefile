@@ -35,7 +35,7 @@ check-deps:
 # (set SACT_REQUIRE_DOCKER=1 to make a missing engine a failure instead of a skip).
 test: check-deps vet
 	$(GO) test -race -timeout 30m ./...
-# (The suite takes about 11 minutes here with its images cached; a fresh machine first
+# (The suite takes 12-13 minutes here with its images cached; a fresh machine first
 # builds four Debian images with debootstrap, several minutes more: hence the timeout.)
 
 bench:
