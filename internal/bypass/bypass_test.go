@@ -283,29 +283,8 @@ func TestContextLayout(t *testing.T) {
 		"bpf_sock_addr": {"user_ip4": saUserIP4, "user_port": saUserPort, "type": saType, "sk": saSk},
 		"bpf_sock":      {"src_ip4": skSrcIP4},
 	} {
-		var s *btf.Struct
-		if err := spec.TypeByName(name, &s); err != nil {
-			t.Fatal(err)
-		}
-		var walk func(members []btf.Member, base uint32)
-		walk = func(members []btf.Member, base uint32) {
-			for _, m := range members {
-				off := base + m.Offset.Bytes()
-				if u, ok := m.Type.(*btf.Union); ok && m.Name == "" {
-					walk(u.Members, off)
-					continue
-				}
-				if w, ok := want[m.Name]; ok {
-					if int(off) != w {
-						t.Errorf("%s.%s at %d, want %d", name, m.Name, off, w)
-					}
-					delete(want, m.Name)
-				}
-			}
-		}
-		walk(s.Members, 0)
-		if len(want) > 0 {
-			t.Errorf("%s has no %v", name, want)
+		if err := bpfwatch.CheckLayout(spec, name, want); err != nil {
+			t.Error(err)
 		}
 	}
 }

@@ -756,36 +756,14 @@ func TestContextLayout(t *testing.T) {
 	if err != nil {
 		t.Skip(err)
 	}
-	var s *btf.Struct
-	if err := spec.TypeByName("bpf_sock_ops", &s); err != nil {
-		t.Fatal(err)
-	}
 	want := map[string]int{
 		"op": opsOp, "args": opsArgs, "family": opsFamily, "local_ip4": opsLocalIP4,
 		"local_ip6": opsLocalIP6, "local_port": opsLocalPort, "is_fullsock": opsFullsock,
 		"bytes_received": opsBytesRecv, "bytes_acked": opsBytesAcked, "sk": opsSk,
 		"bpf_sock_ops_cb_flags": opsCbFlags,
 	}
-	// Anonymous unions (args/reply, and each __bpf_md_ptr) hold the named members.
-	var walk func(members []btf.Member, base uint32)
-	walk = func(members []btf.Member, base uint32) {
-		for _, m := range members {
-			off := base + m.Offset.Bytes()
-			if u, ok := m.Type.(*btf.Union); ok && m.Name == "" {
-				walk(u.Members, off)
-				continue
-			}
-			if w, ok := want[m.Name]; ok {
-				if int(off) != w {
-					t.Errorf("bpf_sock_ops.%s at %d, want %d", m.Name, off, w)
-				}
-				delete(want, m.Name)
-			}
-		}
-	}
-	walk(s.Members, 0)
-	if len(want) > 0 {
-		t.Errorf("bpf_sock_ops has no %v", want)
+	if err := CheckLayout(spec, "bpf_sock_ops", want); err != nil {
+		t.Error(err)
 	}
 }
 
