@@ -2,12 +2,16 @@ package daemon
 
 import (
 	"errors"
+	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 
 	"github.com/sact-project/sact/internal/activator"
 	"github.com/sact-project/sact/internal/backend"
 	"github.com/sact-project/sact/internal/bypass"
+	"github.com/sact-project/sact/internal/ingress"
 	"github.com/sact-project/sact/internal/proxy"
 	"github.com/sact-project/sact/internal/sockdiag/bpfwatch"
 )
@@ -37,10 +41,43 @@ func (d *daemon) prepareBypass() {
 	}
 	d.bypass = b
 	d.log.Info("local clients reach running apps past the relay", "how", "cgroup/connect4", "scope", "TCP over IPv4 from this host's network namespace")
+	d.prepareIngress()
+}
+
+// prepareIngress opens the translation of clients elsewhere (SACT_INGRESS: auto, the
+// default, where this host does not filter INPUT; on; off). Its routes ride on the
+// bypass's, which count the connections.
+func (d *daemon) prepareIngress() {
+	mode := os.Getenv("SACT_INGRESS")
+	switch mode {
+	case "off":
+		return
+	case "", "auto", "on":
+	default:
+		d.log.Warn("clients elsewhere are relayed: SACT_INGRESS is not auto, on or off", "value", mode)
+		return
+	}
+	t, err := ingress.Open(ingress.Options{Force: mode == "on"})
+	if err != nil {
+		fix := "run sact as root with nftables, and IPv4 forwarding on"
+		if errors.Is(err, ingress.ErrFiltered) {
+			fix = "a translated connection is forwarded and skips INPUT, as Docker's published ports do: filter sact's ports in DOCKER-USER and set SACT_INGRESS=on, or keep relaying them"
+		}
+		d.log.Warn("clients elsewhere are relayed: cannot translate their connections to running apps", "reason", err, "fix", fix)
+		return
+	}
+	d.ingress = t
+	d.log.Info("clients elsewhere reach running apps past the relay", "how", "nftables dnat", "mark", fmt.Sprintf("%#x", ingress.Mark),
+		"scope", "TCP over IPv4 to a non-loopback listen address, forwarded by this host")
 }
 
 // closeBypass ends the bypass: clients reach sact's listeners again.
 func (d *daemon) closeBypass() {
+	if d.ingress != nil {
+		if err := d.ingress.Close(); err != nil {
+			d.log.Warn("cannot take out the translation of clients elsewhere", "reason", err)
+		}
+	}
 	if d.bypass != nil {
 		d.bypass.Close()
 	}
@@ -52,8 +89,10 @@ func (d *daemon) closeBypass() {
 // unitBypass routes a relayed unit's local clients past the relay: the addresses are
 // the unit's TCP listeners at the time of each route.
 type unitBypass struct {
-	b *bypass.Bypass
-	u *unit
+	b   *bypass.Bypass
+	in  *ingress.Table // nil: clients elsewhere are relayed
+	u   *unit
+	log *slog.Logger
 }
 
 func (ub unitBypass) Route(inst *backend.Instance) (activator.Route, error) {
@@ -84,7 +123,31 @@ func (ub unitBypass) Route(inst *backend.Instance) (activator.Route, error) {
 	if err != nil {
 		return nil, err
 	}
-	return r, nil
+	if ub.in == nil {
+		return r, nil
+	}
+	remote, err := ub.in.Route(listen, to, inst.Pid)
+	if err != nil {
+		if !errors.Is(err, ingress.ErrNotRoutable) {
+			ub.log.Warn("cannot translate clients elsewhere to the instance; relaying them", "reason", err, "upstream", up.Address)
+		}
+		return r, nil
+	}
+	return both{r, remote}, nil
+}
+
+// both is a route of this host's clients (which counts every connection to the
+// upstream) and one of clients elsewhere.
+type both struct {
+	*bypass.Route
+	remote *ingress.Route
+}
+
+func (b both) Hold() error   { return errors.Join(b.Route.Hold(), b.remote.Hold()) }
+func (b both) Resume() error { return errors.Join(b.Route.Resume(), b.remote.Resume()) }
+func (b both) Close() error  { return errors.Join(b.remote.Close(), b.Route.Close()) }
+func (b both) Connects() uint64 {
+	return b.Route.Connects() + b.remote.Connects()
 }
 
 // bypassFor is the Bypass of a unit's activator: none for a handoff app (it has no
@@ -93,5 +156,5 @@ func (d *daemon) bypassFor(u *unit) activator.Bypass {
 	if d.bypass == nil || u.app.Handoff {
 		return nil
 	}
-	return unitBypass{d.bypass, u}
+	return unitBypass{d.bypass, d.ingress, u, d.log.With("app", u.app.Name)}
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/sact-project/sact/internal/events"
 	"github.com/sact-project/sact/internal/front"
 	"github.com/sact-project/sact/internal/handoff/host"
+	"github.com/sact-project/sact/internal/ingress"
 	"github.com/sact-project/sact/internal/relay"
 	"github.com/sact-project/sact/internal/sockdiag"
 	"github.com/sact-project/sact/internal/sockdiag/bpfwatch"
@@ -74,6 +75,9 @@ type daemon struct {
 	// off; bypassCounters is the watcher it opened for itself, when handoff opened none.
 	bypass         *bypass.Bypass
 	bypassCounters *bpfwatch.Watcher
+	// ingress translates clients elsewhere to running apps, beside the bypass; nil
+	// when off (SACT_INGRESS) or refused.
+	ingress *ingress.Table
 }
 
 // unit is one app: its config, its activator, its listeners and, in handoff mode, what
