@@ -38,16 +38,17 @@ func (b *bench) warm() error {
 	}
 	// Where sact's relay, its kernel relay and nginx listen for the namespace, as extra
 	// entries of their listen lists.
-	var nsRelay, nsKernel, nsStream, relayListen, kernelListen string
+	var nsRelay, nsKernel, nsStream, nsSockmap, relayListen, kernelListen string
 	if ns != nil {
-		nsRelay, nsKernel, nsStream = freeAddrOn(netnsHostIP), freeAddrOn(netnsHostIP), freeAddrOn(netnsHostIP)
+		nsRelay, nsKernel, nsStream, nsSockmap = freeAddrOn(netnsHostIP), freeAddrOn(netnsHostIP), freeAddrOn(netnsHostIP), freeAddrOn(netnsHostIP)
 		relayListen, kernelListen = fmt.Sprintf(`, "tcp:%s"`, nsRelay), fmt.Sprintf(`, "tcp:%s"`, nsKernel)
 	}
 
 	app := fmt.Sprintf("bench-warm-%d", os.Getpid())
 	hand := fmt.Sprintf("bench-warm-handoff-%d", os.Getpid())
 	kapp := fmt.Sprintf("bench-warm-kernel-%d", os.Getpid())
-	defer exec.Command("docker", "rm", "-f", "sact-"+app, "sact-"+hand, "sact-"+kapp).Run()
+	sapp := fmt.Sprintf("bench-warm-sockmap-%d", os.Getpid())
+	defer exec.Command("docker", "rm", "-f", "sact-"+app, "sact-"+hand, "sact-"+kapp, "sact-"+sapp).Run()
 	sactAddr, handAddr := freeAddr(), freeAddr()
 	sactUnix := filepath.Join(b.dir, "warm.sock")
 	d, err := b.startSact(fmt.Sprintf(`apps:
@@ -87,7 +88,26 @@ func (b *bench) warm() error {
 		return err
 	}
 	defer kd.stop()
-	for _, a := range []string{sactAddr, handAddr, kernelAddr} {
+	firsts := []string{sactAddr, handAddr, kernelAddr}
+	if ns != nil {
+		// The sockmap relay alone, for clients elsewhere: the kernel path with the
+		// translation of their connections off (a third sact).
+		sd, err := b.startSactWith(fmt.Sprintf(`apps:
+  %[1]s:
+    image: %[2]s
+    env: {NAME: warm-sockmap, LISTEN: "tcp:0.0.0.0:8080"}
+    listen: ["tcp:%[3]s"]
+    port: 8080
+    idle: 1h
+    stop_timeout: 2s
+`, sapp, b.image, nsSockmap), filepath.Join(b.dir, "run-sockmap"), []string{"SACT_RELAY=kernel", "SACT_INGRESS=off"})
+		if err != nil {
+			return err
+		}
+		defer sd.stop()
+		firsts = append(firsts, nsSockmap)
+	}
+	for _, a := range firsts {
 		if err := firstByte("tcp", a); err != nil {
 			return fmt.Errorf("first request through sact: %w", err)
 		}
@@ -162,20 +182,28 @@ func (b *bench) warm() error {
 	if err := b.bulk(bulk, rounds); err != nil {
 		return err
 	}
-	return b.warmFromNetns(ns, nsErr, filepath.Join(b.dir, "run-kernel", "admin.sock"), kapp, []target{
+	return b.warmFromNetns(ns, nsErr, []sactCounts{
+		{filepath.Join(b.dir, "run-kernel", "admin.sock"), kapp, "the kernel path's"},
+		{filepath.Join(b.dir, "run-sockmap", "admin.sock"), sapp, "the sockmap relay's"},
+	}, []target{
 		{"direct to the container (forwarded by the host)", direct},
 		{"sact L4 relay (tcp -> container IP)", nsRelay},
 		{"nginx stream proxy (tcp -> container IP)", nsStream},
-		{"sact L4 kernel relay (tcp -> container IP, SACT_RELAY=kernel)", nsKernel},
+		{"sact L4 kernel path (tcp -> container IP, SACT_RELAY=kernel: translated past the relay by nftables)", nsKernel},
+		{"sact L4 kernel relay, sockmap (tcp -> container IP, SACT_RELAY=kernel SACT_INGRESS=off)", nsSockmap},
 	})
 }
 
+// sactCounts names an app of a sact whose admin API counts its connections.
+type sactCounts struct{ sock, app, whose string }
+
 // warmFromNetns is the warm path from another network namespace, where a client of
-// sact's kernel relay is not local and goes through the relay itself. targets are direct,
-// the relay, nginx stream and the kernel relay, in that order; ns is nil, and why says
-// why, if there is no namespace. kernelSock and kernelApp are the kernel relay's admin
-// socket and app, whose counts show which way its connections went.
-func (b *bench) warmFromNetns(ns *benchNetns, why error, kernelSock, kernelApp string, targets []target) error {
+// sact is not local: the kernel path translates its connections past the relay, the
+// sockmap relay (the kernel path with that off) relays them. targets are direct, the
+// relay, nginx stream, the kernel path and the sockmap relay, in that order; ns is nil,
+// and why says why, if there is no namespace. counted are the last two's sacts, whose
+// counts show which way their connections went.
+func (b *bench) warmFromNetns(ns *benchNetns, why error, counted []sactCounts, targets []target) error {
 	const (
 		goalRPS    = "warm L4 kernel relay from another netns vs direct (requests/s)"
 		goalStream = "warm L4 kernel relay from another netns vs nginx stream (requests/s)"
@@ -189,9 +217,13 @@ func (b *bench) warmFromNetns(ns *benchNetns, why error, kernelSock, kernelApp s
 		}
 		return nil
 	}
-	before, err := appCounts(kernelSock, kernelApp)
-	if err != nil {
-		return err
+	var before []appStatus
+	for _, c := range counted {
+		st, err := appCounts(c.sock, c.app)
+		if err != nil {
+			return err
+		}
+		before = append(before, st)
 	}
 	rounds, dur := b.wrkRounds()
 	results, err := wrkAllFrom(ns.command(), targets, rounds, dur)
@@ -203,18 +235,18 @@ func (b *bench) warmFromNetns(ns *benchNetns, why error, kernelSock, kernelApp s
 	if err != nil {
 		return err
 	}
-	after, err := appCounts(kernelSock, kernelApp)
-	if err != nil {
-		return err
+	var counts []string
+	for i, c := range counted {
+		after, err := appCounts(c.sock, c.app)
+		if err != nil {
+			return err
+		}
+		counts = append(counts, fmt.Sprintf("%s sact accepted %d connection(s) and sent %d past the relay", c.whose,
+			after.Connections-before[i].Connections, after.BypassConnections-before[i].BypassConnections))
 	}
-	fmt.Fprintf(&b.md, "The client runs in a network namespace the bench makes (%s), joined to the host by a veth pair (%s there, %s on the host): it is not local to sact, as one on another host would not be, minus the wire. sact (its relay and, in a second process, its kernel relay) and nginx also listen on %s and dial the container from the host; direct goes through the host's forwarding to the container's bridge, and is this section's baseline. ", ns.name, netnsIP, netnsHostIP, netnsHostIP)
+	fmt.Fprintf(&b.md, "The client runs in a network namespace the bench makes (%s), joined to the host by a veth pair (%s there, %s on the host): it is not local to sact, as one on another host would not be, minus the wire. sact (its relay, and in two more processes its kernel path and its sockmap relay alone) and nginx also listen on %s and dial the container from the host; direct goes through the host's forwarding to the container's bridge, and is this section's baseline. ", ns.name, netnsIP, netnsHostIP, netnsHostIP)
 	fmt.Fprintf(&b.md, "Compare within this section only: the loopback rows above have no veth and no forwarding in them. ")
-	relayed, bypassed := after.Connections-before.Connections, after.BypassConnections-before.BypassConnections
-	fmt.Fprintf(&b.md, "In this section the kernel relay's sact accepted %d connection(s) and routed %d past the relay (its admin API's counts)", relayed, bypassed)
-	if bypassed > 0 {
-		fmt.Fprintf(&b.md, ": **some of the kernel relay's rows below did not go through the relay**")
-	}
-	fmt.Fprintf(&b.md, ".\n\n")
+	fmt.Fprintf(&b.md, "In this section %s (their admin APIs' counts; the sockmap relay's must send none past it).\n\n", strings.Join(counts, ", and "))
 	fmt.Fprintf(&b.md, "### Small HTTP requests\n\n`ip netns exec %s wrk -t2 -c32 -d%s --latency`, keep-alive, `GET /` answering 16 bytes; %d round(s), targets interleaved; medians over rounds (min-max of requests/s in brackets).\n\n", ns.name, dur, rounds)
 	fmt.Fprintf(&b.md, "| path | requests/s | vs direct | p50 | p99 |\n| --- | ---: | ---: | ---: | ---: |\n")
 	base := medianF(results[0].rps)

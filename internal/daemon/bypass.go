@@ -57,7 +57,7 @@ func (d *daemon) prepareIngress() {
 		d.log.Warn("clients elsewhere are relayed: SACT_INGRESS is not auto, on or off", "value", mode)
 		return
 	}
-	t, err := ingress.Open(ingress.Options{Force: mode == "on"})
+	t, err := ingress.Open(ingress.Options{Force: mode == "on", Log: d.log})
 	if err != nil {
 		fix := "run sact as root with nftables, and IPv4 forwarding on"
 		if errors.Is(err, ingress.ErrFiltered) {

@@ -124,6 +124,31 @@ type forwardRule struct {
 	spec  []string
 }
 
+// present reports whether the rule is in its chain.
+func (f forwardRule) present() bool {
+	return exec.Command(f.tool, append([]string{"-w", "-C", f.chain}, f.spec...)...).Run() == nil
+}
+
+// add puts the rule in again, after the admin's rules as addForwardRules does.
+func (f forwardRule) add() error {
+	args := append([]string{"-w"}, f.where()...)
+	args = append(args, f.spec...)
+	if out, err := exec.Command(f.tool, args...).CombinedOutput(); err != nil {
+		return fmt.Errorf("letting translated connections through %s's %s: %v: %s", f.tool, f.chain, err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+// where is the rule's place: before DOCKER-USER's closing RETURN, or at the end.
+func (f forwardRule) where() []string {
+	if _, rules, err := chainOf(f.tool, f.chain); err == nil {
+		if n := len(rules); n > 0 && rules[n-1] == "-A "+f.chain+" -j RETURN" {
+			return []string{"-I", f.chain, strconv.Itoa(n)}
+		}
+	}
+	return []string{"-A", f.chain}
+}
+
 func (f forwardRule) remove() error {
 	args := append([]string{"-w", "-D", f.chain}, f.spec...)
 	if out, err := exec.Command(f.tool, args...).CombinedOutput(); err != nil {
@@ -155,20 +180,11 @@ func addForwardRules(name string) ([]forwardRule, error) {
 		f := forwardRule{tool: tool, chain: "FORWARD", spec: []string{
 			"-m", "connmark", "--mark", fmt.Sprintf("%#x/%#x", Mark, Mark),
 			"-m", "comment", "--comment", name, "-j", "ACCEPT"}}
-		pos := 0
-		if _, user, err := chainOf(tool, "DOCKER-USER"); err == nil {
+		if _, _, err := chainOf(tool, "DOCKER-USER"); err == nil {
 			f.chain = "DOCKER-USER"
-			if n := len(user); n > 0 && user[n-1] == "-A DOCKER-USER -j RETURN" {
-				pos = n
-			}
 		}
-		args := []string{"-w", "-A", f.chain}
-		if pos > 0 {
-			args = []string{"-w", "-I", f.chain, strconv.Itoa(pos)}
-		}
-		args = append(args, f.spec...)
-		if out, err := exec.Command(tool, args...).CombinedOutput(); err != nil {
-			return added, fmt.Errorf("letting translated connections through %s's %s: %v: %s", tool, f.chain, err, strings.TrimSpace(string(out)))
+		if err := f.add(); err != nil {
+			return added, err
 		}
 		added = append(added, f)
 	}

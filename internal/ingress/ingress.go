@@ -38,11 +38,14 @@ package ingress
 
 import (
 	"bytes"
+	"cmp"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -77,8 +80,11 @@ type Options struct {
 	Force bool
 	// Name is the table's; "sact-" and the pid when empty.
 	Name string
-	// NoForwardRule leaves the FORWARD chains alone (tests in their own namespace).
-	NoForwardRule bool
+	// Log gets a line when the forward rule had to be put back.
+	Log *slog.Logger
+	// Recheck is how often the forward rule is looked for (a firewall reload flushes
+	// it, and translated connections would then be dropped); 5 s when zero.
+	Recheck time.Duration
 }
 
 // Table is sact's nftables table and its forward rule.
@@ -93,6 +99,8 @@ type Table struct {
 	// often: status asks for every app at once.
 	counts   map[string]uint64
 	countsAt time.Time
+	stop     chan struct{}
+	watching sync.WaitGroup
 }
 
 // Open makes sact's table and its forward rule.
@@ -143,17 +151,65 @@ func Open(opts Options) (*Table, error) {
 	if err := conn.Flush(); err != nil {
 		return nil, fmt.Errorf("making nftables table %s: %w", name, err)
 	}
-	if !opts.NoForwardRule {
-		if t.forward, err = addForwardRules(name); err != nil {
+	if t.forward, err = addForwardRules(name); err != nil {
+		t.Close()
+		return nil, err
+	}
+	t.stop = make(chan struct{})
+	if len(t.forward) > 0 {
+		// The rules are this thread's namespace's (a test's own one): so are the looks.
+		ns, err := netns.Get()
+		if err != nil {
 			t.Close()
-			return nil, err
+			return nil, fmt.Errorf("opening this network namespace: %w", err)
 		}
+		every := cmp.Or(opts.Recheck, 5*time.Second)
+		log := cmp.Or(opts.Log, slog.Default())
+		t.watching.Go(func() {
+			defer ns.Close()
+			runtime.LockOSThread() // never unlocked: the thread may have entered ns, and dies with the goroutine
+			if err := netns.Set(ns); err != nil {
+				log.Warn("cannot watch the forward rule", "reason", err)
+				return
+			}
+			t.keepForwardRules(every, log)
+		})
 	}
 	return t, nil
 }
 
+// keepForwardRules puts the forward rules back when something took them out (a
+// firewall's reload, iptables -F), until Close.
+func (t *Table) keepForwardRules(every time.Duration, log *slog.Logger) {
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	for {
+		select {
+		case <-t.stop:
+			return
+		case <-tick.C:
+		}
+		t.mu.Lock()
+		for _, f := range t.forward {
+			if f.present() {
+				continue
+			}
+			if err := f.add(); err != nil {
+				log.Warn("clients elsewhere of running apps are dropped: cannot put back the forward rule", "reason", err)
+			} else {
+				log.Warn("put back the forward rule that something took out", "tool", f.tool, "chain", f.chain)
+			}
+		}
+		t.mu.Unlock()
+	}
+}
+
 // Close takes out the table (every route) and the forward rule.
 func (t *Table) Close() error {
+	if t.stop != nil {
+		close(t.stop)
+		t.watching.Wait()
+	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	var errs []error

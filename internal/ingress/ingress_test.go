@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -33,6 +34,7 @@ type world struct {
 	t                *testing.T
 	client, instance string // namespace names
 	instancePid      int    // a process in the instance's namespace
+	closers          []func()
 }
 
 // inHost runs f on a thread of its own in a fresh network namespace joined to two
@@ -103,6 +105,13 @@ func inHost(t *testing.T, f func(w *world)) {
 		if t.Failed() {
 			return
 		}
+		// What f opened is closed here, on the host namespace's thread: a cleanup on
+		// the test's goroutine would run iptables in the machine's own namespace.
+		defer func() {
+			for _, c := range slices.Backward(w.closers) {
+				c()
+			}
+		}()
 		f(w)
 	}()
 	<-done
@@ -218,13 +227,13 @@ func (w *world) instanceListener(name string) netip.AddrPort {
 	return up
 }
 
-func open(t *testing.T, opts Options) *Table {
-	t.Helper()
+func (w *world) open(opts Options) *Table {
+	w.t.Helper()
 	tb, err := Open(opts)
 	if err != nil {
-		t.Fatal(err)
+		w.t.Fatal(err)
 	}
-	t.Cleanup(func() { tb.Close() })
+	w.closers = append(w.closers, func() { tb.Close() })
 	return tb
 }
 
@@ -235,7 +244,7 @@ func TestRouteTranslatesClientsElsewhere(t *testing.T) {
 	inHost(t, func(w *world) {
 		sact := listen(t, "0.0.0.0:0", "sact")
 		up := w.instanceListener("instance")
-		tb := open(t, Options{})
+		tb := w.open(Options{})
 		viaClient := netip.AddrPortFrom(netip.MustParseAddr(hostToClient), sact.Port())
 		viaInstance := netip.AddrPortFrom(netip.MustParseAddr(hostToInstance), sact.Port())
 
@@ -302,7 +311,7 @@ func TestRouteOfOneAddress(t *testing.T) {
 		sact := listen(t, hostToClient+":0", "sact")
 		other := listen(t, "0.0.0.0:"+fmt.Sprint(sact.Port()+1), "other")
 		up := w.instanceListener("instance")
-		tb := open(t, Options{})
+		tb := w.open(Options{})
 		if _, err := tb.Route([]netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:8000")}, up, w.instancePid); !errors.Is(err, ErrNotRoutable) {
 			t.Errorf("a loopback listener's route: %v, want ErrNotRoutable", err)
 		}
@@ -324,7 +333,7 @@ func TestNoRouteBack(t *testing.T) {
 	inHost(t, func(w *world) {
 		up := w.instanceListener("instance")
 		run(t, "ip", "netns", "exec", w.instance, "ip", "route", "del", "default")
-		tb := open(t, Options{})
+		tb := w.open(Options{})
 		if _, err := tb.Route([]netip.AddrPort{netip.MustParseAddrPort("0.0.0.0:8000")}, up, w.instancePid); !errors.Is(err, ErrNotRoutable) {
 			t.Errorf("Route = %v, want ErrNotRoutable", err)
 		}
@@ -339,13 +348,14 @@ func TestFilteredInputRefuses(t *testing.T) {
 		if _, err := Open(Options{}); !errors.Is(err, ErrFiltered) {
 			t.Fatalf("Open with INPUT filtered: %v, want ErrFiltered", err)
 		}
-		open(t, Options{Force: true})
+		w.open(Options{Force: true})
 	})
 }
 
 // TestForwardRuleLetsTranslatedConnectionsThrough: with Docker's FORWARD (policy drop,
 // DOCKER-USER first), a translated connection passes by the rule Open puts before
-// DOCKER-USER's RETURN, and only while the table is open.
+// DOCKER-USER's RETURN, put back when a reload flushed it, and only while the table is
+// open.
 func TestForwardRuleLetsTranslatedConnectionsThrough(t *testing.T) {
 	inHost(t, func(w *world) {
 		for _, r := range [][]string{
@@ -356,7 +366,7 @@ func TestForwardRuleLetsTranslatedConnectionsThrough(t *testing.T) {
 		}
 		sact := listen(t, "0.0.0.0:0", "sact")
 		up := w.instanceListener("instance")
-		tb, err := Open(Options{Name: "sact-test"})
+		tb, err := Open(Options{Name: "sact-test", Recheck: 50 * time.Millisecond})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -370,6 +380,20 @@ func TestForwardRuleLetsTranslatedConnectionsThrough(t *testing.T) {
 		to := netip.AddrPortFrom(netip.MustParseAddr(hostToClient), sact.Port())
 		if got := w.reached(w.client, to); got != "instance" {
 			t.Errorf("through Docker's FORWARD: %q answered, want instance", got)
+		}
+		// A firewall's reload flushes the chain: the rule is put back.
+		run(t, "iptables", "-w", "-F", "DOCKER-USER")
+		run(t, "iptables", "-w", "-A", "DOCKER-USER", "-j", "RETURN")
+		for deadline := time.Now().Add(3 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+			if _, rules, _ := chainOf("iptables", "DOCKER-USER"); len(rules) == 2 && strings.Contains(rules[0], "sact-test") {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("the forward rule was not put back after a flush")
+			}
+		}
+		if got := w.reached(w.client, to); got != "instance" {
+			t.Errorf("after a flush of DOCKER-USER: %q answered, want instance", got)
 		}
 		if err := tb.Close(); err != nil {
 			t.Fatal(err)
@@ -392,7 +416,7 @@ func TestStaleTablesRemoved(t *testing.T) {
 		run(t, "nft", "add", "table", "ip", name)
 		run(t, "iptables", "-w", "-P", "FORWARD", "DROP")
 		run(t, "iptables", "-w", "-A", "FORWARD", "-m", "comment", "--comment", name, "-j", "ACCEPT")
-		open(t, Options{})
+		w.open(Options{})
 		conn, err := nftables.New()
 		if err != nil {
 			t.Fatal(err)
@@ -429,7 +453,7 @@ func TestCloseForgetsUnansweredConnections(t *testing.T) {
 		// The instance stops answering, as one that died does.
 		run(t, "ip", "netns", "exec", w.instance, "nft", "add", "table", "ip", "x")
 		run(t, "ip", "netns", "exec", w.instance, "nft", "add", "chain", "ip", "x", "in", "{ type filter hook input priority 0; policy drop; }")
-		tb := open(t, Options{})
+		tb := w.open(Options{})
 		r, err := tb.Route([]netip.AddrPort{sact}, up, w.instancePid)
 		if err != nil {
 			t.Fatal(err)
