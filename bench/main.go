@@ -6,6 +6,7 @@
 //	go run ./bench                    # full run
 //	go run ./bench -quick             # CI-sized, under 3 minutes
 //	go run ./bench -only scale -out /tmp/b.md
+//	go run ./bench -only scale-conns -out /tmp/b.md  # one part of a scenario
 //
 // Scenarios (-only takes their names):
 //
@@ -20,7 +21,8 @@
 //   - http: sact's HTTP front door against nginx proxy_pass with keepalive upstreams, Caddy's
 //     reverse_proxy and HAProxy.
 //   - scale: 1000 configured apps at rest (start time, memory, CPU, wakeups), many cold
-//     starts at once, memory per open relayed connection.
+//     starts at once, memory per open relayed connection through the splice relay and
+//     the kernel relay (scale-conns alone).
 //   - swarm: a Swarm service's cold start against a plain container's (scripts/swarm-bench).
 package main
 
@@ -45,13 +47,17 @@ import (
 // scenarios in the order they run and appear in the report.
 var scenarios = []string{"cold", "warm", "capacity", "http", "scale", "swarm"}
 
+// parts are pieces of a scenario that -only can run alone; a full run has them in their
+// scenario.
+var parts = []string{"scale-conns"}
+
 func main() {
 	quick := flag.Bool("quick", false, "fewer repetitions (CI-sized)")
 	out := flag.String("out", "BENCHMARKS.md", "file to write the results to; the chart goes next to it as NAME-cold-start.png")
-	only := flag.String("only", "", "run one scenario: "+strings.Join(scenarios, ", ")+" (default: all)")
+	only := flag.String("only", "", "run one scenario: "+strings.Join(scenarios, ", ")+" (default: all), or a part of one: "+strings.Join(parts, ", "))
 	flag.Parse()
-	if *only != "" && !slices.Contains(scenarios, *only) {
-		fmt.Fprintf(os.Stderr, "bench: unknown scenario %q; one of %s\n", *only, strings.Join(scenarios, ", "))
+	if *only != "" && !slices.Contains(scenarios, *only) && !slices.Contains(parts, *only) {
+		fmt.Fprintf(os.Stderr, "bench: unknown scenario %q; one of %s\n", *only, strings.Join(append(slices.Clone(scenarios), parts...), ", "))
 		os.Exit(2)
 	}
 	if err := run(context.Background(), *quick, *only, *out); err != nil {
@@ -107,12 +113,15 @@ func run(ctx context.Context, quick bool, only, out string) error {
 		"http":     b.front,
 		"scale":    b.scale,
 		"swarm":    b.swarm,
+
+		"scale-conns": b.scaleConns,
+	}
+	todo := scenarios
+	if only != "" {
+		todo = []string{only}
 	}
 	began := time.Now()
-	for _, s := range scenarios {
-		if only != "" && only != s {
-			continue
-		}
+	for _, s := range todo {
 		t := time.Now()
 		if err := steps[s](); err != nil {
 			return fmt.Errorf("scenario %s: %w", s, err)

@@ -4,9 +4,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
-	"io"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -299,124 +297,6 @@ func (b *bench) scaleBurst() error {
 	per := took / time.Duration(n)
 	fmt.Fprintf(&b.md, "| %d | %d | %.1f s | %s | %.2f | %s | %s | %s | %d |\n\n", n, failed, took.Seconds(), ms(per), float64(per)/float64(median(single)), ms(median(firsts)), ms(slices.Min(firsts)), ms(slices.Max(firsts)), running)
 	return nil
-}
-
-// scaleConns opens many idle connections through sact's relay to a running app and
-// measures what each costs sact in memory.
-func (b *bench) scaleConns() error {
-	n := 10_000
-	if b.quick {
-		n = 2_000
-	}
-	// sact holds two descriptors per relayed connection: raise the limit it inherits, or
-	// where that is not allowed (no CAP_SYS_RESOURCE), open as many as the limit allows.
-	var capped string
-	if limit, err := raiseNoFile(uint64(2*n + 1024)); err != nil {
-		fit := int(limit-1024) / 2
-		capped = fmt.Sprintf(" Capped at %d of the %d wanted: sact needs two descriptors per connection and the open files limit is %d here (%v).", fit, n, limit, err)
-		fmt.Fprintf(os.Stderr, "scale:%s\n", capped)
-		n = fit
-	}
-	app := fmt.Sprintf("bench-conns-%d", os.Getpid())
-	defer exec.Command("docker", "rm", "-f", "sact-"+app).Run()
-	addr := freeAddr()
-	d, err := b.startSact(fmt.Sprintf("apps:\n  %s:\n    image: %s\n    env: {NAME: conns, LISTEN: \"tcp:0.0.0.0:8080\"}\n    listen: [\"tcp:%s\"]\n    port: 8080\n    idle: 1h\n    stop_timeout: 2s\n", app, b.image, addr))
-	if err != nil {
-		return err
-	}
-	defer d.stop()
-	if err := firstByte("tcp", addr); err != nil {
-		return fmt.Errorf("starting the app: %w", err)
-	}
-	time.Sleep(time.Second)
-	pid := d.cmd.Process.Pid
-	before, err := readUsage(pid)
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(os.Stderr, "scale: opening %d connections\n", n)
-	conns, err := openIdle(addr, n)
-	defer func() {
-		for _, c := range conns {
-			c.Close()
-		}
-	}()
-	if err != nil {
-		return err
-	}
-	time.Sleep(2 * time.Second)
-	after, err := readUsage(pid)
-	if err != nil {
-		return err
-	}
-	delta := after.rss - before.rss
-	fmt.Fprintf(&b.md, "## Scale: %d open idle connections through the relay\n\n", n)
-	fmt.Fprintf(&b.md, "Each connection made one keep-alive `GET /` through sact's L4 relay (tcp) to one running app, so both of its sides are open, then stayed silent. sact's VmRSS before (app running, no connection) and 2 s after all were open.%s\n\n", capped)
-	fmt.Fprintf(&b.md, "| connections | RSS before | RSS after | per connection |\n| ---: | ---: | ---: | ---: |\n")
-	fmt.Fprintf(&b.md, "| %d | %.1f MB | %.1f MB | %.1f kB |\n\n", n, float64(before.rss)/1e6, float64(after.rss)/1e6, float64(delta)/float64(n)/1e3)
-	return nil
-}
-
-// openIdle opens n connections to addr, each after one answered request, and returns them.
-func openIdle(addr string, n int) ([]net.Conn, error) {
-	conns := make([]net.Conn, n)
-	errs := make(chan error, n)
-	sem := make(chan struct{}, 64)
-	var wg sync.WaitGroup
-	for i := range n {
-		sem <- struct{}{}
-		wg.Go(func() {
-			defer func() { <-sem }()
-			c, err := oneRequest(addr)
-			if err != nil {
-				errs <- err
-				return
-			}
-			conns[i] = c
-		})
-	}
-	wg.Wait()
-	close(errs)
-	var open []net.Conn
-	for _, c := range conns {
-		if c != nil {
-			open = append(open, c)
-		}
-	}
-	if err, failed := <-errs, len(errs)+1; err != nil {
-		return open, fmt.Errorf("%d of %d connections failed, the first: %w", failed, n, err)
-	}
-	return open, nil
-}
-
-// oneRequest makes a keep-alive request on a new connection, reads the whole answer and
-// returns the connection, still open.
-func oneRequest(addr string) (net.Conn, error) {
-	c, err := net.DialTimeout("tcp", addr, 30*time.Second)
-	if err != nil {
-		return nil, err
-	}
-	c.SetDeadline(time.Now().Add(60 * time.Second))
-	if _, err := io.WriteString(c, "GET / HTTP/1.1\r\nHost: bench\r\n\r\n"); err != nil {
-		c.Close()
-		return nil, err
-	}
-	// The bufio.Reader may not read past the response: nothing follows it.
-	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
-	if err == nil {
-		_, err = io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-	}
-	if err != nil {
-		c.Close()
-		return nil, err
-	}
-	if resp.StatusCode != http.StatusOK {
-		c.Close()
-		return nil, fmt.Errorf("status %s", resp.Status)
-	}
-	c.SetDeadline(time.Time{})
-	return c, nil
 }
 
 // raiseNoFile raises this process's open files limit, which its children inherit, to at

@@ -477,28 +477,19 @@ func download(dial dialFunc, addr string, n int64) (mbps float64, err error) {
 
 // appStatus is the part of an app's status in sact's admin API the bench reads.
 type appStatus struct {
+	Open              int    `json:"open_connections"`
 	Connections       uint64 `json:"connections_total"`
 	BypassConnections uint64 `json:"bypass_connections"`
 }
 
 // appCounts reads app's status from the admin API at the unix socket sock.
 func appCounts(sock, app string) (appStatus, error) {
-	tr := &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		return (&net.Dialer{}).DialContext(ctx, "unix", sock)
-	}}
-	defer tr.CloseIdleConnections()
-	c := &http.Client{Transport: tr, Timeout: 10 * time.Second}
-	resp, err := c.Get("http://sact/api/apps/" + app)
+	body, err := adminGet(sock, "/api/apps/"+app)
 	if err != nil {
 		return appStatus{}, fmt.Errorf("reading %s's status: %w", app, err)
 	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		body, _ := io.ReadAll(io.LimitReader(resp.Body, 1000))
-		return appStatus{}, fmt.Errorf("reading %s's status: %s: %s", app, resp.Status, body)
-	}
 	var st appStatus
-	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+	if err := json.Unmarshal(body, &st); err != nil {
 		return appStatus{}, fmt.Errorf("reading %s's status: %w", app, err)
 	}
 	return st, nil
