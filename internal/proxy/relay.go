@@ -70,21 +70,56 @@ type Stats struct {
 // Between two TCP or unix stream sockets bytes move in the kernel, through splice(2); see
 // the package documentation.
 func Relay(ctx context.Context, client, upstream net.Conn, opts Options) (Stats, error) {
-	mode := opts.Mode
-	if mode == "" {
-		mode = envMode()
-	}
-	if mode != ModeSplice && ctx.Err() == nil {
-		if e, err := kernelEngine(); err == nil {
-			if s, err, ok := e.relay(ctx, client, upstream, opts); ok {
-				s.Path = PathKernel
-				return s, err
-			}
-		}
+	if e, k := kernelTake(ctx, client, upstream, opts); k != nil {
+		s, err := e.run(ctx, k, opts)
+		s.Path = PathKernel
+		return s, err
 	}
 	s, err := spliceRelay(ctx, client, upstream, opts)
 	s.Path = PathSplice
 	return s, err
+}
+
+// Start is Relay for a caller that need not wait for the relay's end: done is called
+// once, with what Relay would have returned, when it ends. A connection the kernel relay
+// takes is watched from a goroutine of its own and Start returns at once, so that the
+// caller's goroutine, whose stack grew deep while it accepted and dialed, can end: an idle
+// kernel-relayed connection then holds one small stack in sact. A spliced one has its
+// copiers running, so Start relays it in the caller's goroutine and calls done before it
+// returns.
+func Start(ctx context.Context, client, upstream net.Conn, opts Options, done func(Stats, error)) {
+	if e, k := kernelTake(ctx, client, upstream, opts); k != nil {
+		go func() {
+			s, err := e.run(ctx, k, opts)
+			s.Path = PathKernel
+			done(s, err)
+		}()
+		return
+	}
+	s, err := spliceRelay(ctx, client, upstream, opts)
+	s.Path = PathSplice
+	done(s, err)
+}
+
+// kernelTake hands the connection to the kernel relay if opts's mode asks for it and the
+// relay takes it; nil means nothing was done, and the caller splices.
+func kernelTake(ctx context.Context, client, upstream net.Conn, opts Options) (*engine, *kconn) {
+	mode := opts.Mode
+	if mode == "" {
+		mode = envMode()
+	}
+	if mode == ModeSplice || ctx.Err() != nil {
+		return nil, nil
+	}
+	e, err := kernelEngine()
+	if err != nil {
+		return nil, nil
+	}
+	k := e.take(client, upstream)
+	if k == nil {
+		return nil, nil
+	}
+	return e, k
 }
 
 func spliceRelay(ctx context.Context, client, upstream net.Conn, opts Options) (Stats, error) {

@@ -388,29 +388,30 @@ type kconn struct {
 	c, u kside
 }
 
-// relay moves bytes between client and upstream in the kernel. ok false means the
-// kernel relay cannot take the connection and nothing was done to it: the caller should
-// splice.
-func (e *engine) relay(ctx context.Context, client, upstream net.Conn, opts Options) (s Stats, err error, ok bool) {
+// take puts the connection in the kernel relay, which moves its bytes from then on;
+// run waits for its end. nil means the kernel relay cannot take the connection and
+// nothing was done to it: the caller should splice.
+func (e *engine) take(client, upstream net.Conn) *kconn {
 	cc, ok1 := client.(*net.TCPConn)
 	uc, ok2 := upstream.(*net.TCPConn)
 	if !ok1 || !ok2 {
-		return Stats{}, nil, false
+		return nil
 	}
 	k := &kconn{wake: make(chan struct{}, 1)}
+	var err error
 	if k.c.fd, err = dupConn(cc); err != nil {
-		return Stats{}, nil, false
+		return nil
 	}
 	if k.u.fd, err = dupConn(uc); err != nil {
 		unix.Close(k.c.fd)
-		return Stats{}, nil, false
+		return nil
 	}
 	if err := e.attach(k); err != nil {
 		attachErrs.Add(1)
 		lastAttachErr.Store(&err)
 		unix.Close(k.c.fd)
 		unix.Close(k.u.fd)
-		return Stats{}, nil, false
+		return nil
 	}
 	// A socket whose input already ended (CLOSE_WAIT) cannot enter a sockmap
 	// (EOPNOTSUPP): such a connection is spliced.
@@ -421,8 +422,7 @@ func (e *engine) relay(ctx context.Context, client, upstream net.Conn, opts Opti
 	client.Close()
 	upstream.Close()
 	kernelAttached.Add(1)
-	s, err = e.run(ctx, k, opts)
-	return s, err, true
+	return k
 }
 
 func dupConn(c *net.TCPConn) (int, error) {

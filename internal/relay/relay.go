@@ -24,6 +24,7 @@ type Server struct {
 	log       *slog.Logger
 	failed    func(app, reason string, n int)
 	relayed   func(app string, s proxy.Stats)
+	mode      proxy.Mode
 	connsCtx  context.Context
 	accepting sync.WaitGroup
 	conns     sync.WaitGroup
@@ -37,12 +38,14 @@ type Options struct {
 	Failed func(app, reason string, n int)
 	// Relayed counts a relayed connection (metrics).
 	Relayed func(app string, s proxy.Stats)
+	// Mode is how relays move bytes; empty means what SACT_RELAY says.
+	Mode proxy.Mode
 }
 
 // NewServer returns a Server whose relays end when conns does (shutdown gives up
 // draining).
 func NewServer(conns context.Context, opts Options) *Server {
-	s := &Server{log: opts.Logger, failed: opts.Failed, relayed: opts.Relayed, connsCtx: conns}
+	s := &Server{log: opts.Logger, failed: opts.Failed, relayed: opts.Relayed, mode: opts.Mode, connsCtx: conns}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
@@ -85,10 +88,7 @@ func (s *Server) accept(ln net.Listener, app *activator.App, addr string) {
 		}
 		delay = 0
 		s.conns.Add(1)
-		go func() {
-			defer s.conns.Done()
-			s.handle(c, app, addr)
-		}()
+		go s.handle(c, app, addr)
 	}
 }
 
@@ -118,9 +118,17 @@ func (s *Server) acquire(client net.Conn, app *activator.App, w activator.Wake) 
 	return l, err
 }
 
-// handle serves one client connection: get the app running, dial it, relay.
+// handle serves one client connection: get the app running, dial it, relay. The
+// connection is over, and s.conns told, when its relay ends, which for a connection the
+// kernel relay took is after handle returned.
 func (s *Server) handle(client net.Conn, app *activator.App, addr string) {
-	defer client.Close()
+	relaying := false
+	defer func() {
+		if !relaying {
+			client.Close()
+			s.conns.Done()
+		}
+	}()
 	remote := client.RemoteAddr().String()
 	if remote == "" || remote == "@" {
 		remote = "unix"
@@ -152,20 +160,25 @@ func (s *Server) handle(client net.Conn, app *activator.App, addr string) {
 		s.failed(app.Name(), activator.FailureReason(err), 1)
 		return
 	}
-	defer lease.Release()
 
 	// The relay ends when the app stops (the lease's context) or when shutdown gives up
 	// on draining (connsCtx).
 	rctx, stop := context.WithCancel(lease.Context())
-	defer stop()
-	defer context.AfterFunc(s.connsCtx, stop)()
-	st, err := proxy.Relay(rctx, client, up, proxy.Options{Activity: lease.Touch})
-	if err != nil {
-		s.log.Debug("relay ended", "app", app.Name(), "remote", remote, "path", st.Path, "err", err)
-	}
-	if s.relayed != nil {
-		s.relayed(app.Name(), st)
-	}
+	unhook := context.AfterFunc(s.connsCtx, stop)
+	relaying = true
+	proxy.Start(rctx, client, up, proxy.Options{Activity: lease.Touch, Mode: s.mode}, func(st proxy.Stats, err error) {
+		unhook()
+		stop()
+		if err != nil {
+			s.log.Debug("relay ended", "app", app.Name(), "remote", remote, "path", st.Path, "err", err)
+		}
+		if s.relayed != nil {
+			s.relayed(app.Name(), st)
+		}
+		lease.Release()
+		client.Close()
+		s.conns.Done()
+	})
 }
 
 // LogMode says how proxied connections will move their bytes (SACT_RELAY), and why

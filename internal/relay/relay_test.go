@@ -7,6 +7,8 @@ import (
 	"io"
 	"net"
 	"path/filepath"
+	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -16,6 +18,7 @@ import (
 	"github.com/sact-project/sact/internal/activator"
 	"github.com/sact-project/sact/internal/backend"
 	"github.com/sact-project/sact/internal/backend/fake"
+	"github.com/sact-project/sact/internal/proxy"
 )
 
 // echoServer answers every connection with what it reads, until the test ends.
@@ -159,4 +162,95 @@ func TestRelayRetriesADeadInstance(t *testing.T) {
 	if s := failed.String(); s != "map[]" {
 		t.Errorf("connections not served: %s", s)
 	}
+}
+
+// TestKernelRelayedConnHoldsNoAcceptStack: a connection the kernel relay took holds no
+// goroutine of the accept path, whose stack grew deep (8 KiB) while it dialed; only the
+// relay's own watcher, on a small one. Shutdown still waits for those relays, and each
+// is counted when it ends.
+func TestKernelRelayedConnHoldsNoAcceptStack(t *testing.T) {
+	if err := proxy.KernelRelay(); err != nil {
+		t.Skip(err)
+	}
+	rt := &fake.Runtime{Addr: echoServer(t)}
+	act := activator.New(rt, activator.Policy{Spec: backend.Spec{Name: "app"}, Idle: time.Hour}, activator.Options{})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	actDone := make(chan struct{})
+	go func() { act.Run(ctx); close(actDone) }()
+	defer func() { cancel(); <-actDone }()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var kernel atomic.Int32
+	relayed := func(_ string, st proxy.Stats) {
+		if st.Path == proxy.PathKernel {
+			kernel.Add(1)
+		}
+	}
+	s := NewServer(ctx, Options{Relayed: relayed, Mode: proxy.ModeKernel})
+	s.Accept(ln, act, "tcp:"+ln.Addr().String())
+	defer func() { ln.Close(); s.WaitAccepting() }()
+
+	const n = 50
+	for range n {
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.WriteString(c, "x"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(c, make([]byte, 1)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var inHandle, watching int
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		inHandle, watching = goroutinesIn("relay.(*Server).handle("), goroutinesIn("proxy.(*engine).run(")
+		if inHandle == 0 && watching >= n {
+			break
+		}
+	}
+	if watching < n {
+		t.Fatalf("%d of %d connections watched by the kernel relay", watching, n)
+	}
+	if inHandle != 0 {
+		t.Errorf("%d goroutines of the accept path held for %d idle kernel-relayed connections, want 0", inHandle, n)
+	}
+
+	cancel()
+	waited := make(chan struct{})
+	go func() { s.WaitConns(); close(waited) }()
+	select {
+	case <-waited:
+	case <-time.After(10 * time.Second):
+		t.Fatal("shutdown did not end the kernel relays")
+	}
+	if got := kernel.Load(); got != n {
+		t.Errorf("%d kernel relays counted when they ended, want %d", got, n)
+	}
+}
+
+// goroutinesIn counts the goroutines with fn in their stacks.
+func goroutinesIn(fn string) int {
+	buf := make([]byte, 1<<20)
+	for {
+		m := runtime.Stack(buf, true)
+		if m < len(buf) {
+			buf = buf[:m]
+			break
+		}
+		buf = make([]byte, 2*len(buf))
+	}
+	n := 0
+	for g := range strings.SplitSeq(string(buf), "\n\n") {
+		if strings.Contains(g, fn) {
+			n++
+		}
+	}
+	return n
 }
