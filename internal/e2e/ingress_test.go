@@ -23,7 +23,7 @@ import (
 // pair: a client there is not local to sact, as one on another machine would not be,
 // and the host forwards what it sends to a container.
 type clientNetns struct {
-	name, veth   string
+	name, veth string
 	host, peer string // the addresses on the host's end and in the namespace
 }
 
@@ -221,4 +221,3 @@ func TestIngressClientsElsewhere(t *testing.T) {
 		t.Errorf("sact's table is still there after it ended:\n%s", out)
 	}
 }
-
