@@ -249,6 +249,16 @@ func (b *bench) wrkRounds() (int, string) {
 	return 3, "10s"
 }
 
+// bulkRounds is how many downloads each bulk row's median is of: a download takes a
+// second, and one that meets a burst of the machine's other load moves a median of
+// three, so more than wrk's rounds.
+func (b *bench) bulkRounds() int {
+	if b.quick {
+		return 1
+	}
+	return 7
+}
+
 // wrkAll runs wrk against every target, rounds times, interleaved so that drift in the
 // machine's load hits all targets alike.
 func wrkAll(targets []target, rounds int, dur string, args ...string) ([]wrkResult, error) {

@@ -179,7 +179,7 @@ func (b *bench) warm() error {
 		return err
 	}
 	bulk := append(slices.Clone(targets), target{"sact L4 relay (unix -> container IP)", "unix:" + sactUnix})
-	if err := b.bulk(bulk, rounds); err != nil {
+	if err := b.bulk(bulk, b.bulkRounds()); err != nil {
 		return err
 	}
 	return b.warmFromNetns(ns, nsErr, []sactCounts{
@@ -231,7 +231,8 @@ func (b *bench) warmFromNetns(ns *benchNetns, why error, counted []sactCounts, t
 		return err
 	}
 	size := b.bulkSize()
-	rates, err := bulkRates(ns.dial, targets, rounds, size)
+	bulkRounds := b.bulkRounds()
+	rates, err := bulkRates(ns.dial, targets, bulkRounds, size)
 	if err != nil {
 		return err
 	}
@@ -254,7 +255,7 @@ func (b *bench) warmFromNetns(ns *benchNetns, why error, counted []sactCounts, t
 		rps := medianF(results[i].rps)
 		fmt.Fprintf(&b.md, "| %s | %.0f%s | %.2f | %.2f ms | %.2f ms |\n", t.name, rps, spread(results[i].rps), rps/base, medianF(results[i].p50), medianF(results[i].p99))
 	}
-	fmt.Fprintf(&b.md, "\n### Bulk download\n\nOne `GET /bytes?n=%d` on one connection made in the namespace, %d round(s), interleaved; medians (min-max in brackets).\n\n| path | MB/s | vs direct |\n| --- | ---: | ---: |\n", size, rounds)
+	fmt.Fprintf(&b.md, "\n### Bulk download\n\nOne `GET /bytes?n=%d` on one connection made in the namespace, %d round(s), interleaved; medians (min-max in brackets).\n\n| path | MB/s | vs direct |\n| --- | ---: | ---: |\n", size, bulkRounds)
 	baseBulk := medianF(rates[0])
 	for i, t := range targets {
 		m := medianF(rates[i])
