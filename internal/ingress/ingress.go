@@ -244,7 +244,11 @@ func (t *Table) Route(listen []netip.AddrPort, to netip.AddrPort, pid int) (*Rou
 	}
 	var keep []netip.AddrPort
 	for _, l := range listen {
-		if a := l.Addr().Unmap(); a.Is4() && !a.IsLoopback() {
+		a := l.Addr().Unmap()
+		if a.IsUnspecified() {
+			a = netip.IPv4Unspecified() // a listener on [::] takes IPv4 too
+		}
+		if a.Is4() && !a.IsLoopback() {
 			keep = append(keep, netip.AddrPortFrom(a, l.Port()))
 		}
 	}

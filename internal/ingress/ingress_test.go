@@ -305,7 +305,7 @@ func TestRouteTranslatesClientsElsewhere(t *testing.T) {
 }
 
 // TestRouteOfOneAddress: a route of a listener on one address translates that address
-// only; one on loopback only is not for other hosts at all.
+// only; one on loopback only is not for other hosts at all; one on [::] is 0.0.0.0's.
 func TestRouteOfOneAddress(t *testing.T) {
 	inHost(t, func(w *world) {
 		sact := listen(t, hostToClient+":0", "sact")
@@ -317,6 +317,18 @@ func TestRouteOfOneAddress(t *testing.T) {
 		}
 		if _, err := tb.Route([]netip.AddrPort{sact}, up, w.instancePid); err != nil {
 			t.Fatal(err)
+		}
+		// A listener on [::] takes IPv4 as well: its route is 0.0.0.0's.
+		dual, err := net.Listen("tcp", "[::]:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		dualAddr := serve(t, dual, "dual")
+		if _, err := tb.Route([]netip.AddrPort{dualAddr}, up, w.instancePid); err != nil {
+			t.Fatal(err)
+		}
+		if got := w.reached(w.client, netip.AddrPortFrom(sact.Addr(), dualAddr.Port())); got != "instance" {
+			t.Errorf("to a listener on [::]: %q answered, want instance", got)
 		}
 		if got := w.reached(w.client, sact); got != "instance" {
 			t.Errorf("to the listen address: %q answered, want instance", got)
