@@ -2,12 +2,12 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -57,22 +57,16 @@ func TestBypassLocalClients(t *testing.T) {
 	}
 
 	// Frozen, sact relays nothing: what is served now went past it.
-	d.cmd.Process.Signal(syscall.SIGSTOP)
-	frozen := true
-	thaw := func() {
-		if frozen {
-			d.cmd.Process.Signal(syscall.SIGCONT)
-			frozen = false
+	if err := d.whileFrozen(func() error {
+		for i := range 5 {
+			if _, err := httpGetTimeout(addr, "/", 5*time.Second); err != nil {
+				return fmt.Errorf("request %d: %w", i, err)
+			}
 		}
+		return nil
+	}); err != nil {
+		t.Fatalf("while sact is stopped: %v", err)
 	}
-	defer thaw()
-	for i := range 5 {
-		if _, err := httpGetTimeout(addr, "/", 5*time.Second); err != nil {
-			thaw()
-			t.Fatalf("request %d while sact is stopped: %v", i, err)
-		}
-	}
-	thaw()
 	if st := bypassOf(t, d, name); st.BypassConnections < 5 || st.Connections < st.BypassConnections+1 {
 		t.Errorf("bypass_connections = %d, connections_total = %d: want at least the 5 made while sact was stopped, and all counted as served", st.BypassConnections, st.Connections)
 	}

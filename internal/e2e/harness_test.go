@@ -180,6 +180,14 @@ func (d *daemon) stop() {
 	}
 }
 
+// whileFrozen runs f while sact is stopped (SIGSTOP): what is served meanwhile went
+// past it. sact goes on (SIGCONT) however f ends.
+func (d *daemon) whileFrozen(f func() error) error {
+	d.cmd.Process.Signal(syscall.SIGSTOP)
+	defer d.cmd.Process.Signal(syscall.SIGCONT)
+	return f()
+}
+
 // kill ends sact with SIGKILL: no cleanup of any kind.
 func (d *daemon) kill() {
 	d.cmd.Process.Kill()

@@ -165,22 +165,16 @@ func TestIngressClientsElsewhere(t *testing.T) {
 	}
 
 	// Frozen, sact relays nothing: what is served now went past it.
-	d.cmd.Process.Signal(syscall.SIGSTOP)
-	frozen := true
-	thaw := func() {
-		if frozen {
-			d.cmd.Process.Signal(syscall.SIGCONT)
-			frozen = false
+	if err := d.whileFrozen(func() error {
+		for i := range 5 {
+			if err := get(once); err != nil {
+				return fmt.Errorf("request %d from the namespace: %w", i, err)
+			}
 		}
+		return nil
+	}); err != nil {
+		t.Fatalf("while sact is stopped: %v", err)
 	}
-	defer thaw()
-	for i := range 5 {
-		if err := get(once); err != nil {
-			thaw()
-			t.Fatalf("request %d from the namespace while sact is stopped: %v", i, err)
-		}
-	}
-	thaw()
 	// Connects are read from the rules' counters, at most once a second.
 	time.Sleep(1100 * time.Millisecond)
 	if st := bypassOf(t, d, name); st.BypassConnections < 5 {

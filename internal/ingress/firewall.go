@@ -22,24 +22,9 @@ func iptablesChain(c *nftables.Chain) bool {
 // inputFiltered says how this host filters IPv4 INPUT ("" when it does not): a
 // translated connection would skip those rules.
 func inputFiltered(conn *nftables.Conn) (string, error) {
-	chains, err := conn.ListChains()
-	if err != nil {
-		return "", fmt.Errorf("listing nftables chains: %w", err)
-	}
-	for _, c := range chains {
-		if !ipv4(c) || c.Hooknum == nil || *c.Hooknum != *nftables.ChainHookInput {
-			continue
-		}
-		if c.Policy != nil && *c.Policy == nftables.ChainPolicyDrop {
-			return fmt.Sprintf("nftables chain %s %s drops by default", c.Table.Name, c.Name), nil
-		}
-		rules, err := conn.GetRules(c.Table, c)
-		if err != nil {
-			return "", fmt.Errorf("listing nftables chain %s %s: %w", c.Table.Name, c.Name, err)
-		}
-		if len(rules) > 0 {
-			return fmt.Sprintf("nftables chain %s %s has %d rule(s)", c.Table.Name, c.Name, len(rules)), nil
-		}
+	why, err := filtering(conn, *nftables.ChainHookInput, func(*nftables.Chain) bool { return false })
+	if why != "" || err != nil {
+		return why, err
 	}
 	if legacy() {
 		pol, rules, err := chainOf("iptables-legacy", "INPUT")
@@ -57,23 +42,29 @@ func inputFiltered(conn *nftables.Conn) (string, error) {
 // that the forward rule cannot reach: an nftables base chain of the admin's, on the
 // forward hook, which the rule in iptables' chain does not bypass.
 func forwardDropped(conn *nftables.Conn) (string, error) {
+	return filtering(conn, *nftables.ChainHookForward, iptablesChain)
+}
+
+// filtering names the first IPv4 base filter chain on hook, but those skip says are
+// not the admin's, that drops by default or holds a rule ("" when none does).
+func filtering(conn *nftables.Conn, hook nftables.ChainHook, skip func(*nftables.Chain) bool) (string, error) {
 	chains, err := conn.ListChains()
 	if err != nil {
 		return "", fmt.Errorf("listing nftables chains: %w", err)
 	}
 	for _, c := range chains {
-		if !ipv4(c) || iptablesChain(c) || c.Hooknum == nil || *c.Hooknum != *nftables.ChainHookForward || (c.Type != "" && c.Type != nftables.ChainTypeFilter) {
+		if !ipv4(c) || skip(c) || c.Hooknum == nil || *c.Hooknum != hook || (c.Type != "" && c.Type != nftables.ChainTypeFilter) {
 			continue
 		}
 		if c.Policy != nil && *c.Policy == nftables.ChainPolicyDrop {
-			return fmt.Sprintf("nftables chain %s %s drops forwarded packets by default", c.Table.Name, c.Name), nil
+			return fmt.Sprintf("nftables chain %s %s drops by default", c.Table.Name, c.Name), nil
 		}
 		rules, err := conn.GetRules(c.Table, c)
 		if err != nil {
 			return "", fmt.Errorf("listing nftables chain %s %s: %w", c.Table.Name, c.Name, err)
 		}
 		if len(rules) > 0 {
-			return fmt.Sprintf("nftables chain %s %s filters forwarded packets", c.Table.Name, c.Name), nil
+			return fmt.Sprintf("nftables chain %s %s has %d rule(s)", c.Table.Name, c.Name, len(rules)), nil
 		}
 	}
 	return "", nil

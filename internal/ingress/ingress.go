@@ -233,6 +233,7 @@ type Route struct {
 	iif     uint32
 	mu      sync.Mutex
 	held    bool
+	closed  bool
 	counted uint64 // by rules taken out
 }
 
@@ -295,6 +296,9 @@ func (r *Route) Hold() error {
 func (r *Route) Resume() error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if r.closed {
+		return errors.New("resuming a closed route")
+	}
 	if !r.held {
 		return nil
 	}
@@ -309,6 +313,10 @@ func (r *Route) Resume() error {
 func (r *Route) Close() error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if r.closed {
+		return nil
+	}
+	r.closed = true
 	var err error
 	if !r.held {
 		r.held = true
