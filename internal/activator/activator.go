@@ -933,11 +933,12 @@ type Status struct {
 	// Node is where the running instance runs when not on this host (a swarm node's
 	// address); "" otherwise.
 	Node string
-	// Bypassed: local clients reach the running instance past the relay (bypass.go);
-	// BypassedConnects counts the connects sent past it since sact started (Accepted
-	// includes them).
-	Bypassed         bool
-	BypassedConnects uint64
+	// Bypassed: local clients reach the running instance past the relay (bypass.go),
+	// and BypassedElsewhere: clients on other hosts too; BypassedConnects counts the
+	// connections sent past it since sact started (Accepted includes them).
+	Bypassed          bool
+	BypassedElsewhere bool
+	BypassedConnects  uint64
 }
 
 // State is where the app is now: Status without the bookkeeping, for callers on the
@@ -969,6 +970,9 @@ func (a *App) Status() Status {
 	s.BypassedConnects = a.bypassed
 	if a.route != nil {
 		s.Bypassed = a.routeHeld.IsZero()
+		if e, ok := a.route.(elsewhere); ok && s.Bypassed {
+			s.BypassedElsewhere = e.Elsewhere()
+		}
 		s.BypassedConnects += a.route.Connects()
 	}
 	// Served too, if not by the relay: the daily activity and "no traffic for 30 days"

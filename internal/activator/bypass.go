@@ -35,6 +35,10 @@ type Route interface {
 	Close() error
 }
 
+// elsewhere is a Route that sends clients on other hosts past the relay too (the
+// daemon's, with package ingress).
+type elsewhere interface{ Elsewhere() bool }
+
 // routeGrace is how long a held route is watched before an idle stop or pause: what a
 // connect the program rewrote just before the hold needs to complete its handshake with
 // the instance, where the kernel counts it.

@@ -156,7 +156,9 @@ type AppStatus struct {
 	Node string `json:"node,omitempty"`
 	// Bypass: this host's clients reach the running app past the relay (SACT_RELAY=kernel
 	// or auto); BypassConnections counts the connections they made so since sact started.
-	Bypass            bool   `json:"bypass,omitempty"`
+	Bypass bool `json:"bypass,omitempty"`
+	// BypassElsewhere: clients on other hosts too (nftables translation).
+	BypassElsewhere   bool   `json:"bypass_elsewhere,omitempty"`
 	BypassConnections uint64 `json:"bypass_connections,omitempty"`
 	Description
 }
@@ -243,7 +245,7 @@ func (s *Server) status(a App) AppStatus {
 		Name: st.Name, State: st.State.String(), Since: st.Since, Open: st.Open, Waiting: st.Waiting,
 		ColdStarts: st.ColdStarts, StopReason: st.StopReason, LastError: st.LastError,
 		Refused: st.Refused, StartFailures: st.StartFailures, Connections: st.Accepted, Stops: st.Stops,
-		Memory: st.Memory, Node: st.Node, Bypass: st.Bypassed, BypassConnections: st.BypassedConnects,
+		Memory: st.Memory, Node: st.Node, Bypass: st.Bypassed, BypassElsewhere: st.BypassedElsewhere, BypassConnections: st.BypassedConnects,
 		Deploys: st.Deploys, DeployFailures: st.DeployFailures,
 	}
 	if !st.LastActivity.IsZero() {
@@ -393,14 +395,15 @@ var (
 	descStops = prometheus.NewDesc("sact_stops_total", "Stops, by reason (idle, evicted, manual, exited, oom-killed, ...).", []string{"app", "reason"}, nil)
 	descLast  = prometheus.NewDesc("sact_last_activity_timestamp_seconds", "When the app last had a connection or moved a byte.", []string{"app"}, nil)
 	descMem   = prometheus.NewDesc("sact_app_memory_bytes", "Memory the running app uses (as docker stats shows it), sampled every few seconds; absent when unknown.", []string{"app"}, nil)
-	descByp   = prometheus.NewDesc("sact_bypassed_connections_total", "Connections this host's clients made past the relay, straight to the running app (SACT_RELAY=kernel or auto).", []string{"app"}, nil)
+	descByp   = prometheus.NewDesc("sact_bypassed_connections_total", "Connections clients made past the relay, straight to the running app (SACT_RELAY=kernel or auto).", []string{"app"}, nil)
+	descPast  = prometheus.NewDesc("sact_app_bypass", "1 while the clients named reach the running app past the relay: local (this host's), elsewhere (other hosts').", []string{"app", "clients"}, nil)
 	descPool  = prometheus.NewDesc("sact_pool", "The pool: running apps, max_running, starts waiting for a slot and for a start token.", []string{"what"}, nil)
 )
 
 var states = []activator.State{activator.Stopped, activator.Starting, activator.Running, activator.Stopping, activator.Pausing, activator.Paused, activator.Waking, activator.Broken}
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descState, descCold, descFail, descOpen, descConns, descRef, descWait, descStops, descLast, descMem, descByp, descPool} {
+	for _, d := range []*prometheus.Desc{descState, descCold, descFail, descOpen, descConns, descRef, descWait, descStops, descLast, descMem, descByp, descPast, descPool} {
 		ch <- d
 	}
 }
@@ -431,6 +434,11 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		}
 		if st.BypassedConnects > 0 {
 			ch <- prometheus.MustNewConstMetric(descByp, prometheus.CounterValue, float64(st.BypassedConnects), st.Name)
+		}
+		for clients, on := range map[string]bool{"local": st.Bypassed, "elsewhere": st.BypassedElsewhere} {
+			if on {
+				ch <- prometheus.MustNewConstMetric(descPast, prometheus.GaugeValue, 1, st.Name, clients)
+			}
 		}
 		if st.Memory > 0 {
 			ch <- prometheus.MustNewConstMetric(descMem, prometheus.GaugeValue, float64(st.Memory), st.Name)

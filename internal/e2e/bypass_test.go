@@ -17,6 +17,7 @@ type bypassStatus struct {
 	Name              string `json:"name"`
 	State             string `json:"state"`
 	Bypass            bool   `json:"bypass"`
+	BypassElsewhere   bool   `json:"bypass_elsewhere"`
 	BypassConnections int    `json:"bypass_connections"`
 	ColdStarts        int    `json:"cold_starts"`
 	Connections       int    `json:"connections_total"`

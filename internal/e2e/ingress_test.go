@@ -157,8 +157,11 @@ func TestIngressClientsElsewhere(t *testing.T) {
 	if err := get(once); err != nil {
 		t.Fatalf("cold request from the namespace: %v", err)
 	}
-	if st := bypassOf(t, d, name); !st.Bypass || st.State != "running" {
-		t.Fatalf("after the cold start: %+v, want running and bypassed", st)
+	if st := bypassOf(t, d, name); !st.Bypass || !st.BypassElsewhere || st.State != "running" {
+		t.Fatalf("after the cold start: %+v, want running and bypassed, for clients elsewhere too", st)
+	}
+	if m := adminMetrics(t, d); !strings.Contains(m, fmt.Sprintf(`sact_app_bypass{app=%q,clients="elsewhere"} 1`, name)) {
+		t.Errorf("/metrics does not say clients elsewhere go past the relay:\n%s", m)
 	}
 	if out, _ := exec.Command("iptables", "-w", "-S", "DOCKER-USER").CombinedOutput(); !strings.Contains(string(out), table) {
 		t.Errorf("no rule of sact's in DOCKER-USER:\n%s", out)
@@ -200,6 +203,9 @@ func TestIngressClientsElsewhere(t *testing.T) {
 	pooled.Transport.(*http.Transport).CloseIdleConnections()
 
 	d.waitLog(`"msg":"stopped app"&&"reason":"idle"&&`+name, 20*time.Second)
+	if st := bypassOf(t, d, name); st.Bypass || st.BypassElsewhere {
+		t.Errorf("a stopped app is still bypassed: %+v", st)
+	}
 	if err := get(once); err != nil {
 		t.Fatalf("request after the idle stop: %v", err)
 	}
