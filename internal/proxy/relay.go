@@ -115,7 +115,7 @@ func kernelTake(ctx context.Context, client, upstream net.Conn, opts Options) (*
 	if err != nil {
 		return nil, nil
 	}
-	k := e.take(client, upstream)
+	k := e.take(client, upstream, opts)
 	if k == nil {
 		return nil, nil
 	}

@@ -153,9 +153,8 @@ func forModes(t *testing.T, test func(t *testing.T)) {
 				}
 			}
 			testMode = m
-			every := activityEvery
-			activityEvery = 10 * time.Millisecond
-			defer func() { testMode, activityEvery = ModeSplice, every }()
+			every := activityEvery.Swap(int64(10 * time.Millisecond))
+			defer func() { testMode = ModeSplice; activityEvery.Store(every) }()
 			test(t)
 		})
 	}

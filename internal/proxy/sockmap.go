@@ -132,13 +132,18 @@ type engine struct {
 	conns    map[uint32]*kconn
 	byCookie map[uint64]*kconn
 	next     uint32
+
+	// The scan of the counters for Options.Activity (see scan): stop ends it, scanning
+	// is its goroutine.
+	stop     chan struct{}
+	scanning sync.WaitGroup
 }
 
 // maxRelayed is how many sockets the maps hold: 2 per relayed connection.
 const maxRelayed = 1 << 17
 
 func openSockmap() (e *engine, err error) {
-	e = &engine{conns: make(map[uint32]*kconn), byCookie: make(map[uint64]*kconn), epfd: -1}
+	e = &engine{conns: make(map[uint32]*kconn), byCookie: make(map[uint64]*kconn), epfd: -1, stop: make(chan struct{})}
 	defer func() {
 		if err != nil {
 			e.close()
@@ -184,6 +189,7 @@ func openSockmap() (e *engine, err error) {
 	}
 	go e.loop()
 	go e.readEvents()
+	e.scanning.Go(e.scanLoop)
 	return e, nil
 }
 
@@ -195,6 +201,8 @@ func explainBPF(what string, err error) error {
 }
 
 func (e *engine) close() {
+	close(e.stop)
+	e.scanning.Wait()
 	if e.ring != nil {
 		e.ring.Close()
 	}
@@ -235,10 +243,7 @@ func (e *engine) loop() {
 		e.mu.Lock()
 		for _, ev := range evs[:n] {
 			if c := e.conns[uint32(ev.Fd)]; c != nil {
-				select {
-				case c.wake <- struct{}{}:
-				default:
-				}
+				c.poke()
 			}
 		}
 		e.mu.Unlock()
@@ -266,10 +271,7 @@ func (e *engine) readEvents() {
 			} else {
 				c.u.overdrawn.Store(true)
 			}
-			select {
-			case c.wake <- struct{}{}:
-			default:
-			}
+			c.poke()
 		}
 		e.mu.Unlock()
 	}
@@ -315,6 +317,13 @@ type kside struct {
 	overdrawn atomic.Bool // the program said it is past its credit
 	passing   bool        // it keeps its input (past its credit): sact copies it
 
+	// What the engine's scan last read of the program's count for it, and whether the
+	// scan saw the program keep its input; guarded by engine.mu while the connection is
+	// in engine.byCookie. seen is run's after that, and all along for a relay with its
+	// own clock (kconn.ownClock), which the scan leaves to it.
+	seen     int64
+	keptSeen bool
+
 	// The copier of a passing socket: Go conns on duplicates of both fds, the bytes it
 	// copied, and its end.
 	src, dst net.Conn
@@ -337,17 +346,21 @@ func (e *engine) startCopy(k *kconn, s, peer *kside, opts Options) error {
 	s.copyDone = make(chan error, 1)
 	src, dst := s.src, s.dst
 	go func() {
-		r := &relay{activity: opts.Activity}
+		// The copier's bytes count for the idle clock of a relay with an IdleTimeout,
+		// whose run reads the kernel's counters, which do not have them.
+		r := &relay{activity: func() {
+			k.copyMoves.Add(1)
+			if opts.Activity != nil {
+				opts.Activity()
+			}
+		}}
 		n, err := r.copy(dst, src)
 		s.copied.Store(n)
 		if err == nil {
 			err = dst.(*net.TCPConn).CloseWrite()
 		}
 		s.copyDone <- err
-		select {
-		case k.wake <- struct{}{}:
-		default:
-		}
+		k.poke()
 	}()
 	passes.Add(1)
 	return nil
@@ -386,18 +399,36 @@ type kconn struct {
 	id   uint32
 	wake chan struct{}
 	c, u kside
+
+	// For Options.Activity: activity is it, called by the engine's scan when the
+	// connection's counts move, unless ownClock (Options.IdleTimeout > 0), when run
+	// reads them itself as often as the timeout needs. scanned is the last scan round
+	// that called activity (under engine.mu).
+	activity func()
+	ownClock bool
+	scanned  uint64
+
+	copyMoves atomic.Int64 // chunks the copiers moved, for ownClock's idle clock
+}
+
+// poke wakes run, which looks at both sockets again; a wakeup already pending will do.
+func (k *kconn) poke() {
+	select {
+	case k.wake <- struct{}{}:
+	default:
+	}
 }
 
 // take puts the connection in the kernel relay, which moves its bytes from then on;
 // run waits for its end. nil means the kernel relay cannot take the connection and
 // nothing was done to it: the caller should splice.
-func (e *engine) take(client, upstream net.Conn) *kconn {
+func (e *engine) take(client, upstream net.Conn, opts Options) *kconn {
 	cc, ok1 := client.(*net.TCPConn)
 	uc, ok2 := upstream.(*net.TCPConn)
 	if !ok1 || !ok2 {
 		return nil
 	}
-	k := &kconn{wake: make(chan struct{}, 1)}
+	k := &kconn{wake: make(chan struct{}, 1), activity: opts.Activity, ownClock: opts.IdleTimeout > 0}
 	var err error
 	if k.c.fd, err = dupConn(cc); err != nil {
 		return nil
@@ -548,35 +579,173 @@ func (e *engine) counted(cookie uint64) int64 {
 	return int64(binary.NativeEndian.Uint64(v[peerBytes:]))
 }
 
-// activityEvery is how often a kernel relay reads its counters for Options.Activity and
-// IdleTimeout: the bytes move without sact, so this is when it learns they did.
-var activityEvery = time.Second
+// activityEvery is how often the kernel relay reads its counters for Options.Activity
+// (the engine's scan, for all connections at once) and at most how long a relay with an
+// IdleTimeout waits to read its own: the bytes move without sact, so this is when it
+// learns they did. A time.Duration, atomic because tests shorten it while the scan runs.
+var activityEvery = func() *atomic.Int64 {
+	var d atomic.Int64
+	d.Store(int64(time.Second))
+	return &d
+}()
+
+// kernelSteps counts the looks at relayed sockets (step) and kernelScans the engine's
+// scans that found connections to read, so tests can tell what idle connections cost.
+var kernelSteps, kernelScans atomic.Int64
+
+// scanBatch is how many entries of the peers map one batch lookup reads.
+const scanBatch = 1024
+
+// scanLoop runs the engine's scan every activityEvery until the engine closes: one
+// wakeup and a few syscalls a tick for all relayed connections, where a ticker per
+// connection woke sact and made syscalls for each of them, idle or not. Nothing else a
+// relay waits for needs a tick: input ends and errors come through epoll, credits through
+// the ring buffer, copiers' ends through their own pokes, and drains have their ticker.
+func (e *engine) scanLoop() {
+	every := time.Duration(activityEvery.Load())
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	var sc scanner
+	for {
+		select {
+		case <-e.stop:
+			return
+		case <-tick.C:
+		}
+		e.scan(&sc)
+		if d := time.Duration(activityEvery.Load()); d != every {
+			every = d
+			tick.Reset(every)
+		}
+	}
+}
+
+// scanner is the state of the engine's scan, its goroutine's alone.
+type scanner struct {
+	round   uint64
+	keys    []uint64
+	vals    [][peerSize]byte
+	noBatch bool // the kernel has no batch lookup (before 5.6): one lookup a socket
+}
+
+// scan reads the program's counts for every relayed socket, in batches where the kernel
+// can, and hands them to saw.
+func (e *engine) scan(sc *scanner) {
+	e.mu.Lock()
+	idle := len(e.conns) == 0
+	e.mu.Unlock()
+	if idle {
+		return
+	}
+	kernelScans.Add(1)
+	sc.round++
+	if !sc.noBatch {
+		if sc.keys == nil {
+			sc.keys, sc.vals = make([]uint64, scanBatch), make([][peerSize]byte, scanBatch)
+		}
+		var cursor ebpf.MapBatchCursor
+		for {
+			n, err := e.peers.BatchLookup(&cursor, sc.keys, sc.vals, nil)
+			e.saw(sc, sc.keys[:n], sc.vals[:n])
+			if errors.Is(err, ebpf.ErrKeyNotExist) {
+				return // the end of the map
+			}
+			if err != nil {
+				// Looking again one socket at a time is right after a partial batch
+				// too: saw only notes changes.
+				sc.noBatch = errors.Is(err, ebpf.ErrNotSupported)
+				break
+			}
+		}
+	}
+	e.mu.Lock()
+	keys := make([]uint64, 0, len(e.byCookie))
+	for cookie := range e.byCookie {
+		keys = append(keys, cookie)
+	}
+	e.mu.Unlock()
+	vals := make([][peerSize]byte, len(keys))
+	n := 0
+	for _, cookie := range keys {
+		if e.peers.Lookup(cookie, vals[n][:]) == nil {
+			keys[n] = cookie
+			n++
+		}
+	}
+	e.saw(sc, keys[:n], vals[:n])
+}
+
+// saw takes in the program's counts for the sockets with cookies keys: Activity for each
+// connection whose bytes moved since it last looked, once a round; and its keeping of a
+// socket's input, which the ring buffer told of already unless the ring was full, which
+// would have left the socket keeping its bytes with no one copying them.
+func (e *engine) saw(sc *scanner, keys []uint64, vals [][peerSize]byte) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for i, cookie := range keys {
+		k := e.byCookie[cookie]
+		if k == nil {
+			continue
+		}
+		s := &k.c
+		if cookie == k.u.cookie {
+			s = &k.u
+		}
+		v := vals[i][:]
+		if binary.NativeEndian.Uint32(v[peerKept:]) != 0 && !s.keptSeen {
+			s.keptSeen = true
+			s.overdrawn.Store(true)
+			k.poke()
+		}
+		if k.ownClock {
+			continue
+		}
+		if n := int64(binary.NativeEndian.Uint64(v[peerBytes:])); n != s.seen {
+			s.seen = n
+			if k.activity != nil && k.scanned != sc.round {
+				k.scanned = sc.round
+				// Under e.mu, so that no call comes after run has forgotten the
+				// connection; Activity is cheap and does not block (Options).
+				k.activity()
+			}
+		}
+	}
+}
 
 // drainEvery is how often a relay that passed an EOF on checks that the bytes before it
 // have left, to half-close the peer after them.
 const drainEvery = time.Millisecond
 
-// run waits for the connection to end, passing EOFs on, and tears it down.
+// run waits for the connection to end, passing EOFs on, and tears it down. It looks at
+// the sockets (step) only when woken: an idle connection costs sact nothing.
 func (e *engine) run(ctx context.Context, k *kconn, opts Options) (s Stats, err error) {
-	lastBytes, lastMoved := int64(0), time.Now()
 	defer func() {
+		// Out of the engine's scan first: k.c.seen and k.u.seen are run's from here.
+		e.forget(k)
 		k.stopCopies()
-		s.ClientToUpstream = e.counted(k.c.cookie) + k.c.copied.Load()
-		s.UpstreamToClient = e.counted(k.u.cookie) + k.u.copied.Load()
+		cn, un := e.counted(k.c.cookie), e.counted(k.u.cookie)
+		s.ClientToUpstream = cn + k.c.copied.Load()
+		s.UpstreamToClient = un + k.u.copied.Load()
 		copied := k.c.copied.Load() + k.u.copied.Load()
 		kernelCopied.Add(copied)
 		kernelMoved.Add(s.ClientToUpstream + s.UpstreamToClient - copied)
 		e.detach(k)
-		if s.ClientToUpstream+s.UpstreamToClient != lastBytes && opts.Activity != nil {
+		if (cn != k.c.seen || un != k.u.seen) && opts.Activity != nil {
 			opts.Activity() // the bytes since the last look
 		}
 	}()
-	every := activityEvery
-	if opts.IdleTimeout > 0 && opts.IdleTimeout/4 < every {
-		every = max(opts.IdleTimeout/4, time.Millisecond)
+	// A relay with an IdleTimeout keeps its own clock, as fine as the timeout needs.
+	var tickC <-chan time.Time
+	lastMoved, copyMoves := time.Now(), int64(0)
+	if k.ownClock {
+		every := time.Duration(activityEvery.Load())
+		if opts.IdleTimeout/4 < every {
+			every = max(opts.IdleTimeout/4, time.Millisecond)
+		}
+		tick := time.NewTicker(every)
+		defer tick.Stop()
+		tickC = tick.C
 	}
-	tick := time.NewTicker(every)
-	defer tick.Stop()
 	var drain *time.Ticker
 	var drainC <-chan time.Time
 	defer func() {
@@ -584,30 +753,39 @@ func (e *engine) run(ctx context.Context, k *kconn, opts Options) (s Stats, err 
 			drain.Stop()
 		}
 	}()
-	for {
-		done, waiting, err := e.step(k, opts)
-		if err != nil || done {
-			return s, err
-		}
-		if waiting && drain == nil {
-			drain = time.NewTicker(drainEvery)
-			drainC = drain.C
+	for look := true; ; look = true {
+		if look {
+			done, waiting, err := e.step(k, opts)
+			if err != nil || done {
+				return s, err
+			}
+			if waiting && drain == nil {
+				drain = time.NewTicker(drainEvery)
+				drainC = drain.C
+			}
 		}
 		select {
 		case <-k.wake:
 		case <-drainC:
 		case <-ctx.Done():
 			return s, context.Cause(ctx)
-		case <-tick.C:
-			n := e.counted(k.c.cookie) + e.counted(k.u.cookie)
-			if n != lastBytes {
-				lastBytes, lastMoved = n, time.Now()
+		case <-tickC:
+			// Only counting: whatever else happens to the sockets wakes run.
+			look = false
+			cn, un := e.counted(k.c.cookie), e.counted(k.u.cookie)
+			cm := k.copyMoves.Load()
+			if cn != k.c.seen || un != k.u.seen {
+				k.c.seen, k.u.seen = cn, un
 				if opts.Activity != nil {
 					opts.Activity()
 				}
-			} else if opts.IdleTimeout > 0 && time.Since(lastMoved) >= opts.IdleTimeout {
+				lastMoved = time.Now()
+			} else if cm != copyMoves {
+				lastMoved = time.Now()
+			} else if time.Since(lastMoved) >= opts.IdleTimeout {
 				return s, ErrIdleTimeout
 			}
+			copyMoves = cm
 		}
 	}
 }
@@ -616,6 +794,7 @@ func (e *engine) run(ctx context.Context, k *kconn, opts Options) (s Stats, err 
 // as a half-close of the peer once the bytes before it have left (waiting says it has not
 // yet); done says both directions are over.
 func (e *engine) step(k *kconn, opts Options) (done, waiting bool, err error) {
+	kernelSteps.Add(1)
 	for _, p := range []struct{ s, peer *kside }{{&k.c, &k.u}, {&k.u, &k.c}} {
 		if !p.s.passing && p.s.overdrawn.Swap(false) {
 			if e.kept(p.s.cookie) {
