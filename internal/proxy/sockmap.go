@@ -759,9 +759,15 @@ func (e *engine) run(ctx context.Context, k *kconn, opts Options) (s Stats, err 
 			if err != nil || done {
 				return s, err
 			}
-			if waiting && drain == nil {
+			switch {
+			case waiting && drain == nil:
 				drain = time.NewTicker(drainEvery)
 				drainC = drain.C
+			case !waiting && drain != nil:
+				// Drained: a half-closed connection that then idles must not go on
+				// waking every drainEvery.
+				drain.Stop()
+				drain, drainC = nil, nil
 			}
 		}
 		select {

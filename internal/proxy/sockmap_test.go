@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"errors"
+	"net"
 	"testing"
 	"time"
 )
@@ -104,4 +105,54 @@ func TestRelayIdleTimeout(t *testing.T) {
 			}
 		})
 	})
+}
+
+// TestKernelHalfClosedIdleCostsNothing: a kernel-relayed connection whose client has
+// half-closed with bytes still queued for a server slow to read them, which the relay
+// passed on once they had left (polling every drainEvery until then), must not go on
+// polling while the other direction idles.
+func TestKernelHalfClosedIdleCostsNothing(t *testing.T) {
+	if err := KernelRelay(); err != nil {
+		t.Skipf("no kernel relay here: %v", err)
+	}
+	// More than the sockets' buffers hold, so some wait in the kernel relay's queue when
+	// the EOF comes; all within the credit, so the kernel moves them all.
+	const n = 16 << 20
+	saved := creditBytes
+	creditBytes = 4 * n
+	defer func() { creditBytes = saved }()
+	h := startRelay(t, t.Context(), topology{"tcp", "tcp"}, Options{Mode: ModeKernel})
+	sent := make(chan error, 1)
+	go func() {
+		_, err := send(h.client, 1, n)
+		if err == nil {
+			err = h.client.(*net.TCPConn).CloseWrite()
+		}
+		sent <- err
+	}()
+	time.Sleep(300 * time.Millisecond) // the relay sees the EOF before the bytes left
+	if _, err := recv(h.server, n); err != nil {
+		t.Fatalf("server reading the upload: %v", err)
+	}
+	if err := <-sent; err != nil {
+		t.Fatalf("client sending: %v", err)
+	}
+	if got := readAll(t, h.server); got != "" {
+		t.Fatalf("server read %d bytes more, want EOF", len(got))
+	}
+	time.Sleep(100 * time.Millisecond)
+	steps := kernelSteps.Load()
+	time.Sleep(time.Second)
+	if d := kernelSteps.Load() - steps; d > 0 {
+		t.Errorf("%d looks at the sockets of a half-closed idle connection in 1s, want none", d)
+	}
+	// The other direction still works, and ends the relay.
+	write(t, h.server, "response")
+	closeWrite(t, h.server)
+	if got := readAll(t, h.client); got != "response" {
+		t.Errorf("client read %q, want the response and EOF", got)
+	}
+	if r := h.wait(t); r.err != nil || r.stats != moved(n, 8) {
+		t.Errorf("Relay: %+v, %v", r.stats, r.err)
+	}
 }
