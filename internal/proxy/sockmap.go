@@ -10,6 +10,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -102,7 +103,7 @@ var kernelAttached atomic.Int64
 // kernelMoved counts the bytes the kernel relay moved, so tests can tell it is used.
 var kernelMoved atomic.Int64
 
-// engine is the kernel relay: three maps, the verdict program and one epoll instance
+// engine is the kernel relay: its maps, the verdict program and one epoll instance
 // that wakes sact when a relayed socket ends its input or errs.
 //
 //   - targets (SOCKHASH, cookie -> socket) holds every relayed socket as a redirect
@@ -112,7 +113,9 @@ var kernelMoved atomic.Int64
 //     socket in it has its input redirected to its peer in targets. A socket enters
 //     active only once it and its peer are in targets, so no byte is ever redirected to
 //     a socket that is not there yet (which would drop it).
-//   - peers (HASH, cookie -> peer's cookie, bytes redirected) pairs them and counts.
+//   - peers (HASH, cookie -> peer's cookie, slot) pairs them, and counts (ARRAY, slot ->
+//     bytes redirected, whether it keeps its input) counts; sact reads counts through
+//     mmap(2), so that knowing what every connection moved costs no syscall.
 //   - credit (HASH, cookie -> count allowed) and events (RINGBUF): back-pressure. A
 //     redirect does not wait for the peer: the kernel queues the chunk for the peer's
 //     send path and reopens the source's TCP window at once, so a client that stops
@@ -123,15 +126,27 @@ var kernelMoved atomic.Int64
 //     the backlog; then sact puts it back.
 type engine struct {
 	targets, active, peers *ebpf.Map
-	credit, events         *ebpf.Map
+	counts, credit, events *ebpf.Map
 	prog                   *ebpf.Program
 	epfd                   int
 	ring                   *ringbuf.Reader
+
+	countMem []byte                 // counts, mapped
+	slots    *[maxRelayed]slotCount // countMem's entries
 
 	mu       sync.Mutex
 	conns    map[uint32]*kconn
 	byCookie map[uint64]*kconn
 	next     uint32
+
+	// The slots in counts: bySlot has the connection of each slot ever used (nil if
+	// none now), those from len(bySlot) on are unused yet, and freed holds the freed ones,
+	// oldest first, each reused only slotQuarantine after it was freed: a verdict
+	// program still running for the socket that had it must not count on the new one.
+	// fresh lists the slots handed out since the scan last looked.
+	bySlot []*kconn
+	freed  []freedSlot
+	fresh  []uint32
 
 	// The scan of the counters for Options.Activity (see scan): stop ends it, scanning
 	// is its goroutine.
@@ -164,6 +179,14 @@ func openSockmap() (e *engine, err error) {
 		MaxEntries: maxRelayed, Flags: unix.BPF_F_NO_PREALLOC}); err != nil {
 		return nil, explainBPF("creating a BPF hash map", err)
 	}
+	if e.counts, err = ebpf.NewMap(&ebpf.MapSpec{Name: "sact_rl_counts", Type: ebpf.Array, KeySize: 4, ValueSize: countSize,
+		MaxEntries: maxRelayed, Flags: unix.BPF_F_MMAPABLE}); err != nil {
+		return nil, explainBPF("creating a BPF array map", err)
+	}
+	if e.countMem, err = unix.Mmap(e.counts.FD(), 0, maxRelayed*countSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED); err != nil {
+		return nil, fmt.Errorf("mapping the BPF array of counts: %w", err)
+	}
+	e.slots = (*[maxRelayed]slotCount)(unsafe.Pointer(&e.countMem[0]))
 	if e.credit, err = ebpf.NewMap(&ebpf.MapSpec{Name: "sact_rl_credit", Type: ebpf.Hash, KeySize: 8, ValueSize: creditSize,
 		MaxEntries: maxRelayed, Flags: unix.BPF_F_NO_PREALLOC}); err != nil {
 		return nil, explainBPF("creating a BPF hash map", err)
@@ -173,7 +196,7 @@ func openSockmap() (e *engine, err error) {
 	}
 	if e.prog, err = ebpf.NewProgram(&ebpf.ProgramSpec{
 		Name: "sact_rl_verdict", Type: ebpf.SkSKB, AttachType: ebpf.AttachSkSKBStreamVerdict,
-		Instructions: verdictProgram(e.peers.FD(), e.targets.FD(), e.credit.FD(), e.events.FD()), License: "Dual MIT/GPL",
+		Instructions: verdictProgram(e.peers.FD(), e.counts.FD(), e.targets.FD(), e.credit.FD(), e.events.FD()), License: "Dual MIT/GPL",
 	}); err != nil {
 		return nil, explainBPF("loading the sk_skb stream verdict program", err)
 	}
@@ -206,7 +229,10 @@ func (e *engine) close() {
 	if e.ring != nil {
 		e.ring.Close()
 	}
-	for _, c := range []interface{ Close() error }{e.prog, e.active, e.targets, e.peers, e.credit, e.events} {
+	if e.countMem != nil {
+		unix.Munmap(e.countMem)
+	}
+	for _, c := range []interface{ Close() error }{e.prog, e.active, e.targets, e.peers, e.counts, e.credit, e.events} {
 		if c != nil && !isNilCloser(c) {
 			c.Close()
 		}
@@ -297,22 +323,81 @@ func (e *engine) setCredit(s, peer *kside) error {
 	return e.credit.Update(s.cookie, v[:], ebpf.UpdateAny)
 }
 
-// kept reports whether the program has the socket with cookie keep its input.
-func (e *engine) kept(cookie uint64) bool {
-	var v [peerSize]byte
-	if err := e.peers.Lookup(cookie, v[:]); err != nil {
-		return false
+// slotCount is a counts map value (see countBytes): sact reads it where the program
+// writes it, through the mapped array.
+type slotCount struct {
+	bytes uint64
+	kept  uint32
+	_     uint32
+}
+
+var _ [countSize - unsafe.Sizeof(slotCount{})]struct{} // countSize == its size:
+var _ [unsafe.Sizeof(slotCount{}) - countSize]struct{} // neither is negative
+
+// freedSlot is a slot in counts that a connection no longer uses, since at.
+type freedSlot struct {
+	slot uint32
+	at   time.Time
+}
+
+// slotQuarantine is how long a freed slot waits before another socket has it: far
+// longer than a verdict program that found the old socket's entry runs.
+const slotQuarantine = time.Second
+
+// errNoSlot refuses a connection when the counts are full: it is spliced.
+var errNoSlot = errors.New("no free slot in the kernel relay's counts")
+
+// takeSlots gives both sockets of k a slot, zeroed, or errNoSlot; e.mu is held.
+func (e *engine) takeSlots(k *kconn) error {
+	var got []uint32
+	for range 2 {
+		switch {
+		case len(e.freed) > 0 && time.Since(e.freed[0].at) >= slotQuarantine:
+			got = append(got, e.freed[0].slot)
+			e.freed = e.freed[1:]
+		case len(e.bySlot) < maxRelayed:
+			got = append(got, uint32(len(e.bySlot)))
+			e.bySlot = append(e.bySlot, nil)
+		default:
+			for _, slot := range got {
+				e.freed = append(e.freed, freedSlot{slot, time.Time{}})
+			}
+			return errNoSlot
+		}
 	}
-	return binary.NativeEndian.Uint32(v[peerKept:]) != 0
+	k.c.slot, k.u.slot = got[0], got[1]
+	for _, slot := range got {
+		atomic.StoreUint64(&e.slots[slot].bytes, 0)
+		atomic.StoreUint32(&e.slots[slot].kept, 0)
+	}
+	e.fresh = append(e.fresh, got...)
+	return nil
+}
+
+// releaseSlots frees k's slots, once nothing redirects from its sockets.
+func (e *engine) releaseSlots(k *kconn) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	now := time.Now()
+	for _, s := range []*kside{&k.c, &k.u} {
+		e.bySlot[s.slot] = nil
+		e.freed = append(e.freed, freedSlot{s.slot, now})
+	}
+}
+
+// kept reports whether the program has s keep its input.
+func (e *engine) kept(s *kside) bool {
+	return atomic.LoadUint32(&e.slots[s.slot].kept) != 0
 }
 
 // kside is one socket of a kernel-relayed connection.
 type kside struct {
 	fd     int
 	cookie uint64
-	base   int64 // bytes written to it before the relay (by anyone), see written
-	eof    bool  // its input ended
-	shut   bool  // the relay shut its output (after passing on its peer's EOF)
+	slot   uint32 // its entry in counts
+	base   int64  // bytes written to it before the relay (by anyone), see written
+	eof    bool   // its input ended
+	shut   bool   // the relay shut its output (after passing on its peer's EOF)
 
 	overdrawn atomic.Bool // the program said it is past its credit
 	passing   bool        // it keeps its input (past its credit): sact copies it
@@ -487,10 +572,18 @@ func (e *engine) attach(k *kconn) (err error) {
 			}
 		}
 	}()
+	e.mu.Lock()
+	err = e.takeSlots(k)
+	e.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	undo = append(undo, func() { e.releaseSlots(k) })
 	pair := []struct{ s, peer *kside }{{&k.c, &k.u}, {&k.u, &k.c}}
 	for _, p := range pair {
 		var v [peerSize]byte
 		binary.NativeEndian.PutUint64(v[peerCookie:], p.peer.cookie)
+		binary.NativeEndian.PutUint32(v[peerSlot:], p.s.slot)
 		if err = e.peers.Update(p.s.cookie, v[:], ebpf.UpdateNoExist); err != nil {
 			return err
 		}
@@ -525,6 +618,7 @@ func (e *engine) attach(k *kconn) (err error) {
 	k.id = e.next
 	e.conns[k.id] = k
 	e.byCookie[k.c.cookie], e.byCookie[k.u.cookie] = k, k
+	e.bySlot[k.c.slot], e.bySlot[k.u.slot] = k, k
 	e.mu.Unlock()
 	for _, s := range []*kside{&k.c, &k.u} {
 		ev := unix.EpollEvent{Events: unix.EPOLLRDHUP | unix.EPOLLET, Fd: int32(k.id)}
@@ -547,7 +641,7 @@ func (e *engine) attach(k *kconn) (err error) {
 // the peers, so that undoing the maps loses nothing.
 func (e *engine) waitDrained(k *kconn) {
 	for deadline := time.Now().Add(time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
-		cn, un := e.counted(k.c.cookie), e.counted(k.u.cookie)
+		cn, un := e.counted(&k.c), e.counted(&k.u)
 		cw, _ := written(k.c.fd)
 		uw, _ := written(k.u.fd)
 		if uw-k.u.base >= cn && cw-k.c.base >= un {
@@ -570,13 +664,9 @@ func written(fd int) (int64, error) {
 	return int64(ti.Bytes_acked) + int64(outq), nil
 }
 
-// counted is how many bytes the program redirected from the socket with cookie.
-func (e *engine) counted(cookie uint64) int64 {
-	var v [peerSize]byte
-	if err := e.peers.Lookup(cookie, v[:]); err != nil {
-		return 0
-	}
-	return int64(binary.NativeEndian.Uint64(v[peerBytes:]))
+// counted is how many bytes the program redirected from s.
+func (e *engine) counted(s *kside) int64 {
+	return int64(atomic.LoadUint64(&e.slots[s.slot].bytes))
 }
 
 // activityEvery is how often the kernel relay reads its counters for Options.Activity
@@ -593,11 +683,8 @@ var activityEvery = func() *atomic.Int64 {
 // scans that found connections to read, so tests can tell what idle connections cost.
 var kernelSteps, kernelScans atomic.Int64
 
-// scanBatch is how many entries of the peers map one batch lookup reads.
-const scanBatch = 1024
-
 // scanLoop runs the engine's scan every activityEvery until the engine closes: one
-// wakeup and a few syscalls a tick for all relayed connections, where a ticker per
+// wakeup a tick for all relayed connections and no syscall, where a ticker per
 // connection woke sact and made syscalls for each of them, idle or not. Nothing else a
 // relay waits for needs a tick: input ends and errors come through epoll, credits through
 // the ring buffer, copiers' ends through their own pokes, and drains have their ticker.
@@ -620,79 +707,73 @@ func (e *engine) scanLoop() {
 	}
 }
 
-// scanner is the state of the engine's scan, its goroutine's alone.
+// scanner is the state of the engine's scan, its goroutine's alone: the counts it last
+// read, by slot, to look at a connection only when they changed.
 type scanner struct {
 	round   uint64
-	keys    []uint64
-	vals    [][peerSize]byte
-	noBatch bool // the kernel has no batch lookup (before 5.6): one lookup a socket
+	last    []lastCount
+	changed []uint32
 }
 
-// scan reads the program's counts for every relayed socket, in batches where the kernel
-// can, and hands them to saw.
+type lastCount struct {
+	bytes uint64
+	kept  uint32
+	known bool // false: the slot changed hands since, whatever its counts say
+}
+
+// scan reads the program's counts for every slot in use, from the mapped array, and
+// tells saw of the slots whose counts changed.
 func (e *engine) scan(sc *scanner) {
 	e.mu.Lock()
-	idle := len(e.conns) == 0
+	idle, used := len(e.conns) == 0, len(e.bySlot)
+	for _, slot := range e.fresh {
+		for int(slot) >= len(sc.last) {
+			sc.last = append(sc.last, lastCount{})
+		}
+		sc.last[slot].known = false
+	}
+	e.fresh = e.fresh[:0]
 	e.mu.Unlock()
 	if idle {
 		return
 	}
 	kernelScans.Add(1)
 	sc.round++
-	if !sc.noBatch {
-		if sc.keys == nil {
-			sc.keys, sc.vals = make([]uint64, scanBatch), make([][peerSize]byte, scanBatch)
-		}
-		var cursor ebpf.MapBatchCursor
-		for {
-			n, err := e.peers.BatchLookup(&cursor, sc.keys, sc.vals, nil)
-			e.saw(sc, sc.keys[:n], sc.vals[:n])
-			if errors.Is(err, ebpf.ErrKeyNotExist) {
-				return // the end of the map
-			}
-			if err != nil {
-				// Looking again one socket at a time is right after a partial batch
-				// too: saw only notes changes.
-				sc.noBatch = errors.Is(err, ebpf.ErrNotSupported)
-				break
-			}
+	for len(sc.last) < used {
+		sc.last = append(sc.last, lastCount{})
+	}
+	sc.changed = sc.changed[:0]
+	for i := range used {
+		c := &e.slots[i]
+		n, kept := atomic.LoadUint64(&c.bytes), atomic.LoadUint32(&c.kept)
+		if l := &sc.last[i]; !l.known || l.bytes != n || l.kept != kept {
+			*l = lastCount{n, kept, true}
+			sc.changed = append(sc.changed, uint32(i))
 		}
 	}
-	e.mu.Lock()
-	keys := make([]uint64, 0, len(e.byCookie))
-	for cookie := range e.byCookie {
-		keys = append(keys, cookie)
+	if len(sc.changed) > 0 {
+		e.saw(sc)
 	}
-	e.mu.Unlock()
-	vals := make([][peerSize]byte, len(keys))
-	n := 0
-	for _, cookie := range keys {
-		if e.peers.Lookup(cookie, vals[n][:]) == nil {
-			keys[n] = cookie
-			n++
-		}
-	}
-	e.saw(sc, keys[:n], vals[:n])
 }
 
-// saw takes in the program's counts for the sockets with cookies keys: Activity for each
-// connection whose bytes moved since it last looked, once a round; and its keeping of a
+// saw takes in the counts of the slots that changed: Activity for each connection whose
+// bytes moved since it last looked, once a round; and the program's keeping of a
 // socket's input, which the ring buffer told of already unless the ring was full, which
 // would have left the socket keeping its bytes with no one copying them.
-func (e *engine) saw(sc *scanner, keys []uint64, vals [][peerSize]byte) {
+func (e *engine) saw(sc *scanner) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	for i, cookie := range keys {
-		k := e.byCookie[cookie]
+	for _, slot := range sc.changed {
+		k := e.bySlot[slot]
 		if k == nil {
 			continue
 		}
 		s := &k.c
-		if cookie == k.u.cookie {
+		if slot == k.u.slot {
 			s = &k.u
 		}
-		v := vals[i][:]
-		if binary.NativeEndian.Uint32(v[peerKept:]) != 0 && !s.keptSeen {
+		l := sc.last[slot]
+		if l.kept != 0 && !s.keptSeen {
 			s.keptSeen = true
 			s.overdrawn.Store(true)
 			k.poke()
@@ -700,7 +781,7 @@ func (e *engine) saw(sc *scanner, keys []uint64, vals [][peerSize]byte) {
 		if k.ownClock {
 			continue
 		}
-		if n := int64(binary.NativeEndian.Uint64(v[peerBytes:])); n != s.seen {
+		if n := int64(l.bytes); n != s.seen {
 			s.seen = n
 			if k.activity != nil && k.scanned != sc.round {
 				k.scanned = sc.round
@@ -723,7 +804,7 @@ func (e *engine) run(ctx context.Context, k *kconn, opts Options) (s Stats, err 
 		// Out of the engine's scan first: k.c.seen and k.u.seen are run's from here.
 		e.forget(k)
 		k.stopCopies()
-		cn, un := e.counted(k.c.cookie), e.counted(k.u.cookie)
+		cn, un := e.counted(&k.c), e.counted(&k.u)
 		s.ClientToUpstream = cn + k.c.copied.Load()
 		s.UpstreamToClient = un + k.u.copied.Load()
 		copied := k.c.copied.Load() + k.u.copied.Load()
@@ -778,7 +859,7 @@ func (e *engine) run(ctx context.Context, k *kconn, opts Options) (s Stats, err 
 		case <-tickC:
 			// Only counting: whatever else happens to the sockets wakes run.
 			look = false
-			cn, un := e.counted(k.c.cookie), e.counted(k.u.cookie)
+			cn, un := e.counted(&k.c), e.counted(&k.u)
 			cm := k.copyMoves.Load()
 			if cn != k.c.seen || un != k.u.seen {
 				k.c.seen, k.u.seen = cn, un
@@ -803,7 +884,7 @@ func (e *engine) step(k *kconn, opts Options) (done, waiting bool, err error) {
 	kernelSteps.Add(1)
 	for _, p := range []struct{ s, peer *kside }{{&k.c, &k.u}, {&k.u, &k.c}} {
 		if !p.s.passing && p.s.overdrawn.Swap(false) {
-			if e.kept(p.s.cookie) {
+			if e.kept(p.s) {
 				p.s.passing = true
 			} else if err := e.setCredit(p.s, p.peer); err != nil {
 				return false, false, fmt.Errorf("kernel relay: moving a socket's credit on: %w", err)
@@ -814,7 +895,7 @@ func (e *engine) step(k *kconn, opts Options) (done, waiting bool, err error) {
 			case p.s.copyDone == nil:
 				// The bytes it redirected go first: then sact copies what it kept.
 				w, werr := written(p.peer.fd)
-				if werr == nil && w-p.peer.base < e.counted(p.s.cookie) {
+				if werr == nil && w-p.peer.base < e.counted(p.s) {
 					waiting = true
 					continue
 				}
@@ -853,7 +934,7 @@ func (e *engine) step(k *kconn, opts Options) (done, waiting bool, err error) {
 		}
 		if p.s.eof && !p.peer.shut {
 			w, werr := written(p.peer.fd)
-			if werr == nil && w-p.peer.base < e.counted(p.s.cookie) {
+			if werr == nil && w-p.peer.base < e.counted(p.s) {
 				waiting = true
 				continue
 			}
@@ -865,11 +946,18 @@ func (e *engine) step(k *kconn, opts Options) (done, waiting bool, err error) {
 	return k.c.eof && k.u.eof && k.c.shut && k.u.shut, waiting, nil
 }
 
+// forget takes k out of what the engine's goroutines look at; its slots stay its own
+// until releaseSlots.
 func (e *engine) forget(k *kconn) {
 	e.mu.Lock()
 	delete(e.conns, k.id)
 	delete(e.byCookie, k.c.cookie)
 	delete(e.byCookie, k.u.cookie)
+	for _, s := range []*kside{&k.c, &k.u} {
+		if e.bySlot[s.slot] == k {
+			e.bySlot[s.slot] = nil
+		}
+	}
 	e.mu.Unlock()
 }
 
@@ -886,4 +974,5 @@ func (e *engine) detach(k *kconn) {
 		e.credit.Delete(s.cookie)
 		unix.Close(s.fd)
 	}
+	e.releaseSlots(k)
 }

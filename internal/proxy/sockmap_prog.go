@@ -6,14 +6,22 @@ import "github.com/cilium/ebpf/asm"
 // compiler is needed to build sact and nothing compiled is checked in; the kernel's
 // verifier checks it at load.
 
-// Layout of a peers map value (key: a socket's cookie): the peer's cookie, the bytes the
-// program has redirected from this socket to the peer, both u64, and whether the socket
-// keeps its input now (u32, then padding).
+// Layout of a peers map value (key: a socket's cookie), written by sact: the peer's
+// cookie (u64) and the socket's slot in the counts map (u32, then padding).
 const (
 	peerCookie = 0
-	peerBytes  = 8
-	peerKept   = 16 // u32, set by the program only: the socket keeps its input
-	peerSize   = 24
+	peerSlot   = 8
+	peerSize   = 16
+)
+
+// Layout of a counts map value (key: a socket's slot), slotCount's: the bytes the
+// program has redirected from the socket to its peer (u64) and whether the socket keeps
+// its input now (u32, set by the program only, then padding). The map is an array that
+// sact reads through mmap(2), without a syscall.
+const (
+	countBytes = 0
+	countKept  = 8
+	countSize  = 16
 )
 
 // Layout of a credit map value (key: a socket's cookie), written by sact: the soft and
@@ -37,8 +45,8 @@ const skPass = 1
 const skDrop = 0
 
 // verdictProgram is the SK_SKB stream verdict program of the active map. For each chunk
-// a relayed socket receives it looks up the socket's peer by cookie, adds the chunk's
-// length to the socket's counter and redirects the chunk to the peer's egress (flags 0:
+// a relayed socket receives it looks up the socket's peer and slot by cookie, adds the
+// chunk's length to the socket's counter in its slot and redirects the chunk to the peer's egress (flags 0:
 // out of the peer, not into it), the peer being looked up in the targets map. A socket
 // with no entry keeps its bytes (SK_PASS), which cannot happen for a socket sact put
 // there: the peers entry is written before the socket enters the active map.
@@ -48,9 +56,9 @@ const skDrop = 0
 // if the peer keeps up; past the hard one the chunk and all after it stay with the
 // socket (SK_PASS) and sact copies them.
 //
-// Registers: R6 the context, R7 the socket's peers entry, R8 its count, R9 the chunk's
-// length.
-func verdictProgram(peers, targets, credit, events int) asm.Instructions {
+// Registers: R6 the context, R7 the socket's counts entry, R8 its count, R9 the chunk's
+// length. The stack holds the socket's cookie (-8), its peer's (-16) and its slot (-20).
+func verdictProgram(peers, counts, targets, credit, events int) asm.Instructions {
 	return asm.Instructions{
 		asm.Mov.Reg(asm.R6, asm.R1),
 		asm.FnGetSocketCookie.Call(), // R1: the skb
@@ -58,6 +66,15 @@ func verdictProgram(peers, targets, credit, events int) asm.Instructions {
 		asm.LoadMapPtr(asm.R1, peers),
 		asm.Mov.Reg(asm.R2, asm.RFP),
 		asm.Add.Imm(asm.R2, -8),
+		asm.FnMapLookupElem.Call(),
+		asm.JEq.Imm(asm.R0, 0, "pass"),
+		asm.LoadMem(asm.R3, asm.R0, peerCookie, asm.DWord),
+		asm.StoreMem(asm.RFP, -16, asm.R3, asm.DWord),
+		asm.LoadMem(asm.R3, asm.R0, peerSlot, asm.Word),
+		asm.StoreMem(asm.RFP, -20, asm.R3, asm.Word),
+		asm.LoadMapPtr(asm.R1, counts),
+		asm.Mov.Reg(asm.R2, asm.RFP),
+		asm.Add.Imm(asm.R2, -20),
 		asm.FnMapLookupElem.Call(),
 		asm.JEq.Imm(asm.R0, 0, "pass"),
 		asm.Mov.Reg(asm.R7, asm.R0),
@@ -71,9 +88,9 @@ func verdictProgram(peers, targets, credit, events int) asm.Instructions {
 		// through the events ring, copies them to the peer itself, as fast as the peer
 		// takes them. Past its soft credit, sact is told once, to look at how far the
 		// peer is and move both credits on if it keeps up.
-		asm.LoadMem(asm.R2, asm.R7, peerKept, asm.Word),
+		asm.LoadMem(asm.R2, asm.R7, countKept, asm.Word),
 		asm.JNE.Imm(asm.R2, 0, "pass"),
-		asm.LoadMem(asm.R8, asm.R7, peerBytes, asm.DWord),
+		asm.LoadMem(asm.R8, asm.R7, countBytes, asm.DWord),
 		asm.Add.Reg(asm.R8, asm.R9),
 		asm.LoadMapPtr(asm.R1, credit),
 		asm.Mov.Reg(asm.R2, asm.RFP),
@@ -95,7 +112,7 @@ func verdictProgram(peers, targets, credit, events int) asm.Instructions {
 		asm.FnRingbufOutput.Call(),
 		asm.Ja.Label("count"),
 
-		asm.StoreImm(asm.R7, peerKept, 1, asm.Word).WithSymbol("keep"),
+		asm.StoreImm(asm.R7, countKept, 1, asm.Word).WithSymbol("keep"),
 		asm.LoadMapPtr(asm.R1, events),
 		asm.Mov.Reg(asm.R2, asm.RFP),
 		asm.Add.Imm(asm.R2, -8),
@@ -104,9 +121,7 @@ func verdictProgram(peers, targets, credit, events int) asm.Instructions {
 		asm.FnRingbufOutput.Call(),
 		asm.Ja.Label("pass"),
 
-		asm.AddAtomic.Mem(asm.R7, asm.R9, asm.DWord, peerBytes).WithSymbol("count"),
-		asm.LoadMem(asm.R3, asm.R7, peerCookie, asm.DWord),
-		asm.StoreMem(asm.RFP, -16, asm.R3, asm.DWord),
+		asm.AddAtomic.Mem(asm.R7, asm.R9, asm.DWord, countBytes).WithSymbol("count"),
 		asm.Mov.Reg(asm.R1, asm.R6),
 		asm.LoadMapPtr(asm.R2, targets),
 		asm.Mov.Reg(asm.R3, asm.RFP),

@@ -156,3 +156,39 @@ func TestKernelHalfClosedIdleCostsNothing(t *testing.T) {
 		t.Errorf("Relay: %+v, %v", r.stats, r.err)
 	}
 }
+
+// TestKernelSlotsQuarantined: a connection's slots in the counts are handed out again
+// only slotQuarantine after it freed them, zeroed, so that a verdict program still
+// running for its sockets cannot count on a new connection.
+func TestKernelSlotsQuarantined(t *testing.T) {
+	e := &engine{slots: new([maxRelayed]slotCount)}
+	take := func() *kconn {
+		t.Helper()
+		k := &kconn{}
+		e.mu.Lock()
+		defer e.mu.Unlock()
+		if err := e.takeSlots(k); err != nil {
+			t.Fatal(err)
+		}
+		return k
+	}
+	a := take()
+	e.slots[a.c.slot].bytes, e.slots[a.u.slot].kept = 1234, 1
+	e.releaseSlots(a)
+	if b := take(); b.c.slot == a.c.slot || b.u.slot == a.c.slot || b.c.slot == a.u.slot || b.u.slot == a.u.slot {
+		t.Fatalf("slots %d and %d handed out again at once (had %d and %d)", b.c.slot, b.u.slot, a.c.slot, a.u.slot)
+	}
+	for i := range e.freed {
+		e.freed[i].at = e.freed[i].at.Add(-slotQuarantine)
+	}
+	c := take()
+	if c.c.slot != a.c.slot || c.u.slot != a.u.slot {
+		t.Errorf("slots %d and %d, want the quarantined %d and %d", c.c.slot, c.u.slot, a.c.slot, a.u.slot)
+	}
+	if e.counted(&c.c) != 0 || e.kept(&c.u) {
+		t.Errorf("a reused slot kept its old counts: %d bytes, kept %v", e.counted(&c.c), e.kept(&c.u))
+	}
+	if len(e.bySlot) != 4 {
+		t.Errorf("%d slots used for 2 connections at once, want 4", len(e.bySlot))
+	}
+}
