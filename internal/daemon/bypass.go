@@ -143,9 +143,9 @@ type both struct {
 	remote *ingress.Route
 }
 
-func (b both) Hold() error   { return errors.Join(b.Route.Hold(), b.remote.Hold()) }
-func (b both) Resume() error { return errors.Join(b.Route.Resume(), b.remote.Resume()) }
-func (b both) Close() error  { return errors.Join(b.remote.Close(), b.Route.Close()) }
+func (b both) Hold() error     { return errors.Join(b.Route.Hold(), b.remote.Hold()) }
+func (b both) Resume() error   { return errors.Join(b.Route.Resume(), b.remote.Resume()) }
+func (b both) Close() error    { return errors.Join(b.remote.Close(), b.Route.Close()) }
 func (b both) Elsewhere() bool { return true }
 func (b both) Connects() uint64 {
 	return b.Route.Connects() + b.remote.Connects()
