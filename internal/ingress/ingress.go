@@ -83,7 +83,8 @@ type Options struct {
 	// Log gets a line when the forward rule had to be put back.
 	Log *slog.Logger
 	// Recheck is how often the forward rule is looked for (a firewall reload flushes
-	// it, and translated connections would then be dropped); 5 s when zero.
+	// it, and translated connections would then be dropped); 30 s when zero: a look
+	// runs iptables, some milliseconds of CPU, and sleeping apps should cost none.
 	Recheck time.Duration
 }
 
@@ -163,7 +164,7 @@ func Open(opts Options) (*Table, error) {
 			t.Close()
 			return nil, fmt.Errorf("opening this network namespace: %w", err)
 		}
-		every := cmp.Or(opts.Recheck, 5*time.Second)
+		every := cmp.Or(opts.Recheck, 30*time.Second)
 		log := cmp.Or(opts.Log, slog.Default())
 		t.watching.Go(func() {
 			defer ns.Close()
@@ -189,7 +190,8 @@ func (t *Table) keepForwardRules(every time.Duration, log *slog.Logger) {
 			return
 		case <-tick.C:
 		}
-		t.mu.Lock()
+		// t.forward is set before this loop starts and cleared after it ends: no lock,
+		// so that the routes' changes do not wait for iptables.
 		for _, f := range t.forward {
 			if f.present() {
 				continue
@@ -200,7 +202,6 @@ func (t *Table) keepForwardRules(every time.Duration, log *slog.Logger) {
 				log.Warn("put back the forward rule that something took out", "tool", f.tool, "chain", f.chain)
 			}
 		}
-		t.mu.Unlock()
 	}
 }
 
