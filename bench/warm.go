@@ -116,6 +116,13 @@ func (b *bench) warm() error {
 	if err != nil {
 		return err
 	}
+	// The kernel path's own container, direct: its goals' baseline. Two containers of
+	// one image differ here by as much as the path does (a full run had the bypass, a
+	// direct connection itself, at 0.73x the other container's bulk).
+	kdirect, err := b.containerAddr("sact-" + kapp)
+	if err != nil {
+		return err
+	}
 	if ns != nil {
 		subnet, err := b.containerNet("sact-" + app)
 		if err != nil {
@@ -152,8 +159,9 @@ func (b *bench) warm() error {
 		{"nginx stream proxy (tcp -> container IP)", streamAddr},
 		{"sact handoff (the app accepts on sact's socket)", handAddr},
 		{"sact L4 kernel relay, local client (tcp -> container IP, SACT_RELAY=kernel: the connect-time bypass, past the relay)", kernelAddr},
+		{ownDirect, kdirect},
 	}
-	kernelIdx := len(targets) - 1
+	kernelIdx, ownIdx := len(targets)-2, len(targets)-1
 	rounds, dur := b.wrkRounds()
 	results, err := wrkAll(targets, rounds, dur)
 	if err != nil {
@@ -171,8 +179,9 @@ func (b *bench) warm() error {
 	relay, proxydRPS, streamRPS := medianF(results[1].rps), medianF(results[2].rps), medianF(results[3].rps)
 	b.goal("warm L4 relay ahead of systemd-socket-proxyd (requests/s)", "> 1.00×", relay > proxydRPS, fmt.Sprintf("%.2f×", relay/proxydRPS))
 	b.goal("warm L4 relay ahead of nginx stream (requests/s)", "> 1.00×", relay > streamRPS, fmt.Sprintf("%.2f×", relay/streamRPS))
-	kernel := medianF(results[kernelIdx].rps)
-	b.goal("warm L4 kernel relay vs direct (requests/s)", ">= 0.80×", kernel >= 0.8*base, fmt.Sprintf("%.2f×", kernel/base))
+	kernel, own := medianF(results[kernelIdx].rps), medianF(results[ownIdx].rps)
+	fmt.Fprintf(&b.md, "\nThe kernel relay's goals compare it with direct to its own container (the last row), measured in the same rounds: %.2f× (%.2f× the first row's container).\n", kernel/own, kernel/base)
+	b.goal("warm L4 kernel relay vs direct (requests/s)", ">= 0.80×", kernel >= 0.8*own, fmt.Sprintf("%.2f×", kernel/own))
 	b.goal("warm L4 kernel relay vs nginx stream (requests/s)", ">= 1.30×", kernel >= 1.3*streamRPS, fmt.Sprintf("%.2f×", kernel/streamRPS))
 
 	if err := b.unixLoad(direct, sactAddr, sactUnix, rounds, dur); err != nil {
@@ -191,6 +200,7 @@ func (b *bench) warm() error {
 		{"nginx stream proxy (tcp -> container IP)", nsStream},
 		{"sact L4 kernel path (tcp -> container IP, SACT_RELAY=kernel: translated past the relay by nftables)", nsKernel},
 		{"sact L4 kernel relay, sockmap (tcp -> container IP, SACT_RELAY=kernel SACT_INGRESS=off)", nsSockmap},
+		{ownDirect + " (forwarded by the host)", kdirect},
 	})
 }
 
@@ -262,11 +272,13 @@ func (b *bench) warmFromNetns(ns *benchNetns, why error, counted []sactCounts, t
 		fmt.Fprintf(&b.md, "| %s | %.0f%s | %.2f |\n", t.name, m, spread(rates[i]), m/baseBulk)
 	}
 	b.md.WriteString("\n")
-	kernel, stream := medianF(results[3].rps), medianF(results[2].rps)
-	b.goal(goalRPS, ">= 0.80×", kernel >= 0.8*base, fmt.Sprintf("%.2f×", kernel/base))
+	own := ownRow(targets)
+	kernel, stream, ownRPS := medianF(results[3].rps), medianF(results[2].rps), medianF(results[own].rps)
+	k, ownBulk := medianF(rates[3]), medianF(rates[own])
+	fmt.Fprintf(&b.md, "The kernel path's goals compare it with direct to its own container (the last row), in the same rounds: %.2f× in requests/s and %.2f× in bulk (%.2f× and %.2f× the first row's container).\n\n", kernel/ownRPS, k/ownBulk, kernel/base, k/baseBulk)
+	b.goal(goalRPS, ">= 0.80×", kernel >= 0.8*ownRPS, fmt.Sprintf("%.2f×", kernel/ownRPS))
 	b.goal(goalStream, ">= 1.30×", kernel >= 1.3*stream, fmt.Sprintf("%.2f×", kernel/stream))
-	k := medianF(rates[3])
-	b.goal(goalBulk, ">= 0.90×", k >= 0.9*baseBulk, fmt.Sprintf("%.2f×", k/baseBulk))
+	b.goal(goalBulk, ">= 0.90×", k >= 0.9*ownBulk, fmt.Sprintf("%.2f×", k/ownBulk))
 	return nil
 }
 
@@ -351,14 +363,30 @@ func (b *bench) bulk(targets []target, rounds int) error {
 	relay := medianF(rates[1])
 	b.goal("warm L4 relay ahead of systemd-socket-proxyd (bulk MB/s)", "> 1.00×", relay > medianF(rates[2]), fmt.Sprintf("%.2f×", relay/medianF(rates[2])))
 	b.goal("warm L4 relay ahead of nginx stream (bulk MB/s)", "> 1.00×", relay > medianF(rates[3]), fmt.Sprintf("%.2f×", relay/medianF(rates[3])))
+	own := medianF(rates[ownRow(targets)])
 	for i, t := range targets {
 		if strings.Contains(t.name, "kernel relay") {
 			k := medianF(rates[i])
-			b.goal("warm L4 kernel relay vs direct (bulk MB/s)", ">= 0.90×", k >= 0.9*baseBulk, fmt.Sprintf("%.2f×", k/baseBulk))
+			fmt.Fprintf(&b.md, "\nThe kernel relay's goal compares it with direct to its own container (the row so named), in the same rounds: %.2f× (%.2f× the first row's container).\n", k/own, k/baseBulk)
+			b.goal("warm L4 kernel relay vs direct (bulk MB/s)", ">= 0.90×", k >= 0.9*own, fmt.Sprintf("%.2f×", k/own))
 		}
 	}
 	b.md.WriteString("\n")
 	return nil
+}
+
+// ownDirect names the row of direct connections to the kernel path's own container, the
+// baseline of its goals.
+const ownDirect = "direct to the kernel path's own container"
+
+// ownRow is the index of the ownDirect row in targets (0, the first direct row, if none).
+func ownRow(targets []target) int {
+	for i, t := range targets {
+		if strings.HasPrefix(t.name, ownDirect) {
+			return i
+		}
+	}
+	return 0
 }
 
 // spread is "(min-max)" of a set of rates, or nothing for a single round.
