@@ -560,6 +560,16 @@ func (a *App) adoptStarted(ctx context.Context) {
 	if inst == nil {
 		return // stopped again already
 	}
+	// A container started by hand is up before the app in it listens: clients go to it
+	// once it is ready, as after a start of sact's own. A client that comes meanwhile
+	// starts the app the usual way, which finds the container running and waits for it.
+	rctx, cancel := context.WithTimeout(ctx, a.pol().StartTimeout)
+	err = a.waitReady(rctx, inst)
+	cancel()
+	if err != nil {
+		a.log.Warn("not adopting the app's container started outside sact: it did not get ready", "container", inst.ID, "reason", err)
+		return
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.state != Stopped || a.closed {

@@ -73,7 +73,9 @@ func (f *deployRuntime) Running(ctx context.Context, spec backend.Spec) (*backen
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.running != nil {
-		f.ready[f.running.Upstream.Address] = time.Now()
+		if _, ok := f.ready[f.running.Upstream.Address]; !ok {
+			f.ready[f.running.Upstream.Address] = time.Now() // unless a test said when
+		}
 		f.name = f.running.ID
 	}
 	return f.running, nil
@@ -293,6 +295,7 @@ func TestStartedOutsideIsAdoptedAndIdles(t *testing.T) {
 		<-app.Adopted()
 		rt.mu.Lock()
 		rt.running = &backend.Instance{ID: "byhand", Upstream: backend.Addr{Network: "tcp", Address: "byhand"}, Exited: make(chan backend.Exit)}
+		rt.ready["byhand"] = time.Now()
 		rt.mu.Unlock()
 		rt.events <- backend.WatchEvent{Kind: backend.Started}
 		synctest.Wait()
@@ -308,6 +311,38 @@ func TestStartedOutsideIsAdoptedAndIdles(t *testing.T) {
 		synctest.Wait()
 		if st := app.Status(); st.State != Stopped || rt.stops != 1 || st.StopReason != "idle" {
 			t.Fatalf("after idle: %+v, %d stops", st, rt.stops)
+		}
+	})
+}
+
+// A container started by hand is adopted once the app in it accepts, not before: a
+// client sent to it earlier had its connection refused (TestStartedByHandIsAdopted, in
+// CI).
+func TestStartedOutsideIsAdoptedOnceReady(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		rt := newDeployRuntime()
+		app, stop := runDeployApp(t, rt, Policy{Idle: time.Hour})
+		defer stop()
+		<-app.Adopted()
+		rt.mu.Lock()
+		rt.running = &backend.Instance{ID: "byhand", Upstream: backend.Addr{Network: "tcp", Address: "byhand"}, Exited: make(chan backend.Exit)}
+		rt.ready["byhand"] = time.Now().Add(2 * time.Second)
+		rt.mu.Unlock()
+		rt.events <- backend.WatchEvent{Kind: backend.Started}
+		time.Sleep(time.Second)
+		synctest.Wait()
+		if st := app.Status(); st.State == Running {
+			t.Fatalf("running a second after a start by hand, its app not accepting yet")
+		}
+		time.Sleep(1100 * time.Millisecond)
+		synctest.Wait()
+		if st := app.Status(); st.State != Running {
+			t.Fatalf("state %v once the app started by hand accepts, want running", st.State)
+		}
+		l := acquireFrom(t, app)
+		defer l.Release()
+		if l.Upstream.Address != "byhand" || rt.starts != 0 {
+			t.Fatalf("lease on %s with %d starts, want the adopted one", l.Upstream.Address, rt.starts)
 		}
 	})
 }
