@@ -34,6 +34,7 @@ func bypassOf(t *testing.T, d *daemon, app string) bypassStatus {
 // relay keeps the app running beyond its idle time, and once silent the app stops and
 // the next client starts it again through sact.
 func TestBypassLocalClients(t *testing.T) {
+	t.Parallel()
 	needDocker(t)
 	if os.Geteuid() != 0 {
 		if required() {
@@ -122,6 +123,7 @@ const kernelPath = "TestKernelPath"
 // race, silent and half-closed connections, a deploy without a cold start) with
 // SACT_RELAY=kernel, side by side.
 func TestKernelPath(t *testing.T) {
+	t.Parallel()
 	needDocker(t)
 	for _, tt := range []struct {
 		name string

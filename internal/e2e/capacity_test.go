@@ -9,6 +9,7 @@ import (
 
 // max_running: the least recently used idle app is evicted to make room; a busy one never.
 func TestMaxRunningEvictsLRU(t *testing.T) {
+	t.Parallel()
 	needDocker(t)
 	a, b, c := uniqueName(t, "lrua"), uniqueName(t, "lrub"), uniqueName(t, "lruc")
 	addrs := map[string]string{a: freeAddr(t), b: freeAddr(t), c: freeAddr(t)}
@@ -49,6 +50,7 @@ func TestMaxRunningEvictsLRU(t *testing.T) {
 
 // pause_after: an idle app is frozen, the next connection thaws it (fast), idle stops it.
 func TestPauseThenWakeOnConnection(t *testing.T) {
+	t.Parallel()
 	needDocker(t)
 	name := uniqueName(t, "pause")
 	addr := freeAddr(t)

@@ -27,6 +27,7 @@ func appConfig(name, listen string, extra string) string {
 }
 
 func TestColdStartServedThenIdleStop(t *testing.T) {
+	parallel(t)
 	needDocker(t)
 	name := uniqueName(t, "cold")
 	addr := freeAddr(t)
@@ -113,6 +114,7 @@ func holdConn(t *testing.T, addr string) net.Conn {
 }
 
 func TestIdle(t *testing.T) {
+	parallel(t)
 	needDocker(t)
 	tests := []struct {
 		name          string
@@ -191,6 +193,7 @@ func TestIdle(t *testing.T) {
 }
 
 func TestConnectionDuringStopIsServed(t *testing.T) {
+	parallel(t)
 	needDocker(t)
 	name := uniqueName(t, "racestop")
 	addr := freeAddr(t)
@@ -213,6 +216,7 @@ func TestConnectionDuringStopIsServed(t *testing.T) {
 }
 
 func TestContainerGoneOutsideSact(t *testing.T) {
+	t.Parallel()
 	needDocker(t)
 	for _, how := range [][]string{{"kill"}, {"stop", "-t", "1"}, {"rm", "-f"}} {
 		t.Run(how[0], func(t *testing.T) {

@@ -159,6 +159,7 @@ func reloadTo(t *testing.T, d *daemon, config string) {
 // no client wait for a cold start; new connections get the new version once it is
 // ready, the kept-alive one after the old version's drain (issue 17).
 func TestDeployWithoutColdStart(t *testing.T) {
+	parallel(t)
 	needDocker(t)
 	for _, mode := range []string{"proxy", "front"} {
 		t.Run(mode, func(t *testing.T) {
@@ -231,6 +232,7 @@ func TestDeployWithoutColdStart(t *testing.T) {
 // its start_timeout; the old one serves throughout, and status and the log say why,
 // with the new one's last log lines.
 func TestDeployFailedKeepsOldVersion(t *testing.T) {
+	t.Parallel()
 	needDocker(t)
 	name := uniqueName(t, "deploy-fail")
 	addr := freeAddr(t)
@@ -295,6 +297,7 @@ func TestDeployFailedKeepsOldVersion(t *testing.T) {
 // the app is stopped, becomes the app's running instance: status says running, no
 // cold start is made for the next request, and idle stops it.
 func TestStartedByHandIsAdopted(t *testing.T) {
+	t.Parallel()
 	needDocker(t)
 	name := uniqueName(t, "deploy-byhand")
 	addr := freeAddr(t)
@@ -407,6 +410,7 @@ func TestDeployOnRebuiltImage(t *testing.T) {
 // TestDeployLeftoverRemoved: a sact killed while an old version drains leaves its
 // container running; the next sact removes it as it adopts the app.
 func TestDeployLeftoverRemoved(t *testing.T) {
+	t.Parallel()
 	needDocker(t)
 	name := uniqueName(t, "deploy-left")
 	addr := freeAddr(t)

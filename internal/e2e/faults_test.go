@@ -315,6 +315,7 @@ func TestUnusableSocketDir(t *testing.T) {
 // TestIdleStopRace sends requests at intervals around the idle time, so that many arrive
 // just as the idle stop begins or runs: every one must be served.
 func TestIdleStopRace(t *testing.T) {
+	parallel(t)
 	needDocker(t)
 	name := uniqueName(t, "idlerace")
 	addr := freeAddr(t)

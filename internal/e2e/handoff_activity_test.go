@@ -51,6 +51,7 @@ func shortRequest(network, addr string) error {
 // silent, as in nginx's pool: that must not keep the app forever. The same in proxy
 // mode, where sact relays every byte.
 func TestHandoffBusyAppIsKept(t *testing.T) {
+	t.Parallel()
 	needDocker(t)
 	for _, handoff := range []bool{true, false} {
 		t.Run(map[bool]string{true: "handoff", false: "proxy"}[handoff], func(t *testing.T) {
@@ -238,6 +239,7 @@ func handoffStatus(t *testing.T, d *daemon, app string) appStatus {
 // every 1.5 s for 30 s with idle: 5s gives one cold start, and the app stops within idle
 // plus one sampling period of the last request (issue 12: 5-9 cold starts in 30 s).
 func TestUnicornBehindNginxIsKept(t *testing.T) {
+	t.Parallel()
 	image := needRack(t)
 	needTool(t, "nginx")
 	const idle, every, span = 5 * time.Second, 1500 * time.Millisecond, 30 * time.Second

@@ -35,6 +35,7 @@ func handoffDeployApp(name, tcp, sock, version, extraEnv string) string {
 // listening sockets: no request fails, none waits for a cold start, and the answers
 // switch to the new version; status shows one running app (issue 17).
 func TestHandoffDeployWithoutColdStart(t *testing.T) {
+	t.Parallel()
 	needDocker(t)
 	name := uniqueName(t, "hdeploy")
 	tcp, sock := freeAddr(t), filepath.Join(t.TempDir(), "app.sock")
@@ -141,6 +142,7 @@ func compact(vs []string) string {
 // it starts is removed; the old one serves on its sockets throughout, and status and
 // the log say why.
 func TestHandoffDeployFailedKeepsOldVersion(t *testing.T) {
+	t.Parallel()
 	needDocker(t)
 	name := uniqueName(t, "hdeploy-fail")
 	tcp, sock := freeAddr(t), filepath.Join(t.TempDir(), "app.sock")

@@ -46,6 +46,7 @@ func asContainer(t *testing.T, path string) {
 }
 
 func TestHandoffClobberedDirectory(t *testing.T) {
+	t.Parallel()
 	needDocker(t)
 
 	// What a container could do to its directory on an earlier sact, which gave it the

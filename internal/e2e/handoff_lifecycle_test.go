@@ -46,6 +46,7 @@ func TestHandoffKilledFromOutsideIsNoFailure(t *testing.T) {
 // was evicted, and its client got an empty reply). sact sees none of its connections as
 // leases: the kernel's count is what says it is busy.
 func TestHandoffBusyAppIsNotEvicted(t *testing.T) {
+	t.Parallel()
 	needDocker(t)
 	one, two := uniqueName(t, "hevict1"), uniqueName(t, "hevict2")
 	dir := t.TempDir()
@@ -92,6 +93,7 @@ func TestHandoffBusyAppIsNotEvicted(t *testing.T) {
 // frozen, and sact watches only the listeners, so that request hung for ever). Once the
 // connection is closed it is paused as before.
 func TestHandoffPauseKeepsOpenConnection(t *testing.T) {
+	t.Parallel()
 	needDocker(t)
 	for _, network := range []string{"tcp", "unix"} {
 		t.Run(network, func(t *testing.T) {
@@ -132,6 +134,7 @@ func TestHandoffPauseKeepsOpenConnection(t *testing.T) {
 // connections the drain timeout, as for a relayed app (issue 12: a stream was cut after
 // about 20 ms).
 func TestReloadHandoffDrains(t *testing.T) {
+	t.Parallel()
 	needDocker(t)
 	for _, tc := range []struct{ how, network string }{{"removed", "tcp"}, {"removed", "unix"}, {"replaced", "tcp"}} {
 		how := tc.how

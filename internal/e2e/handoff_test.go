@@ -26,6 +26,7 @@ func handoffConfig(name, tcp, unixPath, extra string) string {
 }
 
 func TestHandoff(t *testing.T) {
+	t.Parallel()
 	needDocker(t)
 	name := uniqueName(t, "handoff")
 	tcp, sock := freeAddr(t), filepath.Join(t.TempDir(), "app.sock")
@@ -71,6 +72,7 @@ func TestHandoff(t *testing.T) {
 
 // A silent open connection does not keep a handoff app, unless keep_while_open.
 func TestHandoffSilentConnection(t *testing.T) {
+	t.Parallel()
 	needDocker(t)
 	for _, keep := range []bool{false, true} {
 		t.Run(fmt.Sprintf("keep_while_open=%v", keep), func(t *testing.T) {
@@ -118,6 +120,7 @@ func TestHandoffAppExits(t *testing.T) {
 // Restarting sact (cleanly or by kill -9) while a handoff app runs leaves the app serving
 // on its socket throughout; the new sact takes the socket back and keeps the idle clock.
 func TestHandoffSurvivesSactRestart(t *testing.T) {
+	t.Parallel()
 	needDocker(t)
 	name := uniqueName(t, "hrestart")
 	tcp, sock := freeAddr(t), filepath.Join(t.TempDir(), "app.sock")

@@ -60,6 +60,29 @@ func runMain(m *testing.M) int {
 	return m.Run()
 }
 
+// Side by side: a test that calls t.Parallel runs beside the others once the serial ones
+// are done (make test allows 4 at once). It must own everything it touches (its own sact,
+// run dir, ports from freeAddr, app names from uniqueName) and spend its time waiting
+// (idle timeouts, steady light traffic), not working. These stay serial:
+//   - a test that asserts a latency or a render time (TestBrokenAppsFailFastOthersServe,
+//     TestFrontDoor*, TestGoneClientsGiveTheirSlotBack, TestHandoffPeerFlood, the
+//     dashboards), which a busy machine would break;
+//   - a test that makes containers or images with the run's labelSelector: every sact
+//     running then would take them as its apps (labels_test, TestReadyByLabel,
+//     TestImageLabelsDeclareNoApp);
+//   - a test of what is one per host: the swarm, systemd in its container, the client
+//     network namespace (TestIngressClientsElsewhere);
+//   - a test that loads the machine itself (TestManyIdleConnections,
+//     TestAdminAndTrafficHammer).
+
+// parallel is t.Parallel for a test that also runs as a subtest of TestKernelPath, which
+// has made it parallel already (a second call panics).
+func parallel(t *testing.T) {
+	if !strings.HasPrefix(t.Name(), kernelPath+"/") {
+		t.Parallel()
+	}
+}
+
 // needDocker skips the test without a usable engine, or fails it under required() (CI, or
 // SACT_REQUIRE_DOCKER=1), so that a missing engine can never pass for green.
 func needDocker(t *testing.T) {

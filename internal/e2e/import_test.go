@@ -20,6 +20,7 @@ import (
 // served cold through nginx, and touching tmp/restart.txt gives a fresh container at the
 // next request.
 func TestImportPassengerHost(t *testing.T) {
+	t.Parallel()
 	needDocker(t)
 	nginx := needTool(t, "nginx")
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)

@@ -263,6 +263,7 @@ func TestIsolationEngineUnreachable(t *testing.T) {
 // slot held by a busy app) is applied by that start: the instance it starts runs the new
 // config and is not restarted with "config changed" once its connection ends (issue 13).
 func TestIsolationReloadDuringQueuedStart(t *testing.T) {
+	t.Parallel()
 	needDocker(t)
 	for _, mode := range []string{"proxy", "handoff"} {
 		t.Run(mode, func(t *testing.T) {

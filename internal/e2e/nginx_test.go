@@ -84,6 +84,7 @@ http {
 // nginx -> sact's unix socket -> the app, relayed and handed off: cold start through
 // nginx, idle stop despite nginx's keepalive pool, and the next request after the stop.
 func TestNginxInFront(t *testing.T) {
+	t.Parallel()
 	needDocker(t)
 	for _, mode := range []string{"proxy", "handoff"} {
 		t.Run(mode, func(t *testing.T) {

@@ -57,6 +57,7 @@ func getStatus(addr, path string) (int, string, error) {
 // it answered 503. The "accepts" case is the default, which this test would fail: it
 // shows that the app does get early requests then.
 func TestReadyNoEarlyRequest(t *testing.T) {
+	t.Parallel()
 	plain := readyImage(t, testimage.ReadyApp)
 	checked := readyImage(t, testimage.ReadyAppHealthcheck)
 	for _, tt := range []struct {
@@ -184,6 +185,7 @@ func readyAppStatus(t *testing.T, adminAddr, name string) map[string]any {
 // is evicted when an app limited to 96 MiB starts; counted as 0, as before, both would
 // run, 196 MiB under a 160 MiB budget.
 func TestMemoryMeasuredDrivesBudget(t *testing.T) {
+	t.Parallel()
 	plain := readyImage(t, testimage.ReadyApp)
 	fat, small := uniqueName(t, "ready-memfat"), uniqueName(t, "ready-memsmall")
 	adminAddr, fatAddr, smallAddr := freeAddr(t), freeAddr(t), freeAddr(t)

@@ -24,6 +24,7 @@ import (
 // and missing at start (made 0755): in handoff mode, its paths are mounted into the app's
 // container.
 func TestRestartWithoutSystemd(t *testing.T) {
+	t.Parallel()
 	needDocker(t)
 	t.Run("proxied", func(t *testing.T) {
 		testRestart(t, `    env: {NAME: %[1]s, LISTEN: "tcp:0.0.0.0:8080"}

@@ -16,6 +16,7 @@ import (
 // TestReload changes a running sact's config: one app unchanged, one changed, one removed,
 // one added and one renamed, with connections open and a client looping all along.
 func TestReload(t *testing.T) {
+	t.Parallel()
 	needDocker(t)
 	keep, change, gone, added := uniqueName(t, "rkeep"), uniqueName(t, "rchg"), uniqueName(t, "rgone"), uniqueName(t, "radd")
 	oldName, newName := uniqueName(t, "rold"), uniqueName(t, "rnew")
@@ -165,6 +166,7 @@ func TestReload(t *testing.T) {
 // turns a proxied app into a handoff app (replaced, on the same
 // socket, with a request arriving meanwhile).
 func TestReloadHandoff(t *testing.T) {
+	t.Parallel()
 	needDocker(t)
 	name, flip := uniqueName(t, "rhand"), uniqueName(t, "rflip")
 	tcp, sock, flipAddr := freeAddr(t), filepath.Join(t.TempDir(), "app.sock"), freeAddr(t)

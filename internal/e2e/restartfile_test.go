@@ -11,6 +11,7 @@ import (
 // new container at the next request; the config is not reloaded for it, and an app whose
 // file is untouched keeps its container (issue 14).
 func TestRestartFileRecreatesContainer(t *testing.T) {
+	t.Parallel()
 	needDocker(t)
 	name, other := uniqueName(t, "restartf"), uniqueName(t, "restartg")
 	addr, otherAddr := freeAddr(t), freeAddr(t)

@@ -41,6 +41,7 @@ func needRack(t *testing.T) string {
 // The classic setup sact replaces, both ways: relayed to unicorn's own socket in the
 // app's mounted tmp/, and with sact's socket handed to unicorn (LISTEN_FDS).
 func TestRackUnicorn(t *testing.T) {
+	t.Parallel()
 	image := needRack(t)
 	tests := []struct {
 		mode   string
