@@ -34,9 +34,9 @@ check-deps:
 # Unit tests with the race detector, then the end-to-end tests against the real engine
 # (set SACT_REQUIRE_DOCKER=1 to make a missing engine a failure instead of a skip).
 test: check-deps vet
-	$(GO) test -race -timeout 30m -parallel 4 ./...
-# -parallel 4: the end-to-end tests that mostly wait (idle timeouts, steady light traffic)
-# run four at once once the serial ones are done (internal/e2e/harness_test.go says which).
+	$(GO) test -race -timeout 30m ./...
+# The end-to-end tests that mostly wait (idle timeouts, steady light traffic) run four at
+# once after the serial ones (internal/e2e/harness_test.go says which).
 # (The end-to-end tests take 7-8 minutes here with their images cached, 12-13 one at a
 # time; a fresh machine first builds four Debian images with debootstrap, several minutes
 # more: hence the timeout.)

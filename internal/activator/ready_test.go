@@ -134,7 +134,7 @@ func TestReadyHTTPStatusRange(t *testing.T) {
 		}
 		http.Redirect(w, r, "/elsewhere", http.StatusFound)
 	})
-	a := runApp(t, upRuntime(s.addr()), Policy{Ready: Readiness{HTTP: &HTTPCheck{Path: "/up", StatusMin: 200, StatusMax: 299}}, StartTimeout: time.Second})
+	a := runApp(t, upRuntime(s.addr()), Policy{Ready: Readiness{HTTP: &HTTPCheck{Path: "/up", StatusMin: 200, StatusMax: 299}}, StartTimeout: 3 * time.Second})
 	_, err := a.Acquire(context.Background(), Wake{})
 	if !errors.Is(err, ErrStartTimeout) || !strings.Contains(err.Error(), "got status 302") {
 		t.Fatalf("err = %v, want a start timeout that says 302", err)

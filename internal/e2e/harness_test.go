@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"io"
 	mrand "math/rand/v2"
@@ -36,6 +37,15 @@ func TestMain(m *testing.M) {
 }
 
 func runMain(m *testing.M) int {
+	// The side-by-side tests (below) wait far more than they work: four at once, unless
+	// the command line says otherwise. Only this package: the unit tests keep go test's
+	// default of one per CPU.
+	flag.Parse()
+	parallelSet := false
+	flag.Visit(func(f *flag.Flag) { parallelSet = parallelSet || f.Name == "test.parallel" })
+	if !parallelSet {
+		flag.Set("test.parallel", "4")
+	}
 	dir, err := os.MkdirTemp("", "sact-e2e-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -61,7 +71,7 @@ func runMain(m *testing.M) int {
 }
 
 // Side by side: a test that calls t.Parallel runs beside the others once the serial ones
-// are done (make test allows 4 at once). It must own everything it touches (its own sact,
+// are done (4 at once: runMain). It must own everything it touches (its own sact,
 // run dir, ports from freeAddr, app names from uniqueName) and spend its time waiting
 // (idle timeouts, steady light traffic), not working. These stay serial:
 //   - a test that asserts a latency or a render time (TestBrokenAppsFailFastOthersServe,
