@@ -189,6 +189,9 @@ type Server struct {
 	log      *slog.Logger
 	sessions *sessions
 	streams  atomic.Int32 // open event streams and log follows
+
+	refusals   *prometheus.CounterVec // by reason; every one, logged or not
+	refusedLog logLimit
 }
 
 // New builds the handler and registers the apps' metrics in opts.Registry.
@@ -201,8 +204,10 @@ func New(opts Options) *Server {
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
+	s.refusals = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sact_admin_requests_refused_total",
+		Help: "Admin requests refused (no or wrong credential, host not allowed, cross-site), by reason."}, []string{"reason"})
 	if opts.Registry != nil {
-		opts.Registry.MustRegister(&collector{s: s})
+		opts.Registry.MustRegister(&collector{s: s}, s.refusals)
 		s.mux.Handle("GET /metrics", promhttp.HandlerFor(opts.Registry, promhttp.HandlerOpts{}))
 	}
 	s.mux.HandleFunc("GET /api/apps", s.list)

@@ -3,7 +3,9 @@ package admin
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -263,4 +265,66 @@ func BenchmarkHTTPGuard(b *testing.B) {
 			}
 		})
 	}
+}
+
+// A local user who floods the admin listener with refused requests must not flood the
+// journal (which would then drop sact's other lines): a burst is logged, the rest
+// counted, and the next line logged says how many it left out.
+func TestRefusedRequestsFloodNoLog(t *testing.T) {
+	var logs syncBuffer
+	now := time.Unix(1_800_000_000, 0)
+	reg := prometheus.NewRegistry()
+	s := New(Options{Apps: func() []App { return nil }, Registry: reg, Token: strings.Repeat("0f", 32),
+		Listen: "127.0.0.1:9180", Logger: slog.New(slog.NewJSONHandler(&logs, nil)), Now: func() time.Time { return now }})
+	h := s.Handler(true)
+	refuse := func(n int) {
+		for range n {
+			rec := httptest.NewRecorder()
+			h.ServeHTTP(rec, request("POST", "127.0.0.1:9180", "/api/apps/web/stop", "127.0.0.1:4000", nil))
+			if rec.Code != http.StatusUnauthorized {
+				t.Fatalf("refused request answered %d", rec.Code)
+			}
+		}
+	}
+	lines := func() []string {
+		var out []string
+		for _, l := range strings.Split(logs.String(), "\n") {
+			if strings.Contains(l, `"msg":"admin request refused"`) {
+				out = append(out, l)
+			}
+		}
+		return out
+	}
+	refuse(1000)
+	if got := len(lines()); got != refusedBurst {
+		t.Errorf("1000 refused requests made %d log lines, want %d", got, refusedBurst)
+	}
+	now = now.Add(refusedEvery)
+	refuse(1)
+	l := lines()
+	if want := fmt.Sprintf(`"not_logged_before":%d`, 1000-refusedBurst); len(l) != refusedBurst+1 || !strings.Contains(l[len(l)-1], want) {
+		t.Errorf("the first line after the flood: %q, want it with %s", l[len(l)-1], want)
+	}
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, request("GET", "127.0.0.1:9180", "/metrics", "127.0.0.1:4000", nil))
+	if want := `sact_admin_requests_refused_total{reason="no credential"} 1001`; !strings.Contains(rec.Body.String(), want) {
+		t.Errorf("/metrics has not %s:\n%s", want, rec.Body)
+	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
 }

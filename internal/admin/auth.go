@@ -131,12 +131,52 @@ func (s *Server) overHTTP(next http.Handler) http.Handler {
 	})
 }
 
-// refuse answers a refused request with a short plain-text reason, and logs it.
+// refuse answers a refused request with a short plain-text reason, and logs it: the
+// first refusedBurst of each refusedEvery, then one line saying how many were left out.
+// Any local user can send refused requests as fast as the loopback carries them, and a
+// journal flooded so drops the other lines of sact too (journald's rate limit is per
+// service), the ones saying who was refused first among them.
 func (s *Server) refuse(w http.ResponseWriter, r *http.Request, code int, reason, msg string) {
-	s.log.Warn("admin request refused", "reason", reason, "host", r.Host, "origin", r.Header.Get("Origin"),
-		"method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr)
+	s.refusals.WithLabelValues(reason).Inc()
+	if ok, left := s.refusedLog.allow(s.opts.Now()); ok {
+		attrs := []any{"reason", reason, "host", r.Host, "origin", r.Header.Get("Origin"),
+			"method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr}
+		if left > 0 {
+			attrs = append(attrs, "not_logged_before", left)
+		}
+		s.log.Warn("admin request refused", attrs...)
+	}
 	w.Header().Set("Cache-Control", "no-store")
 	http.Error(w, msg, code)
+}
+
+const (
+	refusedBurst = 20
+	refusedEvery = 10 * time.Second
+)
+
+// logLimit lets through the first refusedBurst lines of each refusedEvery and counts
+// the rest, which the next line let through reports.
+type logLimit struct {
+	mu      sync.Mutex
+	window  time.Time
+	logged  int
+	dropped int
+}
+
+func (l *logLimit) allow(now time.Time) (ok bool, dropped int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if now.Sub(l.window) >= refusedEvery {
+		l.window, l.logged = now, 0
+	}
+	if l.logged >= refusedBurst {
+		l.dropped++
+		return false, 0
+	}
+	l.logged++
+	dropped, l.dropped = l.dropped, 0
+	return true, dropped
 }
 
 func (s *Server) tokenFile() string {

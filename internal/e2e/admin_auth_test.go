@@ -65,8 +65,8 @@ var tokenMeta = regexp.MustCompile(`name="sact-token" content="([0-9a-f]+)"`)
 func TestAdminHTTPRefusesStrangers(t *testing.T) {
 	needDocker(t)
 	web := uniqueName(t, "authweb")
-	adminAddr := freeAddr(t)
-	d := startSact(t, fmt.Sprintf("admin:\n  listen: %q\napps:", adminAddr)+appConfig(web, freeAddr(t), ""))
+	adminAddr, webAddr := freeAddr(t), freeAddr(t)
+	d := startSact(t, fmt.Sprintf("admin:\n  listen: %q\napps:", adminAddr)+appConfig(web, webAddr, ""))
 	if out, err := sactCLI(t, d, "start", web); err != nil {
 		t.Fatalf("sact start over the admin socket: %v\n%s", err, out)
 	}
@@ -118,6 +118,26 @@ func TestAdminHTTPRefusesStrangers(t *testing.T) {
 		t.Fatalf("user nobody stopped %s through admin.listen: %v %s, container %s", web, err, out, containerState(t, web))
 	}
 	t.Logf("RELIABILITY admin.listen, user nobody: status 200, stop %s, container still %s", out, containerState(t, web))
+
+	// The same local user floods admin.listen with refused requests: the journal gets a
+	// burst of lines, not one per request (journald would then drop sact's other lines),
+	// and every one is counted.
+	before, began := d.countLog(`"admin request refused"`), time.Now()
+	flood, err := asNobody(t, "sh", "-c", `for i in $(seq 300); do echo "url = http://`+adminAddr+`/api/apps/`+web+`/stop"; done |
+		curl -sS --max-time 30 -X POST -o /dev/null -w "%{http_code}\n" --config - | sort | uniq -c`)
+	if err != nil || !strings.Contains(flood, "300 401") {
+		t.Fatalf("300 stops without a credential as nobody: %v %q; want 300 answered 401", err, flood)
+	}
+	// 20 lines a 10 s window; the flood may straddle two, or more on a slow machine.
+	if n, most := d.countLog(`"admin request refused"`)-before, 20*(2+int(time.Since(began)/(10*time.Second))); n > most {
+		t.Errorf("300 refused requests made %d log lines, want at most %d", n, most)
+	}
+	if code, body := adminDo(t, nil, "GET", adminAddr, "/metrics", nil); code != 200 || !regexp.MustCompile(`sact_admin_requests_refused_total\{reason="no credential"\} 3\d\d\b`).MatchString(body) {
+		t.Errorf("/metrics after the flood: %d, want sact_admin_requests_refused_total{reason=\"no credential\"} over 300", code)
+	}
+	if body, err := httpGet(webAddr, "/"); err != nil || !strings.Contains(body, web) {
+		t.Errorf("%s during the flood's aftermath: %q, %v", web, body, err)
+	}
 
 	// The CLI over the admin socket needs nothing new.
 	if out, err := sactCLI(t, d, "stop", web); err != nil || !strings.Contains(out, "stopped") {
