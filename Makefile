@@ -37,7 +37,7 @@ test: check-deps vet
 	$(GO) test -race -timeout 30m ./...
 # The end-to-end tests that mostly wait (idle timeouts, steady light traffic) run four at
 # once after the serial ones (internal/e2e/harness_test.go says which).
-# (The end-to-end tests take 7-8 minutes here with their images cached, 12-13 one at a
+# (The end-to-end tests take 8-9 minutes here with their images cached, 12-13 one at a
 # time; a fresh machine first builds four Debian images with debootstrap, several minutes
 # more: hence the timeout.)
 
