@@ -311,6 +311,13 @@ func TestDashboard250Apps(t *testing.T) {
 	step("the error stays open across a render", err)
 	_, err = chromedp.Run(ctx, chromedp.Poll[bool](`document.querySelector('tr[data-app="dash-app-007"] pre.logs').textContent.includes("dash line two")`))
 	step("the app's log lines under its error", err)
+	// Every column, the buttons last, fits a 1400-pixel window with an error open: its
+	// column was so wide that the restart buttons went past the right edge.
+	widths, err := chromedp.Run(ctx, chromedp.Evaluate[[]int](`[document.documentElement.scrollWidth, window.innerWidth]`))
+	step("the page's width", err)
+	if len(widths) != 2 || widths[0] > widths[1] {
+		t.Errorf("page width and window width %v: the table goes past the window's right edge", widths)
+	}
 	shot, err := chromedp.Run(ctx, chromedp.CaptureScreenshot())
 	step("screenshot", err)
 	p := filepath.Join(dir, "dashboard-250-live.png")
