@@ -75,7 +75,6 @@ func newCanary(t *testing.T, dir string) *canary {
 }
 
 func TestHostileApps(t *testing.T) {
-	t.Parallel()
 	image := needHostileImage(t)
 	bystander, hproxy, hhandoff := uniqueName(t, "bystander"), uniqueName(t, "hproxy"), uniqueName(t, "hhandoff")
 	byAddr, proxyAddr, handoffAddr, front := freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
