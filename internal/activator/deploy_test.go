@@ -285,6 +285,16 @@ func TestRefreshOfStoppedAppDeploysNothing(t *testing.T) {
 	})
 }
 
+// startByHand is a `docker start` of the app's container, outside sact: the engine
+// reports it, and the app in it accepts from ready on.
+func (f *deployRuntime) startByHand(ready time.Time) {
+	f.mu.Lock()
+	f.running = &backend.Instance{ID: "byhand", Upstream: backend.Addr{Network: "tcp", Address: "byhand"}, Exited: make(chan backend.Exit)}
+	f.ready["byhand"] = ready
+	f.mu.Unlock()
+	f.events <- backend.WatchEvent{Kind: backend.Started}
+}
+
 // A container started outside sact while the app is stopped becomes its running
 // incarnation, and is stopped when idle.
 func TestStartedOutsideIsAdoptedAndIdles(t *testing.T) {
@@ -293,11 +303,7 @@ func TestStartedOutsideIsAdoptedAndIdles(t *testing.T) {
 		app, stop := runDeployApp(t, rt, Policy{Idle: 10 * time.Second})
 		defer stop()
 		<-app.Adopted()
-		rt.mu.Lock()
-		rt.running = &backend.Instance{ID: "byhand", Upstream: backend.Addr{Network: "tcp", Address: "byhand"}, Exited: make(chan backend.Exit)}
-		rt.ready["byhand"] = time.Now()
-		rt.mu.Unlock()
-		rt.events <- backend.WatchEvent{Kind: backend.Started}
+		rt.startByHand(time.Now())
 		synctest.Wait()
 		if st := app.Status(); st.State != Running {
 			t.Fatalf("state %v after a start by hand, want running", st.State)
@@ -324,11 +330,7 @@ func TestStartedOutsideIsAdoptedOnceReady(t *testing.T) {
 		app, stop := runDeployApp(t, rt, Policy{Idle: time.Hour})
 		defer stop()
 		<-app.Adopted()
-		rt.mu.Lock()
-		rt.running = &backend.Instance{ID: "byhand", Upstream: backend.Addr{Network: "tcp", Address: "byhand"}, Exited: make(chan backend.Exit)}
-		rt.ready["byhand"] = time.Now().Add(2 * time.Second)
-		rt.mu.Unlock()
-		rt.events <- backend.WatchEvent{Kind: backend.Started}
+		rt.startByHand(time.Now().Add(2 * time.Second))
 		time.Sleep(time.Second)
 		synctest.Wait()
 		if st := app.Status(); st.State == Running {
